@@ -19,9 +19,8 @@ the very start of the string.
 
 from __future__ import annotations
 
+import io
 import json
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence, Union
@@ -252,28 +251,30 @@ def train_sentencepiece(
     texts = list(texts)
     if not texts:
         raise TokenizerError("no text to train the SentencePiece model on")
-    with tempfile.TemporaryDirectory() as tmp:
-        prefix = Path(tmp) / "tokenizer"
+    options = dict(
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        num_threads=1,
+        input_sentence_size=seed_sentences,
+        shuffle_input_sentence=False,
+        minloglevel=2,
+    )
+    proto = io.BytesIO()  # in memory: a file prefix would be recorded in the model (not deterministic)
+    try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts),
-            model_prefix=str(prefix),
-            vocab_size=vocab_size,
-            model_type="bpe",
-            byte_fallback=True,
-            split_digits=True,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=True,
-            allow_whitespace_only_pieces=True,
-            unk_id=0,
-            bos_id=1,
-            eos_id=2,
-            pad_id=-1,
-            character_coverage=1.0,
-            num_threads=1,
-            input_sentence_size=seed_sentences,
-            shuffle_input_sentence=False,
-            minloglevel=2,
+            sentence_iterator=iter(texts), model_writer=proto, vocab_size=vocab_size, **options
         )
-        shutil.copy(prefix.with_suffix(".model"), out / SP_FILE)
+    except RuntimeError as e:  # e.g. vocab_size below the 256 byte pieces + characters
+        raise TokenizerError(f"SentencePiece training failed: {e}") from None
+    (out / SP_FILE).write_bytes(proto.getvalue())
     return out / SP_FILE
