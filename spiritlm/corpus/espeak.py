@@ -25,19 +25,27 @@ Phone rule: a phone starts at its PHONEME event and ends where the next phone st
 cut at word boundaries (the first phone of a word starts at the word's start, so zero-length
 markers such as ``;`` emitted just before a WORD event disappear). Within a word, a stop's closure
 (the run of digital silence at the end of the previous phone) is moved to the stop, following the
-usual forced-alignment convention. Zero-length phones are dropped. Pauses are kept as phones.
+usual forced-alignment convention. Zero-length phones are dropped. Pauses are kept as phones, and
+any stretch not covered by a phone (e.g. silence before the first word) becomes a ``_`` pause, so
+the phones tile the whole utterance.
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
+import functools
 import os
 import pickle
+import re
+import selectors
+import signal
 import threading
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import numpy.ctypeslib  # noqa: F401 - imported here, not lazily in every forked child
 
 # --- constants of speak_lib.h (API revision 12, espeak-ng 1.52) --------------------------------
 AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -92,6 +100,7 @@ class RawEvent:
     length: int
     sample: int  # at the native rate
     name: str  # phoneme mnemonic for PHONEME events, "" otherwise
+    audio_position: int = 0  # ms, as espeak reports it (rounded; ``sample`` is exact)
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,11 @@ class Synthesis:
     events: list[RawEvent]
     words: list[Segment]  # label = the word's text span
     phones: list[Segment]  # label = espeak phoneme mnemonic (pauses start with "_")
+
+
+PRELOAD_VOICE = "en-us"
+MAX_UNMERGE_ROUNDS = 4
+_TOKEN_RE = re.compile(r"[A-Za-z]+")
 
 
 def is_pause(phone: str) -> bool:
@@ -152,6 +166,10 @@ class ESpeak:
         self._cb = _CALLBACK(self._callback)  # keep a reference: ctypes does not
         lib.espeak_SetSynthCallback(self._cb)
         self._lock = threading.Lock()
+        # Load the English voice and dictionary once here (saves ~15 ms in every fork). This is
+        # the only voice the parent ever selects, so every child starts from the same state.
+        if lib.espeak_SetVoiceByName(PRELOAD_VOICE.encode()) != 0:
+            raise RuntimeError(f"espeak voice {PRELOAD_VOICE!r} not found")
 
     def _callback(self, wav, n, events) -> int:
         if wav and n > 0:
@@ -160,7 +178,8 @@ class ESpeak:
         while events[i].type != EV_LIST_TERMINATED:
             e = events[i]
             name = e.id.string.decode("utf-8", "replace") if e.type == EV_PHONEME else ""
-            self._events.append(RawEvent(e.type, e.text_position, e.length, e.sample, name))
+            self._events.append(RawEvent(e.type, e.text_position, e.length, e.sample, name,
+                                        e.audio_position))
             i += 1
         return 0
 
@@ -177,57 +196,59 @@ class ESpeak:
         that no API resets (e.g. the pitch-flutter index, a function-level ``static`` in
         wavegen.c, and the waveform phase), so two calls in one process give slightly different
         audio and event times. Each call therefore runs in a ``fork()`` of this process, which
-        was initialised but has never synthesised, and the child's noise generators are
+        was initialised but never synthesises itself, and the child's noise generators are
         reseeded with ``seed``. (POSIX only.)
         """
-        if os.getpid() != self._pid:
-            raise RuntimeError("ESpeak instance used after fork; create one per process")
+        return self.synthesize_many([SynthRequest(text, voice, rate, pitch, range_, seed)])[0]
+
+    def synthesize_many(self, requests: Sequence["SynthRequest"], processes: int = 1,
+                        post: Callable[["ESpeak", "SynthRequest", Synthesis], Any] | None = None
+                        ) -> list[Any]:
+        """Synthesise many requests, ``processes`` forks at a time, results in input order.
+
+        ``post(es, request, synthesis)`` (optional) runs in the child right after synthesis and
+        its (picklable) result is returned instead of the :class:`Synthesis` -- e.g. to resample
+        and write the audio file without sending it back.
+
+        Merged words: for some word pairs ("in the", "there are", ...) espeak's dictionary has
+        multi-word entries and it reports a single WORD event for both. When a synthesis has fewer
+        WORD events than the text has tokens, it is redone with a no-break space (U+00A0) at each
+        merged boundary, which makes espeak read the words separately (same phones up to stress,
+        no pause); repeated while new merges appear ("out of the" -> "out|of the" -> "out|of|the"),
+        at most ``MAX_UNMERGE_ROUNDS`` times. The retries depend only on the text, so results stay
+        deterministic.
+        """
+        reqs = list(requests)
+        for voice in sorted({r.voice for r in reqs}):  # fail early, and cache the lookups
+            if not voice_exists(voice):
+                raise ValueError(f"espeak voice not found: {voice!r}")
+        out: list[Any] = [None] * len(reqs)
+        todo = [(i, None) for i in range(len(reqs))]  # (index, speak_text)
+        for _round in range(MAX_UNMERGE_ROUNDS + 1):
+            final = _round == MAX_UNMERGE_ROUNDS
+            res = self.map_forked(_request_job, [(reqs[i], st, post, final) for i, st in todo],
+                                  processes)
+            retry = []
+            for (i, _), (status, payload) in zip(todo, res):
+                if status == "retry":
+                    retry.append((i, payload))
+                else:
+                    out[i] = payload
+            if not retry:
+                break
+            todo = retry
+        return out
+
+    def synthesize_here(self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50,
+                        range_: int = 50, seed: int = 0, speak_text: str | None = None
+                        ) -> Synthesis:
+        """Synthesise in this process. Only deterministic in a pristine process, i.e. once per
+        child of :meth:`map_forked`; everything else should call :meth:`synthesize`.
+        ``speak_text`` (default ``text``) is what espeak reads; ``text`` labels the words."""
         if not text.isascii():
-            raise ValueError("only ASCII text is supported (event positions are bytes)")
-        with self._lock:
-            audio, events = self._in_child(text, voice, rate, pitch, range_, seed)
-        words, phones = align(text, events, audio)
-        return Synthesis(audio, self.sample_rate, events, words, phones)
-
-    def _in_child(self, *args) -> tuple[np.ndarray, list[RawEvent]]:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: synthesise, send, exit without running any Python cleanup
-            code = 0
-            try:
-                os.close(r)
-                try:
-                    payload = (True, self._synthesize_inplace(*args))
-                except BaseException as e:  # noqa: BLE001 - reported to the parent
-                    payload = (False, f"{type(e).__name__}: {e}")
-                data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
-                view = memoryview(data)
-                while view:
-                    n = os.write(w, view)
-                    view = view[n:]
-                os.close(w)
-            except BaseException:  # noqa: BLE001
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(w)
-        chunks = []
-        with os.fdopen(r, "rb") as f:
-            while True:
-                b = f.read(1 << 20)
-                if not b:
-                    break
-                chunks.append(b)
-        _, status = os.waitpid(pid, 0)
-        if status != 0 or not chunks:
-            raise RuntimeError(f"espeak child process failed (status {status})")
-        ok, result = pickle.loads(b"".join(chunks))
-        if not ok:
-            raise RuntimeError(f"espeak synthesis failed: {result}")
-        audio_bytes, ev = result
-        return np.frombuffer(audio_bytes, dtype=np.int16).copy(), [RawEvent(*e) for e in ev]
-
-    def _synthesize_inplace(self, text, voice, rate, pitch, range_, seed):
+            raise ValueError("only ASCII text is supported")
+        if not voice_exists(voice):
+            raise ValueError(f"espeak voice not found: {voice!r}")
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise ValueError(f"espeak voice not found: {voice!r}")
         for param, value in ((espeakRATE, rate), (espeakPITCH, pitch), (espeakRANGE, range_),
@@ -237,24 +258,156 @@ class ESpeak:
         self.lib.espeak_ng_SetRandSeed(seed)
         self._libc.srand(ctypes.c_uint(seed & 0xFFFFFFFF))
         self._chunks, self._events = [], []
-        buf = text.encode("utf-8") + b"\0"
+        buf = (text if speak_text is None else speak_text).encode("utf-8") + b"\0"
         err = self.lib.espeak_Synth(buf, len(buf), 0, POS_CHARACTER, 0,
                                     espeakCHARS_UTF8 | espeakENDPAUSE, None, None)
         if err != 0:
             raise RuntimeError(f"espeak_Synth failed with {err}")
         self.lib.espeak_Synchronize()
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        events = [(e.type, e.text_position, e.length, e.sample, e.name) for e in self._events]
-        self._chunks, self._events = [], []
-        return audio.astype(np.int16).tobytes(), events
+        audio = audio.astype(np.int16)
+        events, self._chunks, self._events = self._events, [], []
+        words, phones = align(text, events, audio)
+        return Synthesis(audio, self.sample_rate, events, words, phones)
+
+    def map_forked(self, fn: Callable[["ESpeak", Any], Any], items: Sequence[Any],
+                   processes: int = 1) -> list[Any]:
+        """``[fn(self, item) for item in items]``, each call in its own fork of this process
+        (so each sees a pristine espeak), at most ``processes`` at a time; results (pickled back
+        through a pipe) come in input order. The first failure is raised after all children
+        have been reaped."""
+        if os.getpid() != self._pid:
+            raise RuntimeError("ESpeak instance used after fork; use get_espeak() in each process")
+        with self._lock:
+            return _map_forked(self, fn, list(items), max(1, int(processes)))
 
 
+@dataclass(frozen=True)
+class SynthRequest:
+    text: str
+    voice: str = "en-us"
+    rate: int = 175
+    pitch: int = 50
+    range_: int = 50
+    seed: int = 0
+    tag: str = ""  # caller's label (e.g. an utterance id); not used for synthesis
+
+
+def n_tokens(text: str) -> int:
+    return len(_TOKEN_RE.findall(text))
+
+
+def unmerge_text(text: str, events: Sequence[RawEvent]) -> str:
+    """``text`` with U+00A0 instead of the space before every token that got no WORD event."""
+    spans = [(m.start(), m.end()) for m in _TOKEN_RE.finditer(text)]
+    starts = [a for a, _ in spans]
+    hit = set()
+    for ev in events:
+        if ev.type == EV_WORD:
+            j = bisect.bisect_right(starts, ev.text_position - 1) - 1
+            hit.add(max(j, 0))
+    out = list(text)
+    for j in range(1, len(spans)):
+        if j not in hit:
+            gap = range(spans[j - 1][1], spans[j][0])
+            for k in gap:
+                if out[k] == " ":
+                    out[k] = "\u00a0"
+    return "".join(out)
+
+
+def _request_job(es: "ESpeak", item) -> tuple[str, Any]:
+    req, speak_text, post, final = item
+    syn = es.synthesize_here(req.text, req.voice, req.rate, req.pitch, req.range_, req.seed,
+                             speak_text=speak_text)
+    if not final and len(syn.words) != n_tokens(req.text):
+        current = req.text if speak_text is None else speak_text
+        fixed = unmerge_text(current, syn.events)
+        if fixed != current:
+            return "retry", fixed
+    return "ok", (post(es, req, syn) if post is not None else syn)
+
+
+def _child_main(es, fn, item, w: int) -> None:
+    code = 0
+    try:
+        try:
+            payload = (True, fn(es, item))
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            payload = (False, f"{type(e).__name__}: {e}")
+        view = memoryview(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+        while view:
+            view = view[os.write(w, view):]
+        os.close(w)
+    except BaseException:  # noqa: BLE001
+        code = 1
+    finally:
+        os._exit(code)  # never run the parent's cleanup (atexit, buffered files) in the child
+
+
+def _map_forked(es, fn, items: list, processes: int) -> list:
+    results: list[Any] = [None] * len(items)
+    errors: list[str] = []
+    pending: dict[int, tuple[int, int, list[bytes]]] = {}  # fd -> (pid, index, chunks)
+    sel = selectors.DefaultSelector()
+    nxt = 0
+    try:
+        while nxt < len(items) or pending:
+            while nxt < len(items) and len(pending) < processes and not errors:
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    os.close(r)
+                    _child_main(es, fn, items[nxt], w)
+                os.close(w)
+                pending[r] = (pid, nxt, [])
+                sel.register(r, selectors.EVENT_READ)
+                nxt += 1
+            if not pending:
+                break
+            for key, _ in sel.select():
+                fd = key.fd
+                data = os.read(fd, 1 << 20)
+                if data:
+                    pending[fd][2].append(data)
+                    continue
+                sel.unregister(fd)
+                os.close(fd)
+                pid, idx, chunks = pending.pop(fd)
+                _, status = os.waitpid(pid, 0)
+                if status != 0 or not chunks:
+                    errors.append(f"item {idx}: child process failed (wait status {status})")
+                    continue
+                ok, res = pickle.loads(b"".join(chunks))
+                if ok:
+                    results[idx] = res
+                else:
+                    errors.append(f"item {idx}: {res}")
+            if errors and not pending:
+                break
+    finally:
+        for fd, (pid, _, _) in pending.items():  # interrupted: stop and reap our children
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+            sel.unregister(fd)
+            os.close(fd)
+        sel.close()
+    if errors:
+        raise RuntimeError("espeak synthesis failed: " + "; ".join(errors[:3]))
+    return results
+
+
+@functools.lru_cache(maxsize=None)
 def data_path() -> str:
     import espeakng_loader
 
     return espeakng_loader.get_data_path()
 
 
+@functools.lru_cache(maxsize=None)
 def voice_exists(voice: str) -> bool:
     base, _, variant = voice.partition("+")
     root = os.path.join(data_path(), "voices")
@@ -289,7 +442,7 @@ def align(text: str, events: Sequence[RawEvent], audio: np.ndarray,
     """Word and phone segments (native-rate samples) from the event stream; see module doc."""
     total = len(audio)
     raw_b = text.encode("utf-8")
-    words: list[list] = []  # [label, start, end, first_phone_index]
+    words: list[list] = []  # [label, start, end or None, still waiting for a phone after a pause]
     phones: list[list] = []  # [label, start, word_index or -1]
     open_word = -1
     after_pause = True  # utterance start behaves like a pause
@@ -319,6 +472,13 @@ def align(text: str, events: Sequence[RawEvent], audio: np.ndarray,
     for w in words:
         if w[2] is None:
             w[2] = total
+    # espeak's text_position is occasionally wrong (e.g. in "... song it was!" the last WORD event
+    # points into "it"), while the events themselves are right: label by order when the counts
+    # agree with the text's letter tokens.
+    tokens = _TOKEN_RE.findall(text)
+    if len(tokens) == len(words):
+        for w, tok in zip(words, tokens):
+            w[0] = tok
     word_segs = [Segment(w[0], w[1], max(w[1], w[2])) for w in words]
 
     # phones: cut at word starts, first phone of each word starts at the word start
@@ -335,8 +495,6 @@ def align(text: str, events: Sequence[RawEvent], audio: np.ndarray,
     # a word boundary inside a phone's span cuts it (e.g. ';' markers before a WORD event)
     word_starts = sorted(w.start for w in word_segs)
     seg: list[list] = []
-    import bisect
-
     for i, p in enumerate(phones):
         st, en = starts[i], ends[i]
         j = bisect.bisect_right(word_starts, st)
@@ -352,6 +510,16 @@ def align(text: str, events: Sequence[RawEvent], audio: np.ndarray,
             if prev[2] - cut >= min_closure and cut > prev[1]:
                 prev[2] = cut
                 cur[1] = cut
-    # the trailing silence of a word-initial phone after a pause belongs to the pause already
-    phone_segs = [Segment(p[0], p[1], p[2]) for p in seg if p[2] > p[1]]
+    # drop zero-length phones, then fill any gap (e.g. before the first word) with a pause
+    phone_segs: list[Segment] = []
+    t = 0
+    for p in seg:
+        if p[2] <= p[1]:
+            continue
+        if p[1] > t:
+            phone_segs.append(Segment("_", t, p[1]))
+        phone_segs.append(Segment(p[0], p[1], p[2]))
+        t = p[2]
+    if t < total:
+        phone_segs.append(Segment("_", t, total))
     return word_segs, phone_segs

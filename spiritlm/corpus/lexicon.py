@@ -50,12 +50,17 @@ SPORTS = ("football", "tennis", "hockey", "basketball")
 COLORS = ("red", "blue", "green", "yellow", "white", "black", "brown", "purple", "orange")
 ADJ_NEUTRAL = ("big", "small", "old", "new", "little", "tall", "round", "wooden", "heavy",
                "soft", "long", "short", "empty", "full", "warm", "cold", "square", "plain")
-ADJ_POSITIVE = ("happy", "wonderful", "lovely", "great", "beautiful", "cheerful", "glad",
-                "kind", "delightful", "excellent", "pleasant", "friendly", "amazing",
-                "perfect", "fantastic", "brilliant", "charming", "joyful")
-ADJ_NEGATIVE = ("sad", "terrible", "awful", "angry", "horrible", "gloomy", "miserable", "nasty",
-                "cruel", "ugly", "boring", "upset", "lonely", "rude", "dreadful", "unhappy",
-                "disgusting", "painful")
+# Polar adjectives, by what they describe (things / feelings / people's character).
+ADJ_POS_THING = ("wonderful", "lovely", "great", "beautiful", "delightful", "excellent",
+                 "pleasant", "amazing", "perfect", "fantastic", "brilliant", "charming")
+ADJ_POS_FEEL = ("happy", "cheerful", "glad", "joyful", "proud", "delighted")
+ADJ_POS_PERSON = ("kind", "friendly", "gentle", "generous", "polite")
+ADJ_NEG_THING = ("terrible", "awful", "horrible", "gloomy", "nasty", "ugly", "boring",
+                 "dreadful", "disgusting", "painful")
+ADJ_NEG_FEEL = ("sad", "angry", "upset", "lonely", "unhappy", "miserable")
+ADJ_NEG_PERSON = ("cruel", "rude", "mean", "selfish", "grumpy")
+ADJ_POSITIVE = ADJ_POS_THING + ADJ_POS_FEEL + ADJ_POS_PERSON
+ADJ_NEGATIVE = ADJ_NEG_THING + ADJ_NEG_FEEL + ADJ_NEG_PERSON
 VERB_POSITIVE = (("loves", "love", "loved"), ("enjoys", "enjoy", "enjoyed"),
                  ("adores", "adore", "adored"), ("admires", "admire", "admired"))
 VERB_NEGATIVE = (("hates", "hate", "hated"), ("dislikes", "dislike", "disliked"),
@@ -67,7 +72,13 @@ VERB_INTRANS = (("sleeps", "sleep", "slept"), ("runs", "run", "ran"), ("walks", 
                 ("sings", "sing", "sang"), ("jumps", "jump", "jumped"), ("swims", "swim", "swam"),
                 ("waits", "wait", "waited"), ("dances", "dance", "danced"),
                 ("plays", "play", "played"), ("rests", "rest", "rested"),
-                ("sits", "sit", "sat"), ("climbs", "climb", "climbed"))
+                ("sits", "sit", "sat"), ("climbs", "climb", "climbed"),
+                ("laughs", "laugh", "laughed"), ("smiles", "smile", "smiled"),
+                ("arrives", "arrive", "arrived"))
+# Verbs that never take a direct object (for argument-structure minimal pairs).
+VERB_STRICT_INTRANS = (("sleeps", "sleep", "slept"), ("waits", "wait", "waited"),
+                       ("laughs", "laugh", "laughed"), ("smiles", "smile", "smiled"),
+                       ("arrives", "arrive", "arrived"))
 VERB_TRANS = (("sees", "see", "saw"), ("finds", "find", "found"), ("takes", "take", "took"),
               ("carries", "carry", "carried"), ("paints", "paint", "painted"),
               ("buys", "buy", "bought"), ("washes", "wash", "washed"), ("opens", "open", "opened"),
@@ -88,7 +99,7 @@ FUNCTION_WORDS = (
 )
 
 
-def _flatten(*groups) -> list[str]:
+def flatten(*groups) -> list[str]:
     out: list[str] = []
     for g in groups:
         for item in g:
@@ -101,7 +112,7 @@ def _flatten(*groups) -> list[str]:
 
 def lexicon_words(template_words: tuple[str, ...] = ()) -> frozenset[str]:
     """All (lowercased) word forms the grammar can produce."""
-    words = _flatten(NAMES_M, NAMES_F, ANIMALS, PEOPLE, OBJECTS, FURNITURE, ROOMS, PLACES, FOODS,
+    words = flatten(NAMES_M, NAMES_F, ANIMALS, PEOPLE, OBJECTS, FURNITURE, ROOMS, PLACES, FOODS,
                      FRUITS, THINGS_TO_ENJOY, DAYS, TIMES, NUMBERS, RELATIVES, SUBJECTS, SPORTS,
                      COLORS, ADJ_NEUTRAL, ADJ_POSITIVE, ADJ_NEGATIVE, VERB_POSITIVE,
                      VERB_NEGATIVE, ADV_POSITIVE, ADV_NEGATIVE, VERB_INTRANS, VERB_TRANS, ADVERBS,
