@@ -342,7 +342,8 @@ def _build_into(tmp: Path, cfg: DemoCorpusConfig, progress: bool, tqdm) -> dict[
     from spiritlm.corpus.espeak import get_espeak
 
     es = get_espeak()
-    bar = tqdm(total=round(target), unit="s", desc="demo speech", disable=not progress)
+    bar = tqdm(total=round(target), unit="s", desc="demo speech", disable=not progress,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
     try:
         while total < target:
             specs = [make_spec(cfg, i) for i in range(index, index + batch)]

@@ -1,0 +1,28 @@
+"""``spiritlm demo``: the main job on the embedded default (see spiritlm.demo)."""
+
+from __future__ import annotations
+
+import argparse
+
+from spiritlm.cli import add_recipe_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on the synthetic demo corpus (cached, resumable)",
+        description="Corpus -> tokenizers -> alignment -> shards -> training -> evaluation on "
+        "the embedded demo corpus. Settings: spiritlm.demo.DemoConfig.",
+    )
+    add_recipe_args(p)
+    p.add_argument("--out", help="output directory (same as --set out_dir=...)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from spiritlm.config import load_config
+    from spiritlm.demo import DemoConfig, run_demo
+
+    overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
+    run_demo(load_config(DemoConfig, args.recipe, overrides))
+    return 0
