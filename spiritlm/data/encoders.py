@@ -1,0 +1,164 @@
+"""Speech unit encoders as the data stage sees them.
+
+A :class:`UnitEncoder` is called on a batch of audio paths and returns, per path, a dict of
+frame-level unit streams (``{"hubert": int array at 25 Hz, "pitch": ..., "style": ...}``; Base
+models need only ``hubert``). ``frame_rates`` gives the true frame rate of every stream (used to
+place frames in time; the merge order of the speech string uses the vocabulary's rates), and
+``name`` identifies the encoder in shard metadata.
+
+:class:`HashUnitEncoder` is a deterministic stand-in for tests and demos (a hash of the audio
+samples of each frame); :class:`TokenizerEncoder` adapts ``spiritlm.tokenizer``'s
+``SpeechTokenizer.encode(path)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+DEFAULT_FRAME_RATES = {"hubert": 25.0, "pitch": 12.5, "style": 1.0}
+
+
+class AudioError(ValueError):
+    """Audio that cannot be read (missing file, unknown format, empty)."""
+
+
+@runtime_checkable
+class UnitEncoder(Protocol):
+    name: str
+    frame_rates: Mapping[str, float]
+
+    def __call__(self, paths: Sequence[str | Path]) -> list[dict[str, np.ndarray]]: ...
+
+
+def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+    """Mono float32 audio at ``sample_rate``; raises :class:`AudioError` with the reason."""
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(f"audio file not found: {p}")
+    try:
+        audio, sr = sf.read(str(p), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError
+        raise AudioError(f"cannot read audio {p}: {e}") from None
+    audio = audio.mean(axis=1)
+    if audio.size == 0:
+        raise AudioError(f"audio file is empty: {p}")
+    if sr != sample_rate:
+        import soxr
+
+        audio = soxr.resample(audio, sr, sample_rate).astype(np.float32)
+    return audio
+
+
+class HashUnitEncoder:
+    """Deterministic fake units: every frame's 16-bit samples hashed, modulo the codebook size.
+
+    HuBERT frames are 640 samples (25 Hz at 16 kHz), pitch 1280 (12.5 Hz), style 16000 (1 Hz).
+    Same file -> same units on any machine. Not a speech model: for tests and plumbing only.
+    """
+
+    name = "hash-fake-v1"
+
+    def __init__(self, expressive: bool = True, sample_rate: int = 16000, runs: int = 2):
+        self.expressive = expressive
+        self.sample_rate = sample_rate
+        self.runs = runs  # repeat each HuBERT frame value over `runs` frames so dedup has work
+        streams = ("hubert", "pitch", "style") if expressive else ("hubert",)
+        self.frame_rates = {s: DEFAULT_FRAME_RATES[s] for s in streams}
+
+    def _stream(self, pcm: bytes, hop: int, size: int, n: int, runs: int) -> np.ndarray:
+        out = np.empty(n, dtype=np.int64)
+        for i in range(n):
+            g = i // runs
+            h = hashlib.blake2b(pcm[2 * g * runs * hop: 2 * (g * runs + 1) * hop], digest_size=4)
+            out[i] = int.from_bytes(h.digest(), "little") % size
+        return out
+
+    def encode_array(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+        pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+        n_samples = len(audio)
+        out = {}
+        sizes = {"hubert": 501, "pitch": 64, "style": 100}
+        for s, rate in self.frame_rates.items():
+            hop = int(round(self.sample_rate / rate))
+            n = max(1, n_samples // hop)
+            out[s] = self._stream(pcm, hop, sizes[s], n, self.runs if s == "hubert" else 3)
+        return out
+
+    def __call__(self, paths: Sequence[str | Path]) -> list[dict[str, np.ndarray]]:
+        return [self.encode_array(read_audio(p, self.sample_rate)) for p in paths]
+
+
+class SpeechTokenizerEncoder:
+    """``spiritlm.tokenizer.SpeechTokenizer`` (a saved tokenizer directory), batched through
+    ``encode_many``; a bad file comes back as its exception (counted as ``audio_unreadable``)."""
+
+    def __init__(self, directory: str | Path, expressive: bool = False, device: str | None = None):
+        import json as _json
+
+        from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
+
+        d = Path(directory)
+        self.tok = SpeechTokenizer.load(d, device=device or None)
+        man = _json.loads((d / "manifest.json").read_text())
+        rates = {k: float(v["rate"]) for k, v in man["streams"].items()}
+        streams = ("hubert", "pitch", "style") if expressive else ("hubert",)
+        missing = [s for s in streams if s not in rates]
+        if missing:
+            raise ValueError(f"speech tokenizer {d} has no {missing} stream(s): set "
+                             "speech.expressive=false or fit an Expressive tokenizer")
+        self.frame_rates = {s: rates[s] for s in streams}
+        digest = hashlib.sha256((d / "manifest.json").read_bytes()).hexdigest()[:12]
+        self.name = f"speech-tokenizer:{man.get('name', d.name)}:{digest}"
+
+    @classmethod
+    def from_tokenizer(cls, tok, expressive: bool = False, name: str | None = None):
+        """Wrap an already loaded ``SpeechTokenizer`` object."""
+        self = cls.__new__(cls)
+        self.tok = tok
+        rates = {"hubert": float(tok.featurizer.frame_rate), "pitch": 12.5, "style": 1.0}
+        self.frame_rates = {s: rates[s] for s in (("hubert", "pitch", "style") if expressive
+                                                   else ("hubert",))}
+        self.name = name or f"speech-tokenizer:{getattr(getattr(tok, 'cfg', None), 'name', 'custom')}"
+        return self
+
+    def __call__(self, paths):
+        out = []
+        for r in self.tok.encode_many([str(p) for p in paths]):
+            out.append(r if isinstance(r, Exception) else
+                       {s: np.asarray(r[s], dtype=np.int64) for s in self.frame_rates})
+        return out
+
+
+def speech_tokenizer(speech_cfg) -> SpeechTokenizerEncoder:
+    """Factory for recipes: ``speech.encoder = "spiritlm.data.encoders:speech_tokenizer"`` with
+    ``speech.tokenizer_dir`` (a directory saved by ``spiritlm tokenizer fit``)."""
+    if not speech_cfg.tokenizer_dir:
+        raise ValueError("speech.tokenizer_dir is not set: point it at a speech tokenizer "
+                         "directory (made by `spiritlm tokenizer fit`)")
+    return SpeechTokenizerEncoder(speech_cfg.tokenizer_dir, speech_cfg.expressive,
+                                  speech_cfg.device or None)
+
+
+class TokenizerEncoder:
+    """Adapter: an object with ``encode(path) -> {"hubert": ..., "pitch": ..., "style": ...}``."""
+
+    def __init__(self, tokenizer, name: str = "speech-tokenizer", frame_rates=None,
+                 expressive: bool = False):
+        self.tokenizer = tokenizer
+        self.name = name
+        streams = ("hubert", "pitch", "style") if expressive else ("hubert",)
+        rates = dict(frame_rates or getattr(tokenizer, "frame_rates", None) or DEFAULT_FRAME_RATES)
+        self.frame_rates = {s: float(rates[s]) for s in streams}
+
+    def __call__(self, paths):
+        out = []
+        for p in paths:
+            units = self.tokenizer.encode(str(p))
+            out.append({s: np.asarray(units[s], dtype=np.int64) for s in self.frame_rates})
+        return out

@@ -1,0 +1,242 @@
+"""Streaming, shard-aware, resumable reader of ``prepare shards`` output.
+
+The unit of work is a Parquet row group. All row groups of all shards are listed in (shard,
+group) order, permuted per epoch when ``shuffle`` (seeded by ``(seed, epoch)``), and dealt
+round-robin to the ``world_size * num_workers`` readers: reader ``rank * num_workers +
+worker_id`` takes groups ``g, g + W, g + 2W, ...``. Every row is read by exactly one reader per
+epoch (tested). With ``shuffle`` the rows inside a group are permuted too.
+
+Rows come out as ``{"id", "kind", "input_ids"}`` (int32, no BOS). ``aligned`` rows are
+materialised on the fly (``aligned_as="interleave"``: resampled per (record, seed, epoch); or
+``"speech"``/``"text"``/``"asr"``/``"tts"``), using the frame rates, layout and interleaving
+config recorded in the shards' metadata unless ``interleave`` is given.
+
+Resuming: ``state_dict()`` -> ``{"epoch", "group", "row"}`` (position of the *next* row in this
+reader's sequence); ``load_state_dict`` continues exactly there (tested). Iterating a reader
+yields the rest of the current epoch, then moves ``epoch`` on by one.
+
+The shards are plain Parquet: ``datasets.load_dataset("parquet", data_files=".../shard-*.parquet")``
+loads them too (rows as stored; aligned rows are not interleaved there).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+
+from spiritlm.data.interleave import InterleaveConfig, Interleaver, _mix64
+from spiritlm.data.records import AlignedRecord, asr_ids, speech_ids, text_ids, tts_ids
+from spiritlm.data.shards import ShardError, read_metadata, row_to_record
+from spiritlm.vocab import VocabLayout
+
+ALIGNED_AS = ("interleave", "speech", "text", "asr", "tts")
+
+
+def shard_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
+    """A shard directory (its ``index.json``, else ``shard-*.parquet``, else
+    ``*/shard-*.parquet``), one kind's subdirectory, or a list of files."""
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if p.is_dir():
+            idx = p / "index.json"
+            if idx.is_file():
+                return [p / s["name"] for s in json.loads(idx.read_text())["shards"]]
+            files = sorted(p.glob("shard-*.parquet")) or sorted(p.glob("*/shard-*.parquet"))
+            if not files:
+                raise FileNotFoundError(f"{p} holds no shard-*.parquet files: run "
+                                        "`spiritlm prepare shards RECIPE` first")
+            return files
+        return [p]
+    return [Path(x) for x in source]
+
+
+def interleave_fn_for(source, interleave: InterleaveConfig | None = None):
+    """``fn(record, seed, epoch) -> ids`` for ``spiritlm.train.data.ParquetSource``'s
+    ``interleave_fn``: rows of any kind; ``aligned`` rows are interleaved afresh (resampled per
+    (record id, seed, epoch)), the others return their stored ``input_ids``."""
+    reader = ShardReader(source, interleave=interleave, shuffle=False)
+    il = reader.interleaver
+
+    def fn(record: dict, seed: int, epoch: int) -> np.ndarray:
+        if record.get("kind") != "aligned":
+            return np.asarray(record["input_ids"], dtype=np.int32)
+        return il(row_to_record(record), seed, epoch)
+
+    return fn
+
+
+class ShardReader:
+    def __init__(self, source, *, rank: int = 0, world_size: int = 1,
+                 worker_id: int | None = None, num_workers: int | None = None, seed: int = 0,
+                 epoch: int = 0, shuffle: bool = True,
+                 aligned_as: Literal["interleave", "speech", "text", "asr", "tts"] = "interleave",
+                 interleave: InterleaveConfig | None = None, kinds: Sequence[str] | None = None,
+                 batch_rows: int = 256):
+        import pyarrow.parquet as pq
+
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+        if aligned_as not in ALIGNED_AS:
+            raise ValueError(f"aligned_as must be one of {ALIGNED_AS}, got {aligned_as!r}")
+        self.files = shard_files(source)
+        for f in self.files:
+            if not f.is_file():
+                raise FileNotFoundError(f"shard not found: {f}")
+        metas = [read_metadata(f) for f in self.files]
+        shas = {m["tokenizer_sha256"] for m in metas}
+        if len(shas) > 1:
+            raise ShardError("shards were made with different text tokenizers "
+                             f"({sorted(shas)}); read them with separate readers")
+        self.meta = metas[0]
+        self.layout = VocabLayout(**self.meta["vocab_layout"])
+        if interleave is None:
+            from spiritlm.config import from_dict
+
+            interleave = from_dict(InterleaveConfig, self.meta.get("config", {}).get("interleave", {}))
+        self.has_pitch, self.has_style = self.meta["has_pitch"], self.meta["has_style"]
+        self.interleaver = Interleaver(interleave, self.layout, self.meta["frame_rates"],
+                                       self.has_pitch, self.has_style)
+        self.rank, self.world_size = rank, world_size
+        self.worker_id, self.num_workers = worker_id, num_workers
+        self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
+        self.aligned_as = aligned_as
+        self.kinds = set(kinds) if kinds else None
+        self.batch_rows = batch_rows
+        self.groups = [(fi, g) for fi, f in enumerate(self.files)
+                       for g in range(pq.ParquetFile(f).num_row_groups)]
+        self._group = 0  # index into this reader's list of groups
+        self._row = 0  # rows of that group already yielded
+
+    # ---- splitting ---------------------------------------------------------------------------
+    def _worker(self) -> tuple[int, int]:
+        wid, nw = self.worker_id, self.num_workers
+        if wid is None or nw is None:
+            import sys
+
+            torch = sys.modules.get("torch")  # no DataLoader workers without torch loaded
+            info = torch.utils.data.get_worker_info() if torch is not None else None
+            wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.rank * nw + wid, self.world_size * nw
+
+    def my_groups(self, epoch: int | None = None) -> list[tuple[int, int]]:
+        epoch = self.epoch if epoch is None else epoch
+        order = np.arange(len(self.groups))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(self.groups))
+        g, w = self._worker()
+        return [self.groups[i] for i in order[g::w]]
+
+    def as_torch_dataset(self):
+        """A ``torch.utils.data.IterableDataset`` over this reader: each DataLoader worker gets
+        a copy that reads its own share (worker id/count from ``get_worker_info``). The
+        resumable state lives in the workers: for exact resumption use ``num_workers=0`` or one
+        reader per worker with explicit ``worker_id``/``num_workers``."""
+        import torch.utils.data as tud
+
+        reader = self
+
+        class _Dataset(tud.IterableDataset):
+            def __iter__(self):
+                return iter(reader)
+
+        return _Dataset()
+
+    # ---- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "group": self._group, "row": self._row}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self._group, self._row = int(state["epoch"]), int(state["group"]), int(state["row"])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._group, self._row = int(epoch), 0, 0
+
+    # ---- iteration ---------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict]:
+        import pyarrow.parquet as pq
+
+        groups = self.my_groups()
+        files: dict[int, pq.ParquetFile] = {}
+        while self._group < len(groups):
+            fi, g = groups[self._group]
+            pf = files.get(fi) or files.setdefault(fi, pq.ParquetFile(self.files[fi]))
+            table = pf.read_row_group(g)
+            order = np.arange(table.num_rows)
+            if self.shuffle:
+                key = _mix64((self.seed << 32) ^ (self.epoch << 16) ^ (fi << 40) ^ g)
+                order = np.random.default_rng(key).permutation(table.num_rows)
+            for start in range(self._row, table.num_rows, self.batch_rows):
+                idx = order[start:start + self.batch_rows]
+                for ex in self._materialise(table.take(idx)):
+                    self._row += 1
+                    if self.kinds is None or ex["kind"] in self.kinds:
+                        yield ex
+            self._group += 1
+            self._row = 0
+        self.set_epoch(self.epoch + 1)
+
+    def _materialise(self, table) -> list[dict]:
+        """A batch of rows -> examples, from flat Arrow buffers (no per-value Python objects)."""
+        cols = _FlatColumns(table)
+        kinds = table.column("kind").to_pylist()
+        ids_ = table.column("id").to_pylist()
+        out: list[dict | None] = [None] * len(kinds)
+        aligned = [i for i, k in enumerate(kinds) if k == "aligned"]
+        for i, k in enumerate(kinds):
+            if k != "aligned":
+                out[i] = {"id": ids_[i], "kind": k,
+                          "input_ids": cols.get("input_ids", i).astype(np.int32, copy=False)}
+        if aligned:
+            recs = [cols.record(i, ids_[i]) for i in aligned]
+            lay, hp, hs = self.layout, self.has_pitch, self.has_style
+            if self.aligned_as == "interleave":
+                flat, off = self.interleaver.batch(recs, self.seed, self.epoch)
+                ids = [flat[off[k]:off[k + 1]] for k in range(len(recs))]
+            elif self.aligned_as == "speech":
+                ids = [speech_ids(r.units, hp, hs, lay) for r in recs]
+            elif self.aligned_as == "text":
+                ids = [text_ids(r.word_bpe, lay) for r in recs]
+            else:
+                fn = asr_ids if self.aligned_as == "asr" else tts_ids
+                ids = [fn(r, hp, hs, lay) for r in recs]
+            kind = "interleaved" if self.aligned_as == "interleave" else self.aligned_as
+            for k, i in enumerate(aligned):
+                out[i] = {"id": ids_[i], "kind": kind, "input_ids": ids[k]}
+        return out
+
+
+class _FlatColumns:
+    """Per-row slices of list columns via their flat values + offsets."""
+
+    NUMERIC = ("input_ids", "word_start", "word_end", "word_bpe", "word_bpe_len", "hubert",
+               "pitch", "style")
+
+    def __init__(self, table):
+        self.values, self.offsets, self.valid = {}, {}, {}
+        for name in self.NUMERIC:
+            arr = table.column(name).combine_chunks()
+            self.offsets[name] = arr.offsets.to_numpy()
+            self.values[name] = arr.values.to_numpy(zero_copy_only=False)
+            self.valid[name] = arr.is_valid().to_numpy(zero_copy_only=False)
+        words = table.column("words").combine_chunks()
+        self.word_off = words.offsets.to_numpy()
+        self.words = words.values.to_pylist()
+        self.duration = table.column("duration").to_pylist()
+        self.speaker = table.column("speaker").to_pylist()
+
+    def get(self, name: str, i: int):
+        if not self.valid[name][i]:
+            return None
+        o = self.offsets[name]
+        return self.values[name][o[i]:o[i + 1]]
+
+    def record(self, i: int, rid: str) -> AlignedRecord:
+        units = {s: self.get(s, i) for s in ("hubert", "pitch", "style")}
+        return AlignedRecord.trusted(rid, self.words[self.word_off[i]:self.word_off[i + 1]],
+                             self.get("word_start", i), self.get("word_end", i),
+                             self.get("word_bpe", i), self.get("word_bpe_len", i),
+                             {k: v for k, v in units.items() if v is not None},
+                             float(self.duration[i] or 0.0), self.speaker[i])
