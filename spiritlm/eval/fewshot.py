@@ -1,0 +1,127 @@
+"""Few-shot ASR and TTS (paper appendix formats), 10-shot by default.
+
+Data: a JSONL manifest, one utterance per line with ``audio_path`` (or ``wav_path``) and ``text``
+(or ``asr``); relative paths are relative to the manifest. Shots come from a second manifest
+(``shots``) or, if none is given, from the same one (never the test item itself).
+
+* ASR prompt: ``[Speech]<units_1>[Text] transcript_1\\n ... [Speech]<units>[Text]`` -> greedy text
+  (cut at the first newline), scored by corpus WER after normalisation (lower-case, punctuation
+  removed, whitespace collapsed) with ``jiwer``.
+* TTS prompt: ``[Text] text_1[Speech]<units_1> ... [Text] text[Speech]`` -> speech tokens ->
+  ``vocoder(units) -> wav`` -> ``asr(wav) -> text`` -> corpus CER. Both hooks are pluggable;
+  without them TTS is reported as skipped, never as a number.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import Callable
+
+from spiritlm.eval.generate import generate_batch, output_speech_ids, output_text
+from spiritlm.eval.zerospeech import LayoutError
+
+
+def normalize_text(s: str) -> str:
+    s = s.lower().replace("’", "'")
+    s = re.sub(r"[^a-z0-9' ]+", " ", s)
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def wer(refs: list[str], hyps: list[str]) -> float:
+    import jiwer
+
+    refs = [normalize_text(r) for r in refs]
+    hyps = [normalize_text(h) or "<empty>" for h in hyps]
+    return float(jiwer.wer(refs, hyps))
+
+
+def cer(refs: list[str], hyps: list[str]) -> float:
+    import jiwer
+
+    refs = [normalize_text(r) for r in refs]
+    hyps = [normalize_text(h) or "_" for h in hyps]
+    return float(jiwer.cer(refs, hyps))
+
+
+def read_utterances(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise LayoutError(f"{path} not found: few-shot ASR/TTS reads a JSONL with audio_path and text")
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        wav = r.get("audio_path") or r.get("wav_path")
+        text = r.get("text") if r.get("text") is not None else r.get("asr")
+        if not wav or text is None:
+            raise LayoutError(f"{path}:{i}: needs 'audio_path' (or 'wav_path') and 'text' (or 'asr')")
+        p = Path(wav)
+        out.append({"id": str(r.get("id", i)), "wav": p if p.is_absolute() else path.parent / p, "text": text})
+    if not out:
+        raise LayoutError(f"{path}: empty manifest")
+    return out
+
+
+def _shots(pool, test, n, rng):
+    cands = [u for u in pool if u["id"] != test["id"]]
+    if len(cands) < n:
+        raise LayoutError(f"only {len(cands)} utterances available for {n} shots")
+    return rng.sample(cands, n)
+
+
+def run_asr(manifest: Path, model, tok, encoder, shots: Path | None = None, n_shots: int = 10,
+            max_new_tokens: int = 60, seed: int = 0, max_items: int = 0, has_pitch=False, has_style=False) -> dict:
+    if encoder is None:
+        raise ValueError("few-shot ASR needs a speech encoder (set speech_encoder in the recipe)")
+    test = read_utterances(manifest)[: max_items or None]
+    pool = read_utterances(shots) if shots else test
+    rng = random.Random(seed)
+    prompts = []
+    for u in test:
+        segs = []
+        for s in _shots(pool, u, n_shots, rng):
+            segs += [("speech", encoder(s["wav"])), ("text", s["text"] + "\n")]
+        segs.append(("speech", encoder(u["wav"])))
+        prompts.append(tok.encode_segments(segs, has_pitch=has_pitch, has_style=has_style, trailing_marker="text"))
+    gens = generate_batch(model, tok, prompts, "text", do_sample=False, max_new_tokens=max_new_tokens)
+    items = []
+    for u, outs in zip(test, gens):
+        hyp = output_text(outs).split("\n")[0].strip()
+        items.append({"id": u["id"], "ref": u["text"], "hyp": hyp,
+                      "wer": wer([u["text"]], [hyp]) if normalize_text(u["text"]) else None})
+    return {"task": "asr", "shots": n_shots, "n": len(items), "complete": True,
+            "wer": wer([i["ref"] for i in items], [i["hyp"] for i in items]), "items": items}
+
+
+def run_tts(manifest: Path, model, tok, encoder, vocoder: Callable | None, asr: Callable | None,
+            shots: Path | None = None, n_shots: int = 10, max_new_tokens: int = 300, seed: int = 0,
+            max_items: int = 0, has_pitch=False, has_style=False) -> dict:
+    if vocoder is None or asr is None:
+        return {"task": "tts", "skipped": "TTS needs fewshot.vocoder and fewshot.asr hooks in the recipe", "complete": False}
+    if encoder is None:
+        raise ValueError("few-shot TTS needs a speech encoder for the shots (set speech_encoder)")
+    from spiritlm.vocab import ids_to_units
+
+    test = read_utterances(manifest)[: max_items or None]
+    pool = read_utterances(shots) if shots else test
+    rng = random.Random(seed)
+    prompts = []
+    for u in test:
+        segs = []
+        for s in _shots(pool, u, n_shots, rng):
+            segs += [("text", s["text"]), ("speech", encoder(s["wav"]))]
+        segs.append(("text", u["text"]))
+        prompts.append(tok.encode_segments(segs, has_pitch=has_pitch, has_style=has_style, trailing_marker="speech"))
+    gens = generate_batch(model, tok, prompts, "speech", max_new_tokens=max_new_tokens, seed=seed,
+                          has_pitch=has_pitch, has_style=has_style)
+    items = []
+    for u, outs in zip(test, gens):
+        gen = output_speech_ids(outs)
+        hyp = asr(vocoder(ids_to_units(gen, tok.layout))) if gen else ""
+        items.append({"id": u["id"], "ref": u["text"], "hyp": hyp, "n_speech_tokens": len(gen)})
+    return {"task": "tts", "shots": n_shots, "n": len(items), "complete": True,
+            "cer": cer([i["ref"] for i in items], [i["hyp"] for i in items]), "items": items}

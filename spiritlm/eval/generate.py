@@ -1,0 +1,282 @@
+"""Interleaved generation with decoding restricted to the requested modality.
+
+    from spiritlm.eval.generate import generate, load_generator
+    model, tok = load_model("ckpt/")                        # spiritlm.eval.model
+    out = generate(model, tok, [("speech", "a.wav"), ("text", "and then")],
+                   output_modality="text", encoder=enc, max_new_tokens=50)
+    out[0].content  # 'the dog ran home'
+
+Close to the release's ``Spiritlm.generate(output_modality, interleaved_inputs,
+generation_config)``: inputs are ``(kind, content)`` pairs (``GenerationInput``-like objects with
+``content``/``content_type`` work too), speech is a wav path, a 16 kHz array, a units dict or a
+speech string; the result is a list of :class:`GenerationOutput` (``content``, ``content_type``).
+The prompt ends with the marker of ``output_modality`` (``[Text]``/``[Speech]``); "arbitrary"
+adds none and lets the model switch.
+
+Decoding: a :class:`ModalityMask` sets every id outside the modality's range to -inf *before*
+temperature and top-p (text: the SentencePiece ids minus BOS; speech: the unit ids of the
+streams in use, HuBERT only for Base; arbitrary: every real id). EOS is allowed in all modes and
+ends generation; padded embedding rows are never sampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from spiritlm.text_tokenizer import SpiritTokenizer
+from spiritlm.vocab import ids_to_units
+
+MODALITIES = ("text", "speech", "arbitrary")
+DEFAULT_MAX_NEW = {"text": 50, "speech": 300, "arbitrary": 300}
+
+
+@dataclass
+class GenerationOutput:
+    content: Any  # str for text; units dict (or a waveform when a vocoder is given) for speech
+    content_type: str  # "text" | "speech"
+    token_ids: list[int] = field(default_factory=list)
+
+
+def allowed_ids(tok: SpiritTokenizer, modality: str, has_pitch: bool = False, has_style: bool = False):
+    """Boolean mask over ``tok.layout.vocab_size`` ids that ``modality`` may emit."""
+    lay = tok.layout
+    ok = np.zeros(lay.vocab_size, dtype=bool)
+    if modality in ("text", "arbitrary"):
+        ok[: lay.base_vocab_size] = True
+        if tok.bos_id >= 0:
+            ok[tok.bos_id] = False
+    if modality in ("speech", "arbitrary"):
+        streams = ["hubert"] + (["pitch"] if has_pitch else []) + (["style"] if has_style else [])
+        for s in streams:
+            spec = lay.streams[s]
+            ok[spec.offset : spec.offset + spec.size] = True
+    if modality == "arbitrary":
+        ok[lay.text_id] = ok[lay.speech_id] = True
+    if modality not in MODALITIES:
+        raise ValueError(f"output_modality={modality!r}: use one of {MODALITIES}")
+    if tok.eos_id >= 0:
+        ok[tok.eos_id] = True
+    return ok
+
+
+class ModalityMask:
+    """logits (.., V) -> disallowed ids at -inf (rows beyond the layout, e.g. padding, too)."""
+
+    def __init__(self, allowed: np.ndarray):
+        import torch
+
+        self.allowed = torch.from_numpy(allowed)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        V = scores.shape[-1]
+        mask = torch.zeros(V, dtype=torch.bool, device=scores.device)
+        n = min(V, self.allowed.numel())
+        mask[:n] = self.allowed[:n].to(scores.device)
+        return scores.masked_fill(~mask, float("-inf"))
+
+
+def _normalise_inputs(inputs) -> list[tuple[str, Any]]:
+    out = []
+    for x in inputs:
+        if isinstance(x, tuple):
+            kind, content = x
+        else:  # release-style GenerationInput(content=..., content_type=ContentType.SPEECH)
+            kind, content = getattr(x.content_type, "value", x.content_type), x.content
+        kind = str(kind).lower()
+        if kind not in ("text", "speech"):
+            raise ValueError(f"input kind {kind!r}: use 'text' or 'speech'")
+        out.append((kind, content))
+    return out
+
+
+def sample_tokens(model, prompt: Sequence[int], processor: Callable, max_new_tokens: int,
+                  temperature: float = 0.8, top_p: float = 0.95, do_sample: bool = True,
+                  eos_id: int = -1, generator=None) -> list[int]:
+    """KV-cached decoding: mask -> temperature -> top-p -> sample (or argmax)."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(prompt)], device=device)
+    out_ids: list[int] = []
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True)
+        past = out.past_key_values
+        for _ in range(max_new_tokens):
+            logits = processor(ids, out.logits[:, -1, :].float())
+            if do_sample and temperature > 0:
+                logits = logits / temperature
+                probs = torch.softmax(logits, -1)
+                if top_p < 1.0:
+                    sp, si = torch.sort(probs, descending=True)
+                    keep = sp.cumsum(-1) - sp < top_p  # smallest prefix with mass >= top_p
+                    keep[..., 0] = True
+                    sp = sp * keep
+                    probs = torch.zeros_like(probs).scatter(-1, si, sp)
+                nxt = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator)
+            else:
+                nxt = logits.argmax(-1, keepdim=True)
+            t = int(nxt.item())
+            if t == eos_id:
+                break
+            out_ids.append(t)
+            out = model(input_ids=nxt.to(device), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+    return out_ids
+
+
+def sample_tokens_batch(model, prompts: Sequence[Sequence[int]], processor: Callable, max_new_tokens: int,
+                        temperature: float = 0.8, top_p: float = 0.95, do_sample: bool = True,
+                        eos_id: int = -1, generator=None, pad_id: int = 0) -> list[list[int]]:
+    """Like :func:`sample_tokens` for several prompts at once (left padding, one KV cache)."""
+    import torch
+
+    if len(prompts) == 1:
+        return [sample_tokens(model, prompts[0], processor, max_new_tokens, temperature, top_p, do_sample,
+                              eos_id, generator)]
+    device = next(model.parameters()).device
+    B, L = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    att = torch.zeros(B, L, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, L - len(p):] = torch.tensor(list(p))
+        att[b, L - len(p):] = 1
+    ids, att = ids.to(device), att.to(device)
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    outs: list[list[int]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
+        past, last_pos = out.past_key_values, pos[:, -1:]
+        for _ in range(max_new_tokens):
+            logits = processor(ids, out.logits[:, -1, :].float())
+            if do_sample and temperature > 0:
+                probs = torch.softmax(logits / temperature, -1)
+                if top_p < 1.0:
+                    sp, si = torch.sort(probs, descending=True)
+                    keep = sp.cumsum(-1) - sp < top_p
+                    keep[..., 0] = True
+                    probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
+                nxt = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator)
+            else:
+                nxt = logits.argmax(-1, keepdim=True)
+            for b in range(B):
+                if not done[b]:
+                    t = int(nxt[b, 0])
+                    if t == eos_id:
+                        done[b] = True
+                    else:
+                        outs[b].append(t)
+            if bool(done.all()):
+                break
+            att = torch.cat([att, torch.ones(B, 1, dtype=att.dtype, device=device)], 1)
+            last_pos = last_pos + 1
+            out = model(input_ids=nxt, attention_mask=att, position_ids=last_pos, past_key_values=past,
+                        use_cache=True)
+            past = out.past_key_values
+    return outs
+
+
+def decode_outputs(tokenizer: SpiritTokenizer, new: Sequence[int], first: str,
+                   vocoder: Callable | None = None) -> list[GenerationOutput]:
+    outs = []
+    for kind, ids in split_segments(tokenizer, new, first):
+        if kind == "text":
+            outs.append(GenerationOutput(tokenizer.decode(ids), "text", ids))
+        else:
+            units = ids_to_units(ids, tokenizer.layout)
+            outs.append(GenerationOutput(vocoder(units) if vocoder is not None else units, "speech", ids))
+    return outs
+
+
+def generate_batch(model, tokenizer: SpiritTokenizer, prompt_ids: Sequence[Sequence[int]],
+                   output_modality: str = "text", *, has_pitch: bool = False, has_style: bool = False,
+                   max_new_tokens: int | None = None, temperature: float = 0.8, top_p: float = 0.95,
+                   do_sample: bool = True, seed: int | None = None, batch_size: int = 16,
+                   ) -> list[list[GenerationOutput]]:
+    """Several prompts (token ids, e.g. from ``encode_segments``) -> one output list per prompt."""
+    import torch
+
+    mask = ModalityMask(allowed_ids(tokenizer, output_modality, has_pitch, has_style))
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    n = max_new_tokens or DEFAULT_MAX_NEW[output_modality]
+    res = []
+    for i in range(0, len(prompt_ids), batch_size):
+        chunk = prompt_ids[i : i + batch_size]
+        news = sample_tokens_batch(model, chunk, mask, n, temperature, top_p, do_sample, tokenizer.eos_id, gen,
+                                   pad_id=max(tokenizer.eos_id, 0))
+        for p, new in zip(chunk, news):
+            first = output_modality if output_modality != "arbitrary" else _last_kind(tokenizer, p)
+            res.append(decode_outputs(tokenizer, new, first))
+    return res
+
+
+def split_segments(tok: SpiritTokenizer, ids: Sequence[int], first: str) -> list[tuple[str, list[int]]]:
+    """Generated ids -> [(kind, ids)] runs; markers switch the kind and are dropped."""
+    lay = tok.layout
+    segs: list[tuple[str, list[int]]] = []
+    kind = first
+    for i in ids:
+        if i in (lay.text_id, lay.speech_id):
+            kind = "text" if i == lay.text_id else "speech"
+            continue
+        k = "text" if i < lay.base_vocab_size else "speech"
+        if not segs or segs[-1][0] != k:
+            segs.append((k, []))
+        segs[-1][1].append(int(i))
+    return segs
+
+
+def generate(model, tokenizer: SpiritTokenizer, interleaved_inputs, output_modality: str = "text", *,
+             encoder=None, vocoder: Callable | None = None, has_pitch: bool = False, has_style: bool = False,
+             max_new_tokens: int | None = None, temperature: float = 0.8, top_p: float = 0.95,
+             do_sample: bool = True, seed: int | None = None, prompt_ids: Sequence[int] | None = None,
+             ) -> list[GenerationOutput]:
+    import torch
+
+    if output_modality not in MODALITIES:
+        raise ValueError(f"output_modality={output_modality!r}: use one of {MODALITIES}")
+    if prompt_ids is None:
+        segs = []
+        for kind, content in _normalise_inputs(interleaved_inputs):
+            if kind == "speech" and not isinstance(content, dict) and not (
+                    isinstance(content, str) and content.startswith("[")):
+                if encoder is None:
+                    raise ValueError("a speech input is a wav but no speech encoder was given; pass "
+                                     "encoder= (e.g. SpeechTokenizer(...)) or units")
+                content = encoder(content)
+            segs.append((kind, content))
+        trailing = None if output_modality == "arbitrary" else output_modality
+        prompt_ids = tokenizer.encode_segments(segs, has_pitch=has_pitch, has_style=has_style,
+                                               trailing_marker=trailing)
+    mask = ModalityMask(allowed_ids(tokenizer, output_modality, has_pitch, has_style))
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    new = sample_tokens(model, prompt_ids, mask, max_new_tokens or DEFAULT_MAX_NEW[output_modality],
+                        temperature, top_p, do_sample, tokenizer.eos_id, gen)
+    first = output_modality if output_modality != "arbitrary" else _last_kind(tokenizer, prompt_ids)
+    return decode_outputs(tokenizer, new, first, vocoder)
+
+
+def _last_kind(tok: SpiritTokenizer, ids: Sequence[int]) -> str:
+    for i in reversed(list(ids)):
+        if i == tok.layout.text_id or i < tok.layout.base_vocab_size:
+            return "text"
+        if i >= tok.layout.base_vocab_size:
+            return "speech"
+    return "text"
+
+
+def output_text(outs: list[GenerationOutput]) -> str:
+    return " ".join(o.content for o in outs if o.content_type == "text").strip()
+
+
+def output_speech_ids(outs: list[GenerationOutput]) -> list[int]:
+    return [i for o in outs if o.content_type == "speech" for i in o.token_ids]

@@ -1,0 +1,247 @@
+"""Mini benchmarks from the demo grammar and espeak, in exactly the real layouts.
+
+    paths = build_mini_benchmarks("data/mini_bench", seed=0, sizes={"swuggy": 40})
+
+Layout of ``out_dir`` (each part readable by the same code as the real set)::
+
+    zerospeech/lexical/dev/{gold.csv,<stem>.wav}     mini-sWUGGY (ZeroSpeech 2021 columns)
+    zerospeech/syntactic/dev/{gold.csv,<stem>.wav}   mini-sBLIMP (type = grammar phenomenon)
+    storycloze/{text.csv,speech/,cross/}             mini-StoryCloze  (CSV / <2k>_<id>_correct.wav / <k>_mutual...)
+    topic_storycloze/{text.csv,speech/,cross/}       mini-Topic-StoryCloze
+    stsp/{test.jsonl,fewshot_T2T.jsonl,audio/}       mini-STSP (happy/sad/default espeak styles)
+    fewshot/{asr_test.jsonl,shots.jsonl,audio/}      mini few-shot ASR/TTS
+    heldout_texts.txt                                every text used, one per line (exclusion list)
+    COMPLETE.json                                    hash of (version, seed, sizes, voices); written last
+
+Held out: every sentence/story/sentiment item is drawn until
+``spiritlm.corpus.grammar.split_of(text) == "heldout"``; the demo text corpus never contains
+those documents. Real words of mini-sWUGGY are (by design) known words; non-words and
+ungrammatical sentences never occur in training. Deterministic: a pure function of ``seed`` and
+``sizes``; a complete build with the same hash is reused; builds go to a temporary directory
+renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+MINI_VERSION = 1
+DEFAULT_SIZES = {"swuggy": 40, "sblimp": 36, "storycloze": 24, "topic_storycloze": 24, "stsp": 30,
+                 "stsp_fewshot": 15, "asr": 12, "asr_shots": 20, "voices": 2}
+VOICES = ("en-us", "en-us+f2", "en-us+m3", "en-us+m1")
+STYLES = {"positive": ("happy", 190, 75, 90), "negative": ("sad", 130, 25, 20),
+          "neutral": ("default", 165, 50, 50)}
+
+
+def _stem(*parts) -> str:
+    h = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=16).hexdigest()
+    return "m" + h[:10]
+
+
+class _Synth:
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __call__(self, text: str, path: Path, voice: str = "en-us", rate: int = 165, pitch: int = 50,
+                 range_: int = 50) -> list[str]:
+        """Write a 16 kHz PCM_16 wav; return the espeak phones (no pauses)."""
+        import soundfile as sf
+        import soxr
+
+        from spiritlm.corpus.espeak import get_espeak
+
+        es = int(hashlib.sha256(f"{self.seed}/{text}/{voice}".encode()).hexdigest()[:7], 16)
+        syn = get_espeak().synthesize(text, voice, rate, pitch, range_, seed=es)
+        y = soxr.resample(syn.audio.astype(np.float32) / 32768.0, syn.sample_rate, 16000, quality="HQ")
+        y = np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16)
+        audio = np.concatenate([np.zeros(1600, np.int16), y])  # 0.1 s leading silence
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), audio, 16000, subtype="PCM_16")
+        phones = syn.phones
+        return [p.label for p in phones if not p.label.startswith("_")]
+
+
+def _heldout(draw, used: set, tries: int = 5000):
+    from spiritlm.corpus.grammar import split_of
+
+    for _ in range(tries):
+        item, text = draw()
+        if text not in used and split_of(text) == "heldout":
+            used.add(text)
+            return item
+    raise RuntimeError("could not draw a held-out item; the grammar's held-out fraction may be 0")
+
+
+def word_frequencies(seed: int = 0, n_docs: int = 3000) -> Counter:
+    """Word counts in the first ``n_docs`` documents of the demo text corpus (frequency bands)."""
+    from spiritlm.corpus.demo import DemoCorpusConfig, iter_text_documents
+    from spiritlm.corpus.grammar import words_of
+
+    gen = iter_text_documents(DemoCorpusConfig(seed=seed))
+    c: Counter = Counter()
+    for _ in range(n_docs):
+        c.update(w.lower() for w in words_of(next(gen)[0]))
+    return c
+
+
+def _build_zerospeech(out: Path, g, sizes, voices, synth, used) -> None:
+    freq = word_frequencies()
+    lex = out / "zerospeech" / "lexical" / "dev"
+    rows, seen = [], set()
+    k = 0
+    while k < sizes["swuggy"]:
+        word, non = g.wuggy_pair()
+        if word in seen or not freq.get(word.lower()):  # in-vocabulary words only
+            continue
+        seen.add(word)
+        try:
+            block = []
+            for v in voices:
+                for text, correct in ((word, 1), (non, 0)):
+                    stem = _stem("lex", k, v, correct)
+                    ph = synth(text, lex / f"{stem}.wav", v)
+                    block.append({"id": k, "filename": stem, "voice": v, "frequency": freq.get(word, 0),
+                                  "word": text, "phones": " ".join(ph), "length": len(ph), "correct": correct})
+        except (RuntimeError, ValueError):  # espeak could not say it: draw another pair
+            continue
+        rows += block
+        k += 1
+    _write_csv(lex / "gold.csv", ["id", "filename", "voice", "frequency", "word", "phones", "length", "correct"], rows)
+    from spiritlm.corpus.grammar import PHENOMENA
+
+    syn = out / "zerospeech" / "syntactic" / "dev"
+    rows = []
+    for k in range(sizes["sblimp"]):
+        ph = PHENOMENA[k % len(PHENOMENA)]
+        pair = _heldout(lambda: (lambda p: (p, p.good))(g.minimal_pair(ph)), used)
+        for v in voices:
+            for text, correct in ((pair.good, 1), (pair.bad, 0)):
+                stem = _stem("syn", k, v, correct)
+                synth(text, syn / f"{stem}.wav", v)
+                rows.append({"id": k, "filename": stem, "voice": v, "type": pair.phenomenon,
+                             "subtype": pair.phenomenon, "transcription": text, "correct": correct})
+    _write_csv(syn / "gold.csv", ["id", "filename", "voice", "type", "subtype", "transcription", "correct"], rows)
+
+
+def _build_storycloze(out: Path, g, n: int, topic: bool, voices, synth, used) -> None:
+    rows = []
+    for k in range(n):
+        st = _heldout(lambda: (lambda s: (s, s.text))(g.story()), used)
+        bad = st.other_topic_ending if topic else st.wrong_ending
+        ctx = " ".join(st.context)
+        sid = f"s{k:04d}"
+        v = voices[k % len(voices)]
+        synth(f"{ctx} {st.ending}", out / "speech" / f"{2 * k}_{sid}_correct.wav", v)
+        synth(f"{ctx} {bad}", out / "speech" / f"{2 * k + 1}_{sid}_incorrect.wav", v)
+        for part, text in (("mutual", ctx), ("correct", st.ending), ("incorrect", bad)):
+            synth(text, out / "cross" / f"{k}_{part}.wav", v)
+            (out / "cross" / f"{k}_{part}.txt").write_text(text + "\n", encoding="utf-8")
+        right = 1 + (k % 2)
+        e1, e2 = (st.ending, bad) if right == 1 else (bad, st.ending)
+        rows.append({"InputStoryid": sid, **{f"InputSentence{j + 1}": s for j, s in enumerate(st.context)},
+                     "RandomFifthSentenceQuiz1": e1, "RandomFifthSentenceQuiz2": e2, "AnswerRightEnding": right})
+    _write_csv(out / "text.csv", ["InputStoryid", "InputSentence1", "InputSentence2", "InputSentence3",
+                                  "InputSentence4", "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2",
+                                  "AnswerRightEnding"], rows)
+
+
+def _build_stsp(out: Path, g, sizes, voices, synth, used) -> None:
+    labels = ("positive", "negative", "neutral")
+    recs, shots = [], []
+    for k in range(sizes["stsp"] + sizes["stsp_fewshot"]):
+        label = labels[k % 3]
+        s = _heldout(lambda: (lambda x: (x, x.text))(g.sentiment_sentence(label)), used)
+        emotion, rate, pitch, rng_ = STYLES[label]
+        if k < sizes["stsp"]:
+            v = voices[k % len(voices)]
+            rel = f"audio/{k:04d}_{emotion}.wav"
+            synth(s.text, out / rel, v, rate, pitch, rng_)
+            recs.append({"id": k, "wav_path": rel, "asr": s.text, "sentiment": label, "emotion": emotion,
+                         "split": "test", "speaker": v})
+        else:
+            words = s.text.split()
+            half = max(1, len(words) // 2)
+            shots.append({"id": f"fs{k}", "prompt": "[Text]" + " ".join(words[:half]),
+                          "generation": " " + " ".join(words[half:]), "sentiment": label})
+    _write_jsonl(out / "test.jsonl", recs)
+    _write_jsonl(out / "fewshot_T2T.jsonl", shots)
+
+
+def _build_fewshot(out: Path, g, sizes, voices, synth, used) -> None:
+    recs = []
+    for k in range(sizes["asr"] + sizes["asr_shots"]):
+        text = _heldout(lambda: (lambda s: (s, s))(g.sentence()), used)
+        v = voices[k % len(voices)]
+        rel = f"audio/{k:04d}.wav"
+        synth(text, out / rel, v)
+        recs.append({"id": f"u{k:04d}", "audio_path": rel, "text": text, "speaker": v})
+    _write_jsonl(out / "asr_test.jsonl", recs[: sizes["asr"]])
+    _write_jsonl(out / "shots.jsonl", recs[sizes["asr"]:])
+
+
+def _write_csv(path: Path, cols, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _write_jsonl(path: Path, recs) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+
+
+def mini_paths(out_dir: str | Path) -> dict[str, Path]:
+    o = Path(out_dir)
+    return {"zerospeech": o / "zerospeech", "storycloze_text": o / "storycloze" / "text.csv",
+            "storycloze_speech": o / "storycloze" / "speech", "storycloze_cross": o / "storycloze" / "cross",
+            "topic_storycloze_text": o / "topic_storycloze" / "text.csv",
+            "topic_storycloze_speech": o / "topic_storycloze" / "speech",
+            "topic_storycloze_cross": o / "topic_storycloze" / "cross",
+            "stsp_manifest": o / "stsp" / "test.jsonl", "stsp_fewshot_T2T": o / "stsp" / "fewshot_T2T.jsonl",
+            "asr_manifest": o / "fewshot" / "asr_test.jsonl", "shots_manifest": o / "fewshot" / "shots.jsonl",
+            "heldout_texts": o / "heldout_texts.txt", "root": o}
+
+
+def build_mini_benchmarks(out_dir: str | Path, seed: int = 0, sizes: dict | None = None) -> dict[str, Path]:
+    """Build (or reuse) the mini benchmarks; returns the paths of every part (see module doc)."""
+    from spiritlm.corpus.grammar import GRAMMAR_VERSION, Grammar
+
+    sz = dict(DEFAULT_SIZES)
+    unknown = set(sizes or {}) - set(sz)
+    if unknown:
+        raise ValueError(f"unknown mini benchmark size key(s) {sorted(unknown)}; valid: {sorted(sz)}")
+    sz.update(sizes or {})
+    out = Path(out_dir)
+    ident = {"version": MINI_VERSION, "grammar": GRAMMAR_VERSION, "seed": seed, "sizes": sz}
+    h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    marker = out / "COMPLETE.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("hash") == h:
+        return mini_paths(out)
+    tmp = out.with_name(out.name + ".tmp-build")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    voices = VOICES[: max(1, sz["voices"])]
+    synth = _Synth(seed)
+    used: set[str] = set()
+    g = lambda part: Grammar(f"spiritlm-mini/{seed}/{part}")  # noqa: E731
+    _build_zerospeech(tmp, g("zerospeech"), sz, voices, synth, used)
+    _build_storycloze(tmp / "storycloze", g("sc"), sz["storycloze"], False, voices, synth, used)
+    _build_storycloze(tmp / "topic_storycloze", g("tsc"), sz["topic_storycloze"], True, voices, synth, used)
+    _build_stsp(tmp / "stsp", g("stsp"), sz, voices, synth, used)
+    _build_fewshot(tmp / "fewshot", g("asr"), sz, voices, synth, used)
+    (tmp / "heldout_texts.txt").write_text("".join(t + "\n" for t in sorted(used)), encoding="utf-8")
+    (tmp / "COMPLETE.json").write_text(json.dumps({"hash": h, **ident}, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return mini_paths(out)

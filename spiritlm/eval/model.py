@@ -1,0 +1,184 @@
+"""Loading a checkpoint for evaluation, and the speech-encoder protocol.
+
+A model directory is a HF LLaMA checkpoint (``config.json`` + weights) with ``tokenizer.model``:
+either one of ours (``spiritlm train`` exports ``spiritlm_vocab.json`` beside it) or a released
+Spirit LM checkpoint (32000 SentencePiece pieces + the speech tokens as added tokens, ids of
+``spiritlm.vocab.SPIRITLM``). :func:`load_model` refuses a directory without the speech
+vocabulary with a message that says what to do.
+
+Speech enters the evaluation as a wav (path or 16 kHz array) turned into units by a
+:class:`SpeechEncoder` -- any callable ``wav_or_path -> {"hubert": array, "pitch": ..., "style":
+...}`` (``spiritlm.tokenizer.SpeechTokenizer.encode`` fits) -- or as precomputed units.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Union, runtime_checkable
+
+import numpy as np
+
+from spiritlm.text_tokenizer import LAYOUT_FILE, SP_FILE, SpiritTokenizer
+
+log = logging.getLogger(__name__)
+
+Units = Mapping[str, np.ndarray]
+WavInput = Union[str, Path, np.ndarray]
+
+
+class ModelDirError(ValueError):
+    """A model directory that cannot be evaluated; the message names the file and the fix."""
+
+
+@runtime_checkable
+class SpeechEncoder(Protocol):
+    """wav path or 16 kHz float waveform -> unit streams ``{"hubert": ..., ["pitch", "style"]}``."""
+
+    def __call__(self, wav: WavInput) -> Units: ...
+
+
+class CachedEncoder:
+    """Wraps an encoder (a callable or an object with ``encode``); memoises file inputs by path."""
+
+    def __init__(self, encoder: Any):
+        fn = encoder if callable(encoder) and not hasattr(encoder, "encode") else getattr(encoder, "encode", None)
+        if fn is None:
+            raise TypeError(f"{encoder!r} is neither callable nor has an .encode method")
+        self._fn: Callable = fn
+        self._owner = encoder
+        self._cache: dict[str, Units] = {}
+        self.calls = 0
+
+    def __call__(self, wav: WavInput) -> Units:
+        if isinstance(wav, (str, Path)):
+            key = str(Path(wav).resolve())
+            if key not in self._cache:
+                p = Path(wav)
+                if not p.is_file():
+                    raise FileNotFoundError(f"audio file not found: {p}")
+                self._cache[key] = self._encode(wav)
+            return self._cache[key]
+        return self._encode(wav)
+
+    def prefetch(self, paths) -> None:
+        """Encode many files at once when the encoder has ``encode_many`` (batched); cache them."""
+        todo, seen = [], set()
+        for p in paths:
+            key = str(Path(p).resolve())
+            if key not in self._cache and key not in seen:
+                if not Path(p).is_file():
+                    raise FileNotFoundError(f"audio file not found: {p}")
+                seen.add(key)
+                todo.append((key, p))
+        many = getattr(self._owner, "encode_many", None)
+        if not todo or many is None:
+            return
+        for i in range(0, len(todo), 64):
+            chunk = todo[i : i + 64]
+            outs = many([str(p) for _, p in chunk])
+            for (key, p), out in zip(chunk, outs):
+                if isinstance(out, Exception):
+                    raise ValueError(f"{p}: the speech encoder failed ({out}); check the audio file") from out
+                self._cache[key] = out
+            self.calls += len(chunk)
+
+    def _encode(self, wav: WavInput) -> Units:
+        self.calls += 1
+        try:
+            out = self._fn(wav)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # audio that fails to load: name the file
+            where = str(wav) if isinstance(wav, (str, Path)) else "<waveform>"
+            raise ValueError(f"{where}: the speech encoder failed ({type(e).__name__}: {e}); "
+                             "check that the file is a readable mono/stereo WAV/FLAC") from e
+        if not isinstance(out, Mapping) or "hubert" not in out:
+            raise TypeError(f"speech encoder returned {type(out).__name__}; expected a dict with 'hubert'")
+        return out
+
+
+def load_speech_encoder(spec: str, args: Mapping[str, Any] | None = None) -> CachedEncoder | None:
+    """``""``/``"none"`` -> None; ``"pkg.module:factory"`` -> ``factory(**args)`` (a class, a
+    ``from_pretrained`` classmethod written ``Cls.from_pretrained``, or any function)."""
+    if not spec or spec == "none":
+        return None
+    mod_name, sep, attr = spec.partition(":")
+    if not sep:
+        raise ModelDirError(f"speech_encoder={spec!r}: write it as 'package.module:factory'")
+    obj: Any = importlib.import_module(mod_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return CachedEncoder(obj(**dict(args or {})))
+
+
+def load_tokenizer(model_dir: str | Path) -> SpiritTokenizer:
+    d = Path(model_dir)
+    if not (d / SP_FILE).is_file():
+        raise ModelDirError(
+            f"{d / SP_FILE} not found: a model directory needs the SentencePiece model; export with "
+            "`spiritlm train` (SpiritTokenizer.save_pretrained) or copy the release's tokenizer.model"
+        )
+    tok = SpiritTokenizer.from_pretrained(d)
+    marker_piece = tok.sp.piece_to_id(tok.layout.text_marker)
+    if marker_piece != tok.sp.unk_id():
+        raise ModelDirError(
+            f"{d / SP_FILE} holds {tok.layout.text_marker} as SentencePiece piece {marker_piece}: the "
+            "speech tokens are expected as added tokens on top of the base pieces (LLaMA-2: 32000); "
+            "use the base LLaMA-2 tokenizer.model with the added tokens in tokenizer_config.json"
+        )
+    cfg = d / "tokenizer_config.json"
+    if not (d / LAYOUT_FILE).is_file() and cfg.is_file():
+        added = json.loads(cfg.read_text()).get("added_tokens_decoder") or {}
+        by_content = {v.get("content"): int(k) for k, v in added.items() if isinstance(v, dict)}
+        for token in (tok.layout.text_marker, tok.layout.speech_marker, "[Hu0]"):
+            want = tok.layout.token_to_id(token)
+            if token in by_content and by_content[token] != want:
+                raise ModelDirError(
+                    f"{cfg}: {token} has id {by_content[token]}, the Spirit LM layout puts it at "
+                    f"{want}; write a {LAYOUT_FILE} describing this checkpoint's layout"
+                )
+    return tok
+
+
+def check_speech_vocab(model_dir: Path, model_vocab: int, tok: SpiritTokenizer) -> None:
+    need = tok.layout.vocab_size
+    if model_vocab < need:
+        raise ModelDirError(
+            f"{model_dir / 'config.json'}: vocab_size={model_vocab} but the speech vocabulary needs "
+            f"{need} ids ([Text]={tok.layout.text_id} ... [St{tok.layout.style_size - 1}]={need - 1}); "
+            "this looks like a text-only LLaMA. Continue-pretrain it with `spiritlm train` (which "
+            "adds the speech embeddings) or point --model at a Spirit LM checkpoint directory"
+        )
+
+
+def load_model(model_dir: str | Path, device: str = "cpu", dtype: str = "float32"):
+    """-> (model in eval mode, SpiritTokenizer). Checks the speech vocabulary first."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    d = Path(model_dir)
+    if not (d / "config.json").is_file():
+        raise ModelDirError(
+            f"{d / 'config.json'} not found: --model must be a HF checkpoint directory "
+            "(config.json, *.safetensors, tokenizer.model), e.g. one exported by `spiritlm train`"
+        )
+    tok = load_tokenizer(d)
+    config = AutoConfig.from_pretrained(d)
+    check_speech_vocab(d, int(config.vocab_size), tok)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ModelDirError(f"dtype={dtype!r}: use float32, bfloat16 or float16")
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch_dtype)
+    model.to(device).eval()
+    return model, tok
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

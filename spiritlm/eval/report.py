@@ -1,0 +1,220 @@
+"""Reports: a Markdown table laid out like the paper's Table 4, JSON, per-item JSONL, a PNG chart,
+and a paired comparison of two models on the same items.
+
+``results`` is ``{task: {setting: result}}`` with tasks ``swuggy, sblimp, topic_storycloze,
+storycloze`` (settings ``T, S, T2S, S2T``), ``stsp`` (settings ``T2T, T2S, S2S, S2T``) and
+``asr``/``tts``. A result is a dict with ``accuracy`` (or ``wer``/``cer``), ``complete`` and
+``items``. A result that is missing prints as ``--``; one that is not complete prints with a
+``*`` and the report says so -- partial numbers are never shown as final.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+TABLE4 = [("swuggy", "WUGGY", ("T", "S")), ("sblimp", "BLIMP", ("T", "S")),
+          ("topic_storycloze", "Topic-StoryCloze", ("T", "S", "T2S", "S2T")),
+          ("storycloze", "StoryCloze", ("T", "S", "T2S", "S2T"))]
+STSP_SETTINGS = ("T2T", "T2S", "S2S", "S2T")
+ARROW = {"T2S": "T→S", "S2T": "S→T", "T2T": "T→T", "S2S": "S→S"}
+PAPER_BASE_7B = {("swuggy", "T"): 80.3, ("swuggy", "S"): 69.0, ("sblimp", "T"): 73.3, ("sblimp", "S"): 58.3,
+                 ("topic_storycloze", "T"): 98.0, ("topic_storycloze", "S"): 82.9,
+                 ("topic_storycloze", "T2S"): 72.7, ("topic_storycloze", "S2T"): 88.6,
+                 ("storycloze", "T"): 79.4, ("storycloze", "S"): 61.0, ("storycloze", "T2S"): 59.5,
+                 ("storycloze", "S2T"): 64.6}
+
+
+def _cell(res: Mapping | None, key: str = "accuracy", scale: float = 100.0, digits: int = 1) -> str:
+    if not res or key not in res or res[key] is None or (isinstance(res[key], float) and math.isnan(res[key])):
+        return "--"
+    star = "" if res.get("complete", True) else "*"
+    return f"{res[key] * scale:.{digits}f}{star}"
+
+
+def markdown_table(results: Mapping, model_name: str = "model", paper_row: bool = True) -> str:
+    head = ["Model"]
+    for _, title, settings in TABLE4:
+        head += [f"{title} {ARROW.get(s, s)}" for s in settings]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    row = [model_name]
+    for task, _, settings in TABLE4:
+        row += [_cell(results.get(task, {}).get(s)) for s in settings]
+    lines.append("| " + " | ".join(row) + " |")
+    if paper_row:
+        prow = ["Spirit LM Base 7B (paper)"]
+        for task, _, settings in TABLE4:
+            prow += [f"{PAPER_BASE_7B[(task, s)]:.1f}" for s in settings]
+        lines.append("| " + " | ".join(prow) + " |")
+    out = ["## Zero-shot comprehension (accuracy %, token-normalised log-likelihood)", "", *lines, ""]
+    stsp = results.get("stsp", {})
+    few = {k: results[k][k.upper()] for k in ("asr", "tts") if results.get(k, {}).get(k.upper())}
+    if stsp or few:
+        out += ["## STSP and few-shot", "", "| Task | " + " | ".join(ARROW[s] for s in STSP_SETTINGS) + " |",
+                "|---|" + "---|" * len(STSP_SETTINGS)]
+        if stsp:
+            out.append("| STSP accuracy | " + " | ".join(_cell(stsp.get(s), scale=1.0, digits=2)
+                                                        for s in STSP_SETTINGS) + " |")
+            skipped = {s: r["skipped"] for s, r in stsp.items() if r.get("skipped")}
+            for s, why in skipped.items():
+                out.append(f"| STSP {ARROW.get(s, s)} skipped | {why} | | | |")
+        out += ["", "| Few-shot | metric | value | n |", "|---|---|---|---|"]
+        for k, res in few.items():
+            if res.get("skipped"):
+                out.append(f"| {k.upper()} | -- | skipped: {res['skipped']} | -- |")
+                continue
+            metric = "wer" if k == "asr" else "cer"
+            out.append(f"| {k.upper()} ({res.get('shots', '?')}-shot) | {metric.upper()} % | "
+                       f"{_cell(res, metric)} | {res.get('n', '--')} |")
+        out.append("")
+    partial = [f"{t}/{s}" for t, d in results.items() if isinstance(d, Mapping)
+               for s, r in d.items() if isinstance(r, Mapping) and not r.get("complete", True)]
+    if partial:
+        out.append(f"\\* INCOMPLETE (not final): {', '.join(partial)}")
+    return "\n".join(out) + "\n"
+
+
+def summary(results: Mapping) -> dict:
+    """Every number but the per-item records."""
+    def strip(x):
+        if isinstance(x, Mapping):
+            return {k: strip(v) for k, v in x.items() if k != "items"}
+        return x
+    return strip(results)
+
+
+def write_report(out_dir: Path, results: Mapping, model_name: str = "model", extra: Mapping | None = None) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "report.md", "json": out / "results.json", "items": out / "items.jsonl",
+             "chart": out / "chart.png"}
+    paths["markdown"].write_text(f"# Evaluation: {model_name}\n\n" + markdown_table(results, model_name))
+    data = {"model": model_name, "results": summary(results), **(extra or {})}
+    paths["json"].write_text(json.dumps(data, indent=2, default=str) + "\n")
+    with open(paths["items"], "w", encoding="utf-8") as f:
+        for task, d in results.items():
+            if not isinstance(d, Mapping):
+                continue
+            for setting, res in d.items():
+                for it in (res or {}).get("items", []) if isinstance(res, Mapping) else []:
+                    f.write(json.dumps({"task": task, "setting": setting, **it}, default=str) + "\n")
+    plot_chart(results, paths["chart"], model_name)
+    return paths
+
+
+def plot_chart(results: Mapping, path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, vals = [], []
+    for task, name, settings in TABLE4:
+        for s in settings:
+            r = results.get(task, {}).get(s)
+            if r and r.get("accuracy") is not None:
+                labels.append(f"{name}\n{ARROW.get(s, s)}")
+                vals.append(100 * r["accuracy"])
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(labels) + 1), 3.5))
+    ax.bar(range(len(vals)), vals, color="#4c72b0")
+    ax.axhline(50, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xticks(range(len(vals)), labels, fontsize=7)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy %")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ---- paired comparison ------------------------------------------------------------------------
+def _item_key(it: Mapping) -> tuple:
+    k = it.get("key", it.get("id"))
+    return (it["task"], it["setting"], json.dumps(k), it.get("voice", ""))
+
+
+def read_items(path: Path) -> list[dict]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "items.jsonl"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: run `spiritlm eval` for that model first")
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts b (A right only), c (B right only)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return min(1.0, 2 * tail)
+
+
+def paired_compare(items_a: list[dict], items_b: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Per (task, setting): accuracies on the shared items, difference A-B with a bootstrap 95% CI,
+    and McNemar's exact test on items scored 0/1 by both."""
+    a = {_item_key(it): it["score"] for it in items_a if "score" in it}
+    b = {_item_key(it): it["score"] for it in items_b if "score" in it}
+    groups = defaultdict(list)
+    for k in a.keys() & b.keys():
+        groups[(k[0], k[1])].append((a[k], b[k]))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for (task, setting), pairs in sorted(groups.items()):
+        n = len(pairs)
+        diffs = [x - y for x, y in pairs]
+        d = np.asarray(diffs)
+        boots = np.sort(d[rng.integers(0, n, size=(n_boot, n))].mean(1)).tolist()
+        bb = sum(1 for x, y in pairs if x == 1 and y == 0)
+        cc = sum(1 for x, y in pairs if x == 0 and y == 1)
+        out[f"{task}/{setting}"] = {
+            "n": n, "acc_a": sum(x for x, _ in pairs) / n, "acc_b": sum(y for _, y in pairs) / n,
+            "diff": sum(diffs) / n, "ci95": [boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]],
+            "a_only": bb, "b_only": cc, "mcnemar_p": mcnemar_exact(bb, cc)}
+    return out
+
+
+def comparison_markdown(cmp: Mapping, name_a: str = "A", name_b: str = "B") -> str:
+    lines = [f"| task/setting | n | {name_a} | {name_b} | diff (95% CI) | McNemar p |", "|---|---|---|---|---|---|"]
+    for k, r in cmp.items():
+        lines.append(f"| {k} | {r['n']} | {100 * r['acc_a']:.1f} | {100 * r['acc_b']:.1f} | "
+                     f"{100 * r['diff']:+.1f} ({100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}) | "
+                     f"{r['mcnemar_p']:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(cmp: Mapping, path: Path, name_a: str = "A", name_b: str = "B") -> Path:
+    """Grouped bars (A, B) per task/setting; B's bar carries the 95% CI of the difference A-B."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(cmp)
+    x = np.arange(len(keys))
+    a = [100 * cmp[k]["acc_a"] for k in keys]
+    b = [100 * cmp[k]["acc_b"] for k in keys]
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(keys) + 1), 3.5))
+    ax.bar(x - 0.2, a, 0.4, label=name_a, color="#4c72b0")
+    ax.bar(x + 0.2, b, 0.4, label=name_b, color="#dd8452")
+    for i, k in enumerate(keys):
+        p = cmp[k]["mcnemar_p"]
+        ax.text(i, max(a[i], b[i]) + 2, f"p={p:.2g}", ha="center", fontsize=6)
+    ax.axhline(50, color="grey", ls="--", lw=1)
+    ax.set_xticks(x, [k.replace("/", "\n") for k in keys], fontsize=7)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("accuracy %")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

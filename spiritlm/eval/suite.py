@@ -1,0 +1,233 @@
+"""The evaluation suite: a typed config (recipes in ``eval/``) and ``run_suite``.
+
+    cfg = load_config(EvalConfig, "eval/demo_suite.toml", ["model=runs/demo/final"])
+    paths = run_suite(cfg)          # report.md, results.json, items.jsonl, chart.png, config.yaml
+
+Relative data paths are resolved against ``data_root``. An empty path switches a task off (it
+prints as ``--``). Hooks (vocoder, ASR, classifiers, the speech encoder) are
+``"package.module:factory"`` strings called with the matching ``*_args`` table.
+If a task fails the report is still written, marked INCOMPLETE, and the error is re-raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from spiritlm.config import save_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoringConfig:
+    normalize: bool = True  # token-normalised log-likelihood (the paper's tables); False = sum
+    batch_tokens: int = 16384  # rows x padded length per forward
+    max_row_tokens: int = 4096  # context + packed continuations per row
+    share_context: bool = True
+
+
+@dataclass
+class ZeroSpeechConfig:
+    root: str = ""  # ZeroSpeech 2021 root: lexical/<split>/gold.csv, syntactic/<split>/gold.csv
+    splits: list[str] = field(default_factory=lambda: ["dev"])
+    modalities: list[str] = field(default_factory=lambda: ["T", "S"])
+    lexical: bool = True
+    syntactic: bool = True
+    lexical_metric: Literal["invocab", "all"] = "invocab"
+    submission: bool = True  # write <out>/zerospeech_submission (speech scores)
+
+
+@dataclass
+class StoryClozeConfig:
+    text: str = ""  # CSV / JSONL / cross-modal dir
+    speech: str = ""  # dir of <2k>_<id>_correct.wav / <2k+1>_<id>_incorrect.wav
+    cross: str = ""  # dir of <k>_mutual|correct|incorrect .wav + .txt
+    settings: list[str] = field(default_factory=lambda: ["T", "S", "T2S", "S2T"])
+
+
+@dataclass
+class StspConfig:
+    manifest: str = ""
+    settings: list[str] = field(default_factory=lambda: ["T2T", "S2T", "T2S", "S2S"])
+    fewshot: dict[str, str] = field(default_factory=dict)  # setting -> few-shot JSONL
+    n_shots: int = 0
+    text_classifier: str = "lexicon"  # "lexicon", "hf:<dir>", "module:factory" or ""
+    speech_classifier: str = ""  # "hf:<dir>" (audio-classification) or "module:factory"
+    vocoder: str = ""  # "module:factory" -> callable(units) -> 16 kHz wav
+    hook_args: dict[str, Any] = field(default_factory=dict)
+    max_items: int = 0
+    seed: int = 0
+
+
+@dataclass
+class FewShotConfig:
+    asr_manifest: str = ""
+    tts_manifest: str = ""
+    shots_manifest: str = ""
+    n_shots: int = 10
+    asr_max_new_tokens: int = 60
+    vocoder: str = ""
+    asr: str = ""  # ASR hook for TTS CER: "module:factory" -> callable(wav) -> text
+    hook_args: dict[str, Any] = field(default_factory=dict)
+    max_items: int = 0
+    seed: int = 0
+
+
+@dataclass
+class MiniConfig:
+    build: bool = False  # build the mini benchmarks into data_root first (cached)
+    seed: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    model: str = ""
+    name: str = ""
+    output_dir: str = "runs/eval"
+    data_root: str = "."
+    device: str = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    speech_encoder: str = ""  # "package.module:factory" returning a SpeechEncoder
+    speech_encoder_args: dict[str, Any] = field(default_factory=dict)
+    has_pitch: bool = False  # Expressive: true + has_style
+    has_style: bool = False
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    zerospeech: ZeroSpeechConfig = field(default_factory=ZeroSpeechConfig)
+    storycloze: StoryClozeConfig = field(default_factory=StoryClozeConfig)
+    topic_storycloze: StoryClozeConfig = field(default_factory=StoryClozeConfig)
+    stsp: StspConfig = field(default_factory=StspConfig)
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+    mini: MiniConfig = field(default_factory=MiniConfig)
+
+
+def load_hook(spec: str, args: dict | None = None, task: str = "text-classification"):
+    if not spec:
+        return None
+    if spec == "lexicon":
+        from spiritlm.eval.stsp import LexiconSentimentClassifier
+
+        return LexiconSentimentClassifier()
+    if spec.startswith("hf:"):
+        from spiritlm.eval.stsp import HFClassifier
+
+        return HFClassifier(spec[3:], task=task)
+    from spiritlm.eval.model import load_speech_encoder
+
+    return load_speech_encoder(spec, args)._fn
+
+
+def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict:
+    """Run every configured task; write the report. ``model``/``tokenizer``/``encoder`` may be
+    passed in (the demo does) instead of being loaded from ``cfg.model``/``cfg.speech_encoder``."""
+    from spiritlm.eval.model import CachedEncoder, load_model, load_speech_encoder, resolve_device
+    from spiritlm.eval.report import write_report
+    from spiritlm.eval.scoring import Scorer
+
+    root = Path(cfg.data_root)
+    name = cfg.name or (Path(cfg.model).name if cfg.model else "model")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if cfg.mini.build:
+        from spiritlm.eval.mini import build_mini_benchmarks
+
+        build_mini_benchmarks(root, seed=cfg.mini.seed, sizes=cfg.mini.sizes or None)
+    if model is None:
+        if not cfg.model:
+            raise ValueError("no model: pass --model DIR (a checkpoint directory) or set model= in the recipe")
+        model, tokenizer = load_model(cfg.model, resolve_device(cfg.device), cfg.dtype)
+    if encoder is None:
+        encoder = load_speech_encoder(cfg.speech_encoder, cfg.speech_encoder_args)
+    elif not isinstance(encoder, CachedEncoder):
+        encoder = CachedEncoder(encoder)
+    sc = cfg.scoring
+    scorer = Scorer(model, tokenizer, encoder, cfg.has_pitch, cfg.has_style, sc.batch_tokens,
+                    sc.max_row_tokens, sc.share_context)
+    p = lambda s: (root / s) if s else None  # noqa: E731
+    results: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    error = None
+    try:
+        zs = cfg.zerospeech
+        if zs.root:
+            from spiritlm.eval.zerospeech import run_zerospeech, write_submission_meta
+
+            sub = out / "zerospeech_submission" if zs.submission else None
+            for kind, on, task in (("lexical", zs.lexical, "swuggy"), ("syntactic", zs.syntactic, "sblimp")):
+                if not on:
+                    continue
+                for split in zs.splits:
+                    for mod in zs.modalities:
+                        t = time.perf_counter()
+                        res = run_zerospeech(p(zs.root), kind, split, "speech" if mod == "S" else "text",
+                                             scorer, sc.normalize, sub if mod == "S" else None)
+                        if kind == "lexical" and zs.lexical_metric == "invocab" and res["n_pairs_invocab"]:
+                            res["accuracy_all"], res["accuracy"] = res["accuracy"], res["accuracy_invocab"]
+                        res["complete"] = True
+                        key = mod if split == zs.splits[0] else f"{mod}@{split}"
+                        results.setdefault(task, {})[key] = res
+                        timings[f"{task}/{key}"] = time.perf_counter() - t
+            if sub is not None and "S" in zs.modalities:
+                write_submission_meta(sub, name)
+        for task, c in (("storycloze", cfg.storycloze), ("topic_storycloze", cfg.topic_storycloze)):
+            from spiritlm.eval.storycloze import run_storycloze
+
+            for s in c.settings:
+                src = {"T": c.text or c.cross, "S": c.speech, "T2S": c.cross, "S2T": c.cross}[s]
+                if not src:
+                    continue
+                t = time.perf_counter()
+                res = run_storycloze(s, p(src), scorer, sc.normalize, task)
+                res["complete"] = True
+                results.setdefault(task, {})[s] = res
+                timings[f"{task}/{s}"] = time.perf_counter() - t
+        st = cfg.stsp
+        if st.manifest:
+            from spiritlm.eval.stsp import run_stsp
+
+            tc = load_hook(st.text_classifier, st.hook_args.get("text_classifier"))
+            spc = load_hook(st.speech_classifier, st.hook_args.get("speech_classifier"), "audio-classification")
+            voc = load_hook(st.vocoder, st.hook_args.get("vocoder"))
+            for s in st.settings:
+                t = time.perf_counter()
+                fs = st.fewshot.get(s)
+                results.setdefault("stsp", {})[s] = run_stsp(
+                    s, p(st.manifest), model, tokenizer, encoder, p(fs) if fs else None, st.n_shots, tc, spc,
+                    voc, cfg.has_pitch, cfg.has_style, st.seed, max_items=st.max_items)
+                timings[f"stsp/{s}"] = time.perf_counter() - t
+        fc = cfg.fewshot
+        if fc.asr_manifest:
+            from spiritlm.eval.fewshot import run_asr
+
+            t = time.perf_counter()
+            results["asr"] = {"ASR": run_asr(p(fc.asr_manifest), model, tokenizer, encoder,
+                                             p(fc.shots_manifest), fc.n_shots, fc.asr_max_new_tokens, fc.seed,
+                                             fc.max_items, cfg.has_pitch, cfg.has_style)}
+            timings["asr"] = time.perf_counter() - t
+        if fc.tts_manifest:
+            from spiritlm.eval.fewshot import run_tts
+
+            results["tts"] = {"TTS": run_tts(p(fc.tts_manifest), model, tokenizer, encoder,
+                                             load_hook(fc.vocoder, fc.hook_args.get("vocoder")),
+                                             load_hook(fc.asr, fc.hook_args.get("asr")), p(fc.shots_manifest),
+                                             fc.n_shots, seed=fc.seed, max_items=fc.max_items,
+                                             has_pitch=cfg.has_pitch, has_style=cfg.has_style)}
+    except BaseException as e:  # write what exists, flagged, then fail loudly
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        extra = {"status": "complete" if error is None else f"INCOMPLETE ({error})", "timings_s": timings,
+                 "scorer": vars(scorer.stats), "normalize": sc.normalize}
+        paths = write_report(out, results, name, extra)
+        if error is not None:
+            md = paths["markdown"]
+            md.write_text(f"**INCOMPLETE RUN -- failed with {error}; numbers below are partial.**\n\n"
+                          + md.read_text())
+    log.info("eval report: %s", paths["markdown"])
+    return {"paths": paths, "results": results, "timings": timings}
+

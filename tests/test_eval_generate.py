@@ -1,0 +1,148 @@
+"""Modality-restricted generation never leaves its token range; the CLI; STSP / few-shot helpers."""
+
+import math
+import random
+import numpy as np
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from spiritlm.eval.generate import ModalityMask, allowed_ids, generate, split_segments  # noqa: E402
+from spiritlm.eval.model import load_model  # noqa: E402
+from spiritlm.eval.stsp import LexiconSentimentClassifier, fewshot_prefix  # noqa: E402
+from spiritlm.eval.testing import make_tiny_model_dir  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = make_tiny_model_dir(tmp_path_factory.mktemp("gen") / "model")
+    model, tok = load_model(d)
+    return d, model, tok
+
+
+@pytest.mark.parametrize("modality", ["text", "speech"])
+def test_generation_stays_in_modality(tiny, modality):
+    _, model, tok = tiny
+    L = tok.layout
+    hu = L.streams["hubert"]
+    for seed in range(3):
+        outs = generate(model, tok, [("text", "the cat"), ("speech", "[Hu3][Hu4]")], modality,
+                        max_new_tokens=40, temperature=1.5, top_p=1.0, seed=seed)
+        ids = [i for o in outs for i in o.token_ids]
+        assert all(o.content_type == modality for o in outs)
+        if modality == "text":
+            assert all(i < L.base_vocab_size and i != tok.bos_id for i in ids)
+            assert all(isinstance(o.content, str) for o in outs)
+        else:
+            assert all(hu.offset <= i < hu.offset + hu.size for i in ids)
+            assert all(set(o.content) == {"hubert"} for o in outs)
+
+
+def test_mask_excludes_padding_rows_and_other_streams(tiny):
+    _, model, tok = tiny
+    L = tok.layout
+    V = model.config.vocab_size
+    assert V > L.vocab_size  # padded embedding rows exist in the fixture
+    scores = torch.zeros(1, V)
+    m = ModalityMask(allowed_ids(tok, "speech", has_pitch=True))(None, scores)
+    ok = torch.isfinite(m[0]).nonzero()[:, 0].tolist()
+    pi, st = L.streams["pitch"], L.streams["style"]
+    assert pi.offset in ok and st.offset not in ok and L.vocab_size not in ok and tok.eos_id in ok
+    arb = allowed_ids(tok, "arbitrary")
+    assert arb[L.text_id] and arb[L.speech_id] and not arb[tok.bos_id]
+
+
+def test_arbitrary_splits_segments(tiny):
+    _, model, tok = tiny
+    L = tok.layout
+    hu = L.streams["hubert"].offset
+    segs = split_segments(tok, [5, 6, L.speech_id, hu + 1, hu + 2, L.text_id, 7], "text")
+    assert segs == [("text", [5, 6]), ("speech", [hu + 1, hu + 2]), ("text", [7])]
+    outs = generate(model, tok, [("text", "the cat")], "arbitrary", max_new_tokens=30, temperature=2.0, seed=1)
+    for o in outs:
+        assert all((i < L.base_vocab_size) == (o.content_type == "text") for i in o.token_ids)
+
+
+def test_greedy_is_deterministic_and_release_style_inputs(tiny):
+    _, model, tok = tiny
+
+    class GI:  # the release's GenerationInput(content=..., content_type=ContentType.TEXT)
+        def __init__(self, content, content_type):
+            self.content, self.content_type = content, content_type
+
+    a = generate(model, tok, [GI("the dog", "TEXT")], "text", do_sample=False, max_new_tokens=8)
+    b = generate(model, tok, [("text", "the dog")], "text", do_sample=False, max_new_tokens=8)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+    with pytest.raises(ValueError, match="no speech encoder"):
+        generate(model, tok, [("speech", "x.wav")], "text")
+
+
+def test_cli_generate(tiny, capsys):
+    from spiritlm.cli import main
+
+    d, _, _ = tiny
+    rc = main(["generate", "--model", str(d), "--text", "the cat", "--speech", "[Hu1][Hu2]",
+               "--output-modality", "speech", "--max-new-tokens", "5", "--device", "cpu"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert out.startswith("[speech] [Hu")
+
+
+def test_fewshot_prefix_classes_and_lexicon():
+    pool = [{"id": i, "prompt": f"[Text]p{i}", "generation": f" g{i}", "sentiment": s}
+            for i, s in enumerate(["positive", "negative", "neutral"] * 4)]
+    pre = fewshot_prefix(pool, 7, random.Random(0), exclude_id=0)
+    lines = pre.strip().split("\n")
+    assert len(lines) == 3 * math.ceil(7 / 3) and "[Text]p0 g0" not in lines
+    clf = LexiconSentimentClassifier()
+    assert clf("what a wonderful day") == "positive" or clf("what a wonderful day") in ("neutral",)
+    assert clf("the table is near the door") == "neutral"
+
+
+def test_wer_normalisation():
+    from spiritlm.eval.fewshot import cer, normalize_text, wer
+
+    assert normalize_text("Hello, World!  It's") == "hello world it's"
+    assert wer(["The cat sat."], ["the cat sat"]) == 0.0
+    assert wer(["a b c d"], ["a b x d"]) == pytest.approx(0.25)
+    assert cer(["abcd"], ["abxd"]) == pytest.approx(0.25)
+
+
+def test_batched_greedy_equals_single(tiny):
+    from spiritlm.eval.generate import generate_batch
+
+    _, model, tok = tiny
+    prompts = [tok.encode_segments([("text", t)], trailing_marker="text") for t in
+               ("the cat", "a small bird sang in the garden", "she")]
+    single = [generate(model, tok, None, "text", prompt_ids=p, do_sample=False, max_new_tokens=6)
+              for p in prompts]
+    batched = generate_batch(model, tok, prompts, "text", do_sample=False, max_new_tokens=6)
+    assert [[o.token_ids for o in x] for x in batched] == [[o.token_ids for o in x] for x in single]
+
+
+def test_tts_and_stsp_speech_outputs_with_hooks(tiny, tmp_path):
+    import json
+
+    from spiritlm.eval.fewshot import run_tts
+    from spiritlm.eval.model import CachedEncoder
+    from spiritlm.eval.stsp import run_stsp
+    from spiritlm.eval.testing import FakeSpeechEncoder, write_tone
+
+    _, model, tok = tiny
+    recs = []
+    for k, (t, s) in enumerate([("a good day", "positive"), ("a bad day", "negative"), ("a day", "neutral")]):
+        write_tone(tmp_path / f"{k}.wav", 0.2, 300 + 50 * k)
+        recs.append({"id": k, "wav_path": f"{k}.wav", "audio_path": f"{k}.wav", "asr": t, "text": t,
+                     "sentiment": s, "split": "test"})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    enc = CachedEncoder(FakeSpeechEncoder())
+    vocoder = lambda units: np.zeros(160 * len(units["hubert"]), np.float32)  # noqa: E731
+    heard = []
+    asr = lambda wav: heard.append(len(wav)) or "a day"  # noqa: E731
+    r = run_tts(tmp_path / "m.jsonl", model, tok, enc, vocoder, asr, n_shots=1, max_new_tokens=8)
+    assert r["n"] == 3 and r["complete"] and 0 <= r["cer"] and heard
+    assert run_tts(tmp_path / "m.jsonl", model, tok, enc, None, asr)["complete"] is False
+    s = run_stsp("S2S", tmp_path / "m.jsonl", model, tok, enc, speech_classifier=lambda wav: "neutral",
+                 vocoder=vocoder, temperature=1.0, max_new_tokens=10)
+    assert s["n"] == 3 and all(i["output"].startswith("[Hu") or i["pred"] is None for i in s["items"])

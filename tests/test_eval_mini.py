@@ -1,0 +1,66 @@
+"""Mini benchmarks: built from the demo grammar with espeak in the real layouts, held out, cached."""
+
+import hashlib
+
+import pytest
+
+pytest.importorskip("espeakng_loader")
+
+from spiritlm.eval.fewshot import read_utterances  # noqa: E402
+from spiritlm.eval.mini import build_mini_benchmarks  # noqa: E402
+from spiritlm.eval.storycloze import read_cross_dir, read_speech_dir, read_text_items  # noqa: E402
+from spiritlm.eval.stsp import read_fewshot, read_manifest  # noqa: E402
+from spiritlm.eval.zerospeech import pair_rows, read_gold  # noqa: E402
+
+TINY = dict(swuggy=3, sblimp=2, storycloze=2, topic_storycloze=2, stsp=3, stsp_fewshot=3, asr=2, asr_shots=1,
+            voices=2)
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "COMPLETE.json":
+            h.update(str(p.relative_to(root)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    return build_mini_benchmarks(tmp_path_factory.mktemp("mini") / "mb", seed=0, sizes=TINY)
+
+
+def test_layouts_parse_with_the_real_readers(mini):
+    from spiritlm.corpus.grammar import split_of
+
+    zs = mini["zerospeech"]
+    lex = read_gold(zs / "lexical" / "dev" / "gold.csv", "lexical")
+    assert len(pair_rows(lex, "lexical")) == 3 * 2 and all(r["frequency"] >= 1 for r in lex)
+    syn = read_gold(zs / "syntactic" / "dev" / "gold.csv", "syntactic")
+    pairs = pair_rows(syn, "syntactic")
+    assert len(pairs) == 2 * 2 and all(split_of(p.good["transcription"]) == "heldout" for p in pairs)
+    for kind in ("storycloze", "topic_storycloze"):
+        assert len(read_speech_dir(mini[f"{kind}_speech"])) == 2
+        assert len(read_cross_dir(mini[f"{kind}_cross"])) == 2
+        items = read_text_items(mini[f"{kind}_text"])
+        assert len(items) == 2 and all(it["correct"] != it["incorrect"] for it in items)
+    recs = read_manifest(mini["stsp_manifest"])
+    assert [r["sentiment"] for r in recs] == ["positive", "negative", "neutral"]
+    assert all(r["wav"].is_file() for r in recs) and len(read_fewshot(mini["stsp_fewshot_T2T"])) == 3
+    assert len(read_utterances(mini["asr_manifest"])) == 2
+    held = mini["heldout_texts"].read_text().splitlines()
+    assert all(split_of(t) == "heldout" for t in held) and len(held) >= 2 + 2 + 2 + 6 + 3
+
+
+def test_cached_by_hash(mini):
+    marker = mini["root"] / "COMPLETE.json"
+    before = marker.stat().st_mtime_ns
+    again = build_mini_benchmarks(mini["root"], seed=0, sizes=TINY)
+    assert again == mini and marker.stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="unknown mini benchmark size"):
+        build_mini_benchmarks(mini["root"], sizes={"nope": 1})
+
+
+@pytest.mark.slow
+def test_deterministic(mini, tmp_path):
+    other = build_mini_benchmarks(tmp_path / "mb2", seed=0, sizes=TINY)
+    assert _digest(other["root"]) == _digest(mini["root"])

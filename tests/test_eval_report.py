@@ -1,0 +1,144 @@
+"""Reports (Table 4 layout, JSON, JSONL, PNG), paired comparison, and the suite end to end on a
+hermetic fixture dataset (tone wavs + fake encoder + tiny random model)."""
+
+import csv
+import json
+
+import pytest
+
+from spiritlm.eval.report import mcnemar_exact, markdown_table, paired_compare, write_report
+
+torch = pytest.importorskip("torch")
+
+
+def _res(acc, n=4, complete=True):
+    return {"accuracy": acc, "complete": complete,
+            "items": [{"key": [i], "voice": "v", "score": float(i < acc * n)} for i in range(n)]}
+
+
+def test_markdown_layout_and_files(tmp_path):
+    results = {"swuggy": {"T": _res(0.75), "S": _res(0.5)}, "sblimp": {"S": _res(0.25, complete=False)},
+               "storycloze": {"T2S": _res(1.0)}, "stsp": {"T2T": {"accuracy": 0.4, "complete": True, "items": []}},
+               "asr": {"ASR": {"wer": 0.3, "shots": 10, "n": 5, "complete": True, "items": []}}}
+    md = markdown_table(results, "m")
+    head = md.splitlines()[2]
+    assert head.startswith("| Model | WUGGY T | WUGGY S | BLIMP T | BLIMP S | Topic-StoryCloze T |")
+    row = md.splitlines()[4]
+    assert row.startswith("| m | 75.0 | 50.0 | -- | 25.0* |")
+    assert "INCOMPLETE (not final): sblimp/S" in md
+    assert "| STSP accuracy | 0.40 |" in md and "| ASR (10-shot) | WER % | 30.0 | 5 |" in md
+    paths = write_report(tmp_path, results, "m")
+    data = json.loads(paths["json"].read_text())
+    assert data["results"]["swuggy"]["T"]["accuracy"] == 0.75 and "items" not in data["results"]["swuggy"]["T"]
+    lines = [json.loads(x) for x in paths["items"].read_text().splitlines()]
+    assert {(x["task"], x["setting"]) for x in lines} == {("swuggy", "T"), ("swuggy", "S"), ("sblimp", "S"),
+                                                         ("storycloze", "T2S")}
+    assert paths["chart"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_compare():
+    a = [{"task": "t", "setting": "S", "key": [i], "score": 1.0} for i in range(20)]
+    b = [{"task": "t", "setting": "S", "key": [i], "score": float(i % 2)} for i in range(20)]
+    r = paired_compare(a, b)["t/S"]
+    assert r["n"] == 20 and r["diff"] == 0.5 and r["a_only"] == 10 and r["b_only"] == 0
+    assert r["mcnemar_p"] == pytest.approx(2 / 2**10)
+    assert r["ci95"][0] > 0.2 and r["ci95"][1] <= 0.75
+    assert mcnemar_exact(3, 3) == 1.0
+
+
+def _fixture_data(root):
+    from spiritlm.eval.testing import write_tone
+
+    lex = root / "zs" / "lexical" / "dev"
+    syn = root / "zs" / "syntactic" / "dev"
+    rows = []
+    for k, (w, n) in enumerate([("cat", "cag"), ("dog", "dob")]):
+        for v in ("V1", "V2"):
+            for text, c in ((w, 1), (n, 0)):
+                stem = f"{w}{v}{c}"
+                write_tone(lex / f"{stem}.wav", 0.2 + 0.05 * c, 200 + 40 * k + 13 * c)
+                rows.append([k, stem, v, 3, text, "x", 1, c])
+    with open(lex / "gold.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["id", "filename", "voice", "frequency", "word", "phones", "length", "correct"]] + rows)
+    rows = []
+    for k, (g, b) in enumerate([("the dog runs", "the dog run"), ("I saw it", "I it saw")]):
+        for text, c in ((g, 1), (b, 0)):
+            stem = f"s{k}{c}"
+            write_tone(syn / f"{stem}.wav", 0.3, 300 + 20 * k + 7 * c)
+            rows.append([k, stem, "V1", "agr", "sv", text, c])
+    with open(syn / "gold.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["id", "filename", "voice", "type", "subtype", "transcription", "correct"]] + rows)
+    for k in range(2):
+        write_tone(root / "sc" / "speech" / f"{2 * k}_x{k}_correct.wav", 0.4, 250 + k)
+        write_tone(root / "sc" / "speech" / f"{2 * k + 1}_x{k}_incorrect.wav", 0.4, 270 + k)
+        for part in ("mutual", "correct", "incorrect"):
+            write_tone(root / "sc" / "cross" / f"{k}_{part}.wav", 0.3, 310 + 9 * k + len(part))
+            (root / "sc" / "cross" / f"{k}_{part}.txt").write_text(f"the {part} story {k}\n")
+    recs = []
+    for k, (text, s) in enumerate([("a wonderful day", "positive"), ("a terrible day", "negative"),
+                                   ("the table is red", "neutral")]):
+        write_tone(root / "stsp" / f"{k}.wav", 0.3, 400 + 10 * k)
+        recs.append({"id": k, "wav_path": f"{k}.wav", "asr": text, "sentiment": s, "emotion": "x", "split": "test"})
+    (root / "stsp" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (root / "asr").mkdir()
+    utts = [{"id": f"u{k}", "audio_path": f"../stsp/{k}.wav", "text": r["asr"]} for k, r in enumerate(recs)]
+    (root / "asr" / "test.jsonl").write_text("".join(json.dumps(u) + "\n" for u in utts))
+
+
+def test_suite_end_to_end_and_cli(tmp_path):
+    from spiritlm.cli import main
+    from spiritlm.eval.testing import make_tiny_model_dir
+
+    model_dir = make_tiny_model_dir(tmp_path / "model")
+    _fixture_data(tmp_path / "data")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"""
+data_root = "{tmp_path / 'data'}"
+speech_encoder = "spiritlm.eval.testing:FakeSpeechEncoder"
+device = "cpu"
+[zerospeech]
+root = "zs"
+[storycloze]
+speech = "sc/speech"
+cross = "sc/cross"
+[stsp]
+manifest = "stsp/test.jsonl"
+settings = ["T2T", "S2T", "T2S"]
+[fewshot]
+asr_manifest = "asr/test.jsonl"
+n_shots = 1
+asr_max_new_tokens = 5
+""")
+    out = tmp_path / "out"
+    assert main(["eval", str(recipe), "--model", str(model_dir), "--out", str(out), "--name", "tiny"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    r = data["results"]
+    assert data["status"] == "complete"
+    assert set(r["swuggy"]) == {"T", "S"} and set(r["storycloze"]) == {"T", "S", "T2S", "S2T"}
+    assert r["swuggy"]["S"]["n_pairs"] == 2 and r["sblimp"]["T"]["n_pairs"] == 2
+    assert r["stsp"]["T2S"]["complete"] is False and "vocoder" in r["stsp"]["T2S"]["skipped"]
+    assert 0 <= r["stsp"]["T2T"]["accuracy"] <= 1 and r["asr"]["ASR"]["n"] == 3
+    md = (out / "report.md").read_text()
+    assert "| tiny |" in md and "INCOMPLETE (not final): stsp/T2S" in md
+    sub = out / "zerospeech_submission"
+    assert (sub / "meta.yaml").is_file() and (sub / "params.yaml").is_file()
+    assert len((sub / "lexical" / "dev.txt").read_text().splitlines()) == 8
+    assert (out / "config.yaml").is_file() and (out / "chart.png").is_file()
+    # paired comparison of a run with itself: no difference
+    assert main(["eval-compare", str(out), str(out), "--out", str(tmp_path / "cmp")]) == 0
+    cmp = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert all(v["diff"] == 0 for v in cmp.values()) and (tmp_path / "cmp" / "comparison.png").is_file()
+    # a broken data set: the report is written, flagged INCOMPLETE, and the command fails
+    (tmp_path / "data" / "sc" / "cross" / "1_mutual.txt").unlink()
+    assert main(["eval", str(recipe), "--model", str(model_dir), "--out", str(tmp_path / "bad")]) == 1
+    assert "INCOMPLETE RUN" in (tmp_path / "bad" / "report.md").read_text()
+    assert json.loads((tmp_path / "bad" / "results.json").read_text())["status"].startswith("INCOMPLETE")
+
+
+def test_bench_eval_small(tmp_path):
+    from spiritlm.eval.bench import bench_eval
+
+    r = bench_eval(n_pairs=3, context_len=12, ending_len=6, item_len=5, tmp_dir=tmp_path, tiny_hidden=32,
+                   tiny_layers=2)
+    assert r["pairs"] == 6 and r["max_abs_logprob_diff"] < 1e-3 and r["context_tokens_saved"] > 0
+    assert r["pairs_per_s_batched"] > 0 and r["pairs_per_s_one_at_a_time"] > 0

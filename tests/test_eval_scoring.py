@@ -1,0 +1,151 @@
+"""Scoring engine: batched/packed scores equal one-at-a-time scores; hand-checked log-probs;
+model-directory checks; the speech encoder path."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from spiritlm.eval.model import CachedEncoder, ModelDirError, load_model  # noqa: E402
+from spiritlm.eval.scoring import Request, Score, Scorer, pair_score  # noqa: E402
+from spiritlm.eval.testing import FakeSpeechEncoder, make_tiny_model_dir, write_tone  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+    model, tok = load_model(d)
+    return d, model, tok
+
+
+def _requests(n=10, seed=0):
+    rng = np.random.default_rng(seed)
+    reqs = []
+    for i in range(n):
+        ctx = [("text", "the cat sat on the mat")] if i % 3 == 0 else (
+            [("speech", {"hubert": rng.integers(0, 501, 7)})] if i % 3 == 1 else [])
+        reqs.append(Request(ctx, [("speech", {"hubert": rng.integers(0, 501, 5 + i)})]))
+        reqs.append(Request(ctx, [("text", "and the dog slept" + " near" * (i % 4))]))
+    return reqs
+
+
+@pytest.mark.parametrize("batch_tokens,max_row,share", [(16384, 4096, True), (40, 4096, True),
+                                                         (64, 30, True), (16384, 4096, False)])
+def test_batched_equals_one_at_a_time(tiny, batch_tokens, max_row, share):
+    _, model, tok = tiny
+    reqs = _requests()
+    s = Scorer(model, tok, batch_tokens=batch_tokens, max_row_tokens=max_row, share_context=share)
+    got = s.score(reqs)
+    ref = s.score_one_at_a_time(reqs)
+    for a, b in zip(got, ref):
+        assert a.n_tokens == b.n_tokens
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+    if share and max_row > 100:
+        assert s.stats.context_tokens_saved > 0
+
+
+def test_hand_check_logprob(tiny):
+    _, model, tok = tiny
+    s = Scorer(model, tok)
+    req = Request([("text", "the cat")], [("speech", "[Hu3][Hu7][Hu9]")])
+    ctx, cont = s.encode_request(req)
+    L = tok.layout
+    assert ctx == tok.encode_text("the cat")[:1] + [L.text_id] + tok.encode_text("the cat", bos=False) + [L.speech_id]
+    assert cont == [L.streams["hubert"].offset + u for u in (3, 7, 9)]
+    with torch.no_grad():
+        logits = model(torch.tensor([ctx + cont])).logits[0]
+    expect = sum(torch.log_softmax(logits[len(ctx) - 1 + j].double(), -1)[t].item() for j, t in enumerate(cont))
+    sc = s.score([req])[0]
+    assert sc.n_tokens == 3
+    assert sc.logprob == pytest.approx(expect, abs=1e-4)
+    assert sc.mean == pytest.approx(expect / 3, abs=1e-4)
+
+
+def test_identical_requests_scored_once(tiny):
+    _, model, tok = tiny
+    s = Scorer(model, tok)
+    r = Request([], [("text", "the dog")])
+    a, b = s.score([r, r])
+    ctx, cont = s.encode_request(r)
+    assert a == b and s.stats.requests == 2 and s.stats.tokens_forwarded == len(ctx) + len(cont)
+
+
+def test_pair_score_ties():
+    assert pair_score(1.0, 0.0) == 1.0 and pair_score(0.0, 1.0) == 0.0 and pair_score(2.0, 2.0) == 0.5
+    assert Score(-6.0, 3).mean == -2.0 and Score(-6.0, 3).value(False) == -6.0
+
+
+def test_wav_segments_go_through_cached_encoder(tiny, tmp_path):
+    _, model, tok = tiny
+    wav = write_tone(tmp_path / "a.wav", 0.4)
+    enc = CachedEncoder(FakeSpeechEncoder())
+    s = Scorer(model, tok, encoder=enc)
+    a, b = s.score([Request([], [("speech", wav)]), Request([("text", "hi")], [("speech", wav)])])
+    assert a.n_tokens == b.n_tokens == 10 and enc.calls == 1
+    with pytest.raises(ValueError, match="no speech encoder"):
+        Scorer(model, tok).score([Request([], [("speech", wav)])])
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        s.score([Request([], [("speech", tmp_path / "missing.wav")])])
+
+
+def test_expressive_units(tiny):
+    _, model, tok = tiny
+    s = Scorer(model, tok, has_pitch=True, has_style=True)
+    units = {"hubert": [78, 42, 81, 159, 316, 259], "pitch": [13, 13, 13, 13, 13, 3], "style": [81] * 6}
+    _, cont = s.encode_request(Request([], [("speech", units)]))
+    from spiritlm.vocab import units_to_ids
+
+    assert cont == units_to_ids(units, True, True, tok.layout).tolist()
+    assert tok.decode(cont).startswith("[St81][Pi13][Hu78]")  # ties: St < Pi < Hu
+
+
+def test_model_dir_errors(tmp_path):
+    with pytest.raises(ModelDirError, match="config.json"):
+        load_model(tmp_path)
+    d = make_tiny_model_dir(tmp_path / "textonly", speech_vocab=False)
+    with pytest.raises(ModelDirError, match="speech vocabulary needs"):
+        load_model(d)
+    (d / "tokenizer.model").unlink()
+    with pytest.raises(ModelDirError, match="tokenizer.model"):
+        load_model(d)
+
+
+def test_release_style_dir_without_layout_file(tiny, tmp_path):
+    """A release-like directory: no spiritlm_vocab.json, added tokens in tokenizer_config.json."""
+    import shutil
+
+    d, _, _ = tiny
+    r = tmp_path / "release"
+    shutil.copytree(d, r)
+    (r / "spiritlm_vocab.json").unlink()
+    model, tok = load_model(r)  # base = SentencePiece size, default Spirit LM stream sizes
+    assert tok.layout.text_id == tok.sp.get_piece_size()
+    cfg = json.loads((r / "tokenizer_config.json").read_text())
+    dec = cfg["added_tokens_decoder"]
+    dec[str(tok.layout.text_id)]["content"], dec[str(tok.layout.speech_id)]["content"] = "[Speech]", "[Text]"
+    (r / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelDirError, match="layout"):
+        load_model(r)
+
+
+def test_prefetch_uses_encode_many(tiny, tmp_path):
+    _, model, tok = tiny
+
+    class Batched:
+        def __init__(self):
+            self.batches, self.fake = [], FakeSpeechEncoder()
+
+        def encode(self, p):
+            raise AssertionError("encode_many should have been used")
+
+        def encode_many(self, paths):
+            self.batches.append(len(paths))
+            return [self.fake(p) for p in paths]
+
+    wavs = [write_tone(tmp_path / f"{i}.wav", 0.2 + 0.1 * i) for i in range(3)]
+    b = Batched()
+    s = Scorer(model, tok, encoder=CachedEncoder(b))
+    s.score([Request([("speech", w)], [("speech", w)]) for w in wavs])
+    assert b.batches == [3]
