@@ -30,14 +30,16 @@ single-sentence templates are disjoint, so a story never contains a benchmark se
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
+from pathlib import Path
 from dataclasses import dataclass
 
 from spiritlm.corpus import lexicon as L
 
-GRAMMAR_VERSION = 1
+GRAMMAR_VERSION = 2  # 2: non-words are also checked against the CMU dictionary
 SENTIMENT_LABELS = ("positive", "negative", "neutral")
 PHENOMENA = ("sv_agreement", "attractor_agreement", "det_noun_agreement", "anaphor_agreement",
              "argument_structure", "word_order")
@@ -226,6 +228,16 @@ def _article(word: str) -> str:
     return "an" if word[0].lower() in "aeiou" else "a"
 
 
+@functools.lru_cache(maxsize=1)
+def _cmu_words() -> frozenset[str]:
+    """Headwords of pocketsphinx's CMU pronouncing dictionary (a declared dependency)."""
+    import pocketsphinx
+
+    path = Path(pocketsphinx.get_model_path()) / "en-us" / "cmudict-en-us.dict"
+    with open(path, encoding="utf-8") as f:
+        return frozenset(line.split(" ", 1)[0].split("(", 1)[0].lower() for line in f if line.strip())
+
+
 class Grammar:
     """Seeded generator. ``seed`` may be an int or a str (str seeds hash with SHA-512 in
     :class:`random.Random`, so they are stable across runs and ``PYTHONHASHSEED``)."""
@@ -365,10 +377,13 @@ class Grammar:
     # -- non-words -----------------------------------------------------------------------
     @staticmethod
     def is_real_word(w: str) -> bool:
-        """In the lexicon or a common English word (also after stripping -s/-es/-ed/-ing)."""
+        """In the lexicon, a common English word, or the CMU dictionary (also after stripping
+        -s/-es/-ed/-ing). The CMU list (134k words, shipped with pocketsphinx) catches real
+        words like "mellow" or "granted" that a matched non-word could otherwise turn into."""
         w = w.lower()
         stems = {w} | {w[: -len(suf)] for suf in ("s", "es", "ed", "ing") if w.endswith(suf)}
-        return any(s in LEXICON or s in L.COMMON_ENGLISH for s in stems)
+        cmu = _cmu_words()
+        return w in cmu or any(s in LEXICON or s in L.COMMON_ENGLISH for s in stems)
 
     def nonword(self, min_syllables: int = 1, max_syllables: int = 3) -> str:
         """A pronounceable letter string that is not a lexicon (or common English) word."""
