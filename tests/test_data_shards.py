@@ -252,3 +252,20 @@ def test_row_round_trip(n_words, n_frames, expressive, seed, text_ids, word):
     assert r2.units.keys() == rec.units.keys()
     assert all(np.array_equal(r2.units[k], rec.units[k]) for k in rec.units)
     assert back[1]["input_ids"] == [x % 2**31 for x in text_ids] and back[1]["words"] is None
+
+
+def test_held_out_splits_are_excluded_and_counted(corpus, tmp_path):
+    from dataclasses import replace
+
+    from spiritlm.manifest import read_manifest, write_manifest
+
+    utts = read_manifest(corpus["manifest"])
+    utts = [replace(u, split="heldout") if i % 4 == 0 else u for i, u in enumerate(utts)]
+    root = corpus["root"]
+    write_manifest(root / "split_manifest.jsonl", utts)
+    c = dict(corpus, manifest=root / "split_manifest.jsonl")
+    rep = prepare_shards(load_config(PrepareConfig, None, prepare_overrides(c, tmp_path / "o")))
+    assert rep["kept"]["aligned"] == 9 and rep["dropped"] == {"split_excluded": 3}
+    rep = prepare_shards(load_config(PrepareConfig, None, prepare_overrides(
+        c, tmp_path / "o2", "inputs.splits=[train, heldout]")))
+    assert rep["kept"]["aligned"] == 12 and rep["dropped"] == {}

@@ -45,6 +45,9 @@ class InputsConfig:
     text_corpora: list[str] = field(default_factory=list)  # .txt (one doc per line) or .jsonl
     text_field: str = "text"  # JSONL field holding the text
     text_min_chars: int = 1
+    # Manifest utterances whose `split` is not listed are left out (counted in the report as
+    # "split_excluded"): held-out material such as the demo's mini-benchmark sentences.
+    splits: list[str] = field(default_factory=lambda: ["train"])
 
 
 @dataclass

@@ -146,6 +146,11 @@ def collect_items(cfg) -> tuple[list[dict], list[dict]]:
                 raise ValueError(f"{m}: not UTF-8 (byte {e.start}); re-encode the manifest as "
                                  "UTF-8") from None
             for u in utts:
+                if cfg.inputs.splits and u.split not in cfg.inputs.splits:
+                    drops.append({"id": u.id, "reason": "split_excluded", "action": "dropped",
+                                  "message": f"{u.id}: split {u.split!r} not in inputs.splits "
+                                             f"{cfg.inputs.splits}"})
+                    continue
                 add({"type": "utt", "id": u.id, "dir": mdir, "utt": u.to_dict(),
                      "speech_only": speech_only})
     for path in cfg.inputs.text_corpora:
