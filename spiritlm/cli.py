@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         "interleaved shards, continual pretraining and evaluation.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # The deepspeed launcher passes --local_rank=N before the subcommand; LOCAL_RANK is also set.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in STAGE_MODULES:
         try:

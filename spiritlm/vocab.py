@@ -85,8 +85,8 @@ class VocabLayout:
             size = getattr(self, f"{name}_size")
             rate = getattr(self, f"{name}_rate")
             prefix = getattr(self, f"{name}_prefix")
-            if size < 1:
-                raise ValueError(f"{name}_size must be >= 1, got {size}")
+            if size < (1 if name == "hubert" else 0):  # Base models have no pitch/style tokens
+                raise ValueError(f"{name}_size must be >= {1 if name == 'hubert' else 0}, got {size}")
             if not rate > 0:
                 raise ValueError(f"{name}_rate must be > 0, got {rate}")
             if not re.fullmatch(r"[A-Za-z]+", prefix):
@@ -179,7 +179,8 @@ class VocabLayout:
         return {s.prefix: s for s in self.streams.values()}
 
 
-SPIRITLM = VocabLayout()
+SPIRITLM = VocabLayout()  # Spirit LM Expressive: 32667 ids (model card: 32768 rows padded)
+SPIRITLM_BASE = VocabLayout(pitch_size=0, style_size=0)  # Base: 32503 ids (32512 rows padded)
 
 
 # ---- units -> merged tokens ----------------------------------------------------------------

@@ -43,6 +43,18 @@ def test_release_id_layout():
         L.token_to_id("[Hu501]")
 
 
+def test_base_layout_matches_the_base_model_card():
+    from spiritlm.vocab import SPIRITLM_BASE
+
+    assert SPIRITLM_BASE.vocab_size == 32503 and SPIRITLM_BASE.padded_vocab_size(256) == 32512
+    assert SPIRITLM_BASE.token_to_id("[Hu500]") == 32502
+    assert units_to_string({"hubert": [1, 1, 2]}, layout=SPIRITLM_BASE) == "[Hu1][Hu2]"
+    with pytest.raises(UnitError, match="outside"):
+        units_to_string({"hubert": [1], "pitch": [0]}, has_pitch=True, layout=SPIRITLM_BASE)
+    with pytest.raises(SpeechStringError):
+        string_to_units("[Pi0]", layout=SPIRITLM_BASE)
+
+
 def test_layout_is_configurable():
     L = VocabLayout(base_vocab_size=1000, hubert_size=50, pitch_size=8, style_size=4,
                     text_marker="<text>", speech_marker="<speech>", hubert_prefix="U")

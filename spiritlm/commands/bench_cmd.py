@@ -10,7 +10,7 @@ BENCHES = {
     "vocab": ("spiritlm.commands.bench_cmd", "_bench_vocab", "units <-> ids, string vs direct path"),
     "tokenizer": ("spiritlm.tokenizer.bench", "main", "speech tokenizer: batched vs naive loop"),
     "interleave": ("spiritlm.commands.bench_cmd", "_bench_interleave", "interleaved id materialisation vs per-word Python"),
-    "train": ("spiritlm.train.bench", "main", "our training loop vs HF Trainer, tokens/s"),
+    "train": ("spiritlm.commands.bench_cmd", "_bench_train", "our training loop vs HF Trainer, tokens/s"),
     "eval": ("spiritlm.eval.bench", "main", "pairs scored per second vs one at a time"),
 }
 
@@ -49,4 +49,11 @@ def _bench_interleave(args) -> int:
         print(f"  {'expressive' if expressive else 'base':<11} vectorised {v / 1e6:6.2f} M tok/s   "
               f"reference {ref / 1e6:6.2f} M tok/s   ratio {r['speedup']:5.1f}x   "
               f"(target >= 1M tok/s: {'met' if r['target_met'] else 'NOT met'})")
+    return 0
+
+
+def _bench_train(args) -> int:
+    from spiritlm.train.bench import bench_train
+
+    bench_train()  # prints its own side-by-side report
     return 0

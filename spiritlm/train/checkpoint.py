@@ -1,0 +1,184 @@
+"""Checkpoints that survive crashes, and the export to HF format.
+
+Layout of ``<run_dir>/checkpoints``::
+
+    step_00000020/            DeepSpeed files (model, optimizer, scheduler; ZeRO shards per rank)
+        trainer_state.json    step, counters, metrics history length
+        rank_00000.pt         per-rank data position + RNG states (torch.load weights_only=True)
+    latest                    text file with the newest complete tag (DeepSpeed reads it too)
+
+Writing is atomic: every rank writes into ``.tmp-step_N`` (a name ``latest`` never points to),
+all ranks meet at a barrier, rank 0 renames the folder to ``step_N`` and only then replaces
+``latest`` (write a temp file + ``os.replace``). A crash at any moment leaves ``latest`` on the
+previous complete checkpoint; stale ``.tmp-*`` folders are removed at the next save.
+
+``export_hf`` writes ``save_pretrained`` safetensors + the tokenizer with the added speech tokens
+(``SpiritTokenizer.save_pretrained``), laid out like the released Spirit LM checkpoints
+(``config.json``, ``model.safetensors``, ``tokenizer.model``, ``tokenizer_config.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+TMP_PREFIX = ".tmp-"
+
+
+def tag_of(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _py(obj):
+    """RNG states -> tensors/lists/ints only, so that ``torch.load(weights_only=True)`` reads them."""
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_py(x) for x in obj]}
+    if isinstance(obj, list):
+        return [_py(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _py(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(obj.copy()), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _unpy(obj):
+    if isinstance(obj, dict):
+        if "__tuple__" in obj:
+            return tuple(_unpy(x) for x in obj["__tuple__"])
+        if "__ndarray__" in obj:
+            return obj["__ndarray__"].numpy().astype(obj["dtype"])
+        return {k: _unpy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unpy(x) for x in obj]
+    return obj
+
+
+def save_checkpoint(engine, ckpt_dir: Path, step: int, trainer_state: dict, rank_state: dict,
+                    keep: int = 0, extra_files: dict[str, str] | None = None) -> Path:
+    """Atomic save (see module doc). Every rank calls it; returns the final folder."""
+    ckpt_dir = Path(ckpt_dir)
+    tag = tag_of(step)
+    tmp_tag = TMP_PREFIX + tag
+    if _rank() == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ckpt_dir.glob(TMP_PREFIX + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    _barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, save_latest=False)
+    tmp = ckpt_dir / tmp_tag
+    torch.save(_py(rank_state), tmp / f"rank_{_rank():05d}.pt")
+    _barrier()
+    final = ckpt_dir / tag
+    if _rank() == 0:
+        for name, text in (extra_files or {}).items():  # e.g. the resolved config
+            (tmp / name).write_text(text)
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_latest(ckpt_dir, tag)
+        if keep > 0:
+            tags = sorted(p.name for p in ckpt_dir.glob("step_*") if p.is_dir())
+            for old in tags[:-keep]:
+                shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def _fsync_dir(d: Path) -> None:
+    for f in d.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _write_latest(ckpt_dir: Path, tag: str) -> None:
+    tmp = ckpt_dir / (TMP_PREFIX + "latest")
+    with open(tmp, "w") as f:
+        f.write(tag)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ckpt_dir / "latest")
+
+
+def latest_tag(ckpt_dir: Path) -> str | None:
+    p = Path(ckpt_dir) / "latest"
+    if not p.is_file():
+        return None
+    tag = p.read_text().strip()
+    if not (Path(ckpt_dir) / tag / "trainer_state.json").is_file():
+        raise RuntimeError(f"{p} points to {tag}, which is incomplete; remove {p} to start over")
+    return tag
+
+
+def load_checkpoint(engine, ckpt_dir: Path, tag: str) -> tuple[dict, dict]:
+    """Restore engine state (model, optimizer, scheduler); returns (trainer_state, this rank's state)."""
+    ckpt_dir = Path(ckpt_dir)
+    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                     load_lr_scheduler_states=True)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load {ckpt_dir / tag}")
+    trainer_state = json.loads((ckpt_dir / tag / "trainer_state.json").read_text())
+    f = ckpt_dir / tag / f"rank_{_rank():05d}.pt"
+    if not f.is_file():
+        raise RuntimeError(f"{f} missing: resume with the same number of processes as the checkpoint")
+    rank_state = _unpy(torch.load(f, weights_only=True))
+    return trainer_state, rank_state
+
+
+def export_hf(engine, model, out_dir: Path, tokenizer_dir: str | None, layout, zero_stage: int,
+              extra_files: dict[str, str] | None = None) -> Path:
+    """``save_pretrained`` (safetensors) + tokenizer with the added tokens. Every rank calls it."""
+    out_dir = Path(out_dir)
+    if zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()  # gathered on rank 0
+    else:
+        state = model.state_dict() if _rank() == 0 else None
+    if _rank() == 0:
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        if tokenizer_dir:
+            from spiritlm.text_tokenizer import SpiritTokenizer
+
+            SpiritTokenizer.from_pretrained(tokenizer_dir, layout=layout).save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+    _barrier()
+    return out_dir

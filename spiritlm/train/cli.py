@@ -1,0 +1,45 @@
+"""``spiritlm train RECIPE [--set key=value ...]``: continual pretraining (see train/README.md).
+
+One process: ``spiritlm train train/tiny_cpu.toml``. Several: ``torchrun --nproc_per_node=8 -m
+spiritlm.cli train RECIPE`` or ``deepspeed --num_gpus 8 --module spiritlm.cli train RECIPE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    from spiritlm.cli import add_recipe_args
+
+    p = subparsers.add_parser(
+        "train",
+        help="continual pretraining of a LLaMA checkpoint with the speech vocabulary (DeepSpeed)",
+        description="Train on packed speech/interleaved/text shards; resumes from "
+        "<run_dir>/checkpoints/latest; writes metrics, plots, checkpoints and an HF export.",
+    )
+    add_recipe_args(p)
+    # the deepspeed launcher passes --local_rank=N (LOCAL_RANK is read from the environment)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    import os
+
+    from spiritlm.config import dump_config, load_config
+    from spiritlm.train.config import TrainConfig
+
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    cfg = load_config(TrainConfig, args.recipe, args.overrides)
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    from spiritlm.train.trainer import train
+
+    run_dir = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run directory: {run_dir}")
+    return 0

@@ -1,0 +1,189 @@
+"""Run config of the ``train`` stage (typed dataclasses; recipes in ``train/*.toml``).
+
+    cfg = load_config(TrainConfig, "train/tiny_cpu.toml", ["optim.lr=1e-4"])
+    run_dir = train(cfg)
+
+Sections: ``model`` (checkpoint or tiny builder, speech vocabulary, RoPE), ``data`` (sources,
+mixture weights, packing), ``optim`` (AdamW, schedule, clipping), ``deepspeed`` (ZeRO stage,
+precision, offload, extra JSON merged on top), ``checkpoint``, ``log``. ``validate_config``
+checks the parts that can be checked before any model is loaded; the trainer checks the rest
+(model length, vocabulary vs shard metadata) once the model and data are known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from spiritlm.config import ConfigError
+
+
+@dataclass
+class TinyModelConfig:
+    """A LLaMA-architecture model built from scratch (tests, the CPU demo)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 512
+    base_vocab_size: int = 32000  # text pieces; speech ids are added on top of this
+
+
+@dataclass
+class ModelConfig:
+    # HF LLaMA checkpoint directory (config.json + safetensors + tokenizer.model); "" = build tiny.
+    checkpoint: str = ""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    # Directory with tokenizer.model for the export; "" = the checkpoint's own (if any).
+    tokenizer: str = ""
+    # Speech vocabulary: sizes of the release (501 HuBERT, 64 pitch, 100 style units).
+    hubert_size: int = 501
+    pitch_size: int = 64
+    style_size: int = 100
+    # Embedding rows: "padded" rounds up to pad_multiple (32768 for 7B Expressive), "exact" = 32667.
+    vocab_rows: Literal["padded", "exact"] = "padded"
+    pad_multiple: int = 256
+    # New rows: "mean" = mean of existing rows + noise_std * N(0,1); "normal" = N(0, init_std).
+    new_rows_init: Literal["mean", "normal"] = "mean"
+    noise_std: float = 0.01
+    init_std: float = 0.02
+    rope_theta: Optional[float] = None  # paper: 100000 (LLaMA-2 default 10000)
+    attn_implementation: str = "sdpa"  # "sdpa" | "eager" | "flash_attention_2"
+    # How packed rows keep documents apart: position ids reset per document (transformers builds
+    # the block-diagonal mask, flash-attention uses varlen) or an explicit 4-D block mask.
+    packed_attention: Literal["position_ids", "block_mask"] = "position_ids"
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class SourceConfig:
+    """One data source: a directory of Parquet shards (see ``spiritlm.train.data``)."""
+
+    name: str = ""
+    path: str = ""
+    weight: float = 1.0
+    kind: Literal["speech", "text", "interleaved", "any"] = "any"
+
+
+@dataclass
+class DataConfig:
+    # Empty = the synthetic demo sources (random ids of each kind), for tests and smoke runs.
+    sources: list[SourceConfig] = field(default_factory=list)
+    seq_len: int = 256
+    synthetic_docs: int = 512  # per synthetic source
+    add_bos: bool = True  # prepend BOS when a document lacks it
+    bos_id: int = 1
+    eos_id: int = -1  # append EOS to every document if >= 0 (the release adds BOS only)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-5
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 1
+    precision: Literal["bf16", "fp32"] = "bf16"
+    offload_optimizer: bool = False
+    offload_params: bool = False  # ZeRO-3 only
+    torch_adam: bool = True  # torch's AdamW: no DeepSpeed op to compile
+    json: str = ""  # a user DeepSpeed JSON merged over the generated one
+    # CPU only: DeepSpeed compiles a shared-memory all-reduce op (~1 min) used only for
+    # inference; off by default. Compiled ops are cached in torch_extensions_dir.
+    cpu_shm_comm_op: bool = False
+    torch_extensions_dir: str = ".torch_extensions"
+    dist_backend: str = ""  # "" = nccl on CUDA, gloo on CPU
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # steps between checkpoints; 0 = only at the end
+    keep: int = 2  # newest checkpoints kept (0 = all)
+    resume: bool = True  # continue from <run_dir>/checkpoints/latest if present
+    export_hf: bool = True  # HF save_pretrained (safetensors + tokenizer) at the end
+
+
+@dataclass
+class LogConfig:
+    every: int = 1
+    tensorboard: bool = True
+    progress_bar: bool = True
+    plots: bool = True
+    peak_flops: float = 0.0  # per device, for MFU on CUDA; 0 = guess from the device name
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/train"
+    seed: int = 0
+    steps: int = 100
+    micro_batch_size: int = 4  # rows per device per micro-step (paper: 4)
+    global_batch_size: int = 0  # rows per optimizer step; 0 = micro_batch_size * world size
+    on_nonfinite: Literal["skip", "stop"] = "skip"
+    max_nonfinite: int = 100  # stop anyway after this many skipped micro-batches
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
+    per_step = cfg.micro_batch_size * world_size
+    gbs = cfg.global_batch_size or per_step
+    if gbs % per_step:
+        lo, hi = (gbs // per_step) * per_step, (gbs // per_step + 1) * per_step
+        raise ConfigError(
+            f"global_batch_size={gbs} is not a multiple of micro_batch_size * world_size = "
+            f"{cfg.micro_batch_size} * {world_size} = {per_step}; set global_batch_size to "
+            f"{lo or per_step} or {hi}, or change micro_batch_size"
+        )
+    return gbs // per_step
+
+
+def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Checks that need no model or data; raise ConfigError saying what to change."""
+    if cfg.steps < 1:
+        raise ConfigError(f"steps={cfg.steps}: set steps to a positive number of optimizer steps")
+    if cfg.micro_batch_size < 1:
+        raise ConfigError(f"micro_batch_size={cfg.micro_batch_size}: set it to 1 or more")
+    grad_accum_steps(cfg, world_size)
+    if cfg.data.seq_len < 2:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len}: set data.seq_len to 2 or more")
+    ds = cfg.deepspeed
+    if ds.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"deepspeed.zero_stage={ds.zero_stage}: use 0, 1, 2 or 3")
+    if ds.offload_params and ds.zero_stage != 3:
+        raise ConfigError("deepspeed.offload_params needs deepspeed.zero_stage=3 (or set it false)")
+    if ds.offload_optimizer and ds.zero_stage == 0:
+        raise ConfigError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr={cfg.optim.lr}: set a positive learning rate (paper: 3e-5)")
+    if cfg.optim.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps={cfg.optim.warmup_steps}: set 0 or more")
+    if not 0 <= cfg.optim.min_lr_ratio <= 1:
+        raise ConfigError(f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must lie in [0, 1]")
+    if cfg.checkpoint.every < 0:
+        raise ConfigError("checkpoint.every must be >= 0 (0 = save only at the end)")
+    weights = [s.weight for s in cfg.data.sources]
+    if any(w < 0 for w in weights) or (weights and sum(weights) <= 0):
+        raise ConfigError(f"data.sources weights {weights}: use non-negative weights, not all zero")
+    for s in cfg.data.sources:
+        if not s.path:
+            raise ConfigError(f"data source {s.name or '?'}: set its path to a shard directory")
+    if not cfg.model.checkpoint and cfg.model.tiny.max_position_embeddings < cfg.data.seq_len:
+        raise ConfigError(
+            f"data.seq_len={cfg.data.seq_len} exceeds model.tiny.max_position_embeddings="
+            f"{cfg.model.tiny.max_position_embeddings}; lower data.seq_len or raise the model's"
+        )

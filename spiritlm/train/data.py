@@ -1,0 +1,277 @@
+"""Training data input: document sources, a weighted mixture, per-rank sharding, resumable position.
+
+The trainer reads **documents**: ``{"input_ids": 1-D int array, "kind": "speech"|"text"|"interleaved"}``
+(token ids of ``spiritlm.vocab``: ``[Speech][Hu12]...``, ``[Text]the cat``...). A document is one
+training sequence before packing; ``spiritlm.train.packing`` packs documents into ``seq_len`` rows.
+
+Parquet shards (what the data-prep stage writes, one directory per source)::
+
+    <dir>/*.parquet            read in sorted name order
+      input_ids : list<int32>  token ids of one document (BOS included or not: see DataConfig.add_bos)
+      kind      : string       "speech" | "text" | "interleaved"
+      ...                      any other columns (words, alignments, units) for an interleave_fn
+    file key-value metadata "spiritlm" (optional), or <dir>/metadata.json (optional):
+      {"base_vocab_size": 32000, "vocab_size": 32667}   -> checked against the model's layout
+
+``interleave_fn(record, seed, epoch) -> ids`` (optional, per source) builds a document's ids from
+its whole record each time it is read, so interleaving spans can be resampled every epoch (the
+``input_ids`` column is then not needed). ``seed`` is unique per (run seed, document).
+
+Determinism: the order of a source in an epoch is a function of (seed, epoch, source name) only;
+rank ``r`` of ``w`` takes documents ``r, r + w, r + 2w ...`` of that order; which source the next
+document comes from is drawn from the mixture weights (default one third each, as in the paper)
+by a per-rank generator. ``MixtureStream.state_dict()`` captures all of it exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Optional, Protocol, Sequence
+
+import numpy as np
+
+from spiritlm.config import ConfigError
+from spiritlm.vocab import VocabLayout
+
+KINDS = ("speech", "interleaved", "text")
+# Row kinds of the data-prep shards that mix both modalities count as interleaved documents.
+KIND_ALIASES = {"aligned": "interleaved", "asr": "interleaved", "tts": "interleaved"}
+InterleaveFn = Callable[[dict, int, int], Sequence[int]]
+
+
+class DataError(ValueError):
+    """Bad shard content (a missing column, an id outside the vocabulary); says where."""
+
+
+class Source(Protocol):
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def order(self, seed: int, epoch: int) -> np.ndarray: ...
+
+    def read(self, index: int, seed: int, epoch: int) -> dict: ...
+
+
+def _name_key(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+def doc_seed(seed: int, name: str, index: int) -> int:
+    return (seed * 1_000_003 + _name_key(name) * 7919 + index) % (2**63)
+
+
+class ParquetSource:
+    """Documents from ``<dir>/*.parquet`` (schema above); shuffled by file, then by row in a file."""
+
+    def __init__(self, path: str | Path, name: str = "", kind: str = "any",
+                 interleave_fn: Optional[InterleaveFn] = None):
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self.kind = kind
+        self.interleave_fn = interleave_fn
+        if not self.path.is_dir():
+            raise ConfigError(f"data source {self.name}: {self.path} is not a directory of Parquet shards")
+        self.files = sorted(self.path.glob("*.parquet"))
+        if not self.files:
+            raise ConfigError(f"data source {self.name}: no *.parquet files in {self.path}")
+        self.rows = [pq.ParquetFile(f).metadata.num_rows for f in self.files]
+        self.starts = np.concatenate([[0], np.cumsum(self.rows)]).astype(np.int64)
+        schema = pq.read_schema(self.files[0])
+        need = ["kind"] + ([] if interleave_fn else ["input_ids"])
+        missing = [c for c in need if c not in schema.names]
+        if missing:
+            raise DataError(f"{self.files[0]}: missing column(s) {missing}; the schema is in spiritlm/train/data.py")
+        self.meta = self._read_meta(schema)
+        self._cache: tuple[int, object] | None = None
+
+    def _read_meta(self, schema) -> dict:
+        kv = schema.metadata or {}
+        if b"spiritlm" in kv:
+            return json.loads(kv[b"spiritlm"])
+        f = self.path / "metadata.json"
+        return json.loads(f.read_text()) if f.is_file() else {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def order(self, seed: int, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, epoch, _name_key(self.name)])
+        parts = []
+        for f in rng.permutation(len(self.files)):
+            parts.append(self.starts[f] + rng.permutation(self.rows[f]))
+        return np.concatenate(parts)
+
+    def _table(self, f: int):
+        if self._cache is None or self._cache[0] != f:
+            import pyarrow.parquet as pq
+
+            self._cache = (f, pq.read_table(self.files[f], memory_map=True))
+        return self._cache[1]
+
+    def read(self, index: int, seed: int, epoch: int) -> dict:
+        f = int(np.searchsorted(self.starts, index, side="right") - 1)
+        table = self._table(f)
+        row = index - int(self.starts[f])
+        if self.interleave_fn is not None:
+            record = {c: table.column(c)[row].as_py() for c in table.column_names}
+            ids = self.interleave_fn(record, doc_seed(seed, self.name, index), epoch)
+            kind = self.kind if self.kind != "any" else record.get("kind")
+        else:
+            ids = table.column("input_ids")[row].values.to_numpy(zero_copy_only=False)
+            kind = table.column("kind")[row].as_py()
+        kind = KIND_ALIASES.get(kind, kind)
+        return {"input_ids": np.asarray(ids, dtype=np.int64), "kind": kind}
+
+
+class SyntheticSource:
+    """Random documents of one kind (demo and tests): text pieces, speech units, or both."""
+
+    def __init__(self, kind: str, layout: VocabLayout, num_docs: int = 512, max_len: int = 300,
+                 name: str = "", bos_id: int = 1, text_vocab: int = 0):
+        if kind not in KINDS:
+            raise ConfigError(f"synthetic source kind {kind!r}: use one of {KINDS}")
+        self.kind, self.layout, self.n, self.max_len = kind, layout, num_docs, max_len
+        self.name = name or f"synthetic-{kind}"
+        self.bos_id = bos_id
+        self.text_vocab = min(text_vocab or layout.base_vocab_size, layout.base_vocab_size)
+        self.meta = {"base_vocab_size": layout.base_vocab_size, "vocab_size": layout.vocab_size}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def order(self, seed: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([seed, epoch, _name_key(self.name)]).permutation(self.n)
+
+    def _span(self, rng, kind: str, n: int) -> list[int]:
+        L = self.layout
+        if kind == "text":
+            # a little structure to learn: ascending runs of pieces
+            start = rng.integers(3, max(4, self.text_vocab - n))
+            return [L.text_id] + [int(min(start + i, self.text_vocab - 1)) for i in range(n)]
+        hu = L.streams["hubert"]
+        pi, st = L.streams["pitch"], L.streams["style"]
+        out = [L.speech_id, st.offset + int(rng.integers(st.size))]
+        for i in range(n):
+            if i % 3 == 0:
+                out.append(pi.offset + int(rng.integers(pi.size)))
+            out.append(hu.offset + int(rng.integers(hu.size)))
+        return out
+
+    def read(self, index: int, seed: int, epoch: int) -> dict:
+        # depends on (index, epoch): interleaving differs between epochs, as in the paper
+        rng = np.random.default_rng([index, epoch if self.kind == "interleaved" else 0, _name_key(self.name)])
+        n = int(rng.integers(4, self.max_len))
+        ids = [self.bos_id]
+        if self.kind == "interleaved":
+            mod = "text" if rng.random() < 0.5 else "speech"
+            while len(ids) < n:
+                ids += self._span(rng, mod, int(rng.integers(3, 20)))
+                mod = "speech" if mod == "text" else "text"
+        else:
+            ids += self._span(rng, self.kind, n)
+        return {"input_ids": np.asarray(ids, dtype=np.int64), "kind": self.kind}
+
+
+def check_meta(sources: Sequence, layout: VocabLayout, rows: int) -> None:
+    """Shard metadata must match the model's vocabulary; the message says what to change."""
+    for s in sources:
+        meta = getattr(s, "meta", {}) or {}
+        base, vs = meta.get("base_vocab_size"), meta.get("vocab_size")
+        if base is not None and int(base) != layout.base_vocab_size:
+            raise ConfigError(
+                f"data source {s.name}: shards were tokenized with base_vocab_size={base} but the "
+                f"model's text tokenizer has {layout.base_vocab_size} pieces; use the same "
+                "tokenizer.model for data prep and model.checkpoint/model.tokenizer (or model.tiny.base_vocab_size)"
+            )
+        if vs is not None and int(vs) > rows:
+            raise ConfigError(
+                f"data source {s.name}: shards use {vs} ids but the model has {rows} embedding rows; "
+                "set model.hubert_size/pitch_size/style_size to the data-prep layout"
+            )
+
+
+class MixtureStream:
+    """Endless per-rank document stream over weighted sources (an epoch per source wraps around)."""
+
+    def __init__(self, sources: Sequence, weights: Optional[Sequence[float]] = None, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, max_id: Optional[int] = None):
+        if not sources:
+            raise ConfigError("no data sources: add [[data.sources]] entries to the recipe")
+        self.sources = list(sources)
+        w = np.asarray(weights if weights is not None else [1.0] * len(sources), dtype=np.float64)
+        if w.shape != (len(sources),) or (w < 0).any() or w.sum() <= 0:
+            raise ConfigError(f"mixture weights {list(w)} must be non-negative, one per source, not all zero")
+        self.probs = w / w.sum()
+        for s, p in zip(self.sources, self.probs):
+            if p > 0 and len(s) < world_size:
+                raise ConfigError(f"data source {s.name} has {len(s)} documents, fewer than {world_size} ranks")
+        self.seed, self.rank, self.world = seed, rank, world_size
+        self.max_id = max_id
+        self.rng = np.random.default_rng([seed, rank, 7])
+        self.cursor = [[0, 0] for _ in self.sources]  # per source: (epoch, local position)
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
+        self.docs_read = 0
+
+    def _order(self, k: int, epoch: int) -> np.ndarray:
+        key = (k, epoch)
+        if key not in self._orders:
+            self._orders = {kk: v for kk, v in self._orders.items() if kk[0] != k}
+            self._orders[key] = self.sources[k].order(self.seed, epoch)
+        return self._orders[key]
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        k = int(self.rng.choice(len(self.sources), p=self.probs))
+        src = self.sources[k]
+        epoch, pos = self.cursor[k]
+        g = pos * self.world + self.rank
+        if g >= len(src):
+            epoch, pos, g = epoch + 1, 0, self.rank
+        self.cursor[k] = [epoch, pos + 1]
+        index = int(self._order(k, epoch)[g])
+        doc = src.read(index, self.seed, epoch)
+        ids = doc["input_ids"]
+        if self.max_id is not None and ids.size and (ids.min() < 0 or ids.max() >= self.max_id):
+            raise DataError(
+                f"data source {src.name}, document {index}: id {int(ids.max())} outside [0, {self.max_id}); "
+                "the shards and the model use different vocabularies"
+            )
+        doc["source"] = src.name
+        self.docs_read += 1
+        return doc
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "cursor": [list(c) for c in self.cursor],
+                "docs_read": self.docs_read, "seed": self.seed, "rank": self.rank, "world": self.world}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if (state["seed"], state["world"]) != (self.seed, self.world):
+            raise ConfigError(
+                f"checkpoint data position was saved with seed={state['seed']}, world size={state['world']}; "
+                f"this run has seed={self.seed}, world size={self.world}: resume with the same settings"
+            )
+        self.rng.bit_generator.state = state["rng"]
+        self.cursor = [list(c) for c in state["cursor"]]
+        self.docs_read = state["docs_read"]
+
+
+def make_sources(data_cfg, layout: VocabLayout, interleave_fns: Optional[Mapping[str, InterleaveFn]] = None,
+                 text_vocab: int = 0):
+    """Sources + weights from ``DataConfig`` (synthetic speech/interleaved/text if none are listed)."""
+    interleave_fns = interleave_fns or {}
+    if not data_cfg.sources:
+        srcs = [SyntheticSource(k, layout, data_cfg.synthetic_docs, max_len=int(data_cfg.seq_len * 1.5),
+                                bos_id=data_cfg.bos_id, text_vocab=text_vocab) for k in KINDS]
+        return srcs, [1.0, 1.0, 1.0]
+    srcs = []
+    for i, s in enumerate(data_cfg.sources):
+        name = s.name or f"source{i}"
+        srcs.append(ParquetSource(s.path, name=name, kind=s.kind, interleave_fn=interleave_fns.get(name)))
+    return srcs, [s.weight for s in data_cfg.sources]

@@ -1,0 +1,217 @@
+"""The model: a HF LLaMA-architecture checkpoint extended with the Spirit LM speech vocabulary.
+
+``build_model(cfg.model)`` loads ``LlamaForCausalLM`` from a local directory (LLaMA-2-7B is the
+reference) or builds a tiny one, optionally raises RoPE θ (paper: 10k -> 100k), then
+``add_speech_vocab`` resizes input embeddings and LM head so that the ids of
+``spiritlm.vocab.VocabLayout`` exist ([Text] = base, [Speech] = base + 1, [Hu0] = base + 2, ...),
+either exactly (``layout.vocab_size``) or padded (``layout.padded_vocab_size``). New rows are the
+mean of the existing rows plus small Gaussian noise (default) or N(0, init_std). Under ZeRO-3
+the resize runs inside ``deepspeed.zero.GatheredParameters`` so every rank sees full tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from spiritlm.config import ConfigError
+from spiritlm.train.config import ModelConfig, TinyModelConfig
+from spiritlm.vocab import VocabLayout
+
+log = logging.getLogger(__name__)
+
+
+def layout_for(cfg: ModelConfig, base_vocab_size: int) -> VocabLayout:
+    return VocabLayout(
+        base_vocab_size=base_vocab_size,
+        hubert_size=cfg.hubert_size,
+        pitch_size=cfg.pitch_size,
+        style_size=cfg.style_size,
+    )
+
+
+def tiny_llama_config(t: TinyModelConfig, vocab_size: int | None = None) -> LlamaConfig:
+    """A small LLaMA config (same architecture as LLaMA-2: RMSNorm, SwiGLU, RoPE, GQA)."""
+    return LlamaConfig(
+        vocab_size=vocab_size or t.base_vocab_size,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads,
+        max_position_embeddings=t.max_position_embeddings,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+
+
+def rope_theta_of(config: LlamaConfig) -> float:
+    rp = getattr(config, "rope_parameters", None) or {}
+    return float(rp.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+def _set_rope_theta(config: LlamaConfig, theta: float) -> None:
+    rp = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default"})
+    rp["rope_theta"] = float(theta)
+    config.rope_parameters = rp
+
+
+def tokenizer_size(cfg: ModelConfig) -> int | None:
+    """Pieces of the text tokenizer (``model.tokenizer``, else the checkpoint's), if there is one."""
+    d = cfg.tokenizer or cfg.checkpoint
+    if not d:
+        return None
+    f = Path(d) / "tokenizer.model"
+    if not f.is_file():
+        if cfg.tokenizer:
+            raise ConfigError(f"model.tokenizer={d} has no tokenizer.model: point it at a tokenizer directory")
+        return None
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor()
+    sp.load(str(f))
+    return sp.get_piece_size()
+
+
+def load_base_config(cfg: ModelConfig) -> LlamaConfig:
+    if not cfg.checkpoint:
+        # a tiny model takes its text vocabulary from the tokenizer when one is given
+        config = tiny_llama_config(cfg.tiny, vocab_size=tokenizer_size(cfg))
+    else:
+        d = Path(cfg.checkpoint)
+        if not (d / "config.json").is_file():
+            raise ConfigError(
+                f"model.checkpoint={d} has no config.json: point it at a local HF LLaMA checkpoint "
+                "directory (config.json + *.safetensors), or leave it empty for the tiny model"
+            )
+        config = LlamaConfig.from_pretrained(d)
+        if getattr(config, "model_type", "llama") != "llama":
+            raise ConfigError(f"{d}: model_type={config.model_type!r}; a LLaMA checkpoint is needed")
+    if cfg.rope_theta is not None:
+        _set_rope_theta(config, cfg.rope_theta)
+    config.use_cache = False
+    return config
+
+
+def base_vocab_size_of(cfg: ModelConfig, config: LlamaConfig) -> int:
+    """Where [Text] goes: the text tokenizer's size (a Spirit LM checkpoint keeps its own rows)."""
+    n = tokenizer_size(cfg)
+    if n is not None:
+        return n
+    return cfg.tiny.base_vocab_size if not cfg.checkpoint else config.vocab_size
+
+
+def target_rows(cfg: ModelConfig, layout: VocabLayout) -> int:
+    if cfg.vocab_rows == "exact":
+        return layout.vocab_size
+    return layout.padded_vocab_size(cfg.pad_multiple)
+
+
+def check_vocab(current_rows: int, layout: VocabLayout, rows: int) -> str:
+    """'extend' (add speech rows), 'keep' (already a Spirit LM model); raise on a mismatch."""
+    if current_rows == layout.base_vocab_size:
+        return "extend"
+    if current_rows in (rows, layout.vocab_size) or current_rows >= layout.vocab_size:
+        return "keep"
+    raise ConfigError(
+        f"the checkpoint has {current_rows} embedding rows but the text tokenizer has "
+        f"{layout.base_vocab_size} pieces and the speech layout needs {layout.vocab_size} ids; use "
+        f"the tokenizer.model that came with the checkpoint (model.tokenizer) or a base LLaMA "
+        f"checkpoint with {layout.base_vocab_size} rows"
+    )
+
+
+def plan_model(cfg: ModelConfig) -> tuple[LlamaConfig, VocabLayout, int]:
+    """(config, layout, embedding rows after the speech vocabulary), reading no weights: the
+    trainer checks seq_len and shard metadata against these before loading anything big."""
+    config = load_base_config(cfg)
+    layout = layout_for(cfg, base_vocab_size_of(cfg, config))
+    rows = target_rows(cfg, layout)
+    if check_vocab(config.vocab_size, layout, rows) == "keep":
+        rows = config.vocab_size
+    return config, layout, rows
+
+
+def build_model(cfg: ModelConfig, ds_config: dict | None = None, dtype=torch.float32):
+    """Return (model, layout, keepalive).
+
+    With a ZeRO-3 ``ds_config`` the weights are created partitioned (``deepspeed.zero.Init``
+    through transformers' ``HfDeepSpeedConfig``, which transformers also uses to gather the
+    embeddings while resizing); keep ``keepalive`` referenced until training ends.
+    """
+    config = load_base_config(cfg)
+    layout = layout_for(cfg, base_vocab_size_of(cfg, config))
+    config._attn_implementation = cfg.attn_implementation
+    zero3 = bool(ds_config) and int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3
+    keepalive = None
+    if zero3 and cfg.checkpoint:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        try:
+            keepalive = HfDeepSpeedConfig(ds_config)  # transformers holds a weak reference only
+        except Exception as e:  # transformers requires accelerate for its DeepSpeed integration
+            raise ConfigError(f"ZeRO-3 model loading needs the 'accelerate' package ({e}); "
+                              "pip install accelerate, or use deepspeed.zero_stage <= 2") from None
+        # from_pretrained enters zero.Init itself; a tiny model is built whole on every rank
+        # (same init as without ZeRO) and deepspeed.initialize partitions it.
+    if cfg.checkpoint:
+        model = LlamaForCausalLM.from_pretrained(
+            cfg.checkpoint, config=config, dtype=dtype, attn_implementation=cfg.attn_implementation
+        )
+    else:
+        torch.manual_seed(0)  # the tiny model's initial weights do not depend on the run seed
+        model = LlamaForCausalLM(config).to(dtype)
+    add_speech_vocab(model, layout, cfg, zero3=keepalive is not None)
+    model.config.use_cache = False
+    return model, layout, keepalive
+
+
+@torch.no_grad()
+def _init_rows(weight: torch.Tensor, start: int, how: str, noise_std: float, init_std: float,
+               generator: torch.Generator) -> None:
+    n = weight.shape[0] - start
+    if n <= 0:
+        return
+    noise = torch.randn(n, weight.shape[1], generator=generator, dtype=torch.float32)
+    if how == "mean":
+        mean = weight[:start].float().mean(dim=0, keepdim=True)
+        new = mean + noise_std * noise
+    else:
+        new = init_std * noise
+    weight[start:] = new.to(weight.dtype)
+
+
+def add_speech_vocab(model: LlamaForCausalLM, layout: VocabLayout, cfg: ModelConfig,
+                     zero3: bool = False, seed: int = 1234) -> int:
+    """Resize embeddings and LM head to hold the speech ids; returns the number of rows."""
+    rows = target_rows(cfg, layout)
+    emb = model.get_input_embeddings()
+    current = int(getattr(emb.weight, "ds_shape", emb.weight.shape)[0])  # ZeRO-3: full shape
+    if check_vocab(current, layout, rows) == "keep":
+        log.info("checkpoint already has %d rows (>= %d speech-text ids); kept", current, layout.vocab_size)
+        return current
+    # resize_token_embeddings gathers ZeRO-3 parameters itself when deepspeed is active
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    emb = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    params = [emb.weight] + ([head.weight] if head is not None else [])
+    gather = contextlib.nullcontext()
+    if zero3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    g = torch.Generator().manual_seed(seed)
+    with gather:
+        _init_rows(emb.weight, layout.base_vocab_size, cfg.new_rows_init, cfg.noise_std, cfg.init_std, g)
+        if head is not None and head.weight is not emb.weight:
+            _init_rows(head.weight, layout.base_vocab_size, cfg.new_rows_init, cfg.noise_std, cfg.init_std, g)
+    model.config.vocab_size = rows
+    log.info("speech vocabulary added: %d -> %d rows ([Text]=%d, [Speech]=%d, [Hu0]=%d)", current, rows,
+             layout.text_id, layout.speech_id, layout.streams["hubert"].offset)
+    return rows

@@ -1,0 +1,251 @@
+"""The training loop: LLaMA + speech vocabulary on packed mixture data, driven by DeepSpeed.
+
+    from spiritlm.config import load_config
+    from spiritlm.train import TrainConfig, train
+    run_dir = train(load_config(TrainConfig, "train/tiny_cpu.toml"))
+
+Read top to bottom: ``Trainer.__init__`` sets up process, model, data and engine (and resumes);
+``train_step`` runs one optimizer step (grad-accumulation micro-batches, non-finite loss policy);
+``fit`` loops, logs, checkpoints and exports. The trainer is *Stateful*: ``state_dict`` holds the
+step counters (all ranks) and ``rank_state_dict`` this rank's data position and RNG states.
+
+Outputs in ``run_dir``: ``config.yaml`` (resolved), ``deepspeed.json``, ``metrics.jsonl``,
+``tensorboard/``, ``curves.png``, ``checkpoints/`` (see ``checkpoint.py``), ``hf/`` (export).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from spiritlm.config import ConfigError, dump_config, save_config
+from spiritlm.train import checkpoint as ckpt
+from spiritlm.train.config import TrainConfig, grad_accum_steps, validate_config
+from spiritlm.train.data import InterleaveFn, MixtureStream, check_meta, make_sources
+from spiritlm.train.engine import deepspeed_config, init_distributed, lr_lambda, setup_process
+from spiritlm.train.metrics import TYPES, RunLog, guess_peak_flops, model_flops_per_token, plot_curves, token_losses
+from spiritlm.train.model import build_model, plan_model
+from spiritlm.train.packing import Packer, block_mask_B1TT
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Loss became NaN/inf and the policy is to stop (the last complete checkpoint is kept)."""
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, sources: Optional[Sequence] = None,
+                 weights: Optional[Sequence[float]] = None,
+                 interleave_fns: Optional[Mapping[str, InterleaveFn]] = None):
+        # ---- process + config checks (all before loading weights) ----------------------------
+        self.cfg = cfg
+        setup_process(cfg)
+        validate_config(cfg, int(os.environ["WORLD_SIZE"]))
+        mc, self.layout, self.rows = plan_model(cfg.model)
+        if cfg.data.seq_len > mc.max_position_embeddings:
+            raise ConfigError(
+                f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings="
+                f"{mc.max_position_embeddings}; lower data.seq_len (paper: 4096 with LLaMA-2)"
+            )
+        if sources is None:
+            sources, weights = make_sources(cfg.data, self.layout, interleave_fns,
+                                            text_vocab=self.layout.base_vocab_size)
+        check_meta(sources, self.layout, self.rows)
+        import deepspeed
+
+        init_distributed(cfg)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.gas = grad_accum_steps(cfg, self.world)
+        self.ds_config = deepspeed_config(cfg, self.world)
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        torch.manual_seed(cfg.seed)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+        # ---- model with the speech vocabulary --------------------------------------------
+        dtype = torch.bfloat16 if cfg.deepspeed.precision == "bf16" else torch.float32
+        self.model, layout, self._hf_ds = build_model(
+            cfg.model, self.ds_config if cfg.deepspeed.zero_stage == 3 else None, dtype)
+        assert layout == self.layout and self.model.config.vocab_size == self.rows
+        mc = self.model.config
+        if cfg.model.activation_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+        # ---- data: mixture stream (this rank's share) -> packed rows -----------------------
+        self.stream = MixtureStream(sources, weights, seed=cfg.seed, rank=self.rank,
+                                    world_size=self.world, max_id=self.rows)
+        self.packer = Packer(self.stream, cfg.data.seq_len, cfg.data.bos_id if cfg.data.add_bos else -1,
+                             cfg.data.eos_id)
+
+        # ---- DeepSpeed engine: AdamW (no decay on 1-D params), LR schedule ------------------
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=self.model, model_parameters=groups, config=self.ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg)))
+        self.engine.train()
+
+        # ---- counters, logs, resume -------------------------------------------------------
+        self.step = 0
+        self.tokens_seen = 0
+        self.nonfinite = 0
+        self.flops_per_token = model_flops_per_token(mc, cfg.data.seq_len)
+        self.peak_flops = cfg.log.peak_flops or guess_peak_flops()
+        self.runlog = RunLog(self.run_dir, cfg.log.tensorboard, enabled=self.rank == 0)
+        if self.rank == 0:
+            save_config(cfg, self.run_dir / "config.yaml")
+            (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
+        if cfg.checkpoint.resume:
+            tag = ckpt.latest_tag(self.ckpt_dir)
+            if tag is not None:
+                self.resume(tag)
+
+    # ---- Stateful ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "nonfinite": self.nonfinite}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.step, self.tokens_seen, self.nonfinite = state["step"], state["tokens_seen"], state["nonfinite"]
+
+    def rank_state_dict(self) -> dict:
+        return {"stream": self.stream.state_dict(), "packer": self.packer.state_dict(), "rng": ckpt.rng_state()}
+
+    def load_rank_state_dict(self, state: Mapping) -> None:
+        self.stream.load_state_dict(state["stream"])
+        self.packer.load_state_dict(state["packer"])
+        ckpt.set_rng_state(state["rng"])
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(self.engine, self.ckpt_dir, self.step, self.state_dict(),
+                                    self.rank_state_dict(), keep=self.cfg.checkpoint.keep,
+                                    extra_files={"config.yaml": dump_config(self.cfg)})
+
+    def resume(self, tag: str) -> None:
+        trainer_state, rank_state = ckpt.load_checkpoint(self.engine, self.ckpt_dir, tag)
+        self.load_state_dict(trainer_state)
+        self.load_rank_state_dict(rank_state)
+        self.runlog.truncate_after(self.step)
+        log.info("resumed from %s at step %d", self.ckpt_dir / tag, self.step)
+
+    # ---- one optimizer step ----------------------------------------------------------------------
+    def forward_loss(self, batch: Mapping[str, torch.Tensor]):
+        input_ids_BT = batch["input_ids_BT"].to(self.device)
+        position_ids_BT = batch["position_ids_BT"].to(self.device)
+        mask = None
+        if self.cfg.model.packed_attention == "block_mask":
+            dtype = torch.bfloat16 if self.cfg.deepspeed.precision == "bf16" else torch.float32
+            mask = block_mask_B1TT(position_ids_BT, dtype)
+        out = self.engine(input_ids=input_ids_BT, position_ids=position_ids_BT, attention_mask=mask,
+                          use_cache=False)
+        return token_losses(out.logits, batch["targets_BT"].to(self.device), self.layout)
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        flag = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
+    def train_step(self) -> dict:
+        sums = torch.zeros(len(TYPES), dtype=torch.float64, device=self.device)
+        counts = torch.zeros(len(TYPES), dtype=torch.float64, device=self.device)
+        done = 0
+        lr = self.scheduler.get_last_lr()[0]  # the LR this step uses
+        while done < self.gas:
+            batch = self.packer.next_batch(self.cfg.micro_batch_size)
+            loss, s, c = self.forward_loss(batch)
+            if not self._all_finite(loss):
+                self.nonfinite += 1
+                if self.cfg.on_nonfinite == "stop" or self.nonfinite > self.cfg.max_nonfinite:
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {self.step + 1} ({self.nonfinite} so far); the last "
+                        f"complete checkpoint is {self.ckpt_dir / (ckpt.latest_tag(self.ckpt_dir) or '-')}. "
+                        "Lower optim.lr, raise optim.warmup_steps or use on_nonfinite='skip'"
+                    )
+                log.warning("non-finite loss at step %d: micro-batch skipped (%d so far)", self.step + 1, self.nonfinite)
+                continue  # no backward, no engine.step: the next micro-batch takes this slot
+            self.engine.backward(loss)
+            self.engine.step()
+            sums += s.double()
+            counts += c.double()
+            done += 1
+        self.step += 1
+        tokens = self.cfg.micro_batch_size * self.cfg.data.seq_len * self.gas * self.world
+        self.tokens_seen += tokens
+        dist.all_reduce(sums)
+        dist.all_reduce(counts)
+        out = {"step": self.step, "loss": (sums.sum() / counts.sum().clamp(min=1)).item()}
+        for k, name in enumerate(TYPES):
+            out[f"loss/{name}"] = (sums[k] / counts[k]).item() if counts[k] > 0 else None
+        out["lr"] = lr
+        gn = self.engine.get_global_grad_norm()
+        out["grad_norm"] = float(gn) if gn is not None else None
+        out["tokens"] = tokens
+        return out
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self, until_step: Optional[int] = None) -> Path:
+        """Train to ``cfg.steps`` (or stop at ``until_step``, e.g. to simulate an interruption)."""
+        cfg = self.cfg
+        stop = min(cfg.steps, until_step or cfg.steps)
+        bar = None
+        if self.rank == 0 and cfg.log.progress_bar:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        self.history: list[dict] = []
+        t_last, tok_last = time.perf_counter(), 0
+        while self.step < stop:
+            rec = self.train_step()
+            tok_last += rec.pop("tokens")
+            rec["nonfinite_skipped"] = self.nonfinite
+            if self.step % cfg.log.every == 0 or self.step == stop:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                now = time.perf_counter()
+                rec["tokens_per_s"] = tok_last / max(now - t_last, 1e-9)
+                if self.peak_flops:
+                    rec["mfu"] = rec["tokens_per_s"] * self.flops_per_token / (self.peak_flops * self.world)
+                rec["tokens_seen"] = self.tokens_seen
+                t_last, tok_last = now, 0
+                self.runlog.log(rec)
+            self.history.append(rec)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec.get('tokens_per_s', 0):.0f}")
+            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < stop:
+                self.save()
+        if bar is not None:
+            bar.close()
+        if ckpt.latest_tag(self.ckpt_dir) != ckpt.tag_of(self.step):
+            self.save()
+        if self.step >= cfg.steps:
+            if cfg.checkpoint.export_hf:
+                self.export(self.run_dir / "hf")
+            if self.rank == 0 and cfg.log.plots:
+                plot_curves(self.run_dir)
+        self.runlog.close()
+        return self.run_dir
+
+    def export(self, out_dir: Path) -> Path:
+        tok = self.cfg.model.tokenizer or (self.cfg.model.checkpoint if self.cfg.model.checkpoint and
+                                           (Path(self.cfg.model.checkpoint) / "tokenizer.model").is_file() else "")
+        return ckpt.export_hf(self.engine, self.engine.module, out_dir, tok or None, self.layout,
+                              self.cfg.deepspeed.zero_stage,
+                              extra_files={"spiritlm_train_config.yaml": dump_config(self.cfg)})
+
+
+def train(cfg: TrainConfig, sources: Optional[Sequence] = None, weights: Optional[Sequence[float]] = None,
+          interleave_fns: Optional[Mapping[str, InterleaveFn]] = None) -> Path:
+    """Train (resuming if a checkpoint exists) and return the run directory."""
+    trainer = Trainer(cfg, sources=sources, weights=weights, interleave_fns=interleave_fns)
+    return trainer.fit()

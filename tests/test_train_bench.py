@@ -1,0 +1,17 @@
+"""The train benchmark runs end to end (ours vs HF Trainer on the same rows)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("deepspeed")
+pytest.importorskip("accelerate")
+
+
+@pytest.mark.slow
+def test_bench_train_runs(capsys):
+    from spiritlm.train.bench import bench_train
+
+    out = bench_train(steps=2, warmup=1)
+    assert out["ours_tokens_per_s"] > 0 and out["hf_tokens_per_s"] > 0 and out["ratio"] > 0
+    assert "ratio" in capsys.readouterr().out
