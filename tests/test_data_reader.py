@@ -119,6 +119,12 @@ def test_trainer_parquet_source_reads_the_shards(shards):
     a0, a1 = aligned.read(0, seed=1, epoch=0), aligned.read(0, seed=1, epoch=1)
     assert a0["input_ids"][0] in (320, 321) and len(aligned) == 16
     assert not np.array_equal(a0["input_ids"], a1["input_ids"]) or len(a0["input_ids"]) < 30
+    assert a0["kind"] == "interleaved"  # aligned rows count as interleaved documents
+    # the no-interleaving ablation: aligned rows read as speech only, the same every epoch
+    speech = data.ParquetSource(shards / "aligned", name="aligned",
+                                interleave_fn=interleave_fn_for(shards, aligned_as="speech"))
+    s0, s1 = speech.read(0, seed=1, epoch=0)["input_ids"], speech.read(0, seed=1, epoch=1)["input_ids"]
+    assert s0[0] == 321 and np.array_equal(s0, s1) and 320 not in s0.tolist()
 
 
 def test_torch_dataloader_workers_split_the_rows(shards):

@@ -53,17 +53,27 @@ def shard_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(x) for x in source]
 
 
-def interleave_fn_for(source, interleave: InterleaveConfig | None = None):
+def interleave_fn_for(source, interleave: InterleaveConfig | None = None,
+                      aligned_as: str = "interleave"):
     """``fn(record, seed, epoch) -> ids`` for ``spiritlm.train.data.ParquetSource``'s
     ``interleave_fn``: rows of any kind; ``aligned`` rows are interleaved afresh (resampled per
-    (record id, seed, epoch)), the others return their stored ``input_ids``."""
-    reader = ShardReader(source, interleave=interleave, shuffle=False)
-    il = reader.interleaver
+    (record id, seed, epoch)) or, with ``aligned_as`` = "speech"/"text"/"asr"/"tts", turned into
+    that single-modality or parallel form (the paper's no-interleaving ablation reads them as
+    "speech"); the others return their stored ``input_ids``."""
+    reader = ShardReader(source, interleave=interleave, shuffle=False, aligned_as=aligned_as)
+    il, lay, hp, hs = reader.interleaver, reader.layout, reader.has_pitch, reader.has_style
 
     def fn(record: dict, seed: int, epoch: int) -> np.ndarray:
         if record.get("kind") != "aligned":
             return np.asarray(record["input_ids"], dtype=np.int32)
-        return il(row_to_record(record), seed, epoch)
+        rec = row_to_record(record)
+        if aligned_as == "interleave":
+            return il(rec, seed, epoch)
+        if aligned_as == "speech":
+            return speech_ids(rec.units, hp, hs, lay)
+        if aligned_as == "text":
+            return text_ids(rec.word_bpe, lay)
+        return (asr_ids if aligned_as == "asr" else tts_ids)(rec, hp, hs, lay)
 
     return fn
 
