@@ -1,0 +1,99 @@
+"""``spiritlm tokenizer {fit,encode,bench}``.
+
+    spiritlm tokenizer fit tokenizers/demo.toml --corpus data/demo_corpus/manifest.jsonl --out out/tokenizer-demo
+    spiritlm tokenizer encode --tokenizer out/tokenizer-demo a.wav b.flac           # speech strings
+    spiritlm tokenizer encode --tokenizer out/tokenizer-demo --jsonl units.jsonl *.wav
+    spiritlm tokenizer bench --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    from spiritlm.cli import add_recipe_args
+
+    p = subparsers.add_parser("tokenizer", help="speech tokenizer: fit codebooks, encode audio, benchmark")
+    sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
+
+    f = sub.add_parser("fit", help="train k-means / VQ-VAE / style codebooks and write a tokenizer directory")
+    add_recipe_args(f, recipe_required=True)
+    f.add_argument("--corpus", required=True, help="manifest.jsonl of the training audio")
+    f.add_argument("--out", required=True, help="output tokenizer directory")
+    f.add_argument("--no-eval", action="store_true", help="demo recipes: skip the PNMI evaluation")
+    f.set_defaults(func=_fit)
+
+    e = sub.add_parser("encode", help="audio files -> speech strings (stdout) or JSONL units")
+    e.add_argument("--tokenizer", required=True, help="tokenizer directory written by `fit`")
+    e.add_argument("files", nargs="+", help="audio files (wav/flac/...)")
+    e.add_argument("--jsonl", default=None, help="write {file, units, string, ids} lines here instead of printing")
+    e.add_argument("--device", default=None, help="cpu | cuda (default: the tokenizer's setting)")
+    e.set_defaults(func=_encode)
+
+    b = sub.add_parser("bench", help="audio-seconds per wall-second: batched path vs a naive loop")
+    b.add_argument("--seconds", type=float, default=60.0, help="total audio to tokenize")
+    b.add_argument("--files", type=int, default=12, help="number of files (varied lengths)")
+    b.add_argument("--size", choices=["base", "tiny"], default="base", help="random HuBERT size")
+    b.add_argument("--device", default="auto")
+    b.set_defaults(func=_bench)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from spiritlm.config import load_config
+    from spiritlm.tokenizer.config import TokenizerCfg
+
+    cfg = load_config(TokenizerCfg, args.recipe, args.overrides)
+    if cfg.demo.enabled:
+        from spiritlm.tokenizer.demo import fit_demo_tokenizer
+
+        out = fit_demo_tokenizer(cfg, args.corpus, args.out, evaluate=not args.no_eval)
+        metrics = out / "metrics.json"
+        if metrics.is_file():
+            print(metrics.read_text())
+    else:
+        from spiritlm.tokenizer.fit import fit_tokenizer
+
+        out = fit_tokenizer(cfg, args.corpus, args.out)
+    print(f"tokenizer written to {out}")
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
+
+    tok = SpeechTokenizer.load(args.tokenizer, device=args.device)
+    results = tok.encode_many(args.files, progress=True)
+    sink = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
+    bad = 0
+    try:
+        for path, res in zip(args.files, results):
+            if isinstance(res, Exception):
+                bad += 1
+                print(f"error: {res}", file=sys.stderr)
+                continue
+            string = tok.to_string(res)
+            if sink is None:
+                print(f"{path}\t{string}")
+            else:
+                rec = {"file": path, "duration": res["duration"], "string": string,
+                       "ids": tok.to_ids(res).tolist(),
+                       **{k: v.tolist() for k, v in res.items() if k in ("hubert", "pitch", "style")}}
+                sink.write(json.dumps(rec) + "\n")
+    finally:
+        if sink is not None:
+            sink.close()
+    if bad:
+        print(f"{bad} of {len(args.files)} files failed (see errors above)", file=sys.stderr)
+    return 1 if bad == len(args.files) else 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from spiritlm.tokenizer.bench import bench_tokenizer
+
+    bench_tokenizer(seconds=args.seconds, n_files=args.files, size=args.size, device=args.device)
+    return 0

@@ -1,0 +1,77 @@
+"""Typed configuration of a speech tokenizer (recipes in ``tokenizers/*.toml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from spiritlm.tokenizer.hubert import HubertCfg
+from spiritlm.tokenizer.pitch import PitchCfg
+from spiritlm.tokenizer.style import StyleCfg
+
+
+@dataclass
+class UnitsCfg:
+    kind: Literal["kmeans", "linear"] = "kmeans"
+    path: str = ""  # centroids (.npy; joblib only with allow_pickle) or LinearQuantizer weights; "" = train on fit
+    k: int = 500
+    niter: int = 50
+    max_frames: int = 200_000  # reservoir of frames for k-means training (memory bound: max_frames x dim x 4 B)
+    allow_pickle: bool = False
+
+
+@dataclass
+class DemoHubertCfg:
+    """Tiny HuBERT trained by masked prediction of MFCC k-means targets (HuBERT iteration 1)."""
+
+    enabled: bool = False
+    hidden: int = 128
+    layers: int = 3
+    heads: int = 4
+    ffn: int = 256
+    conv_dim: int = 128
+    hop: int = 320  # 320 = 50 Hz frames (default, finer for a tiny model); 640 = 25 Hz like mHuBERT-25hz
+    mfcc_k: int = 100  # k-means clusters on MFCC(+deltas) frames = the prediction targets
+    steps: int = 600
+    batch_size: int = 8
+    crop_s: float = 4.0
+    lr: float = 1e-3
+    mask_prob: float = 0.08  # span starts (HuBERT: 8% starts x 10-frame spans ~ 50% masked)
+    mask_length: int = 5
+    max_minutes: float = 3.5  # wall-clock cap for the training loop
+    threads: int = 0  # torch threads (0 = leave as is)
+
+
+@dataclass
+class FitCfg:
+    split: str = "train"  # manifest split used to fit codebooks ("" = all rows)
+    max_files: int = 0  # 0 = all
+    batch_seconds: float = 60.0  # audio per featurizer call while fitting
+
+
+@dataclass
+class TokenizerCfg:
+    name: str = "custom"
+    seed: int = 0
+    hubert: HubertCfg = field(default_factory=HubertCfg)
+    units: UnitsCfg = field(default_factory=UnitsCfg)
+    pitch: PitchCfg = field(default_factory=PitchCfg)
+    style: StyleCfg = field(default_factory=StyleCfg)
+    demo: DemoHubertCfg = field(default_factory=DemoHubertCfg)
+    fit: FitCfg = field(default_factory=FitCfg)
+
+
+def preset_config(name: str, **paths: str) -> TokenizerCfg:
+    """``base``: HuBERT layer 11 + 500 units. ``expressive``: plus YAAPT pitch (64) and style (100)."""
+    if name not in ("base", "expressive"):
+        raise ValueError(f"unknown preset {name!r}: choose 'base' or 'expressive'")
+    cfg = TokenizerCfg(name=name)
+    cfg.hubert.path = paths.get("hubert", "")
+    cfg.units.path = paths.get("units", "")
+    if name == "expressive":
+        cfg.pitch.enabled = True
+        cfg.pitch.path = paths.get("pitch", "")
+        cfg.style.enabled = True
+        cfg.style.path = paths.get("style", "")
+        cfg.style.kind = "classifier" if cfg.style.path and not cfg.style.path.endswith(".npy") else "kmeans"
+    return cfg

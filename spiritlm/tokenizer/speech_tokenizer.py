@@ -1,0 +1,260 @@
+"""One API for speech tokens: ``SpeechTokenizer`` (HuBERT units + optional pitch and style).
+
+    tok = SpeechTokenizer.load("out/tokenizer-demo")
+    units = tok.encode("a.wav")      # {"hubert": int64[T], "pitch": ..., "style": ..., "duration": s, ...}
+    tok.to_string(units)             # "[St3][Pi12][Hu41][Hu7]..."  (spiritlm.vocab format)
+    tok.to_ids(units)                # token ids on top of the 32000 LLaMA-2 pieces
+    results = tok.encode_many(paths) # batched; a bad file yields its AudioError, the rest succeed
+
+A tokenizer directory is self-describing: ``tokenizer.yaml`` (the resolved config, paths relative
+to the directory), ``hubert/`` (HF HubertModel, safetensors), the codebooks (``.npy`` /
+``.safetensors``) and ``manifest.json`` with the sha256 of every file, checked on load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from spiritlm.config import load_config, save_config
+from spiritlm.tokenizer.audio import AudioError, AudioInput, load_audio
+from spiritlm.tokenizer.config import TokenizerCfg, preset_config
+from spiritlm.vocab import SPIRITLM, VocabLayout, units_to_ids, units_to_string
+
+log = logging.getLogger(__name__)
+
+FORMAT = "spiritlm-speech-tokenizer"
+VERSION = 1
+
+
+class TokenizerDirError(ValueError):
+    """A tokenizer directory that is incomplete or was modified after saving."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class SpeechTokenizer:
+    def __init__(self, cfg: TokenizerCfg, featurizer, quantizer, pitch_model=None, style_quantizer=None,
+                 style_featurizer=None, speaker_f0: dict[str, float] | None = None):
+        self.cfg = cfg
+        self.featurizer = featurizer
+        self.quantizer = quantizer
+        self.pitch_model = pitch_model
+        self.style_quantizer = style_quantizer
+        self.style_featurizer = style_featurizer
+        self.speaker_f0 = dict(speaker_f0 or {})
+        if cfg.pitch.enabled and pitch_model is None:
+            raise ValueError("pitch.enabled but no pitch VQ-VAE: set pitch.path or run `spiritlm tokenizer fit`")
+        if cfg.style.enabled and style_quantizer is None:
+            raise ValueError("style.enabled but no style quantizer: set style.path or run `spiritlm tokenizer fit`")
+        self.layout = self._layout()
+
+    # ---- construction --------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: TokenizerCfg, model=None, root: Path | None = None) -> "SpeechTokenizer":
+        """Build from paths in ``cfg`` (relative ones resolved against ``root``)."""
+        from spiritlm.tokenizer.hubert import HubertFeaturizer, load_hubert
+        from spiritlm.tokenizer.kmeans import KMeansQuantizer, LinearQuantizer
+
+        def res(p: str) -> str:
+            return str(root / p) if root is not None and p and not Path(p).is_absolute() else p
+
+        if model is None:
+            model = load_hubert(res(cfg.hubert.path))
+        feat = HubertFeaturizer.from_cfg(cfg.hubert, model)
+        if not cfg.units.path:
+            raise ValueError("units.path is empty: give centroids (.npy) / LinearQuantizer weights, or run `spiritlm tokenizer fit`")
+        if cfg.units.kind == "linear":
+            quant = LinearQuantizer.load(res(cfg.units.path))
+        else:
+            quant = KMeansQuantizer.load(res(cfg.units.path), allow_pickle=cfg.units.allow_pickle)
+        if hasattr(quant, "dim") and quant.dim != feat.dim:
+            raise ValueError(f"units codebook has dim {quant.dim} but HuBERT layer features have dim {feat.dim}")
+        pitch_model = style_q = style_feat = None
+        if cfg.pitch.enabled and cfg.pitch.path:
+            from spiritlm.tokenizer.f0_vqvae import load_vqvae
+
+            pitch_model = load_vqvae(res(cfg.pitch.path))
+        if cfg.style.enabled and cfg.style.path:
+            if cfg.style.kind == "classifier":
+                from spiritlm.tokenizer.style import StyleClassifier
+
+                style_q = StyleClassifier(res(cfg.style.path))
+            else:
+                style_q = KMeansQuantizer.load(res(cfg.style.path))
+                style_feat = HubertFeaturizer(model, cfg.style.layer, cfg.hubert.max_chunk_s,
+                                              cfg.hubert.min_chunk_samples, cfg.hubert.batch_samples, cfg.hubert.device)
+        speaker_f0 = {}
+        if root is not None and (root / "speaker_f0.json").is_file():
+            speaker_f0 = json.loads((root / "speaker_f0.json").read_text())
+        return cls(cfg, feat, quant, pitch_model, style_q, style_feat, speaker_f0)
+
+    @classmethod
+    def preset(cls, name: str, **paths: str) -> "SpeechTokenizer":
+        """``preset("base", hubert=..., units=...)`` / ``preset("expressive", ..., pitch=..., style=...)``."""
+        return cls.from_config(preset_config(name, **paths))
+
+    def _layout(self) -> VocabLayout:
+        sizes = {"hubert": self.quantizer.size,
+                 "pitch": self.cfg.pitch.codebook if self.cfg.pitch.enabled else 0,
+                 "style": self.style_quantizer.size if self.style_quantizer is not None else 0}
+        # merge timing: HuBERT at (frame rate - 0.04 %), e.g. 24.99 for 25 Hz like the release,
+        # so a HuBERT token sorts just after a pitch/style token starting at the same instant
+        rate = round(self.featurizer.frame_rate * 24.99 / 25.0, 6)
+        if sizes["hubert"] <= SPIRITLM.hubert_size and sizes["pitch"] <= SPIRITLM.pitch_size and sizes["style"] <= SPIRITLM.style_size:
+            # ids compatible with the released checkpoints
+            return SPIRITLM if rate == SPIRITLM.hubert_rate else dataclasses.replace(SPIRITLM, hubert_rate=rate)
+        return VocabLayout(hubert_size=max(sizes["hubert"], 1), pitch_size=max(sizes["pitch"], 1),
+                           style_size=max(sizes["style"], 1), hubert_rate=rate)
+
+    # ---- encoding ------------------------------------------------------------------------
+    def load_wav(self, source: AudioInput, sample_rate: int | None = None) -> np.ndarray:
+        return load_audio(source, sample_rate, min_samples=self.featurizer.hop)
+
+    def encode(self, source: AudioInput, sample_rate: int | None = None, speaker: str | None = None) -> dict:
+        out = self.encode_many([source], sample_rate=sample_rate, speakers=[speaker])[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def encode_many(self, sources: Sequence[AudioInput], sample_rate: int | None = None,
+                    speakers: Sequence[str | None] | None = None, progress: bool = False) -> list[dict | AudioError]:
+        """Batched encode. Each item is a units dict, or the ``AudioError`` of a bad input."""
+        results: list[Any] = [None] * len(sources)
+        wavs, ok = [], []
+        for i, src in enumerate(sources):
+            try:
+                wavs.append(self.load_wav(src, sample_rate))
+                ok.append(i)
+            except AudioError as e:
+                log.warning("skipping %s", e)
+                results[i] = e
+        feats = self.featurizer.features_many(wavs, progress=progress)
+        style_feats = self.style_featurizer.features_many(wavs) if self.style_featurizer is not None else None
+        for j, i in enumerate(ok):
+            wav = wavs[j]
+            units: dict[str, Any] = {"hubert": self.quantizer(feats[j])}
+            if len(units["hubert"]) == 0:
+                results[i] = AudioError(_name(sources[i]), "too short: no complete HuBERT frame")
+                continue
+            if self.pitch_model is not None:
+                spk = speakers[i] if speakers is not None else None
+                units["pitch"] = self._pitch_units(wav, spk)
+            if self.style_quantizer is not None:
+                units["style"] = self._style_units(wav, style_feats[j] if style_feats is not None else None)
+            units["duration"] = len(wav) / 16000.0
+            units["frames"] = {k: int(len(v)) for k, v in units.items() if isinstance(v, np.ndarray)}
+            results[i] = units
+        return results
+
+    def _pitch_units(self, wav: np.ndarray, speaker: str | None) -> np.ndarray:
+        from spiritlm.tokenizer.pitch import extract_f0, f0_features
+
+        pc = self.cfg.pitch
+        f0 = extract_f0(wav, pc.method, pc.f0_min, pc.f0_max)
+        mean = None
+        if pc.norm == "speaker" and speaker is not None and speaker in self.speaker_f0:
+            mean = self.speaker_f0[speaker]
+        elif pc.norm == "none":
+            mean = 0.0
+        x, _ = f0_features(f0, mean)
+        return self.pitch_model.encode(x)
+
+    def _style_units(self, wav: np.ndarray, feats: np.ndarray | None) -> np.ndarray:
+        if feats is None:  # classifier kind works on the waveform
+            return self.style_quantizer(wav)
+        from spiritlm.tokenizer.style import pool_windows
+
+        return self.style_quantizer(pool_windows(feats, len(wav), self.featurizer.frame_rate))
+
+    def to_string(self, units: dict) -> str:
+        return units_to_string(units, "pitch" in units, "style" in units, self.layout)
+
+    def to_ids(self, units: dict) -> np.ndarray:
+        return units_to_ids(units, "pitch" in units, "style" in units, self.layout)
+
+    # ---- persistence ---------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        from spiritlm.tokenizer.kmeans import KMeansQuantizer
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = dataclasses.replace(self.cfg)  # shallow; sub-configs replaced below
+        cfg.hubert = dataclasses.replace(self.cfg.hubert, path="hubert")
+        if (d / "hubert").exists():
+            shutil.rmtree(d / "hubert")
+        self.featurizer.model.save_pretrained(str(d / "hubert"), safe_serialization=True)
+        if isinstance(self.quantizer, KMeansQuantizer):
+            cfg.units = dataclasses.replace(self.cfg.units, kind="kmeans", path="hubert_units.npy", allow_pickle=False)
+            self.quantizer.save(d / "hubert_units.npy")
+        else:
+            from safetensors.torch import save_file
+
+            cfg.units = dataclasses.replace(self.cfg.units, kind="linear", path="hubert_linear_quantizer.safetensors")
+            save_file({k: v.contiguous() for k, v in self.quantizer.state_dict().items()}, str(d / cfg.units.path))
+        cfg.pitch = dataclasses.replace(self.cfg.pitch)
+        if self.pitch_model is not None:
+            from spiritlm.tokenizer.f0_vqvae import save_vqvae
+
+            cfg.pitch.path = "pitch_vqvae.safetensors"
+            save_vqvae(self.pitch_model, d / cfg.pitch.path)
+        if self.speaker_f0:
+            (d / "speaker_f0.json").write_text(json.dumps(self.speaker_f0, indent=1, sort_keys=True))
+        cfg.style = dataclasses.replace(self.cfg.style)
+        if self.style_quantizer is not None:
+            if isinstance(self.style_quantizer, KMeansQuantizer):
+                cfg.style.path = "style_units.npy"
+                self.style_quantizer.save(d / cfg.style.path)
+            else:
+                cfg.style.path = "style_classifier"
+                self.style_quantizer.model.save_pretrained(str(d / "style_classifier"), safe_serialization=True)
+        cfg.demo = dataclasses.replace(self.cfg.demo, enabled=False)  # the saved model is already trained
+        save_config(cfg, d / "tokenizer.yaml")
+        files = sorted(p for p in d.rglob("*") if p.is_file() and p.name != "manifest.json")
+        manifest = {"format": FORMAT, "version": VERSION, "name": cfg.name,
+                    "streams": {"hubert": {"size": self.quantizer.size, "rate": self.featurizer.frame_rate},
+                                **({"pitch": {"size": cfg.pitch.codebook, "rate": 12.5}} if self.pitch_model is not None else {}),
+                                **({"style": {"size": self.style_quantizer.size, "rate": 1.0}} if self.style_quantizer is not None else {})},
+                    "files": {str(p.relative_to(d)): sha256_file(p) for p in files}}
+        (d / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, verify: bool = True, device: str | None = None) -> "SpeechTokenizer":
+        d = Path(directory)
+        man_path = d / "manifest.json"
+        if not man_path.is_file():
+            raise TokenizerDirError(f"{d}: no manifest.json -- not a tokenizer directory (create one with `spiritlm tokenizer fit`)")
+        manifest = json.loads(man_path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise TokenizerDirError(f"{man_path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+        if verify:
+            for rel, digest in manifest["files"].items():
+                p = d / rel
+                if not p.is_file():
+                    raise TokenizerDirError(f"{d}: file {rel} listed in manifest.json is missing")
+                if sha256_file(p) != digest:
+                    raise TokenizerDirError(
+                        f"{d}: {rel} does not match its sha256 in manifest.json (modified or corrupt); "
+                        "re-create the directory or pass verify=False if the change is intended"
+                    )
+        overrides = [f"hubert.device={device}"] if device else []
+        cfg = load_config(TokenizerCfg, d / "tokenizer.yaml", overrides)
+        return cls.from_config(cfg, root=d)
+
+
+def _name(src: AudioInput) -> str:
+    return str(src) if isinstance(src, (str, Path)) else "<array>"
