@@ -27,6 +27,21 @@ class DemoConfig:
     seed: int = 0
     corpus: DemoCorpusConfig = field(default_factory=lambda: DemoCorpusConfig(out_dir=""))
     text_vocab_size: int = 2000  # SentencePiece BPE pieces trained on the demo text corpus
+    # Recipes of the stages (paths relative to the repository root or the working directory)
+    # plus overrides applied on top, as on their own command lines.
+    tokenizer_recipe: str = "tokenizers/demo.toml"
+    tokenizer_overrides: list[str] = field(default_factory=list)
+    align: bool = True  # re-align the training manifest with the offline aligner (pocketsphinx)
+    align_measure_limit: int = 60  # utterances whose aligner error vs synthesizer times is reported
+    prepare_recipe: str = "data_prep/demo.toml"
+    prepare_overrides: list[str] = field(default_factory=list)
+    train_recipe: str = "train/tiny_cpu.toml"
+    train_overrides: list[str] = field(default_factory=lambda: ["steps=150"])
+    eval_recipe: str = "eval/demo_suite.toml"
+    eval_overrides: list[str] = field(default_factory=list)
+    mini_sizes: dict[str, int] = field(default_factory=lambda: {
+        "swuggy": 60, "sblimp": 60, "storycloze": 80, "topic_storycloze": 120, "stsp": 30,
+        "stsp_fewshot": 15, "asr": 12, "asr_shots": 20, "voices": 2})
 
 
 @dataclass
@@ -99,29 +114,207 @@ def _text_tokenizer_step(cfg: DemoConfig, corpus: dict, step_dir: Path) -> dict[
     return {"dir": str(out), "base_vocab_size": tok.layout.base_vocab_size, "vocab_size": len(tok)}
 
 
+def _recipe(path: str) -> Path:
+    """A stage recipe, relative to the working directory or else to the repository root."""
+    p = Path(path)
+    if p.is_file() or p.is_absolute():
+        return p
+    repo = Path(__file__).resolve().parents[1] / path
+    if repo.is_file():
+        return repo
+    raise FileNotFoundError(f"recipe {path} not found here or in the repository ({repo})")
+
+
+def _speech_tokenizer_step(cfg: DemoConfig, corpus: dict, step_dir: Path) -> dict[str, Any]:
+    from spiritlm.config import load_config
+    from spiritlm.tokenizer.config import TokenizerCfg
+    from spiritlm.tokenizer.demo import fit_demo_tokenizer
+
+    tcfg = load_config(TokenizerCfg, _recipe(cfg.tokenizer_recipe), [f"seed={cfg.seed}", *cfg.tokenizer_overrides])
+    out = fit_demo_tokenizer(tcfg, corpus["manifest"], step_dir / "tokenizer", evaluate=True, progress=True)
+    metrics_file = Path(out) / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return {"dir": str(out), "metrics": metrics}
+
+
+def _align_chunk(args: tuple) -> tuple[list, dict]:
+    from spiritlm.data.align import PocketsphinxAligner, align_utterances
+
+    utts, mdir = args
+    return align_utterances(utts, mdir, PocketsphinxAligner(), True)
+
+
+def _align_step(cfg: DemoConfig, corpus: dict, step_dir: Path) -> dict[str, Any]:
+    """Train split only; the offline aligner replaces the synthesizer's word times, and its
+    error against those exact times is measured on the first ``align_measure_limit`` utterances."""
+    import multiprocessing as mp
+    from dataclasses import replace
+
+    from spiritlm.data.align import PocketsphinxAligner, measure_aligner
+    from spiritlm.manifest import read_manifest, write_manifest
+
+    root = Path(corpus["root"])
+    utts = [u for u in read_manifest(corpus["manifest"]) if u.split == "train"]
+    utts = [replace(u, audio_path=str(u.audio_file(root))) for u in utts]
+    measured = measure_aligner(utts, root, PocketsphinxAligner(), limit=cfg.align_measure_limit)
+    # Two processes (the machine's two cores), each with its own pocketsphinx decoder.
+    chunks = [(utts[i::2], str(root)) for i in range(2)]
+    with mp.get_context("fork").Pool(2) as pool:
+        parts = pool.map(_align_chunk, chunks)
+    by_id = {u.id: u for part, _ in parts for u in part}
+    aligned = [by_id[u.id] for u in utts]  # manifest order
+    failures = sum(p[1]["utterances"] - p[1]["aligned"] for p in parts)
+    out = step_dir / "aligned_train.jsonl"
+    write_manifest(out, aligned)
+    report = {"utterances": len(aligned), "failed_kept_speech_only": failures, "vs_synthesizer": measured}
+    (step_dir / "align_report.json").write_text(json.dumps(report, indent=1, default=str))
+    return {"manifest": str(out), "report": report}
+
+
+def _shards_step(cfg: DemoConfig, manifest: str, corpus: dict, text_tok: dict, speech_tok: dict,
+                 step_dir: Path) -> dict[str, Any]:
+    from spiritlm.config import load_config
+    from spiritlm.data.prepare import PrepareConfig, prepare_demo_shards
+
+    pcfg = load_config(PrepareConfig, _recipe(cfg.prepare_recipe), [
+        f"seed={cfg.seed}", f"output_dir={step_dir / 'shards'}", f"text_tokenizer={text_tok['dir']}",
+        "speech.encoder=spiritlm.data.encoders:speech_tokenizer",
+        f"speech.tokenizer_dir={speech_tok['dir']}", "records.parallel=[]", *cfg.prepare_overrides])
+    shard_dir = prepare_demo_shards(pcfg, manifest, text_corpus=corpus["text_corpus"])
+    report = json.loads((Path(shard_dir) / "report.json").read_text())
+    report.pop("drop_log", None)
+    return {"dir": str(shard_dir), "report": report}
+
+
+# The paper's ablation. Both models see the same corpus for the same number of steps; only the
+# form of the aligned speech+text data differs: interleaved at word boundaries (resampled every
+# epoch) next to speech-only and text-only, or speech-only and text-only alone.
+MIXTURES = {
+    "interleaved": [("interleaved", "aligned", "interleave", 1.0), ("speech", "aligned", "speech", 1.0),
+                    ("text", "text", None, 1.0)],
+    "no_interleaving": [("speech", "aligned", "speech", 1.0), ("text", "text", None, 1.0)],
+}
+
+
+def _train_step(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, step_dir: Path) -> dict[str, Any]:
+    from spiritlm.config import load_config
+    from spiritlm.data.reader import interleave_fn_for
+    from spiritlm.train import TrainConfig, train
+    from spiritlm.train.config import SourceConfig
+
+    tcfg = load_config(TrainConfig, _recipe(cfg.train_recipe), [
+        f"seed={cfg.seed}", f"run_dir={step_dir / 'run'}", f"model.tokenizer={text_tok['dir']}",
+        *cfg.train_overrides])
+    shard_root = Path(shards["dir"])
+    sources, fns = [], {}
+    for name, folder, aligned_as, weight in MIXTURES[variant]:
+        path = shard_root / folder
+        if not any(path.glob("*.parquet")):
+            raise FileNotFoundError(f"no shards in {path}: the data-prep step produced no {folder} rows")
+        kind = {"interleave": "interleaved", "speech": "speech", None: "text"}[aligned_as]
+        sources.append(SourceConfig(name=name, path=str(path), weight=weight, kind=kind))
+        if aligned_as is not None:
+            fns[name] = interleave_fn_for(path, aligned_as=aligned_as)
+    tcfg.data.sources = sources
+    run_dir = train(tcfg, interleave_fns=fns)
+    return {"run_dir": str(run_dir), "hf": str(Path(run_dir) / "hf")}
+
+
+def _mini_step(cfg: DemoConfig, step_dir: Path) -> dict[str, Any]:
+    from spiritlm.eval.mini import build_mini_benchmarks
+
+    paths = build_mini_benchmarks(step_dir / "mini", seed=cfg.seed, sizes=cfg.mini_sizes)
+    return {"root": str(step_dir / "mini"), "paths": {k: str(v) for k, v in paths.items()}}
+
+
+def _eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: dict,
+               step_dir: Path) -> dict[str, Any]:
+    from spiritlm.config import load_config
+    from spiritlm.eval.suite import EvalConfig, run_suite
+
+    ecfg = load_config(EvalConfig, _recipe(cfg.eval_recipe), [
+        f"model={model['hf']}", f"name={name}", f"output_dir={step_dir}", f"data_root={mini['root']}",
+        f"speech_encoder_args.directory={speech_tok['dir']}", "mini.build=false", *cfg.eval_overrides])
+    out = run_suite(ecfg)
+    return {"dir": str(step_dir), "paths": {k: str(v) for k, v in out.get("paths", {}).items()}}
+
+
+def _compare_step(evals: dict[str, dict], step_dir: Path) -> dict[str, Any]:
+    from spiritlm.eval.report import comparison_markdown, paired_compare, plot_comparison, read_items
+
+    (a, ea), (b, eb) = evals.items()
+    cmp = paired_compare(read_items(Path(ea["dir"])), read_items(Path(eb["dir"])))
+    md = comparison_markdown(cmp, a, b)
+    (step_dir / "comparison.md").write_text(md + "\n")
+    (step_dir / "comparison.json").write_text(json.dumps(cmp, indent=1, default=float))
+    png = plot_comparison(cmp, step_dir / "comparison.png", a, b)
+    return {"markdown": md, "png": str(png), "json": str(step_dir / "comparison.json")}
+
+
 def run_demo(cfg: DemoConfig) -> Pipeline:
     out = Path(cfg.out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.resolved.yaml")
     pipe = Pipeline(out)
-    corpus = pipe.run("corpus", cfg.corpus, lambda d: _corpus_step(cfg, d))
-    text_tok = pipe.run(
-        "text_tokenizer", [cfg.text_vocab_size, corpus["stats"]],
-        lambda d: _text_tokenizer_step(cfg, corpus, d),
-    )
-    _show_examples(corpus, text_tok)
+    # identity() includes the grammar/corpus/espeak versions, not only the settings
+    corpus = pipe.run("corpus", cfg.corpus.identity(), lambda d: _corpus_step(cfg, d))
+    text_tok = pipe.run("text_tokenizer", [cfg.text_vocab_size, corpus["stats"]],
+                        lambda d: _text_tokenizer_step(cfg, corpus, d))
+    speech_tok = pipe.run("speech_tokenizer", [cfg.seed, cfg.tokenizer_recipe, cfg.tokenizer_overrides,
+                                               _file_hash(_recipe(cfg.tokenizer_recipe)), corpus["stats"]],
+                          lambda d: _speech_tokenizer_step(cfg, corpus, d))
+    manifest = corpus["manifest"]
+    if cfg.align:
+        aligned = pipe.run("align", [cfg.align_measure_limit, corpus["stats"]], lambda d: _align_step(cfg, corpus, d))
+        manifest = aligned["manifest"]
+    shards = pipe.run("shards", [cfg.seed, manifest, cfg.prepare_overrides, _file_hash(_recipe(cfg.prepare_recipe)),
+                                 text_tok, speech_tok["dir"]],
+                      lambda d: _shards_step(cfg, manifest, corpus, text_tok, speech_tok, d))
+    models = {}
+    for variant in MIXTURES:
+        models[variant] = pipe.run(
+            f"train_{variant}", [cfg.seed, variant, MIXTURES[variant], cfg.train_overrides,
+                                 _file_hash(_recipe(cfg.train_recipe)), shards["report"]],
+            lambda d, v=variant: _train_step(cfg, v, shards, text_tok, d))
+    mini = pipe.run("mini_benchmarks", [cfg.seed, cfg.mini_sizes], lambda d: _mini_step(cfg, d))
+    evals = {}
+    for variant, model in models.items():
+        evals[variant] = pipe.run(
+            f"eval_{variant}", [model, mini, cfg.eval_overrides, _file_hash(_recipe(cfg.eval_recipe))],
+            lambda d, v=variant, m=model: _eval_step(cfg, v, m, mini, speech_tok, d))
+    cmp = pipe.run("compare", evals, lambda d: _compare_step(evals, d))
+    _print_summary(corpus, text_tok, speech_tok, aligned if cfg.align else None, shards, models, evals, cmp)
     print("\n" + pipe.report())
+    (out / "timings.md").write_text(pipe.report() + "\n")
     print(f"\noutputs: {out}")
     return pipe
 
 
-def _show_examples(corpus: dict, text_tok: dict) -> None:
-    from spiritlm.manifest import read_manifest
-    from spiritlm.text_tokenizer import SpiritTokenizer
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
-    tok = SpiritTokenizer.from_pretrained(text_tok["dir"])
-    utt = read_manifest(corpus["manifest"])[0]
-    ids = tok.encode_segments([("text", utt.text)])
-    print(f"\nexample utterance {utt.id} ({utt.duration:.2f} s, voice {utt.speaker}): {utt.text!r}")
-    print(f"  words: " + " ".join(f"{w.word}@{w.start:.2f}-{w.end:.2f}" for w in utt.words[:6]) + " ...")
-    print(f"  text ids: {ids[:16]} ... ({len(ids)} tokens)")
+
+def _print_summary(corpus, text_tok, speech_tok, aligned, shards, models, evals, cmp) -> None:
+    st = corpus["stats"]
+    print(f"\ncorpus: {st.get('n_utterances')} utterances, {st.get('total_minutes', 0):.1f} min of speech, "
+          f"{st.get('n_text_documents')} text documents -> {corpus['root']}")
+    print(f"text tokenizer: {text_tok['base_vocab_size']} BPE pieces + speech vocabulary = "
+          f"{text_tok['vocab_size']} ids -> {text_tok['dir']}")
+    m = speech_tok.get("metrics") or {}
+    if m:
+        print("speech tokenizer: " + json.dumps(m, default=str)[:600])
+    if aligned:
+        r = aligned["report"]["vs_synthesizer"]
+        print(f"aligner (pocketsphinx) vs synthesizer word times: " + json.dumps(r, default=str)[:400])
+    rep = shards["report"]
+    print(f"shards: kept {rep.get('kept')}, dropped {rep.get('dropped')}, tokens {rep.get('tokens')} -> {shards['dir']}")
+    for v, mdl in models.items():
+        print(f"model {v}: {mdl['hf']} (curves: {Path(mdl['run_dir']) / 'curves.png'})")
+    for v, e in evals.items():
+        rep_md = Path(e["dir"]) / "report.md"
+        print(f"\n== {v}: {rep_md} ==")
+        if rep_md.is_file():
+            print(rep_md.read_text())
+    print("\n== interleaved vs no interleaving (paired, same items) ==")
+    print(cmp["markdown"])
+    print(f"chart: {cmp['png']}")

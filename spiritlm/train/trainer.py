@@ -204,6 +204,7 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         self.history: list[dict] = []
         t_last, tok_last = time.perf_counter(), 0
+        shown_tok_s = 0.0  # the bar keeps the last measured rate between log steps
         while self.step < stop:
             rec = self.train_step()
             tok_last += rec.pop("tokens")
@@ -217,11 +218,12 @@ class Trainer:
                     rec["mfu"] = rec["tokens_per_s"] * self.flops_per_token / (self.peak_flops * self.world)
                 rec["tokens_seen"] = self.tokens_seen
                 t_last, tok_last = now, 0
+                shown_tok_s = rec["tokens_per_s"]
                 self.runlog.log(rec)
             self.history.append(rec)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec.get('tokens_per_s', 0):.0f}")
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{shown_tok_s:.0f}")
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < stop:
                 self.save()
         if bar is not None:
