@@ -1,0 +1,45 @@
+"""One full tiny pipeline pass, as `spiritlm demo` runs it: corpus -> text and speech tokenizers
+-> offline alignment -> shards -> DeepSpeed training of both ablation models -> mini benchmarks
+-> evaluation -> paired comparison. Sizes are cut so CI runs it in a few minutes."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spiritlm.config import load_config
+from spiritlm.demo import DemoConfig, run_demo
+
+TINY = [
+    "corpus.target_minutes=1.5",
+    "corpus.n_text_documents=600",
+    "text_vocab_size=600",
+    "tokenizer_overrides=[demo.steps=20, demo.max_minutes=0.3, demo.hidden=64, demo.ffn=128, "
+    "demo.conv_dim=64, demo.layers=2, demo.mfcc_k=30, units.k=30, units.niter=10]",
+    "align_measure_limit=6",
+    "train_overrides=[steps=6, checkpoint.every=3, log.every=2, data.seq_len=128, "
+    "micro_batch_size=2, global_batch_size=4]",
+    "mini_sizes={swuggy: 4, sblimp: 4, storycloze: 4, topic_storycloze: 4, stsp: 3, "
+    "stsp_fewshot: 3, asr: 2, asr_shots: 2, voices: 1}",
+    "eval_overrides=['stsp.settings=[T2T]', 'fewshot.n_shots=2']",
+]
+
+
+def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
+    cfg = load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *TINY])
+    pipe = run_demo(cfg)
+    names = [r.name for r in pipe.results]
+    assert names == ["corpus", "text_tokenizer", "speech_tokenizer", "align", "shards",
+                     "train_interleaved", "train_no_interleaving", "mini_benchmarks",
+                     "eval_interleaved", "eval_no_interleaving", "compare"]
+    out = {r.name: r.outputs for r in pipe.results}
+    assert out["shards"]["report"]["kept"].get("aligned", 0) > 0
+    for v in ("interleaved", "no_interleaving"):
+        assert (Path(out[f"train_{v}"]["hf"]) / "config.json").is_file()
+        results = json.loads((Path(out[f"eval_{v}"]["dir"]) / "results.json").read_text())
+        assert results  # numbers for every configured task
+    assert "topic_storycloze" in out["compare"]["markdown"]
+    assert Path(out["compare"]["png"]).is_file()
+    # a second run reuses every step
+    again = run_demo(cfg)
+    assert all(r.cached for r in again.results)
