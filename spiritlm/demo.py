@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from spiritlm.config import save_config, to_dict
 from spiritlm.corpus.demo import DemoCorpusConfig
 
 DONE = "STEP_DONE.json"
+STARTED = "STEP_STARTED"
 
 
 @dataclass
@@ -71,7 +73,13 @@ class Pipeline:
                 print(f"[{name}] cached ({rec['seconds']:.1f} s when built)")
                 return rec["outputs"]
         print(f"[{name}] running ...", flush=True)
+        started = step_dir / STARTED
+        if step_dir.exists() and not (started.is_file() and started.read_text() == key):
+            # Outputs of other settings must not leak in (training would resume from them);
+            # an interrupted run of the same settings is kept, so it resumes.
+            shutil.rmtree(step_dir)
         step_dir.mkdir(parents=True, exist_ok=True)
+        started.write_text(key)
         outputs = fn(step_dir)
         seconds = time.perf_counter() - t0
         tmp = done.with_suffix(".tmp")
@@ -267,20 +275,27 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     if cfg.align:
         aligned = pipe.run("align", [cfg.align_measure_limit, corpus["stats"]], lambda d: _align_step(cfg, corpus, d))
         manifest = aligned["manifest"]
-    shards = pipe.run("shards", [cfg.seed, manifest, cfg.prepare_overrides, _file_hash(_recipe(cfg.prepare_recipe)),
-                                 text_tok, speech_tok["dir"]],
+    # Downstream keys carry upstream content hashes, not only paths: a retrained tokenizer in
+    # the same directory must invalidate the shards built from the old one.
+    shards = pipe.run("shards", [cfg.seed, manifest, _file_hash(Path(manifest)), cfg.prepare_overrides,
+                                 _file_hash(_recipe(cfg.prepare_recipe)), text_tok,
+                                 _file_hash(Path(text_tok["dir"]) / "tokenizer.model"),
+                                 _file_hash(Path(speech_tok["dir"]) / "manifest.json")],
                       lambda d: _shards_step(cfg, manifest, corpus, text_tok, speech_tok, d))
     models = {}
     for variant in MIXTURES:
         models[variant] = pipe.run(
             f"train_{variant}", [cfg.seed, variant, MIXTURES[variant], cfg.train_overrides,
-                                 _file_hash(_recipe(cfg.train_recipe)), shards["report"]],
+                                 _file_hash(_recipe(cfg.train_recipe)), shards["report"],
+                                 _file_hash(Path(shards["dir"]) / "index.json")],
             lambda d, v=variant: _train_step(cfg, v, shards, text_tok, d))
     mini = pipe.run("mini_benchmarks", [cfg.seed, cfg.mini_sizes], lambda d: _mini_step(cfg, d))
     evals = {}
     for variant, model in models.items():
         evals[variant] = pipe.run(
-            f"eval_{variant}", [model, mini, cfg.eval_overrides, _file_hash(_recipe(cfg.eval_recipe))],
+            f"eval_{variant}", [model, mini, cfg.eval_overrides, _file_hash(_recipe(cfg.eval_recipe)),
+                                _file_hash(Path(model["hf"]) / "model.safetensors"),
+                                _file_hash(Path(speech_tok["dir"]) / "manifest.json")],
             lambda d, v=variant, m=model: _eval_step(cfg, v, m, mini, speech_tok, d))
     cmp = pipe.run("compare", evals, lambda d: _compare_step(evals, d))
     _print_summary(corpus, text_tok, speech_tok, aligned if cfg.align else None, shards, models, evals, cmp)
@@ -291,7 +306,8 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
 
 
 def _file_hash(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else f"missing:{p}"
 
 
 def _print_summary(corpus, text_tok, speech_tok, aligned, shards, models, evals, cmp) -> None:
@@ -300,12 +316,19 @@ def _print_summary(corpus, text_tok, speech_tok, aligned, shards, models, evals,
           f"{st.get('n_text_documents')} text documents -> {corpus['root']}")
     print(f"text tokenizer: {text_tok['base_vocab_size']} BPE pieces + speech vocabulary = "
           f"{text_tok['vocab_size']} ids -> {text_tok['dir']}")
-    m = speech_tok.get("metrics") or {}
-    if m:
-        print("speech tokenizer: " + json.dumps(m, default=str)[:600])
+    units = (speech_tok.get("metrics") or {}).get("units") or {}
+    if units:
+        print(f"speech tokenizer: k={units.get('k')}, PNMI vs phone labels on held-out speech "
+              f"(perplexity, units/s after dedup):")
+        for name in ("mfcc_kmeans", "random_hubert_kmeans", "trained_hubert_kmeans"):
+            u = units.get(name) or {}
+            if u:
+                print(f"  {name:<22} PNMI {u['pnmi']:.3f}   ppl {u['perplexity']:6.1f}   {u['units_per_s']:5.1f} units/s")
     if aligned:
         r = aligned["report"]["vs_synthesizer"]
-        print(f"aligner (pocketsphinx) vs synthesizer word times: " + json.dumps(r, default=str)[:400])
+        print(f"aligner (pocketsphinx) vs synthesizer word times on {r.get('utterances')} utterances: "
+              f"mean {r.get('mean_ms')} ms, median {r.get('median_ms')} ms, p95 {r.get('p95_ms')} ms, "
+              f"{100 * r.get('within_50ms', 0):.1f}% within 50 ms, failed {len(r.get('failed') or {})}")
     rep = shards["report"]
     print(f"shards: kept {rep.get('kept')}, dropped {rep.get('dropped')}, tokens {rep.get('tokens')} -> {shards['dir']}")
     for v, mdl in models.items():
