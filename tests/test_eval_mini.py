@@ -60,7 +60,31 @@ def test_cached_by_hash(mini):
         build_mini_benchmarks(mini["root"], sizes={"nope": 1})
 
 
-@pytest.mark.slow
-def test_deterministic(mini, tmp_path):
-    other = build_mini_benchmarks(tmp_path / "mb2", seed=0, sizes=TINY)
+def test_bytes_do_not_depend_on_processes(mini, tmp_path):
+    # the fixture builds with the default 2 processes; every byte (COMPLETE.json included) must match
+    other = build_mini_benchmarks(tmp_path / "mb2", seed=0, sizes=TINY, processes=1)
     assert _digest(other["root"]) == _digest(mini["root"])
+    assert (other["root"] / "COMPLETE.json").read_bytes() == (mini["root"] / "COMPLETE.json").read_bytes()
+
+
+def test_swuggy_redraws_pairs_espeak_cannot_say(tmp_path, monkeypatch):
+    """A pair whose synthesis fails is skipped and the next one drawn, exactly as before batching."""
+    import spiritlm.corpus.grammar as grammar
+    from spiritlm.eval.zerospeech import read_gold
+
+    sizes = dict(TINY, swuggy=2, voices=1)
+    ref = build_mini_benchmarks(tmp_path / "ref", seed=0, sizes=sizes)
+    words = [r["word"] for r in read_gold(ref["zerospeech"] / "lexical" / "dev" / "gold.csv", "lexical")]
+    orig = grammar.Grammar.wuggy_pair
+    calls = []
+
+    def wuggy_pair(self):  # make the first accepted pair unsayable (non-ASCII non-word)
+        word, non = orig(self)
+        calls.append(word)
+        return (word, "caf\u00e9") if word == words[0] and calls.count(word) == 1 else (word, non)
+
+    monkeypatch.setattr(grammar.Grammar, "wuggy_pair", wuggy_pair)
+    got = build_mini_benchmarks(tmp_path / "got", seed=0, sizes=sizes)
+    lex = read_gold(got["zerospeech"] / "lexical" / "dev" / "gold.csv", "lexical")
+    assert [r["word"] for r in lex][:2] == words[2:4] and len(lex) == 4
+    assert len(list((got["zerospeech"] / "lexical" / "dev").glob("*.wav"))) == 4

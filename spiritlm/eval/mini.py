@@ -30,7 +30,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
+from spiritlm.eval.mini_synth import Job, SynthPool
 
 MINI_VERSION = 1
 DEFAULT_SIZES = {"swuggy": 40, "sblimp": 36, "storycloze": 24, "topic_storycloze": 24, "stsp": 30,
@@ -43,29 +43,6 @@ STYLES = {"positive": ("happy", 190, 75, 90), "negative": ("sad", 130, 25, 20),
 def _stem(*parts) -> str:
     h = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=16).hexdigest()
     return "m" + h[:10]
-
-
-class _Synth:
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def __call__(self, text: str, path: Path, voice: str = "en-us", rate: int = 165, pitch: int = 50,
-                 range_: int = 50) -> list[str]:
-        """Write a 16 kHz PCM_16 wav; return the espeak phones (no pauses)."""
-        import soundfile as sf
-        import soxr
-
-        from spiritlm.corpus.espeak import get_espeak
-
-        es = int(hashlib.sha256(f"{self.seed}/{text}/{voice}".encode()).hexdigest()[:7], 16)
-        syn = get_espeak().synthesize(text, voice, rate, pitch, range_, seed=es)
-        y = soxr.resample(syn.audio.astype(np.float32) / 32768.0, syn.sample_rate, 16000, quality="HQ")
-        y = np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16)
-        audio = np.concatenate([np.zeros(1600, np.int16), y])  # 0.1 s leading silence
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(path), audio, 16000, subtype="PCM_16")
-        phones = syn.phones
-        return [p.label for p in phones if not p.label.startswith("_")]
 
 
 def _heldout(draw, used: set, tries: int = 5000):
@@ -91,28 +68,31 @@ def word_frequencies(seed: int = 0, n_docs: int = 3000) -> Counter:
     return c
 
 
-def _build_zerospeech(out: Path, g, sizes, voices, synth, used) -> None:
+def _build_zerospeech(out: Path, g, sizes, voices, synth, pool, used) -> None:
     freq = word_frequencies()
     lex = out / "zerospeech" / "lexical" / "dev"
-    rows, seen = [], set()
-    k = 0
-    while k < sizes["swuggy"]:
-        word, non = g.wuggy_pair()
-        if word in seen or not freq.get(word.lower()):  # in-vocabulary words only
-            continue
-        seen.add(word)
-        try:
-            block = []
-            for v in voices:
-                for text, correct in ((word, 1), (non, 0)):
-                    stem = _stem("lex", k, v, correct)
-                    ph = synth(text, lex / f"{stem}.wav", v)
-                    block.append({"id": k, "filename": stem, "voice": v, "frequency": freq.get(word, 0),
-                                  "word": text, "phones": " ".join(ph), "length": len(ph), "correct": correct})
-        except (RuntimeError, ValueError):  # espeak could not say it: draw another pair
-            continue
-        rows += block
-        k += 1
+    rows, seen, k = [], set(), 0
+    while k < sizes["swuggy"]:  # the wav names depend on k: synthesise candidates, then name them
+        cands = []
+        while len(cands) < sizes["swuggy"] - k:
+            word, non = g.wuggy_pair()
+            if word in seen or not freq.get(word.lower()):  # in-vocabulary words only
+                continue
+            seen.add(word)
+            cands.append([(v, text, correct, Job(text, None, v)) for v in voices
+                          for text, correct in ((word, 1), (non, 0))])
+        pool.run([c[3] for block in cands for c in block], strict=False)
+        for block in cands:
+            if any(c[3].failed for c in block):  # espeak could not say it: draw another pair
+                continue
+            word = block[0][1]
+            for v, text, correct, job in block:
+                stem = _stem("lex", k, v, correct)
+                pool.write(job, lex / f"{stem}.wav")
+                rows.append({"id": k, "filename": stem, "voice": v, "frequency": freq.get(word, 0),
+                             "word": text, "phones": " ".join(job.phones), "length": len(job.phones),
+                             "correct": correct})
+            k += 1
     _write_csv(lex / "gold.csv", ["id", "filename", "voice", "frequency", "word", "phones", "length", "correct"], rows)
     from spiritlm.corpus.grammar import PHENOMENA
 
@@ -211,8 +191,12 @@ def mini_paths(out_dir: str | Path) -> dict[str, Path]:
             "heldout_texts": o / "heldout_texts.txt", "root": o}
 
 
-def build_mini_benchmarks(out_dir: str | Path, seed: int = 0, sizes: dict | None = None) -> dict[str, Path]:
-    """Build (or reuse) the mini benchmarks; returns the paths of every part (see module doc)."""
+def build_mini_benchmarks(out_dir: str | Path, seed: int = 0, sizes: dict | None = None,
+                          processes: int = 2) -> dict[str, Path]:
+    """Build (or reuse) the mini benchmarks; returns the paths of every part (see module doc).
+
+    Items are drawn serially (seeded); the wavs are then synthesised ``processes`` at a time, each
+    in a fresh espeak fork, so the output bytes do not depend on ``processes`` (not hashed)."""
     from spiritlm.corpus.grammar import GRAMMAR_VERSION, Grammar
 
     sz = dict(DEFAULT_SIZES)
@@ -231,14 +215,26 @@ def build_mini_benchmarks(out_dir: str | Path, seed: int = 0, sizes: dict | None
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     voices = VOICES[: max(1, sz["voices"])]
-    synth = _Synth(seed)
+    jobs: list[Job] = []
+
+    def synth(text: str, path: Path, *style) -> None:  # plan a wav; all are synthesised at the end
+        path.parent.mkdir(parents=True, exist_ok=True)
+        jobs.append(Job(text, path, *style))
+
+    n_wavs = (2 * len(voices) * (sz["swuggy"] + sz["sblimp"]) + 5 * (sz["storycloze"] + sz["topic_storycloze"])
+              + sz["stsp"] + sz["asr"] + sz["asr_shots"])
+    pool = SynthPool(seed, processes, total=n_wavs)
     used: set[str] = set()
     g = lambda part: Grammar(f"spiritlm-mini/{seed}/{part}")  # noqa: E731
-    _build_zerospeech(tmp, g("zerospeech"), sz, voices, synth, used)
-    _build_storycloze(tmp / "storycloze", g("sc"), sz["storycloze"], False, voices, synth, used)
-    _build_storycloze(tmp / "topic_storycloze", g("tsc"), sz["topic_storycloze"], True, voices, synth, used)
-    _build_stsp(tmp / "stsp", g("stsp"), sz, voices, synth, used)
-    _build_fewshot(tmp / "fewshot", g("asr"), sz, voices, synth, used)
+    try:
+        _build_zerospeech(tmp, g("zerospeech"), sz, voices, synth, pool, used)
+        _build_storycloze(tmp / "storycloze", g("sc"), sz["storycloze"], False, voices, synth, used)
+        _build_storycloze(tmp / "topic_storycloze", g("tsc"), sz["topic_storycloze"], True, voices, synth, used)
+        _build_stsp(tmp / "stsp", g("stsp"), sz, voices, synth, used)
+        _build_fewshot(tmp / "fewshot", g("asr"), sz, voices, synth, used)
+        pool.run(jobs)
+    finally:
+        pool.close()
     (tmp / "heldout_texts.txt").write_text("".join(t + "\n" for t in sorted(used)), encoding="utf-8")
     (tmp / "COMPLETE.json").write_text(json.dumps({"hash": h, **ident}, indent=2) + "\n")
     if out.exists():
