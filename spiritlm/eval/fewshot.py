@@ -73,20 +73,32 @@ def _shots(pool, test, n, rng):
     return rng.sample(cands, n)
 
 
+def _prompts(test: list, pool: list, n_shots: int, seed: int, tok, encoder, task: str,
+             has_pitch: bool, has_style: bool) -> list[list[int]]:
+    """Few-shot prompts in the paper's appendix formats: ASR shots are ``[Speech]... [Text]
+    transcript\\n`` and the item ends in ``[Speech]... [Text]``; TTS is the reverse."""
+    rng = random.Random(seed)
+    prompts = []
+    for u in test:
+        segs = []
+        for s in _shots(pool, u, n_shots, rng):
+            if task == "asr":
+                segs += [("speech", encoder(s["wav"])), ("text", s["text"] + "\n")]
+            else:
+                segs += [("text", s["text"]), ("speech", encoder(s["wav"]))]
+        segs.append(("speech", encoder(u["wav"])) if task == "asr" else ("text", u["text"]))
+        prompts.append(tok.encode_segments(segs, has_pitch=has_pitch, has_style=has_style,
+                                           trailing_marker="text" if task == "asr" else "speech"))
+    return prompts
+
+
 def run_asr(manifest: Path, model, tok, encoder, shots: Path | None = None, n_shots: int = 10,
             max_new_tokens: int = 60, seed: int = 0, max_items: int = 0, has_pitch=False, has_style=False) -> dict:
     if encoder is None:
         raise ValueError("few-shot ASR needs a speech encoder (set speech_encoder in the recipe)")
     test = read_utterances(manifest)[: max_items or None]
     pool = read_utterances(shots) if shots else test
-    rng = random.Random(seed)
-    prompts = []
-    for u in test:
-        segs = []
-        for s in _shots(pool, u, n_shots, rng):
-            segs += [("speech", encoder(s["wav"])), ("text", s["text"] + "\n")]
-        segs.append(("speech", encoder(u["wav"])))
-        prompts.append(tok.encode_segments(segs, has_pitch=has_pitch, has_style=has_style, trailing_marker="text"))
+    prompts = _prompts(test, pool, n_shots, seed, tok, encoder, "asr", has_pitch, has_style)
     gens = generate_batch(model, tok, prompts, "text", do_sample=False, max_new_tokens=max_new_tokens)
     items = []
     for u, outs in zip(test, gens):
@@ -108,14 +120,7 @@ def run_tts(manifest: Path, model, tok, encoder, vocoder: Callable | None, asr: 
 
     test = read_utterances(manifest)[: max_items or None]
     pool = read_utterances(shots) if shots else test
-    rng = random.Random(seed)
-    prompts = []
-    for u in test:
-        segs = []
-        for s in _shots(pool, u, n_shots, rng):
-            segs += [("text", s["text"]), ("speech", encoder(s["wav"]))]
-        segs.append(("text", u["text"]))
-        prompts.append(tok.encode_segments(segs, has_pitch=has_pitch, has_style=has_style, trailing_marker="speech"))
+    prompts = _prompts(test, pool, n_shots, seed, tok, encoder, "tts", has_pitch, has_style)
     gens = generate_batch(model, tok, prompts, "speech", max_new_tokens=max_new_tokens, seed=seed,
                           has_pitch=has_pitch, has_style=has_style)
     items = []
