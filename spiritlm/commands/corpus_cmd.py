@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from spiritlm.cli import add_recipe_args
+from spiritlm.cli import add_recipe_args, recipe_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,8 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Builds the embedded default corpus (cached: a second run with the same "
         "config costs nothing). Settings: spiritlm.corpus.demo.DemoCorpusConfig.",
     )
-    add_recipe_args(demo)
-    demo.add_argument("--out", help="output directory (same as --set out_dir=...)")
+    add_recipe_args(demo, out_key="out_dir")
     demo.set_defaults(func=_demo)
 
 
@@ -27,8 +26,7 @@ def _demo(args) -> int:
     from spiritlm.config import load_config, save_config
     from spiritlm.corpus.demo import DemoCorpusConfig, build_demo_corpus
 
-    overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
-    cfg = load_config(DemoCorpusConfig, args.recipe, overrides)
+    cfg = load_config(DemoCorpusConfig, args.recipe, recipe_overrides(args))
     corpus = build_demo_corpus(cfg)
     save_config(cfg, Path(corpus.root) / "config.resolved.yaml")
     s = corpus.stats

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from spiritlm.cli import add_recipe_args
+from spiritlm.cli import add_recipe_args, recipe_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,8 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Corpus -> tokenizers -> alignment -> shards -> training -> evaluation on "
         "the embedded demo corpus. Settings: spiritlm.demo.DemoConfig.",
     )
-    add_recipe_args(p)
-    p.add_argument("--out", help="output directory (same as --set out_dir=...)")
+    add_recipe_args(p, out_key="out_dir")
     p.set_defaults(func=_run)
 
 
@@ -23,6 +22,5 @@ def _run(args) -> int:
     from spiritlm.config import load_config
     from spiritlm.demo import DemoConfig, run_demo
 
-    overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
-    run_demo(load_config(DemoConfig, args.recipe, overrides))
+    run_demo(load_config(DemoConfig, args.recipe, recipe_overrides(args)))
     return 0
