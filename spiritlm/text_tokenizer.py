@@ -202,8 +202,7 @@ class SpiritTokenizer:
     def _speech_string_ids(self, string: str) -> list[int]:
         # The strict parser names the position of any malformed tag.
         kinds, codes = _parse_string(string, self.layout)
-        offsets = np.array([s.offset for s in self.layout.streams.values()], dtype=np.int64)
-        return (offsets[kinds.astype(np.int64)] + codes).tolist()
+        return (self.layout.stream_offsets[kinds.astype(np.int64)] + codes).tolist()
 
     # ---- decoding --------------------------------------------------------------------------
     def decode(self, ids: Sequence[int], skip_bos: bool = True) -> str:

@@ -122,6 +122,11 @@ class VocabLayout:
             offset += size
         return out
 
+    @cached_property
+    def stream_offsets(self) -> np.ndarray:
+        """Token id of unit 0 per stream, indexed like STREAMS (hubert, pitch, style)."""
+        return np.array([self.streams[s].offset for s in STREAMS], dtype=np.int64)
+
     @property
     def vocab_size(self) -> int:
         """Number of ids in use: base + 2 markers + all units (32667 for Spirit LM)."""
@@ -258,8 +263,7 @@ def units_to_ids(
 ) -> np.ndarray:
     """Unit streams -> token ids (int64), identical to tokenizing ``units_to_string``'s output."""
     kinds, codes = merge_streams(units, has_pitch, has_style, layout)
-    offsets = np.array([layout.streams[s].offset for s in STREAMS], dtype=np.int64)
-    return offsets[kinds] + codes
+    return layout.stream_offsets[kinds] + codes
 
 
 # ---- merged tokens -> units ----------------------------------------------------------------
@@ -343,8 +347,7 @@ def ids_to_units(ids: Sequence[int] | np.ndarray, layout: VocabLayout = SPIRITLM
         what = "the [Text] marker" if ids[i] == layout.text_id else "not a speech token id"
         raise SpeechStringError(f"token #{i} (id {int(ids[i])}) is {what}")
     ids, kinds = ids[keep], kinds[keep]
-    offsets = np.array([layout.streams[s].offset for s in STREAMS], dtype=np.int64)
-    return _expand(kinds, ids - offsets[kinds.astype(np.int64)])
+    return _expand(kinds, ids - layout.stream_offsets[kinds.astype(np.int64)])
 
 
 def dedup(units: np.ndarray) -> np.ndarray:
