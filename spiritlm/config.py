@@ -97,11 +97,29 @@ def from_dict(cls: type[T], data: Mapping, where: str = "config") -> T:
         raise ConfigError(
             f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(fields)}"
         )
-    kwargs = {name: _coerce(hints[name], data[name], f"{where}.{name}") for name in data}
+    kwargs = {name: _coerce(hints[name], _over_factory_default(fields[name], data[name]), f"{where}.{name}")
+              for name in data}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _over_factory_default(f: dataclasses.Field, value: Any) -> Any:
+    """A partial table for a nested dataclass field updates the field's own default instance.
+
+    ``corpus: CorpusCfg = field(default_factory=lambda: CorpusCfg(out_dir=""))`` with the
+    override ``corpus.minutes=5`` keeps ``out_dir=""``; building ``CorpusCfg(minutes=5)`` would
+    silently fall back to the class default instead.
+    """
+    if not isinstance(value, Mapping) or f.default_factory is dataclasses.MISSING:
+        return value
+    default = f.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    init = {g.name for g in dataclasses.fields(default) if g.init}
+    base = {k: v for k, v in to_dict(default).items() if k in init}
+    return _merge(base, value)
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

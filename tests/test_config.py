@@ -68,3 +68,15 @@ def test_bad_recipe_files(tmp_path):
     (tmp_path / "r.ini").write_text("")
     with pytest.raises(ConfigError, match=".toml"):
         load_config(Outer, tmp_path / "r.ini")
+
+
+@dataclass
+class WithCustomDefault:
+    # the field's own default differs from the nested class's defaults
+    model: Inner = field(default_factory=lambda: Inner(n_layers=7, act="relu"))
+
+
+def test_partial_nested_table_keeps_the_fields_own_default():
+    cfg = load_config(WithCustomDefault, None, ["model.dims=[4]"])
+    assert cfg.model == Inner(n_layers=7, dims=[4], act="relu")
+    assert load_config(WithCustomDefault).model == Inner(n_layers=7, act="relu")
