@@ -294,6 +294,19 @@ def test_bench_smoke():
     assert res["unit_agreement"] >= 0.999
 
 
+@pytest.mark.slow
+def test_long_file_memory_bench_runs_each_length_in_its_own_process():
+    from spiritlm.tokenizer.bench import bench_long_file_memory
+
+    # both lengths hold full 100 s chunks, so the encoder's working memory is the same
+    short, long = bench_long_file_memory((2.0, 8.0), size="tiny", verbose=False)
+    assert long["frames"] > 3.9 * short["frames"]
+    # 4x the audio: only the waveform and the kept features grow (tens of MiB here). The bound
+    # is loose because allocator reuse varies from run to run (measured 1.4x-2.0x); encoding the
+    # file in one forward pass would need ~5x the activations plus quadratic attention.
+    assert long["encode_peak_extra_mib"] < 2.0 * short["encode_peak_extra_mib"] + 64
+
+
 def test_layout_follows_the_hubert_frame_rate():
     from transformers import HubertModel
 

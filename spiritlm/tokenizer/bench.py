@@ -97,3 +97,73 @@ def bench_tokenizer(seconds: float = 60.0, n_files: int = 12, size: str = "base"
     if agree < need:
         raise AssertionError(f"batched and naive units differ on {100 * (1 - agree):.3f}% of frames")
     return res
+
+
+# ---- peak memory on long files ---------------------------------------------------------------
+def _memory_child(minutes: float, size: str, layer: int | None, device: str) -> dict:
+    """Runs in a fresh process: peak RSS of encoding one ``minutes``-long file to units."""
+    import resource
+
+    from spiritlm.tokenizer.hubert import HubertFeaturizer, resolve_device
+    from spiritlm.tokenizer.kmeans import KMeansQuantizer
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    dev = resolve_device(device)
+    model = _model(size)
+    layer = layer or min(11, model.config.num_hidden_layers)
+    feat = HubertFeaturizer(model, layer, device=dev)
+    rng = np.random.default_rng(0)
+    n = int(minutes * 60 * 16000)
+    wav = np.empty(n, dtype=np.float32)  # filled in 10 s pieces: no float64 temporaries of n samples
+    for s in range(0, n, 160000):
+        m = min(160000, n - s)
+        t = np.arange(s, s + m) / 16000
+        wav[s : s + m] = 0.1 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(m)
+    quant = KMeansQuantizer(rng.standard_normal((500, model.config.hidden_size)).astype(np.float32))
+    feat.features_many([wav[:32000]])  # warm-up (allocator, kernels)
+    before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    units = quant(feat.features_many([wav])[0])
+    secs = time.perf_counter() - t0
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert len(units) == feat.num_frames(n)
+    return {"minutes": minutes, "frames": int(len(units)), "dim": int(model.config.hidden_size),
+            "audio_mib": n * 4 / 2**20,
+            "rss_before_mib": before_kib / 1024, "rss_peak_mib": peak_kib / 1024,
+            "encode_peak_extra_mib": (peak_kib - before_kib) / 1024, "audio_s_per_s": minutes * 60 / secs}
+
+
+def bench_long_file_memory(minutes: tuple[float, ...] = (6.0, 60.0), size: str = "base",
+                           device: str = "auto", verbose: bool = True) -> list[dict]:
+    """Peak resident memory of encoding one long file, each length in its own process.
+
+    Long files go through HuBERT in chunks of at most 100 s, so the encoder's working memory does
+    not grow with the file; what grows is the waveform and the (frames, 768) features of the
+    whole file (~0.5 GiB per hour together). One forward pass over a whole hour would need the
+    attention scores of 90k frames: 90k^2 x 12 heads x 4 bytes ~ 390 GB per layer.
+    """
+    import json
+    import subprocess
+    import sys
+
+    rows = []
+    for m in minutes:
+        code = ("import json; from spiritlm.tokenizer.bench import _memory_child; "
+                f"print('RESULT', json.dumps(_memory_child({float(m)!r}, {size!r}, None, {device!r})))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"memory bench child ({m} min) failed:\n{out.stderr[-2000:]}")
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+        rows.append(json.loads(line[len("RESULT "):]))
+    if verbose:
+        print(f"peak memory, one file encoded to units ({size} HuBERT, chunks of <= 100 s):")
+        print("  minutes  frames   audio MiB  RSS before  RSS peak  encode extra  audio-s/s")
+        for r in rows:
+            print(f"  {r['minutes']:7.1f} {r['frames']:7d} {r['audio_mib']:10.0f} {r['rss_before_mib']:10.0f} "
+                  f"{r['rss_peak_mib']:9.0f} {r['encode_peak_extra_mib']:12.0f} {r['audio_s_per_s']:10.1f}")
+        if len(rows) >= 2:
+            a, b = rows[0], rows[-1]
+            print(f"  {b['minutes'] / a['minutes']:.0f}x longer file -> encode extra "
+                  f"{b['encode_peak_extra_mib'] / max(a['encode_peak_extra_mib'], 1):.2f}x "
+                  f"(the whole file's features are kept: {b['frames'] * b['dim'] * 4 / 2**20:.0f} MiB at {b['dim']} dims)")
+    return rows

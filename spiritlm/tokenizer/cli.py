@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     b.add_argument("--files", type=int, default=12, help="number of files (varied lengths)")
     b.add_argument("--size", choices=["base", "tiny"], default="base", help="random HuBERT size")
     b.add_argument("--device", default="auto")
+    b.add_argument("--long-file-minutes", type=float, nargs="+", default=None, metavar="MIN",
+                   help="instead: peak memory of encoding one file of each length, e.g. 6 60")
     b.set_defaults(func=_bench)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -93,7 +95,10 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from spiritlm.tokenizer.bench import bench_tokenizer
+    from spiritlm.tokenizer.bench import bench_long_file_memory, bench_tokenizer
 
-    bench_tokenizer(seconds=args.seconds, n_files=args.files, size=args.size, device=args.device)
+    if args.long_file_minutes:
+        bench_long_file_memory(tuple(args.long_file_minutes), size=args.size, device=args.device)
+    else:
+        bench_tokenizer(seconds=args.seconds, n_files=args.files, size=args.size, device=args.device)
     return 0
