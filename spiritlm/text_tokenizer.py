@@ -28,7 +28,7 @@ from typing import Iterable, Mapping, Sequence, Union
 import numpy as np
 import sentencepiece as spm
 
-from spiritlm.vocab import SPIRITLM, VocabLayout, _parse_string, ids_to_units, units_to_ids
+from spiritlm.vocab import SPIRITLM, VocabLayout, parse_speech_tokens, ids_to_units, units_to_ids
 
 LAYOUT_FILE = "spiritlm_vocab.json"
 SP_FILE = "tokenizer.model"
@@ -201,7 +201,7 @@ class SpiritTokenizer:
 
     def _speech_string_ids(self, string: str) -> list[int]:
         # The strict parser names the position of any malformed tag.
-        kinds, codes = _parse_string(string, self.layout)
+        kinds, codes = parse_speech_tokens(string, self.layout)
         return (self.layout.stream_offsets[kinds.astype(np.int64)] + codes).tolist()
 
     # ---- decoding --------------------------------------------------------------------------

@@ -284,7 +284,10 @@ def _expand(kinds: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _parse_string(string: str, layout: VocabLayout) -> tuple[np.ndarray, np.ndarray]:
+def parse_speech_tokens(string: str, layout: VocabLayout) -> tuple[np.ndarray, np.ndarray]:
+    """A speech string -> (stream index per token into ``STREAMS`` (int8), unit per token),
+    in string order, without dedup or timing; raises :class:`SpeechStringError` naming the
+    first bad character."""
     kinds, codes = [], []
     pos = 0
     for m in layout._tag_re.finditer(string):
@@ -329,7 +332,7 @@ def string_to_units(string: str, layout: VocabLayout = SPIRITLM) -> dict[str, st
 
     Returns ``{"hubert": ...}`` plus ``"pitch"``/``"style"`` when the string holds any.
     """
-    kinds, codes = _parse_string(string, layout)
+    kinds, codes = parse_speech_tokens(string, layout)
     return {k: " ".join(map(str, v.tolist())) for k, v in _expand(kinds, codes).items()}
 
 
