@@ -165,13 +165,12 @@ def _align_step(cfg: DemoConfig, corpus: dict, step_dir: Path) -> dict[str, Any]
     import multiprocessing as mp
     from dataclasses import replace
 
-    from spiritlm.data.align import PocketsphinxAligner, measure_aligner
+    from spiritlm.data.align import alignment_error
     from spiritlm.manifest import read_manifest, write_manifest
 
     root = Path(corpus["root"])
     utts = [u for u in read_manifest(corpus["manifest"]) if u.split == "train"]
     utts = [replace(u, audio_path=str(u.audio_file(root))) for u in utts]
-    measured = measure_aligner(utts, root, PocketsphinxAligner(), limit=cfg.align_measure_limit)
     # Two processes (the machine's two cores), each with its own pocketsphinx decoder.
     chunks = [(utts[i::2], str(root)) for i in range(2)]
     with mp.get_context("fork").Pool(2) as pool:
@@ -179,6 +178,7 @@ def _align_step(cfg: DemoConfig, corpus: dict, step_dir: Path) -> dict[str, Any]
     by_id = {u.id: u for part, _ in parts for u in part}
     aligned = [by_id[u.id] for u in utts]  # manifest order
     failures = sum(p[1]["utterances"] - p[1]["aligned"] for p in parts)
+    measured = alignment_error(utts, aligned, "pocketsphinx", limit=cfg.align_measure_limit)
     out = step_dir / "aligned_train.jsonl"
     write_manifest(out, aligned)
     report = {"utterances": len(aligned), "failed_kept_speech_only": failures, "vs_synthesizer": measured}

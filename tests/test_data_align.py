@@ -13,7 +13,8 @@ from test_data_fixtures import make_corpus
 
 from spiritlm.data.align import (AlignmentError, CTMAligner, LhotseAligner, MFAAligner,
                                  PocketsphinxAligner, TextGridAligner, align_manifest,
-                                 align_utterances, letter_to_sound, measure_aligner)
+                                 align_utterances, alignment_error, letter_to_sound,
+                                 measure_aligner)
 from spiritlm.data.textgrid import (TextGridError, Tier, parse_textgrid, read_ctm,
                                     read_textgrid, textgrid_words, write_ctm, write_textgrid)
 from spiritlm.manifest import Utterance, Word, read_manifest
@@ -196,6 +197,11 @@ def test_pocketsphinx_aligns_with_oov_words(tmp_path):
     rep = measure_aligner(utts, tmp_path, al)
     assert rep["failed"] == {} and rep["within_50ms"] > 0.7, rep
     assert "zorblax" in al.oov_added
+    # the same report from alignments already made (what the demo does: no second alignment)
+    aligned, _ = align_utterances([Utterance(**{**u.__dict__, "words": []}) for u in utts], tmp_path, al)
+    again = alignment_error(utts, aligned, al.name)
+    assert again["utterances"] == rep["utterances"] and again["boundaries"] == rep["boundaries"]
+    assert abs(again["mean_ms"] - rep["mean_ms"]) < 5  # only clipping to the duration differs
     bad = Utterance("x", "e0.wav", utts[0].duration, 16000, "-- !!", "s")
     with pytest.raises(AlignmentError) as e:
         al.align(bad, tmp_path / "e0.wav")
