@@ -294,3 +294,27 @@ def test_pnmi_known_cases():
     assert perplexity(np.array([0, 1, 2, 3])) == pytest.approx(4.0)
     b = bitrate([np.array([1, 1, 2, 2, 2, 3])], seconds=1.0, k=4)
     assert b["units_per_s"] == 3 and b["bitrate_nominal"] == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("n_samples", [146000, 146320, 146639])
+def test_unit_counts_match_the_release_test_file(n_samples):
+    """The release's test file (LibriSpeech 7143-88743-0029, length not published) gives
+    228 HuBERT / 114 pitch / 10 style units. With the mHuBERT-25Hz conv stack, 16x pitch
+    downsampling that floors, and one style token per started second, every length in
+    [146000, 146640) samples reproduces all three counts."""
+    from spiritlm.tokenizer.f0_vqvae import F0VQVAE
+    from spiritlm.tokenizer.hubert import conv_out_length
+    from spiritlm.tokenizer.pitch import n_frames
+    from spiritlm.tokenizer.style import n_windows
+
+    hubert = conv_out_length(n_samples, (10, 3, 3, 3, 3, 2, 2, 2), (5, 2, 2, 2, 2, 2, 2, 2))
+    torch.manual_seed(0)
+    pitch = len(F0VQVAE().encode(np.zeros((2, n_frames(n_samples)), np.float32)))
+    assert (int(hubert), pitch, n_windows(n_samples)) == (228, 114, 10)
+
+
+def test_pitch_codes_of_audio_shorter_than_one_code():
+    from spiritlm.tokenizer.f0_vqvae import F0VQVAE
+
+    torch.manual_seed(0)
+    assert len(F0VQVAE().encode(np.zeros((2, 5), np.float32))) == 1

@@ -116,9 +116,18 @@ class F0VQVAE(nn.Module):
 
     @torch.inference_mode()
     def encode(self, x_CT: np.ndarray) -> np.ndarray:
-        """(2, T) features -> ceil(T / 16) codes."""
+        """(2, T) features -> floor(T / 16) codes (1 when T < 16).
+
+        A trailing part shorter than 16 frames (80 ms) gets no code, as in the release, whose
+        strided convs give floor(T / 16): with HuBERT's floor((n - 720) / 640) + 1 frames and
+        ceil(n / 16000) style windows, a LibriSpeech file of 146000-146639 samples gives the
+        228 / 114 / 10 units of the release's test (a ceil here would give 115).
+        """
         self.eval()
-        z = self.enc(self.pad(self._scale(torch.as_tensor(x_CT, dtype=torch.float32)[None])))
+        x = torch.as_tensor(x_CT, dtype=torch.float32)[None]
+        if x.shape[-1] >= DOWN:
+            x = x[..., : x.shape[-1] // DOWN * DOWN]
+        z = self.enc(self.pad(self._scale(x)))
         return self.vq.nearest(z[0].T).cpu().numpy().astype(np.int64)
 
     @torch.inference_mode()
