@@ -243,14 +243,20 @@ def _mini_step(cfg: DemoConfig, step_dir: Path) -> dict[str, Any]:
 
 
 def _eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: dict,
-               step_dir: Path) -> dict[str, Any]:
+               step_dir: Path, shared: dict) -> dict[str, Any]:
     from spiritlm.config import load_config
+    from spiritlm.eval.model import load_speech_encoder
     from spiritlm.eval.suite import EvalConfig, run_suite
 
     ecfg = load_config(EvalConfig, _recipe(cfg.eval_recipe), [
         f"model={model['hf']}", f"name={name}", f"output_dir={step_dir}", f"data_root={mini['root']}",
         f"speech_encoder_args.directory={speech_tok['dir']}", "mini.build=false", *cfg.eval_overrides])
-    out = run_suite(ecfg)
+    # Both models are evaluated on the same audio with the same speech tokenizer: one encoder
+    # (and its cache of encoded files) serves both, so the benchmark audio is encoded once.
+    key = (ecfg.speech_encoder, json.dumps(ecfg.speech_encoder_args, sort_keys=True, default=str))
+    if key not in shared:
+        shared[key] = load_speech_encoder(ecfg.speech_encoder, ecfg.speech_encoder_args)
+    out = run_suite(ecfg, encoder=shared[key])
     return {"dir": str(step_dir), "paths": {k: str(v) for k, v in out.get("paths", {}).items()}}
 
 
@@ -297,13 +303,13 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
                                  _file_hash(Path(shards["dir"]) / "index.json")],
             lambda d, v=variant: _train_step(cfg, v, shards, text_tok, d))
     mini = pipe.run("mini_benchmarks", [cfg.seed, cfg.mini_sizes], lambda d: _mini_step(cfg, d))
-    evals = {}
+    evals, shared_encoders = {}, {}
     for variant, model in models.items():
         evals[variant] = pipe.run(
             f"eval_{variant}", [model, mini, cfg.eval_overrides, _file_hash(_recipe(cfg.eval_recipe)),
                                 _file_hash(Path(model["hf"]) / "model.safetensors"),
                                 _file_hash(Path(speech_tok["dir"]) / "manifest.json")],
-            lambda d, v=variant, m=model: _eval_step(cfg, v, m, mini, speech_tok, d))
+            lambda d, v=variant, m=model: _eval_step(cfg, v, m, mini, speech_tok, d, shared_encoders))
     cmp = pipe.run("compare", [evals, *(_file_hash(Path(e["dir"]) / "items.jsonl") for e in evals.values())],
                    lambda d: _compare_step(evals, d))
     _print_summary(corpus, text_tok, speech_tok, aligned if cfg.align else None, shards, models, evals, cmp)

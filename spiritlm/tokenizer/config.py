@@ -40,6 +40,7 @@ class DemoHubertCfg:
     mask_length: int = 5
     max_minutes: float = 3.5  # wall-clock cap for the training loop
     threads: int = 0  # torch threads (0 = leave as is)
+    eval_max_files: int = 0  # held-out files for the PNMI report (0 = all); bounds its time
 
 
 @dataclass

@@ -213,7 +213,7 @@ def fit_demo_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | P
     if evaluate:
         eval_split = "heldout"
         try:
-            eval_rows = corpus_files(manifest, eval_split)
+            eval_rows = corpus_files(manifest, eval_split, cfg.demo.eval_max_files)
         except ValueError:
             eval_rows = rows[-max(1, len(rows) // 10):]
         metrics["units"] = evaluate_units(cfg, model, rows, eval_rows, cfg.seed)
