@@ -64,6 +64,24 @@ def test_encode_streams_strings_ids(tiny_tok):
     np.testing.assert_array_equal(back["hubert"], hu[np.r_[True, hu[1:] != hu[:-1]]])
 
 
+def test_base_units_from_an_expressive_tokenizer_skip_pitch_and_style(tiny_tok, tmp_path, monkeypatch):
+    from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
+
+    full = tiny_tok.encode(_voiced(2.0))
+    import spiritlm.tokenizer.pitch as pitch
+
+    monkeypatch.setattr(pitch, "extract_f0", lambda *a, **k: pytest.fail("F0 extracted for Base units"))
+    base = tiny_tok.encode(_voiced(2.0), streams=["hubert"])
+    assert set(base) == {"hubert", "duration", "frames"}
+    np.testing.assert_array_equal(base["hubert"], full["hubert"])
+    with pytest.raises(ValueError, match="has \\['hubert', 'pitch', 'style'\\]"):
+        tiny_tok.encode(_voiced(1.0), streams=["hubert", "emotion"])
+    monkeypatch.undo()
+    d = tiny_tok.save(tmp_path / "tok")
+    loaded = SpeechTokenizer.load(d, streams=["hubert", "style"])
+    assert set(loaded.encode(_voiced(2.0))) == {"hubert", "style", "duration", "frames"}
+
+
 def test_encode_many_reports_bad_files_and_keeps_the_rest(tiny_tok, tmp_path):
     from spiritlm.tokenizer.audio import AudioError
 

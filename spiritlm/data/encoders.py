@@ -129,7 +129,7 @@ class SpeechTokenizerEncoder:
 
     def __call__(self, paths):
         out = []
-        for r in self.tok.encode_many([str(p) for p in paths]):
+        for r in self.tok.encode_many([str(p) for p in paths], streams=tuple(self.frame_rates)):
             out.append(r if isinstance(r, Exception) else
                        {s: np.asarray(r[s], dtype=np.int64) for s in self.frame_rates})
         return out

@@ -61,6 +61,7 @@ class SpeechTokenizer:
         if cfg.style.enabled and style_quantizer is None:
             raise ValueError("style.enabled but no style quantizer: set style.path or run `spiritlm tokenizer fit`")
         self.layout = self._layout()
+        self.streams: tuple[str, ...] = self.available_streams  # what encode() returns by default
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
@@ -124,15 +125,25 @@ class SpeechTokenizer:
     def load_wav(self, source: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         return load_audio(source, sample_rate, min_samples=self.featurizer.hop)
 
-    def encode(self, source: AudioInput, sample_rate: int | None = None, speaker: str | None = None) -> dict:
-        out = self.encode_many([source], sample_rate=sample_rate, speakers=[speaker])[0]
+    def encode(self, source: AudioInput, sample_rate: int | None = None, speaker: str | None = None,
+               streams: Sequence[str] | None = None) -> dict:
+        out = self.encode_many([source], sample_rate=sample_rate, speakers=[speaker], streams=streams)[0]
         if isinstance(out, Exception):
             raise out
         return out
 
     def encode_many(self, sources: Sequence[AudioInput], sample_rate: int | None = None,
-                    speakers: Sequence[str | None] | None = None, progress: bool = False) -> list[dict | AudioError]:
-        """Batched encode. Each item is a units dict, or the ``AudioError`` of a bad input."""
+                    speakers: Sequence[str | None] | None = None, progress: bool = False,
+                    streams: Sequence[str] | None = None) -> list[dict | AudioError]:
+        """Batched encode. Each item is a units dict, or the ``AudioError`` of a bad input.
+
+        ``streams`` (default: ``self.streams``, i.e. every stream this tokenizer has) limits the
+        work: ``["hubert"]`` encodes Base units with an Expressive tokenizer without running the
+        F0 extractor or the style encoder.
+        """
+        want = self._check_streams(streams if streams is not None else self.streams)
+        do_pitch = self.pitch_model is not None and "pitch" in want
+        do_style = self.style_quantizer is not None and "style" in want
         results: list[Any] = [None] * len(sources)
         wavs, ok = [], []
         for i, src in enumerate(sources):
@@ -143,22 +154,38 @@ class SpeechTokenizer:
                 log.warning("skipping %s", e)
                 results[i] = e
         feats = self.featurizer.features_many(wavs, progress=progress)
-        style_feats = self.style_featurizer.features_many(wavs) if self.style_featurizer is not None else None
+        style_feats = (self.style_featurizer.features_many(wavs)
+                       if do_style and self.style_featurizer is not None else None)
         for j, i in enumerate(ok):
             wav = wavs[j]
             units: dict[str, Any] = {"hubert": self.quantizer(feats[j])}
             if len(units["hubert"]) == 0:
                 results[i] = AudioError(_name(sources[i]), "too short: no complete HuBERT frame")
                 continue
-            if self.pitch_model is not None:
+            if do_pitch:
                 spk = speakers[i] if speakers is not None else None
                 units["pitch"] = self._pitch_units(wav, spk)
-            if self.style_quantizer is not None:
+            if do_style:
                 units["style"] = self._style_units(wav, style_feats[j] if style_feats is not None else None)
             units["duration"] = len(wav) / 16000.0
             units["frames"] = {k: int(len(v)) for k, v in units.items() if isinstance(v, np.ndarray)}
             results[i] = units
         return results
+
+    @property
+    def available_streams(self) -> tuple[str, ...]:
+        return ("hubert",) + (("pitch",) if self.pitch_model is not None else ()) + (
+            ("style",) if self.style_quantizer is not None else ())
+
+    def _check_streams(self, streams: Sequence[str] | None) -> tuple[str, ...]:
+        have = self.available_streams
+        if streams is None:
+            return have
+        bad = [s for s in streams if s not in have]
+        if bad or "hubert" not in streams:
+            raise ValueError(f"streams {list(streams)}: this tokenizer has {list(have)} "
+                             "(and 'hubert' is always encoded)")
+        return tuple(streams)
 
     def _pitch_units(self, wav: np.ndarray, speaker: str | None) -> np.ndarray:
         from spiritlm.tokenizer.pitch import extract_f0, f0_features
@@ -233,7 +260,10 @@ class SpeechTokenizer:
         return d
 
     @classmethod
-    def load(cls, directory: str | Path, verify: bool = True, device: str | None = None) -> "SpeechTokenizer":
+    def load(cls, directory: str | Path, verify: bool = True, device: str | None = None,
+             streams: Sequence[str] | None = None) -> "SpeechTokenizer":
+        """``streams``: what ``encode`` returns by default (e.g. ``["hubert"]`` for Base units
+        from an Expressive directory); every stream the directory has when None."""
         d = Path(directory)
         man_path = d / "manifest.json"
         if not man_path.is_file():
@@ -253,7 +283,9 @@ class SpeechTokenizer:
                     )
         overrides = [f"hubert.device={device}"] if device else []
         cfg = load_config(TokenizerCfg, d / "tokenizer.yaml", overrides)
-        return cls.from_config(cfg, root=d)
+        tok = cls.from_config(cfg, root=d)
+        tok.streams = tok._check_streams(streams)
+        return tok
 
 
 def _name(src: AudioInput) -> str:
