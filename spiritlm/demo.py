@@ -338,6 +338,15 @@ def _print_summary(corpus, text_tok, speech_tok, aligned, shards, models, evals,
             u = units.get(name) or {}
             if u:
                 print(f"  {name:<22} PNMI {u['pnmi']:.3f}   ppl {u['perplexity']:6.1f}   {u['units_per_s']:5.1f} units/s")
+    pros = (speech_tok.get("metrics") or {}).get("prosody") or {}
+    if pros.get("pitch"):
+        p = pros["pitch"]
+        print(f"  pitch (F0 VQ-VAE, {p['method']} F0): {p['tokens_per_s']} tokens/s, codebook {p['codebook']} "
+              f"(ppl {p['perplexity']}), F0 reconstruction error {p['cents_error']} cents on held-out speech")
+    if pros.get("style"):
+        st = pros["style"]
+        print(f"  style (1 s k-means): {st['tokens_per_s']} tokens/s, k={st['k']} (ppl {st['perplexity']}); "
+              "the language models below use the Base (HuBERT) stream")
     if aligned:
         r = aligned["report"]["vs_synthesizer"]
         print(f"aligner (pocketsphinx) vs synthesizer word times on {r.get('utterances')} utterances: "

@@ -15,7 +15,8 @@ TINY = [
     "corpus.n_text_documents=600",
     "text_vocab_size=600",
     "tokenizer_overrides=[demo.steps=20, demo.max_minutes=0.3, demo.hidden=64, demo.ffn=128, "
-    "demo.conv_dim=64, demo.layers=2, demo.mfcc_k=30, units.k=30, units.niter=10]",
+    "demo.conv_dim=64, demo.layers=2, demo.mfcc_k=30, units.k=30, units.niter=10, style.layer=2, "
+    "style.k=8, pitch.train_steps=20, pitch.max_files=10]",
     "align_measure_limit=6",
     "train_overrides=[steps=6, checkpoint.every=3, log.every=2, data.seq_len=128, "
     "micro_batch_size=2, global_batch_size=4]",
@@ -34,6 +35,8 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
                      "eval_interleaved", "eval_no_interleaving", "compare"]
     out = {r.name: r.outputs for r in pipe.results}
     assert out["shards"]["report"]["kept"].get("aligned", 0) > 0
+    prosody = out["speech_tokenizer"]["metrics"]["prosody"]  # F0 VQ-VAE and style codebook fitted
+    assert prosody["pitch"]["cents_error"] > 0 and prosody["style"]["tokens_per_s"] > 0
     for v in ("interleaved", "no_interleaving"):
         assert (Path(out[f"train_{v}"]["hf"]) / "config.json").is_file()
         results = json.loads((Path(out[f"eval_{v}"]["dir"]) / "results.json").read_text())

@@ -198,6 +198,44 @@ def evaluate_units(cfg: TokenizerCfg, trained_model, train_rows, eval_rows, seed
     return out
 
 
+def evaluate_prosody(tokenizer_dir: Path, eval_rows) -> dict:
+    """Held-out report of the pitch and style streams of a fitted tokenizer: F0 reconstruction
+    error in cents through the VQ-VAE (voiced frames), codebook perplexity, tokens/s."""
+    from spiritlm.tokenizer.f0_vqvae import cents_error
+    from spiritlm.tokenizer.fit import iter_wavs
+    from spiritlm.tokenizer.metrics import perplexity
+    from spiritlm.tokenizer.pitch import extract_f0, f0_features
+    from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
+
+    tok = SpeechTokenizer.load(tokenizer_dir, device="cpu")
+    out: dict = {}
+    wavs = list(iter_wavs(eval_rows, 1280))
+    seconds = sum(len(w) for _, w in wavs) / 16000
+    if tok.pitch_model is not None:
+        pc, codes, errs = tok.cfg.pitch, [], []
+        for u, w in wavs:
+            f0 = extract_f0(w, pc.method, pc.f0_min, pc.f0_max)
+            mean = tok.speaker_f0.get(u.speaker) if pc.norm == "speaker" else (0.0 if pc.norm == "none" else None)
+            x, used = f0_features(f0, mean)  # None: the utterance's own mean
+            c = tok.pitch_model.encode(x)
+            hat = tok.pitch_model.decode(c, used, voicing=False)
+            n = min(len(hat), len(f0))
+            errs.append(cents_error(f0[:n], hat[:n]))
+            codes.append(c)
+        allc = np.concatenate(codes)
+        out["pitch"] = {"cents_error": round(float(np.nanmean(errs)), 1), "codebook": pc.codebook,
+                        "perplexity": round(perplexity(allc, pc.codebook), 1),
+                        "tokens_per_s": round(len(allc) / seconds, 2), "method": pc.method}
+    if tok.style_quantizer is not None:
+        st = [r["style"] for r in tok.encode_many([w for _, w in wavs], streams=["hubert", "style"])
+              if not isinstance(r, Exception)]
+        alls = np.concatenate(st)
+        out["style"] = {"k": tok.style_quantizer.size, "perplexity": round(perplexity(alls, tok.style_quantizer.size), 1),
+                        "tokens_per_s": round(len(alls) / seconds, 2)}
+    log.info("prosody streams on %.0f s of held-out speech: %s", seconds, out)
+    return out
+
+
 def fit_demo_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | Path = "out/tokenizer-demo",
                        evaluate: bool = True, progress: bool = True) -> Path:
     """Train the tiny HuBERT, fit its k-means, save the tokenizer dir (+ metrics.json); returns the dir."""
@@ -217,6 +255,8 @@ def fit_demo_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | P
         except ValueError:
             eval_rows = rows[-max(1, len(rows) // 10):]
         metrics["units"] = evaluate_units(cfg, model, rows, eval_rows, cfg.seed)
+        if cfg.pitch.enabled or cfg.style.enabled:
+            metrics["prosody"] = evaluate_prosody(out, eval_rows[:40])
         metrics["total_seconds"] = round(time.perf_counter() - t0, 1)
     (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return Path(out)
