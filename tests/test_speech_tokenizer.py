@@ -318,3 +318,22 @@ def test_pitch_codes_of_audio_shorter_than_one_code():
 
     torch.manual_seed(0)
     assert len(F0VQVAE().encode(np.zeros((2, 5), np.float32))) == 1
+
+
+def test_word_unit_consistency_separates_a_lexicon_from_noise():
+    from spiritlm.tokenizer.metrics import word_unit_consistency
+
+    rng = np.random.default_rng(0)
+    lexicon = {w: rng.integers(0, 50, 6) for w in ("cat", "dog", "tree", "house", "river")}
+    utts_clean, utts_noisy, words = [], [], []
+    for i in range(12):
+        seq = [list(lexicon)[(i + j) % 5] for j in range(3)]
+        clean = np.concatenate([np.repeat(lexicon[w], 2) for w in seq])  # 2 frames per unit
+        utts_clean.append(clean)
+        utts_noisy.append(rng.integers(0, 50, len(clean)))
+        words.append([(w, 0.48 * j, 0.48 * (j + 1)) for j, w in enumerate(seq)])  # 12 frames of 25 Hz
+    clean = word_unit_consistency(utts_clean, words, ["s"] * 12, 25.0)
+    noisy = word_unit_consistency(utts_noisy, words, ["s"] * 12, 25.0)
+    assert clean["words"] == 5 and clean["same_word_same_speaker"] == 0.0
+    assert clean["other_word_same_speaker"] > 0.5
+    assert noisy["same_word_same_speaker"] > 0.7

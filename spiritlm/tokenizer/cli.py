@@ -31,6 +31,13 @@ def register(subparsers) -> None:
     e.add_argument("--device", default=None, help="cpu | cuda (default: the tokenizer's setting)")
     e.set_defaults(func=_encode)
 
+    c = sub.add_parser("consistency", help="how alike the units of repeated words are (needs word times)")
+    c.add_argument("--tokenizer", required=True, help="tokenizer directory written by `fit`")
+    c.add_argument("--corpus", required=True, help="manifest.jsonl with word alignments")
+    c.add_argument("--split", default="train", help="manifest split ('' = all rows)")
+    c.add_argument("--max-files", type=int, default=150)
+    c.set_defaults(func=_consistency)
+
     b = sub.add_parser("bench", help="audio-seconds per wall-second: batched path vs a naive loop")
     b.add_argument("--seconds", type=float, default=60.0, help="total audio to tokenize")
     b.add_argument("--files", type=int, default=12, help="number of files (varied lengths)")
@@ -92,6 +99,25 @@ def _encode(args: argparse.Namespace) -> int:
     if bad:
         print(f"{bad} of {len(args.files)} files failed (see errors above)", file=sys.stderr)
     return 1 if bad == len(args.files) else 0
+
+
+def _consistency(args: argparse.Namespace) -> int:
+    import json
+
+    from spiritlm.tokenizer.fit import corpus_files
+    from spiritlm.tokenizer.metrics import word_unit_consistency
+    from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
+
+    tok = SpeechTokenizer.load(args.tokenizer, streams=["hubert"])
+    rows = [(u, p) for u, p in corpus_files(args.corpus, args.split, args.max_files) if u.words]
+    if not rows:
+        raise SystemExit(f"{args.corpus}: no rows with word alignments in split {args.split!r}")
+    res = tok.encode_many([str(p) for _, p in rows], progress=True)
+    ok = [(u, r) for (u, _), r in zip(rows, res) if not isinstance(r, Exception)]
+    rep = word_unit_consistency([r["hubert"] for _, r in ok], [u.words for u, _ in ok],
+                                [u.speaker for u, _ in ok], tok.featurizer.frame_rate)
+    print(json.dumps({"files": len(ok), "normalized_edit_distance": rep}, indent=1))
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

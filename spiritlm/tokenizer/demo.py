@@ -161,6 +161,7 @@ def evaluate_units(cfg: TokenizerCfg, trained_model, train_rows, eval_rows, seed
     from spiritlm.tokenizer.fit import iter_wavs
     from spiritlm.tokenizer.hubert import HubertFeaturizer, conv_out_length
     from spiritlm.tokenizer.kmeans import FrameReservoir, KMeansQuantizer, train_kmeans
+    from spiritlm.tokenizer.metrics import word_unit_consistency
     from transformers import HubertModel
 
     k = cfg.units.k
@@ -186,6 +187,8 @@ def evaluate_units(cfg: TokenizerCfg, trained_model, train_rows, eval_rows, seed
                 units.append(q(f[:n]))
                 labels.append(lab[:n])
         out[name] = unit_metrics(units, labels, seconds, k)
+        out[name]["word_unit_distance"] = word_unit_consistency(
+            units, [u.words for u, _ in evals], [u.speaker for u, _ in evals], rate, seed=seed)
         log.info("%s: %s", name, out[name])
 
     layer = cfg.hubert.layer

@@ -57,3 +57,54 @@ def bitrate(unit_seqs: Sequence[np.ndarray], seconds: float, k: int) -> dict[str
     allu = np.concatenate(deduped) if deduped else np.zeros(0, np.int64)
     ent = float(np.log2(perplexity(allu, k))) if len(allu) else 0.0
     return {"units_per_s": rate, "bitrate_nominal": rate * float(np.log2(k)), "bitrate_entropy": rate * ent}
+
+
+def _edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    d = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, d[0] = d[0], i
+        for j, y in enumerate(b, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (x != y))
+    return d[-1]
+
+
+def word_unit_consistency(units_by_utt: Sequence[np.ndarray], words_by_utt: Sequence[Sequence],
+                          speakers: Sequence[str], frame_rate: float, max_per_word: int = 12,
+                          seed: int = 0) -> dict[str, float]:
+    """How alike the units of one word are from one token of it to the next.
+
+    For every word spoken at least 4 times, the deduplicated units inside its time span (words
+    are ``(word, start_s, end_s)`` or objects with ``.word/.start/.end``) are compared by edit
+    distance / longer length: pairs of the same word by the same speaker, by different
+    speakers, and (baseline) pairs of different words by the same speaker. A lexicon is
+    learnable from units only when the first is well below the last.
+    """
+    occ: dict[str, list[tuple[str, tuple]]] = {}
+    for units, words, spk in zip(units_by_utt, words_by_utt, speakers):
+        u = np.asarray(units)
+        for w in words:
+            label, start, end = (w.word, w.start, w.end) if hasattr(w, "word") else w
+            seg = u[int(start * frame_rate): int(np.ceil(end * frame_rate))]
+            if len(seg) == 0:
+                continue
+            seg = seg[np.r_[True, seg[1:] != seg[:-1]]]
+            if len(seg) >= 2:
+                occ.setdefault(label.lower(), []).append((spk, tuple(int(x) for x in seg)))
+    words = sorted(w for w, o in occ.items() if len(o) >= 4)
+    dist = lambda a, b: _edit_distance(a, b) / max(len(a), len(b))  # noqa: E731
+    same, cross, other = [], [], []
+    for w in words:
+        o = occ[w][:max_per_word]
+        for i in range(len(o)):
+            for j in range(i + 1, len(o)):
+                (same if o[i][0] == o[j][0] else cross).append(dist(o[i][1], o[j][1]))
+    rng = np.random.default_rng(seed)
+    for _ in range(2000 if len(words) >= 2 else 0):
+        w1, w2 = rng.choice(len(words), 2, replace=False)
+        a, b = occ[words[w1]], occ[words[w2]]
+        x, y = a[rng.integers(len(a))], b[rng.integers(len(b))]
+        if x[0] == y[0]:
+            other.append(dist(x[1], y[1]))
+    mean = lambda v: round(float(np.mean(v)), 3) if v else None  # noqa: E731
+    return {"words": len(words), "same_word_same_speaker": mean(same), "same_word_other_speaker": mean(cross),
+            "other_word_same_speaker": mean(other), "pairs": len(same) + len(cross)}
