@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     c.add_argument("--corpus", required=True, help="manifest.jsonl with word alignments")
     c.add_argument("--split", default="train", help="manifest split ('' = all rows)")
     c.add_argument("--max-files", type=int, default=150)
+    c.add_argument("--mfcc-baseline", action="store_true",
+                   help="also report k-means units of MFCCs at the tokenizer's frame rate (k = its unit count)")
     c.set_defaults(func=_consistency)
 
     b = sub.add_parser("bench", help="audio-seconds per wall-second: batched path vs a naive loop")
@@ -116,7 +118,20 @@ def _consistency(args: argparse.Namespace) -> int:
     ok = [(u, r) for (u, _), r in zip(rows, res) if not isinstance(r, Exception)]
     rep = word_unit_consistency([r["hubert"] for _, r in ok], [u.words for u, _ in ok],
                                 [u.speaker for u, _ in ok], tok.featurizer.frame_rate)
-    print(json.dumps({"files": len(ok), "normalized_edit_distance": rep}, indent=1))
+    out = {"files": len(ok), "normalized_edit_distance": rep}
+    if args.mfcc_baseline:
+        import numpy as np
+
+        from spiritlm.tokenizer.demo import mfcc
+        from spiritlm.tokenizer.fit import iter_wavs
+        from spiritlm.tokenizer.kmeans import KMeansQuantizer, train_kmeans
+
+        wavs = list(iter_wavs([(u, p) for (u, p), r in zip(rows, res) if not isinstance(r, Exception)], 1280))
+        feats = [mfcc(w, tok.featurizer.hop) for _, w in wavs]
+        q = KMeansQuantizer(train_kmeans(np.concatenate(feats), tok.quantizer.size, 20, 0), use_gpu=False)
+        out["mfcc_kmeans_baseline"] = word_unit_consistency(
+            [q(f) for f in feats], [u.words for u, _ in wavs], [u.speaker for u, _ in wavs], tok.featurizer.frame_rate)
+    print(json.dumps(out, indent=1))
     return 0
 
 
