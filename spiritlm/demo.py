@@ -333,11 +333,16 @@ def _print_summary(corpus, text_tok, speech_tok, aligned, shards, models, evals,
     units = (speech_tok.get("metrics") or {}).get("units") or {}
     if units:
         print(f"speech tokenizer: k={units.get('k')}, PNMI vs phone labels on held-out speech "
-              f"(perplexity, units/s after dedup):")
+              f"(perplexity, units/s after dedup; unit edit distance between two tokens of a word "
+              f"by the same voice / another voice, vs two different words):")
         for name in ("mfcc_kmeans", "random_hubert_kmeans", "trained_hubert_kmeans"):
             u = units.get(name) or {}
             if u:
-                print(f"  {name:<22} PNMI {u['pnmi']:.3f}   ppl {u['perplexity']:6.1f}   {u['units_per_s']:5.1f} units/s")
+                w = u.get("word_unit_distance") or {}
+                wd = "/".join("--" if w.get(k) is None else f"{w[k]:.2f}" for k in
+                              ("same_word_same_speaker", "same_word_other_speaker", "other_word_same_speaker"))
+                print(f"  {name:<22} PNMI {u['pnmi']:.3f}   ppl {u['perplexity']:6.1f}   "
+                      f"{u['units_per_s']:5.1f} units/s   words {wd}")
     pros = (speech_tok.get("metrics") or {}).get("prosody") or {}
     if pros.get("pitch"):
         p = pros["pitch"]
