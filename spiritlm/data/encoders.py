@@ -14,6 +14,7 @@ samples of each frame); :class:`TokenizerEncoder` adapts ``spiritlm.tokenizer``'
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 from typing import Mapping, Protocol, Sequence, runtime_checkable
 
@@ -129,7 +130,11 @@ class SpeechTokenizerEncoder:
 
     def __call__(self, paths):
         out = []
-        for r in self.tok.encode_many([str(p) for p in paths], streams=tuple(self.frame_rates)):
+        # Ask only for the streams we keep when the tokenizer can skip the others (ours can; a
+        # duck-typed one with a plain encode_many(paths) still works).
+        many = self.tok.encode_many
+        kw = {"streams": tuple(self.frame_rates)} if "streams" in inspect.signature(many).parameters else {}
+        for r in many([str(p) for p in paths], **kw):
             out.append(r if isinstance(r, Exception) else
                        {s: np.asarray(r[s], dtype=np.int64) for s in self.frame_rates})
         return out
