@@ -107,7 +107,6 @@ def _memory_child(minutes: float, size: str, layer: int | None, device: str) -> 
     from spiritlm.tokenizer.hubert import HubertFeaturizer, resolve_device
     from spiritlm.tokenizer.kmeans import KMeansQuantizer
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     dev = resolve_device(device)
     model = _model(size)
     layer = layer or min(11, model.config.num_hidden_layers)

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from spiritlm.vocab import dedup
+
 
 def pnmi(phones: np.ndarray, units: np.ndarray) -> float:
     phones, units = np.asarray(phones), np.asarray(units)
@@ -53,7 +55,7 @@ def dedup_rate(unit_seqs: Sequence[np.ndarray], seconds: float) -> float:
 def bitrate(unit_seqs: Sequence[np.ndarray], seconds: float, k: int) -> dict[str, float]:
     """Bits/s: nominal (rate x log2 k after dedup) and entropy-based (rate x unigram entropy)."""
     rate = dedup_rate(unit_seqs, seconds)
-    deduped = [u[np.concatenate(([True], u[1:] != u[:-1]))] for u in unit_seqs if len(u)]
+    deduped = [dedup(u) for u in unit_seqs if len(u)]
     allu = np.concatenate(deduped) if deduped else np.zeros(0, np.int64)
     ent = float(np.log2(perplexity(allu, k))) if len(allu) else 0.0
     return {"units_per_s": rate, "bitrate_nominal": rate * float(np.log2(k)), "bitrate_entropy": rate * ent}
@@ -84,10 +86,7 @@ def word_unit_consistency(units_by_utt: Sequence[np.ndarray], words_by_utt: Sequ
         u = np.asarray(units)
         for w in words:
             label, start, end = (w.word, w.start, w.end) if hasattr(w, "word") else w
-            seg = u[int(start * frame_rate): int(np.ceil(end * frame_rate))]
-            if len(seg) == 0:
-                continue
-            seg = seg[np.r_[True, seg[1:] != seg[:-1]]]
+            seg = dedup(u[int(start * frame_rate): int(np.ceil(end * frame_rate))])
             if len(seg) >= 2:
                 occ.setdefault(label.lower(), []).append((spk, tuple(int(x) for x in seg)))
     words = sorted(w for w, o in occ.items() if len(o) >= 4)
