@@ -207,7 +207,6 @@ def evaluate_prosody(tokenizer_dir: Path, eval_rows) -> dict:
     from spiritlm.tokenizer.f0_vqvae import cents_error
     from spiritlm.tokenizer.fit import iter_wavs
     from spiritlm.tokenizer.metrics import perplexity
-    from spiritlm.tokenizer.pitch import extract_f0, f0_features
     from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
 
     tok = SpeechTokenizer.load(tokenizer_dir, device="cpu")
@@ -217,9 +216,7 @@ def evaluate_prosody(tokenizer_dir: Path, eval_rows) -> dict:
     if tok.pitch_model is not None:
         pc, codes, errs = tok.cfg.pitch, [], []
         for u, w in wavs:
-            f0 = extract_f0(w, pc.method, pc.f0_min, pc.f0_max)
-            mean = tok.speaker_f0.get(u.speaker) if pc.norm == "speaker" else (0.0 if pc.norm == "none" else None)
-            x, used = f0_features(f0, mean)  # None: the utterance's own mean
+            f0, x, used = tok.pitch_features(w, u.speaker)  # the features encode() quantizes
             c = tok.pitch_model.encode(x)
             hat = tok.pitch_model.decode(c, used, voicing=False)
             n = min(len(hat), len(f0))

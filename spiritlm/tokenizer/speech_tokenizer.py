@@ -188,6 +188,12 @@ class SpeechTokenizer:
         return tuple(streams)
 
     def _pitch_units(self, wav: np.ndarray, speaker: str | None) -> np.ndarray:
+        _, x, _ = self.pitch_features(wav, speaker)
+        return self.pitch_model.encode(x)
+
+    def pitch_features(self, wav: np.ndarray, speaker: str | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+        """-> (F0 in Hz at 200 frames/s, the (2, T) VQ-VAE input, the log-F0 mean subtracted):
+        the speaker's mean with ``norm="speaker"`` when known, else the utterance's own."""
         from spiritlm.tokenizer.pitch import extract_f0, f0_features
 
         pc = self.cfg.pitch
@@ -197,8 +203,8 @@ class SpeechTokenizer:
             mean = self.speaker_f0[speaker]
         elif pc.norm == "none":
             mean = 0.0
-        x, _ = f0_features(f0, mean)
-        return self.pitch_model.encode(x)
+        x, used = f0_features(f0, mean)
+        return f0, x, used
 
     def _style_units(self, wav: np.ndarray, feats: np.ndarray | None) -> np.ndarray:
         if feats is None:  # classifier kind works on the waveform
