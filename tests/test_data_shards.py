@@ -124,6 +124,25 @@ def test_bad_inputs_are_counted_with_reasons(corpus, tmp_path, policy):
     assert all(d["reason"] and d["message"] for d in log)
 
 
+def test_all_speech_dropped_fails_after_writing_the_report(corpus, tmp_path):
+    """A manifest whose audio moved: text alone must not pass as finished shards."""
+    from spiritlm.manifest import read_manifest, write_manifest
+
+    utts = read_manifest(corpus["manifest"])
+    for u in utts:
+        u.audio_path = str(tmp_path / "moved" / Path(u.audio_path).name)
+    write_manifest(tmp_path / "m.jsonl", utts)
+    out = tmp_path / "out"
+    cfg = load_config(PrepareConfig, None, [
+        f"output_dir={out}", f"text_tokenizer={corpus['tokenizer']}", "progress=false",
+        f"inputs.manifests=[{tmp_path / 'm.jsonl'}]"])
+    with pytest.raises(RuntimeError, match="every speech item was dropped.*audio file not found"):
+        prepare_shards(cfg)
+    rep = json.loads((out / "report.json").read_text())  # nothing lost: report and drop log exist
+    assert rep["dropped"] == {"audio_missing": len(utts)}
+    assert len((out / "drops.jsonl").read_text().splitlines()) == len(utts)
+
+
 def test_config_errors_tell_the_fix(corpus, tmp_path):
     from spiritlm.config import ConfigError
 

@@ -160,7 +160,20 @@ def prepare_shards(cfg: PrepareConfig, encoder=None, text_tokenizer=None) -> dic
     _atomic_json(out / "report.json", report)
     if not cfg.keep_work:
         shutil.rmtree(wdir)
+    _fail_if_all_speech_dropped(report, out)
     return report
+
+
+def _fail_if_all_speech_dropped(report: dict, out: Path) -> None:
+    """Shards with text but none of the speech they were given are never what a user wants
+    (seen: a manifest whose absolute audio paths pointed at a moved directory). The report and
+    the drop log are already written, so the error only has to say where to look."""
+    if report.get("hours_in", 0) > 0 and report.get("hours_kept", 0) == 0:
+        first = (report.get("drop_examples") or [{}])[0].get("message", "?")
+        raise RuntimeError(
+            f"every speech item was dropped ({report.get('dropped')}); first: {first}. The reasons "
+            f"of all of them are in {out / 'drops.jsonl'}; fix the manifest (audio paths, alignments) "
+            "and run again")
 
 
 def prepare_demo_shards(cfg: PrepareConfig | None, manifest, speech_tokenizer=None,
