@@ -46,3 +46,13 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     # a second run reuses every step
     again = run_demo(cfg)
     assert all(r.cached for r in again.results)
+
+
+def test_demo_speech_is_spoken_in_the_benchmark_voices():
+    """The demo is speaker-dependent by design (an hour of speech cannot teach a from-scratch LM
+    words across many voices): its corpus voices must be exactly the mini benchmarks' voices."""
+    from spiritlm.eval.mini import VOICES
+
+    cfg = DemoConfig()
+    assert set(cfg.corpus.voices) == set(VOICES[: cfg.mini_sizes["voices"]])
+    assert cfg.corpus.rate_wpm[0] <= 165 <= cfg.corpus.rate_wpm[1]  # the benchmarks' espeak rate
