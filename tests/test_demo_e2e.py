@@ -18,6 +18,7 @@ TINY = [
     "demo.conv_dim=64, demo.layers=2, demo.mfcc_k=30, units.k=30, units.niter=10, style.layer=2, "
     "style.k=8, pitch.train_steps=20, pitch.max_files=10]",
     "align_measure_limit=6",
+    "text_pretrain_steps=0",  # from scratch first; the shared text start is run second (below)
     "train_overrides=[steps=6, checkpoint.every=3, log.every=2, data.seq_len=128, "
     "micro_batch_size=2, global_batch_size=4]",
     "mini_sizes={swuggy: 4, sblimp: 4, storycloze: 4, topic_storycloze: 4, stsp: 3, "
@@ -46,6 +47,16 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     # a second run reuses every step
     again = run_demo(cfg)
     assert all(r.cached for r in again.results)
+    # a shared text-only start: the data steps stay cached, both variants continue from it
+    pre = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *TINY,
+                                                   "text_pretrain_steps=2"]))  # later --set wins
+    res = {r.name: r for r in pre.results}
+    assert res["shards"].cached and not res["text_pretrain"].cached
+    start = res["text_pretrain"].outputs["hf"]
+    for v in ("interleaved", "no_interleaving"):
+        assert not res[f"train_{v}"].cached
+        tcfg = (Path(res[f"train_{v}"].outputs["hf"]) / "spiritlm_train_config.yaml").read_text()
+        assert start in tcfg  # model.checkpoint points at the shared start
 
 
 def test_demo_speech_is_spoken_in_the_benchmark_voices():
