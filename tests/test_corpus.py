@@ -68,6 +68,26 @@ def test_merged_dictionary_words_get_their_own_times(text):
     assert all(w.end > w.start for w in syn.words)
 
 
+def test_zygote_forks_give_the_same_bytes_as_direct_forks():
+    # A large process (the demo after training) forks from the small zygote instead; the
+    # children must be forks of an equally pristine espeak, so the audio is byte-identical.
+    es = E.get_espeak()
+    reqs = [E.SynthRequest("Tom found a small red box in the kitchen.", "en-us", seed=7),
+            E.SynthRequest("There are four birds in the attic.", "en-us+f2", 150, 40, 60, seed=3)]
+    items = [(r, None, None, True) for r in reqs]
+    direct = es.map_forked(E._request_job, items, 2, direct=True)
+    via_zygote = es.map_forked(E._request_job, items, 2, direct=False)
+    for (sa, a), (sb, b) in zip(direct, via_zygote):
+        assert sa == sb == "ok"
+        assert a.audio.tobytes() == b.audio.tobytes() and a.events == b.events and a.phones == b.phones
+    assert es._zygote is not None and es._zygote._proc.poll() is None  # kept for the next call
+    bad = (E.SynthRequest("caf\u00e9 au lait"), None, None, True)  # a child raises: reported, zygote lives
+    with pytest.raises(RuntimeError, match="only ASCII"):
+        es.map_forked(E._request_job, [items[0], bad], 2, direct=False)
+    again = es.map_forked(E._request_job, items[:1], 1, direct=False)
+    assert again[0][1].audio.tobytes() == direct[0][1].audio.tobytes()
+
+
 def test_unknown_voice_variant_is_rejected():
     assert E.voice_exists("en-us+f2") and not E.voice_exists("en-us+nosuchvariant")
     with pytest.raises(ValueError):

@@ -238,13 +238,21 @@ def _write_text_corpus(path: Path, cfg: DemoCorpusConfig) -> dict[str, int]:
 
 
 # --- build ----------------------------------------------------------------------------------
+@dataclass
+class _RenderPost:
+    """``post`` of a synthesis batch: each child renders and writes its own WAV. A picklable
+    object, not a closure, so a large parent can hand the batch to the espeak zygote."""
+
+    by_id: dict[str, dict[str, Any]]
+    audio_dir: str
+
+    def __call__(self, _es, req, syn) -> dict[str, Any]:
+        return _render_and_write(self.by_id[req.tag], syn, self.audio_dir)
+
+
 def _synth_batch(es, specs, audio_dir: str, workers: int) -> list[dict[str, Any]]:
-    """Synthesise a batch; each child renders and writes its own WAV (see ``post``)."""
-    by_id = {s["id"]: s for s in specs}
-
-    def post(_es, req, syn):
-        return _render_and_write(by_id[req.tag], syn, audio_dir)
-
+    """Synthesise a batch; each child renders and writes its own WAV (see ``_RenderPost``)."""
+    post = _RenderPost({s["id"]: s for s in specs}, audio_dir)
     return es.synthesize_many([_request(s) for s in specs], processes=workers, post=post)
 
 

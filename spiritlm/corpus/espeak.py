@@ -166,6 +166,7 @@ class ESpeak:
         self._cb = _CALLBACK(self._callback)  # keep a reference: ctypes does not
         lib.espeak_SetSynthCallback(self._cb)
         self._lock = threading.Lock()
+        self._zygote = None  # espeak_zygote.Zygote, started when this process gets large
         # Load the English voice and dictionary once here (saves ~15 ms in every fork). This is
         # the only voice the parent ever selects, so every child starts from the same state.
         if lib.espeak_SetVoiceByName(PRELOAD_VOICE.encode()) != 0:
@@ -271,14 +272,26 @@ class ESpeak:
         return Synthesis(audio, self.sample_rate, events, words, phones)
 
     def map_forked(self, fn: Callable[["ESpeak", Any], Any], items: Sequence[Any],
-                   processes: int = 1) -> list[Any]:
+                   processes: int = 1, direct: bool | None = None) -> list[Any]:
         """``[fn(self, item) for item in items]``, each call in its own fork of this process
         (so each sees a pristine espeak), at most ``processes`` at a time; results (pickled back
         through a pipe) come in input order. The first failure is raised after all children
-        have been reaped."""
+        have been reaped.
+
+        ``direct=None``: a process larger than ``ZYGOTE_RSS_BYTES`` forks from a small helper
+        process instead (same bytes, much cheaper forks; see :mod:`spiritlm.corpus.espeak_zygote`);
+        then ``fn`` and the items must be picklable. ``True``/``False`` force either path."""
+        from spiritlm.corpus import espeak_zygote as zy
+
         if os.getpid() != self._pid:
             raise RuntimeError("ESpeak instance used after fork; use get_espeak() in each process")
+        if direct is None:
+            direct = zy.resident_bytes() <= zy.ZYGOTE_RSS_BYTES
         with self._lock:
+            if not direct:
+                if self._zygote is None:
+                    self._zygote = zy.Zygote()
+                return self._zygote.map(fn, list(items), max(1, int(processes)))
             return _map_forked(self, fn, list(items), max(1, int(processes)))
 
 
