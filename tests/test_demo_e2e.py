@@ -57,6 +57,19 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
         assert not res[f"train_{v}"].cached
         tcfg = (Path(res[f"train_{v}"].outputs["hf"]) / "spiritlm_train_config.yaml").read_text()
         assert start in tcfg  # model.checkpoint points at the shared start
+    # a second training seed: seed 0's models are reused, seed 1's are trained and evaluated,
+    # and the comparison pools both seeds and shows each seed's gap
+    two = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *TINY,
+                                                   "text_pretrain_steps=2", "train_seeds=[0, 1]"]))
+    res2 = {r.name: r for r in two.results}
+    for v in ("interleaved", "no_interleaving"):
+        assert res2[f"train_{v}"].cached and res2[f"eval_{v}"].cached
+        assert not res2[f"train_{v}_seed1"].cached and not res2[f"eval_{v}_seed1"].cached
+        tcfg = (Path(res2[f"train_{v}_seed1"].outputs["hf"]) / "spiritlm_train_config.yaml").read_text()
+        assert "seed: 1" in tcfg and start in tcfg
+    cmp = json.loads(Path(res2["compare"].outputs["json"]).read_text())
+    assert all(r["runs"] == [2, 2] and len(r["per_run_diff"]) == 2 for r in cmp.values())
+    assert "diff per seed" in res2["compare"].outputs["markdown"]
 
 
 def test_demo_speech_is_spoken_in_the_benchmark_voices():

@@ -4,9 +4,11 @@ hermetic fixture dataset (tone wavs + fake encoder + tiny random model)."""
 import csv
 import json
 
+import numpy as np
 import pytest
 
-from spiritlm.eval.report import mcnemar_exact, markdown_table, paired_compare, write_report
+from spiritlm.eval.report import (comparison_markdown, mcnemar_exact, markdown_table, paired_compare,
+                                  sign_flip_p, write_report)
 
 torch = pytest.importorskip("torch")
 
@@ -44,6 +46,32 @@ def test_paired_compare():
     assert r["mcnemar_p"] == pytest.approx(2 / 2**10)
     assert r["ci95"][0] > 0.2 and r["ci95"][1] <= 0.75
     assert mcnemar_exact(3, 3) == 1.0
+    assert r["test"] == "mcnemar" and r["p"] == r["mcnemar_p"]
+
+
+def test_paired_compare_over_seeds_averages_items_and_shows_each_seed():
+    def run(fn):
+        return [{"task": "t", "setting": "S", "key": [i], "voice": "v", "score": fn(i)} for i in range(40)]
+
+    # A is right on every item in both seeds; B is right on half the items in seed 0 and on none
+    # in seed 1 -> per-item mean differences 0.5 or 1.0, a clear pooled effect
+    a = [run(lambda i: 1.0), run(lambda i: 1.0)]
+    b = [run(lambda i: float(i % 2)), run(lambda i: 0.0)]
+    r = paired_compare(a, b)["t/S"]
+    assert r["runs"] == [2, 2] and r["n"] == 40 and r["test"] == "sign-flip"
+    assert r["diff"] == pytest.approx(0.75) and r["per_run_diff"] == pytest.approx([0.5, 1.0])
+    assert r["p"] < 1e-3 and "mcnemar_p" not in r
+    # no effect: identical runs -> p = 1, and an item missing from one run is left out everywhere
+    same = paired_compare(a, [run(lambda i: 1.0), run(lambda i: 1.0)[:-1]])["t/S"]
+    assert same["n"] == 39 and same["p"] == 1.0 and same["diff"] == 0.0
+    md = comparison_markdown(paired_compare(a, b), "A", "B")
+    assert "sign-flip p" in md and "diff per seed" in md and "+50.0 +100.0" in md
+
+
+def test_sign_flip_p_matches_the_binomial_test_on_plus_minus_one():
+    # +-1 differences: the sign-flip null is the binomial(n, 1/2) of McNemar's test
+    d = np.array([1.0] * 9 + [-1.0] * 1 + [0.0] * 30)
+    assert sign_flip_p(d, n_perm=200000) == pytest.approx(mcnemar_exact(9, 1), abs=0.003)
 
 
 def _fixture_data(root):

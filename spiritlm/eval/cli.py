@@ -18,8 +18,9 @@ def register(sub) -> None:
     p.set_defaults(func=_eval)
 
     c = sub.add_parser("eval-compare", help="paired comparison of two `spiritlm eval` runs on the same items")
-    c.add_argument("run_a", help="output directory of run A (holds items.jsonl)")
-    c.add_argument("run_b", help="output directory of run B")
+    c.add_argument("run_a", help="output directory of run A (holds items.jsonl); several runs of one "
+                   "model (e.g. training seeds) as DIR1,DIR2,...: items are averaged over them")
+    c.add_argument("run_b", help="output directory (or DIR1,DIR2,...) of run B")
     c.add_argument("--out", help="write comparison.md and comparison.json here (default: print)")
     c.add_argument("--names", nargs=2, default=("A", "B"), metavar=("A", "B"))
     c.set_defaults(func=_compare)
@@ -71,7 +72,10 @@ def _compare(args) -> int:
 
     from spiritlm.eval.report import comparison_markdown, paired_compare, plot_comparison, read_items
 
-    cmp = paired_compare(read_items(args.run_a), read_items(args.run_b))
+    def runs(arg: str) -> list[list[dict]]:
+        return [read_items(d) for d in arg.split(",") if d]
+
+    cmp = paired_compare(runs(args.run_a), runs(args.run_b))
     md = comparison_markdown(cmp, *args.names)
     if args.out:
         out = Path(args.out)

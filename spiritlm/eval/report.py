@@ -14,7 +14,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -159,36 +159,78 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def paired_compare(items_a: list[dict], items_b: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
-    """Per (task, setting): accuracies on the shared items, difference A-B with a bootstrap 95% CI,
-    and McNemar's exact test on items scored 0/1 by both."""
-    a = {_item_key(it): it["score"] for it in items_a if "score" in it}
-    b = {_item_key(it): it["score"] for it in items_b if "score" in it}
-    groups = defaultdict(list)
-    for k in a.keys() & b.keys():
-        groups[(k[0], k[1])].append((a[k], b[k]))
+def _as_runs(items: Sequence) -> list[list[dict]]:
+    return [list(r) for r in items] if items and isinstance(items[0], (list, tuple)) else [list(items)]
+
+
+def sign_flip_p(diffs: np.ndarray, n_perm: int = 20000, seed: int = 0) -> float:
+    """Two-sided paired sign-flip (permutation) test of mean(diffs) = 0, Monte Carlo, seeded."""
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[d != 0]
+    if d.size == 0:
+        return 1.0
     rng = np.random.default_rng(seed)
+    signs = rng.integers(0, 2, size=(n_perm, d.size), dtype=np.int8) * 2 - 1
+    null = np.abs(signs @ d)
+    return float((1 + np.count_nonzero(null >= abs(d.sum()) - 1e-9)) / (1 + n_perm))
+
+
+def paired_compare(items_a: Sequence, items_b: Sequence, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Per (task, setting): accuracies on the shared items, difference A-B with a bootstrap 95% CI
+    over items, and a paired test.
+
+    ``items_a`` / ``items_b``: one run's items, or a list of runs of the same model (e.g. one per
+    training seed). With one run of 0/1 scores the test is McNemar's exact test. With several,
+    every item's score is first averaged over the runs (only items scored in every run count),
+    the test is a paired sign-flip test on those per-item differences, and ``per_run_diff`` holds
+    the difference of each pair of runs (run i of A against run i of B) so the spread across
+    seeds is visible next to the pooled estimate."""
+    runs_a, runs_b = _as_runs(items_a), _as_runs(items_b)
+    maps_a = [{_item_key(it): it["score"] for it in r if "score" in it} for r in runs_a]
+    maps_b = [{_item_key(it): it["score"] for it in r if "score" in it} for r in runs_b]
+    shared = set.intersection(*(set(m) for m in maps_a + maps_b))
+    groups: dict[tuple, list] = defaultdict(list)
+    for k in sorted(shared):
+        groups[(k[0], k[1])].append(k)
+    rng = np.random.default_rng(seed)
+    single = len(runs_a) == len(runs_b) == 1
     out = {}
-    for (task, setting), pairs in sorted(groups.items()):
-        n = len(pairs)
-        diffs = [x - y for x, y in pairs]
-        d = np.asarray(diffs)
+    for (task, setting), keys in sorted(groups.items()):
+        n = len(keys)
+        a_kr = np.array([[m[k] for m in maps_a] for k in keys], dtype=np.float64)  # items x runs
+        b_kr = np.array([[m[k] for m in maps_b] for k in keys], dtype=np.float64)
+        a, b = a_kr.mean(1), b_kr.mean(1)
+        d = a - b
         boots = np.sort(d[rng.integers(0, n, size=(n_boot, n))].mean(1)).tolist()
-        bb = sum(1 for x, y in pairs if x == 1 and y == 0)
-        cc = sum(1 for x, y in pairs if x == 0 and y == 1)
-        out[f"{task}/{setting}"] = {
-            "n": n, "acc_a": sum(x for x, _ in pairs) / n, "acc_b": sum(y for _, y in pairs) / n,
-            "diff": sum(diffs) / n, "ci95": [boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]],
-            "a_only": bb, "b_only": cc, "mcnemar_p": mcnemar_exact(bb, cc)}
+        binary = single and set(np.unique(np.concatenate([a, b]))) <= {0.0, 1.0}
+        bb, cc = int(np.count_nonzero(d > 0)), int(np.count_nonzero(d < 0))
+        r = {"n": n, "runs": [len(runs_a), len(runs_b)], "acc_a": float(a.mean()), "acc_b": float(b.mean()),
+             "diff": float(d.mean()), "ci95": [boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]],
+             "a_only": bb, "b_only": cc}
+        if binary:
+            r["p"] = r["mcnemar_p"] = mcnemar_exact(bb, cc)
+            r["test"] = "mcnemar"
+        else:
+            r["p"] = sign_flip_p(d, seed=seed)
+            r["test"] = "sign-flip"
+        if len(runs_a) == len(runs_b) > 1:
+            r["per_run_diff"] = [float(x) for x in (a_kr - b_kr).mean(0)]
+        out[f"{task}/{setting}"] = r
     return out
 
 
 def comparison_markdown(cmp: Mapping, name_a: str = "A", name_b: str = "B") -> str:
-    lines = [f"| task/setting | n | {name_a} | {name_b} | diff (95% CI) | McNemar p |", "|---|---|---|---|---|---|"]
+    multi = any("per_run_diff" in r for r in cmp.values())
+    test = "sign-flip p" if any(r.get("test") == "sign-flip" for r in cmp.values()) else "McNemar p"
+    head = f"| task/setting | n | {name_a} | {name_b} | diff (95% CI) | {test} |"
+    lines = [head + (" diff per seed |" if multi else ""), "|---|---|---|---|---|---|" + ("---|" if multi else "")]
     for k, r in cmp.items():
-        lines.append(f"| {k} | {r['n']} | {100 * r['acc_a']:.1f} | {100 * r['acc_b']:.1f} | "
-                     f"{100 * r['diff']:+.1f} ({100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}) | "
-                     f"{r['mcnemar_p']:.3g} |")
+        p = r.get("p", r.get("mcnemar_p"))
+        row = (f"| {k} | {r['n']} | {100 * r['acc_a']:.1f} | {100 * r['acc_b']:.1f} | "
+               f"{100 * r['diff']:+.1f} ({100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}) | {p:.3g} |")
+        if multi:
+            row += " " + " ".join(f"{100 * x:+.1f}" for x in r.get("per_run_diff", [])) + " |"
+        lines.append(row)
     return "\n".join(lines) + "\n"
 
 
@@ -207,7 +249,7 @@ def plot_comparison(cmp: Mapping, path: Path, name_a: str = "A", name_b: str = "
     ax.bar(x - 0.2, a, 0.4, label=name_a, color="#4c72b0")
     ax.bar(x + 0.2, b, 0.4, label=name_b, color="#dd8452")
     for i, k in enumerate(keys):
-        p = cmp[k]["mcnemar_p"]
+        p = cmp[k].get("p", cmp[k].get("mcnemar_p"))
         ax.text(i, max(a[i], b[i]) + 2, f"p={p:.2g}", ha="center", fontsize=6)
     ax.axhline(50, color="grey", ls="--", lw=1)
     ax.set_xticks(x, [k.replace("/", "\n") for k in keys], fontsize=7)
