@@ -356,7 +356,8 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
         for s, model in zip(seeds, models[variant]):
             evals[variant].append(pipe.run(
                 f"eval_{variant}{suffix[s]}",
-                [model, mini, cfg.eval_overrides, _file_hash(_recipe(cfg.eval_recipe)),
+                [model, mini, _file_hash(Path(mini["root"]) / "COMPLETE.json"),  # the items, not only the paths
+                 cfg.eval_overrides, _file_hash(_recipe(cfg.eval_recipe)),
                  _file_hash(Path(model["hf"]) / "model.safetensors"),
                  _file_hash(Path(speech_tok["dir"]) / "manifest.json")],
                 lambda d, v=variant, m=model: _eval_step(cfg, v, m, mini, speech_tok, d, shared_encoders)))

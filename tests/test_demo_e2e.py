@@ -70,6 +70,15 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     cmp = json.loads(Path(res2["compare"].outputs["json"]).read_text())
     assert all(r["runs"] == [2, 2] and len(r["per_run_diff"]) == 2 for r in cmp.values())
     assert "diff per seed" in res2["compare"].outputs["markdown"]
+    # other benchmark sizes: same paths, other items -> every evaluation reruns, no training does
+    more = [t.replace("topic_storycloze: 4", "topic_storycloze: 6") for t in TINY]
+    three = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *more,
+                                                     "text_pretrain_steps=2", "train_seeds=[0, 1]"]))
+    res3 = {r.name: r for r in three.results}
+    assert all(r.cached for n, r in res3.items() if n.startswith("train"))
+    assert not any(r.cached for n, r in res3.items() if n.startswith(("eval", "mini", "compare")))
+    cmp3 = json.loads(Path(res3["compare"].outputs["json"]).read_text())
+    assert cmp3["topic_storycloze/T"]["n"] == 6
 
 
 def test_demo_speech_is_spoken_in_the_benchmark_voices():
