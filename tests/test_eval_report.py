@@ -170,3 +170,14 @@ def test_bench_eval_small(tmp_path):
                    tiny_layers=2)
     assert r["pairs"] == 6 and r["max_abs_logprob_diff"] < 1e-3 and r["context_tokens_saved"] > 0
     assert r["pairs_per_s_batched"] > 0 and r["pairs_per_s_one_at_a_time"] > 0
+
+
+def test_comparison_names_the_test_of_each_row_when_they_differ():
+    # one run each: t/S is scored 0/1 (McNemar), t/T has a tie (0.5) and gets the sign-flip test
+    a = [{"task": "t", "setting": s, "key": [i], "score": 1.0} for s in ("S", "T") for i in range(10)]
+    b = [{"task": "t", "setting": "S", "key": [i], "score": 0.0} for i in range(10)]
+    b += [{"task": "t", "setting": "T", "key": [i], "score": 0.5 if i == 0 else 0.0} for i in range(10)]
+    cmp = paired_compare(a, b)
+    assert cmp["t/S"]["test"] == "mcnemar" and cmp["t/T"]["test"] == "sign-flip"
+    md = comparison_markdown(cmp, "A", "B")
+    assert "| paired p |" in md and md.rstrip().endswith("t/T.")

@@ -221,7 +221,9 @@ def paired_compare(items_a: Sequence, items_b: Sequence, n_boot: int = 2000, see
 
 def comparison_markdown(cmp: Mapping, name_a: str = "A", name_b: str = "B") -> str:
     multi = any("per_run_diff" in r for r in cmp.values())
-    test = "sign-flip p" if any(r.get("test") == "sign-flip" for r in cmp.values()) else "McNemar p"
+    tests = {r.get("test", "mcnemar") for r in cmp.values()}
+    test = {frozenset({"mcnemar"}): "McNemar p", frozenset({"sign-flip"}): "sign-flip p"}.get(
+        frozenset(tests), "paired p")
     head = f"| task/setting | n | {name_a} | {name_b} | diff (95% CI) | {test} |"
     lines = [head + (" diff per seed |" if multi else ""), "|---|---|---|---|---|---|" + ("---|" if multi else "")]
     for k, r in cmp.items():
@@ -231,6 +233,11 @@ def comparison_markdown(cmp: Mapping, name_a: str = "A", name_b: str = "B") -> s
         if multi:
             row += " " + " ".join(f"{100 * x:+.1f}" for x in r.get("per_run_diff", [])) + " |"
         lines.append(row)
+    if test == "paired p":
+        lines.append("")
+        lines.append("paired p: McNemar's exact test where every item scored 0 or 1, a sign-flip test "
+                     "where items scored in between (ties 0.5, or averaged over seeds): "
+                     + ", ".join(k for k, r in cmp.items() if r.get("test") == "sign-flip") + ".")
     return "\n".join(lines) + "\n"
 
 
