@@ -390,3 +390,12 @@ def test_frame_labels():
     assert labels[:5] == ["sil"] * 5 and labels[5:10] == ["a#"] * 5 and labels[10:15] == ["d"] * 5
     assert labels[15:] == ["sil"] * 35
     assert phone_label("'oU") == "oU" and phone_label(",e@") == "e@" and phone_label("_:") == "sil"
+
+
+def test_synth_bench_reports_both_paths_with_the_same_bytes(capsys):
+    from spiritlm.corpus.synth_bench import bench_synth, print_report
+
+    r = bench_synth(n_wavs=4, ballast_gib=0.05, repeat=1)
+    assert r["same_bytes"] and r["direct_s"] > 0 and r["zygote_s"] > 0 and r["rss_gib"] > 0.05
+    print_report(r)
+    assert "zygote vs direct" in capsys.readouterr().out

@@ -47,6 +47,13 @@ def _bench_tokenizer(args) -> int:
     return 0
 
 
+def _bench_synth(args) -> int:
+    from spiritlm.corpus.synth_bench import bench_synth, print_report
+
+    print_report(bench_synth(repeat=max(1, min(args.repeat, 3))))
+    return 0
+
+
 def _bench_eval(args) -> int:
     from spiritlm.eval.bench import main
 
@@ -61,4 +68,5 @@ BENCHES = {
     "interleave": (_bench_interleave, "interleaved id materialisation vs per-word Python"),
     "train": (_bench_train, "our training loop vs HF Trainer, tokens/s"),
     "eval": (_bench_eval, "pairs scored per second vs one at a time"),
+    "synth": (_bench_synth, "espeak forks of a 2 GiB process: direct vs zygote"),
 }
