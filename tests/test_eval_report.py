@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spiritlm.eval.report import (comparison_markdown, mcnemar_exact, markdown_table, paired_compare,
-                                  sign_flip_p, write_report)
+                                  plot_comparison, sign_flip_p, write_report)
 
 torch = pytest.importorskip("torch")
 
@@ -49,7 +49,7 @@ def test_paired_compare():
     assert r["test"] == "mcnemar" and r["p"] == r["mcnemar_p"]
 
 
-def test_paired_compare_over_seeds_averages_items_and_shows_each_seed():
+def test_paired_compare_over_seeds_averages_items_and_shows_each_seed(tmp_path):
     def run(fn):
         return [{"task": "t", "setting": "S", "key": [i], "voice": "v", "score": fn(i)} for i in range(40)]
 
@@ -64,8 +64,11 @@ def test_paired_compare_over_seeds_averages_items_and_shows_each_seed():
     # no effect: identical runs -> p = 1, and an item missing from one run is left out everywhere
     same = paired_compare(a, [run(lambda i: 1.0), run(lambda i: 1.0)[:-1]])["t/S"]
     assert same["n"] == 39 and same["p"] == 1.0 and same["diff"] == 0.0
+    assert r["per_run_acc_a"] == [1.0, 1.0] and r["per_run_acc_b"] == pytest.approx([0.5, 0.0])
     md = comparison_markdown(paired_compare(a, b), "A", "B")
     assert "sign-flip p" in md and "diff per seed" in md and "+50.0 +100.0" in md
+    png = plot_comparison(paired_compare(a, b), tmp_path / "cmp.png", "A", "B")  # a dot per seed
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_sign_flip_p_matches_the_binomial_test_on_plus_minus_one():

@@ -213,6 +213,9 @@ def paired_compare(items_a: Sequence, items_b: Sequence, n_boot: int = 2000, see
         else:
             r["p"] = sign_flip_p(d, seed=seed)
             r["test"] = "sign-flip"
+        if len(runs_a) > 1 or len(runs_b) > 1:
+            r["per_run_acc_a"] = [float(x) for x in a_kr.mean(0)]
+            r["per_run_acc_b"] = [float(x) for x in b_kr.mean(0)]
         if len(runs_a) == len(runs_b) > 1:
             r["per_run_diff"] = [float(x) for x in (a_kr - b_kr).mean(0)]
         out[f"{task}/{setting}"] = r
@@ -242,7 +245,8 @@ def comparison_markdown(cmp: Mapping, name_a: str = "A", name_b: str = "B") -> s
 
 
 def plot_comparison(cmp: Mapping, path: Path, name_a: str = "A", name_b: str = "B") -> Path:
-    """Grouped bars (A, B) per task/setting; B's bar carries the 95% CI of the difference A-B."""
+    """Grouped bars (A, B) per task/setting with the paired p above; with several runs per model
+    (seeds) the bars are the pooled accuracies and each run is a black dot on its bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,7 +261,13 @@ def plot_comparison(cmp: Mapping, path: Path, name_a: str = "A", name_b: str = "
     ax.bar(x + 0.2, b, 0.4, label=name_b, color="#dd8452")
     for i, k in enumerate(keys):
         p = cmp[k].get("p", cmp[k].get("mcnemar_p"))
-        ax.text(i, max(a[i], b[i]) + 2, f"p={p:.2g}", ha="center", fontsize=6)
+        top = max([a[i], b[i]] + [100 * v for v in cmp[k].get("per_run_acc_a", []) + cmp[k].get("per_run_acc_b", [])])
+        ax.text(i, top + 2, f"p={p:.2g}", ha="center", fontsize=6)
+        for dx, field in ((-0.2, "per_run_acc_a"), (0.2, "per_run_acc_b")):
+            runs = cmp[k].get(field, [])
+            if runs:
+                ax.scatter(np.full(len(runs), i + dx), [100 * v for v in runs], s=6, color="black", zorder=3,
+                           label="one seed" if i == 0 and dx < 0 else None)
     ax.axhline(50, color="grey", ls="--", lw=1)
     ax.set_xticks(x, [k.replace("/", "\n") for k in keys], fontsize=7)
     ax.set_ylim(0, 105)
