@@ -4,7 +4,8 @@
 starts from a pristine espeak. The cost of a fork (and of the child's exit) grows with the
 parent's resident memory: page tables are copied and torn down. In a fresh process it is a few
 milliseconds; in the demo's process after it has trained two models (~2.5 GB resident) it was
-~100 ms of kernel time per wav, and the 1,542 mini-benchmark wavs took 250 s instead of ~40 s.
+~100 ms of kernel time per wav: the 1,542 mini-benchmark wavs took 166 s there, 27 s in a fresh
+process.
 
 So a parent above :data:`ZYGOTE_RSS_BYTES` hands the whole ``map_forked`` call to a *zygote*: a
 fresh ``python`` that imports only this module and espeak, initialises espeak the same way and

@@ -224,13 +224,13 @@ def paired_compare(items_a: Sequence, items_b: Sequence, n_boot: int = 2000, see
 
 def comparison_markdown(cmp: Mapping, name_a: str = "A", name_b: str = "B") -> str:
     multi = any("per_run_diff" in r for r in cmp.values())
-    tests = {r.get("test", "mcnemar") for r in cmp.values()}
+    tests = {r["test"] for r in cmp.values()}
     test = {frozenset({"mcnemar"}): "McNemar p", frozenset({"sign-flip"}): "sign-flip p"}.get(
         frozenset(tests), "paired p")
     head = f"| task/setting | n | {name_a} | {name_b} | diff (95% CI) | {test} |"
     lines = [head + (" diff per seed |" if multi else ""), "|---|---|---|---|---|---|" + ("---|" if multi else "")]
     for k, r in cmp.items():
-        p = r.get("p", r.get("mcnemar_p"))
+        p = r["p"]
         row = (f"| {k} | {r['n']} | {100 * r['acc_a']:.1f} | {100 * r['acc_b']:.1f} | "
                f"{100 * r['diff']:+.1f} ({100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}) | {p:.3g} |")
         if multi:
@@ -240,7 +240,7 @@ def comparison_markdown(cmp: Mapping, name_a: str = "A", name_b: str = "B") -> s
         lines.append("")
         lines.append("paired p: McNemar's exact test where every item scored 0 or 1, a sign-flip test "
                      "where items scored in between (ties 0.5, or averaged over seeds): "
-                     + ", ".join(k for k, r in cmp.items() if r.get("test") == "sign-flip") + ".")
+                     + ", ".join(k for k, r in cmp.items() if r["test"] == "sign-flip") + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -260,7 +260,7 @@ def plot_comparison(cmp: Mapping, path: Path, name_a: str = "A", name_b: str = "
     ax.bar(x - 0.2, a, 0.4, label=name_a, color="#4c72b0")
     ax.bar(x + 0.2, b, 0.4, label=name_b, color="#dd8452")
     for i, k in enumerate(keys):
-        p = cmp[k].get("p", cmp[k].get("mcnemar_p"))
+        p = cmp[k]["p"]
         top = max([a[i], b[i]] + [100 * v for v in cmp[k].get("per_run_acc_a", []) + cmp[k].get("per_run_acc_b", [])])
         ax.text(i, top + 2, f"p={p:.2g}", ha="center", fontsize=6)
         for dx, field in ((-0.2, "per_run_acc_a"), (0.2, "per_run_acc_b")):
