@@ -240,11 +240,16 @@ MIXTURES = {
 TEXT_PRETRAIN = [("text", "text", None, 1.0)]
 
 
-def _train_step(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, step_dir: Path,
-                start: dict | None = None, train_seed: int | None = None) -> dict[str, Any]:
+def _train_config(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, step_dir: Path,
+                  start: dict | None = None, train_seed: int | None = None):
+    """The resolved ``TrainConfig`` of one language model and its interleaving functions.
+
+    The step's cache key is this config (less ``run_dir``), so a setting reaches the key exactly
+    when it reaches the model: ``steps`` of the continued training does not retrain the text
+    start, whose own ``steps`` is ``text_pretrain_steps``.
+    """
     from spiritlm.config import load_config
-    from spiritlm.data.reader import interleave_fn_for
-    from spiritlm.train import TrainConfig, train
+    from spiritlm.train import TrainConfig
     from spiritlm.train.config import SourceConfig
 
     extra = []
@@ -262,14 +267,34 @@ def _train_step(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, ste
     mixture = TEXT_PRETRAIN if variant == "text_pretrain" else MIXTURES[variant]
     for name, folder, aligned_as, weight in mixture:
         path = shard_root / folder
-        if not any(path.glob("*.parquet")):
-            raise FileNotFoundError(f"no shards in {path}: the data-prep step produced no {folder} rows")
         kind = {"interleave": "interleaved", "speech": "speech", None: "text"}[aligned_as]
         sources.append(SourceConfig(name=name, path=str(path), weight=weight, kind=kind))
         if aligned_as is not None:
-            fns[name] = interleave_fn_for(path, aligned_as=aligned_as)
+            fns[name] = (path, aligned_as)
     tcfg.data.sources = sources
-    run_dir = train(tcfg, interleave_fns=fns)
+    return tcfg, fns
+
+
+def _train_key(tcfg, fns: dict, shards: dict, start: dict | None) -> list:
+    """Everything the trained weights depend on: the resolved config and the inputs' content."""
+    resolved = to_dict(tcfg)
+    resolved.pop("run_dir")
+    deps = [resolved, {k: [str(p), a] for k, (p, a) in fns.items()}, shards["report"],
+            _file_hash(Path(shards["dir"]) / "index.json")]
+    if start is not None:
+        deps.append(_file_hash(Path(start["hf"]) / "model.safetensors"))
+    return deps
+
+
+def _train_step(tcfg, fns: dict) -> dict[str, Any]:
+    from spiritlm.data.reader import interleave_fn_for
+    from spiritlm.train import train
+
+    for src in tcfg.data.sources:
+        if not any(Path(src.path).glob("*.parquet")):
+            raise FileNotFoundError(f"no shards in {src.path}: the data-prep step produced no "
+                                    f"{Path(src.path).name} rows")
+    run_dir = train(tcfg, interleave_fns={k: interleave_fn_for(p, aligned_as=a) for k, (p, a) in fns.items()})
     return {"run_dir": str(run_dir), "hf": str(Path(run_dir) / "hf")}
 
 
@@ -333,13 +358,13 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
                                  _file_hash(Path(text_tok["dir"]) / "tokenizer.model"),
                                  _file_hash(Path(speech_tok["dir"]) / "manifest.json")],
                       lambda d: _shards_step(cfg, manifest, corpus, text_tok, speech_tok, d))
-    train_deps = [cfg.seed, cfg.train_overrides, _file_hash(_recipe(cfg.train_recipe)), shards["report"],
-                  _file_hash(Path(shards["dir"]) / "index.json")]
+    def train_model(name: str, variant: str, seed: int | None = None) -> dict[str, Any]:
+        tcfg, fns = _train_config(cfg, variant, shards, text_tok, out / name, start, seed)
+        return pipe.run(name, _train_key(tcfg, fns, shards, start), lambda d: _train_step(tcfg, fns))
+
     start = None
     if cfg.text_pretrain_steps > 0:
-        start = pipe.run("text_pretrain", [*train_deps, TEXT_PRETRAIN, cfg.text_pretrain_steps],
-                         lambda d: _train_step(cfg, "text_pretrain", shards, text_tok, d))
-        train_deps += [cfg.continued_lr, _file_hash(Path(start["hf"]) / "model.safetensors")]
+        start = train_model("text_pretrain", "text_pretrain")
     seeds = list(cfg.train_seeds) or [cfg.seed]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"train_seeds {seeds} repeats a seed; give distinct seeds, e.g. [0, 1, 2]")
@@ -347,12 +372,7 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     models: dict[str, list[dict]] = {v: [] for v in MIXTURES}
     for variant in MIXTURES:
         for s in seeds:
-            deps = [variant, MIXTURES[variant], *train_deps]
-            if not start:
-                deps = [cfg.seed, variant, MIXTURES[variant], *train_deps[1:]]
-            models[variant].append(pipe.run(
-                f"train_{variant}{suffix[s]}", deps + ([f"train_seed={s}"] if suffix[s] else []),
-                lambda d, v=variant, s=s: _train_step(cfg, v, shards, text_tok, d, start, s)))
+            models[variant].append(train_model(f"train_{variant}{suffix[s]}", variant, s))
     mini = pipe.run("mini_benchmarks", [cfg.seed, cfg.mini_sizes], lambda d: _mini_step(cfg, d))
     evals: dict[str, list[dict]] = {v: [] for v in MIXTURES}
     shared_encoders: dict = {}

@@ -79,6 +79,15 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     assert not any(r.cached for n, r in res3.items() if n.startswith(("eval", "mini", "compare")))
     cmp3 = json.loads(Path(res3["compare"].outputs["json"]).read_text())
     assert cmp3["topic_storycloze/T"]["n"] == 6
+    # more continued-training steps: the text start (whose own steps are text_pretrain_steps)
+    # stays cached; both models retrain from it
+    longer = [t.replace("train_overrides=[steps=6,", "train_overrides=[steps=8,") for t in more]
+    assert longer != more
+    four = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *longer,
+                                                    "text_pretrain_steps=2"]))
+    res4 = {r.name: r for r in four.results}
+    assert res4["text_pretrain"].cached and res4["shards"].cached
+    assert not res4["train_interleaved"].cached and not res4["train_no_interleaving"].cached
 
 
 def test_demo_speech_is_spoken_in_the_benchmark_voices():
