@@ -184,3 +184,45 @@ def test_comparison_names_the_test_of_each_row_when_they_differ():
     assert cmp["t/S"]["test"] == "mcnemar" and cmp["t/T"]["test"] == "sign-flip"
     md = comparison_markdown(cmp, "A", "B")
     assert "| paired p |" in md and md.rstrip().endswith("t/T.")
+
+
+def test_each_model_is_tested_against_chance_on_two_way_tasks():
+    from spiritlm.eval.report import chance_p
+
+    # 0/1 items: the exact binomial test; 15 of 20 right -> p = 0.041
+    assert chance_p(np.array([1.0] * 15 + [0.0] * 5), binary=True) == pytest.approx(0.0414, abs=1e-4)
+    # items averaged over seeds: sign-flip test of score - 0.5; all at 0.5 carry no evidence
+    assert chance_p(np.full(30, 0.5), binary=False) == 1.0
+    assert chance_p(np.array([0.75] * 30), binary=False) < 1e-3
+
+    def items(task, setting, fn, n=40):
+        return [{"task": task, "setting": setting, "key": [i], "score": fn(i)} for i in range(n)]
+
+    a = items("topic_storycloze", "T2S", lambda i: float(i % 4 != 0)) + items("stsp", "T2T", lambda i: 1.0)
+    b = items("topic_storycloze", "T2S", lambda i: float(i % 2)) + items("stsp", "T2T", lambda i: 0.0)
+    cmp = paired_compare(a, b)
+    r = cmp["topic_storycloze/T2S"]
+    assert r["chance_p_a"] == pytest.approx(mcnemar_exact(30, 10)) and r["chance_p_b"] == 1.0
+    assert "chance_p_a" not in cmp["stsp/T2T"]  # three-way: 50% is not chance
+    md = comparison_markdown(cmp, "A", "B")
+    assert "| p vs chance (A / B) |" in md and "| 0.0022 / 1 |" in md and md.count("| -- |") == 1
+
+
+def test_transfer_check_reads_the_ablation_claims_off_the_comparison():
+    from spiritlm.eval.report import transfer_check
+
+    def items(setting, fn, n=60):
+        return [{"task": "topic_storycloze", "setting": setting, "key": [i], "score": fn(i)} for i in range(n)]
+
+    # A: S at chance, T->S clearly right and ahead of B, S->T right but B is right as often
+    a = items("S", lambda i: float(i % 2)) + items("T2S", lambda i: 1.0) + items("S2T", lambda i: 1.0)
+    b = items("S", lambda i: float(i % 2)) + items("T2S", lambda i: float(i % 2)) + items("S2T", lambda i: 1.0)
+    text = transfer_check(paired_compare(a, b), "interleaved", "no_interleaving")
+    lines = text.splitlines()
+    assert lines[1].startswith("  S: interleaved 50.0% -> NOT above chance (p = 1)")
+    assert "T->S: interleaved 100.0% -> above chance" in lines[2] and "; above no_interleaving by +50.0" in lines[2]
+    assert "S->T: interleaved 100.0% -> above chance" in lines[3] and "NOT above no_interleaving by +0.0" in lines[3]
+    assert "1 training seed(s)" in lines[4]
+    # a setting that was not run says so instead of passing silently
+    assert "T->S: not evaluated" in transfer_check(paired_compare(items("S", lambda i: 1.0), items("S", lambda i: 0.0)),
+                                                   "A", "B")

@@ -70,13 +70,16 @@ def _eval(args) -> int:
 def _compare(args) -> int:
     from pathlib import Path
 
-    from spiritlm.eval.report import comparison_markdown, paired_compare, plot_comparison, read_items
+    from spiritlm.eval.report import (comparison_markdown, paired_compare, plot_comparison, read_items,
+                                      transfer_check)
 
     def runs(arg: str) -> list[list[dict]]:
         return [read_items(d) for d in arg.split(",") if d]
 
     cmp = paired_compare(runs(args.run_a), runs(args.run_b))
     md = comparison_markdown(cmp, *args.names)
+    if any(k.startswith("topic_storycloze/") for k in cmp):
+        md += "\n" + transfer_check(cmp, *args.names)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

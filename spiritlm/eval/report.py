@@ -175,6 +175,24 @@ def sign_flip_p(diffs: np.ndarray, n_perm: int = 20000, seed: int = 0) -> float:
     return float((1 + np.count_nonzero(null >= abs(d.sum()) - 1e-9)) / (1 + n_perm))
 
 
+# Tasks scored as a choice between two candidates, where 50% is chance. (STSP is three-way.)
+TWO_WAY_TASKS = ("swuggy", "sblimp", "storycloze", "topic_storycloze")
+
+
+def chance_p(scores: np.ndarray, binary: bool, seed: int = 0) -> float:
+    """Two-sided p of "accuracy = 50%" from per-item scores in [0, 1].
+
+    0/1 scores: the exact binomial test (McNemar's formula on right/wrong counts). Scores in
+    between (ties, or averaged over seeds): a sign-flip test of the items' ``score - 0.5``, whose
+    null -- each item as likely to lean to either candidate -- is what a chance model gives.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if binary:
+        k = int(np.count_nonzero(s == 1.0))
+        return mcnemar_exact(k, s.size - k)
+    return sign_flip_p(s - 0.5, seed=seed)
+
+
 def paired_compare(items_a: Sequence, items_b: Sequence, n_boot: int = 2000, seed: int = 0) -> dict:
     """Per (task, setting): accuracies on the shared items, difference A-B with a bootstrap 95% CI
     over items, and a paired test.
@@ -184,7 +202,8 @@ def paired_compare(items_a: Sequence, items_b: Sequence, n_boot: int = 2000, see
     every item's score is first averaged over the runs (only items scored in every run count),
     the test is a paired sign-flip test on those per-item differences, and ``per_run_diff`` holds
     the difference of each pair of runs (run i of A against run i of B) so the spread across
-    seeds is visible next to the pooled estimate."""
+    seeds is visible next to the pooled estimate. For two-way tasks (``TWO_WAY_TASKS``)
+    ``chance_p_a`` / ``chance_p_b`` test each model's pooled accuracy against 50%."""
     runs_a, runs_b = _as_runs(items_a), _as_runs(items_b)
     maps_a = [{_item_key(it): it["score"] for it in r if "score" in it} for r in runs_a]
     maps_b = [{_item_key(it): it["score"] for it in r if "score" in it} for r in runs_b]
@@ -213,6 +232,9 @@ def paired_compare(items_a: Sequence, items_b: Sequence, n_boot: int = 2000, see
         else:
             r["p"] = sign_flip_p(d, seed=seed)
             r["test"] = "sign-flip"
+        if task in TWO_WAY_TASKS:
+            for side, x in (("a", a), ("b", b)):
+                r[f"chance_p_{side}"] = chance_p(x, single and set(np.unique(x)) <= {0.0, 1.0}, seed)
         if len(runs_a) > 1 or len(runs_b) > 1:
             r["per_run_acc_a"] = [float(x) for x in a_kr.mean(0)]
             r["per_run_acc_b"] = [float(x) for x in b_kr.mean(0)]
@@ -227,12 +249,13 @@ def comparison_markdown(cmp: Mapping, name_a: str = "A", name_b: str = "B") -> s
     tests = {r["test"] for r in cmp.values()}
     test = {frozenset({"mcnemar"}): "McNemar p", frozenset({"sign-flip"}): "sign-flip p"}.get(
         frozenset(tests), "paired p")
-    head = f"| task/setting | n | {name_a} | {name_b} | diff (95% CI) | {test} |"
-    lines = [head + (" diff per seed |" if multi else ""), "|---|---|---|---|---|---|" + ("---|" if multi else "")]
+    head = f"| task/setting | n | {name_a} | {name_b} | diff (95% CI) | {test} | p vs chance ({name_a} / {name_b}) |"
+    lines = [head + (" diff per seed |" if multi else ""), "|---|---|---|---|---|---|---|" + ("---|" if multi else "")]
     for k, r in cmp.items():
         p = r["p"]
+        chance = (f"{r['chance_p_a']:.2g} / {r['chance_p_b']:.2g}" if "chance_p_a" in r else "--")
         row = (f"| {k} | {r['n']} | {100 * r['acc_a']:.1f} | {100 * r['acc_b']:.1f} | "
-               f"{100 * r['diff']:+.1f} ({100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}) | {p:.3g} |")
+               f"{100 * r['diff']:+.1f} ({100 * r['ci95'][0]:+.1f}, {100 * r['ci95'][1]:+.1f}) | {p:.3g} | {chance} |")
         if multi:
             row += " " + " ".join(f"{100 * x:+.1f}" for x in r.get("per_run_diff", [])) + " |"
         lines.append(row)
@@ -241,6 +264,34 @@ def comparison_markdown(cmp: Mapping, name_a: str = "A", name_b: str = "B") -> s
         lines.append("paired p: McNemar's exact test where every item scored 0 or 1, a sign-flip test "
                      "where items scored in between (ties 0.5, or averaged over seeds): "
                      + ", ".join(k for k, r in cmp.items() if r["test"] == "sign-flip") + ".")
+    if any("chance_p_a" in r for r in cmp.values()):
+        lines.append("")
+        lines.append("p vs chance: each model's accuracy against 50% on two-way tasks (exact binomial "
+                     "test on 0/1 items; sign-flip test of score - 0.5 where items are tied or averaged "
+                     "over seeds).")
+    return "\n".join(lines) + "\n"
+
+
+def transfer_check(cmp: Mapping, name_a: str, name_b: str, task: str = "topic_storycloze",
+                   alpha: float = 0.05) -> str:
+    """The paper's ablation read off ``cmp``: is A (interleaved) above chance on S, T->S and S->T,
+    and above B (no interleaving) across modalities? One line per claim, with its numbers."""
+    lines = [f"check ({task}, two-sided p < {alpha}):"]
+    for setting, label in (("S", "S"), ("T2S", "T->S"), ("S2T", "S->T")):
+        r = cmp.get(f"{task}/{setting}")
+        if r is None or "chance_p_a" not in r:
+            lines.append(f"  {label}: not evaluated")
+            continue
+        above = r["acc_a"] > 0.5 and r["chance_p_a"] < alpha
+        claim = (f"  {label}: {name_a} {100 * r['acc_a']:.1f}% -> "
+                 f"{'above' if above else 'NOT above'} chance (p = {r['chance_p_a']:.2g})")
+        if setting != "S":
+            ahead = r["diff"] > 0 and r["p"] < alpha
+            claim += (f"; {'above' if ahead else 'NOT above'} {name_b} by {100 * r['diff']:+.1f} "
+                      f"(p = {r['p']:.2g})")
+        lines.append(claim)
+    runs = next(iter(cmp.values()), {}).get("runs", [1, 1])
+    lines.append(f"  ({runs[0]} training seed(s) per model; items averaged over seeds)")
     return "\n".join(lines) + "\n"
 
 
