@@ -219,9 +219,9 @@ def test_transfer_check_reads_the_ablation_claims_off_the_comparison():
     b = items("S", lambda i: float(i % 2)) + items("T2S", lambda i: float(i % 2)) + items("S2T", lambda i: 1.0)
     text = transfer_check(paired_compare(a, b), "interleaved", "no_interleaving")
     lines = text.splitlines()
-    assert lines[1].startswith("  S: interleaved 50.0% -> NOT above chance (p = 1)")
-    assert "T->S: interleaved 100.0% -> above chance" in lines[2] and "; above no_interleaving by +50.0" in lines[2]
-    assert "S->T: interleaved 100.0% -> above chance" in lines[3] and "NOT above no_interleaving by +0.0" in lines[3]
+    assert lines[1] == "  S: interleaved 50.0%, NOT reliably above chance (p = 1)"
+    assert "T->S: interleaved 100.0%, above chance" in lines[2] and "; ahead of no_interleaving: +50.0" in lines[2]
+    assert "S->T: interleaved 100.0%, above chance" in lines[3] and "NOT reliably ahead of no_interleaving: +0.0" in lines[3]
     assert "1 training seed(s)" in lines[4]
     # a setting that was not run says so instead of passing silently
     assert "T->S: not evaluated" in transfer_check(paired_compare(items("S", lambda i: 1.0), items("S", lambda i: 0.0)),

@@ -283,12 +283,12 @@ def transfer_check(cmp: Mapping, name_a: str, name_b: str, task: str = "topic_st
             lines.append(f"  {label}: not evaluated")
             continue
         above = r["acc_a"] > 0.5 and r["chance_p_a"] < alpha
-        claim = (f"  {label}: {name_a} {100 * r['acc_a']:.1f}% -> "
-                 f"{'above' if above else 'NOT above'} chance (p = {r['chance_p_a']:.2g})")
+        claim = (f"  {label}: {name_a} {100 * r['acc_a']:.1f}%, "
+                 f"{'above chance' if above else 'NOT reliably above chance'} (p = {r['chance_p_a']:.2g})")
         if setting != "S":
             ahead = r["diff"] > 0 and r["p"] < alpha
-            claim += (f"; {'above' if ahead else 'NOT above'} {name_b} by {100 * r['diff']:+.1f} "
-                      f"(p = {r['p']:.2g})")
+            claim += (f"; {'ahead of' if ahead else 'NOT reliably ahead of'} {name_b}: "
+                      f"{100 * r['diff']:+.1f} points (p = {r['p']:.2g})")
         lines.append(claim)
     runs = next(iter(cmp.values()), {}).get("runs", [1, 1])
     lines.append(f"  ({runs[0]} training seed(s) per model; items averaged over seeds)")
