@@ -146,3 +146,38 @@ def test_tts_and_stsp_speech_outputs_with_hooks(tiny, tmp_path):
     s = run_stsp("S2S", tmp_path / "m.jsonl", model, tok, enc, speech_classifier=lambda wav: "neutral",
                  vocoder=vocoder, temperature=1.0, max_new_tokens=10)
     assert s["n"] == 3 and all(i["output"].startswith("[Hu") or i["pred"] is None for i in s["items"])
+
+
+class _SwitchesAfter(torch.nn.Module):
+    """Wraps a model so that from its ``k``-th decoding step on, ``token`` wins by a mile."""
+
+    def __init__(self, inner, token: int, k: int):
+        super().__init__()
+        self.inner, self.token, self.k, self.steps = inner, token, k, 0
+
+    def forward(self, **kw):
+        out = self.inner(**kw)
+        if kw["input_ids"].shape[1] == 1:  # one decoding step (the prompt is longer)
+            self.steps += 1
+        if self.steps >= self.k:
+            out.logits[..., self.token] += 1e4
+        return out
+
+
+@pytest.mark.parametrize("n_prompts", [1, 2])
+def test_stop_at_switch_ends_the_answer_at_the_other_modality_marker(tiny, n_prompts):
+    from spiritlm.eval.generate import generate_batch
+
+    _, model, tok = tiny
+    prompts = [tok.encode_segments([("speech", "[Hu3][Hu4]")], trailing_marker="text")] * n_prompts
+    # the marker is what the model wants from step 3 on: with stop_at_switch the answer ends there
+    outs = generate_batch(_SwitchesAfter(model, tok.layout.speech_id, 3), tok, prompts, "text",
+                          do_sample=False, max_new_tokens=12, stop_at_switch=True)
+    assert [len(o[0].token_ids) for o in outs] == [3] * n_prompts
+    # without it the marker stays masked and the model runs on to max_new_tokens
+    outs = generate_batch(_SwitchesAfter(model, tok.layout.speech_id, 3), tok, prompts, "text",
+                          do_sample=False, max_new_tokens=12)
+    ids = [i for o in outs for seg in o for i in seg.token_ids]
+    assert len(ids) == 12 * n_prompts and tok.layout.speech_id not in ids
+    with pytest.raises(ValueError, match="stop_at_switch"):
+        generate_batch(model, tok, prompts, "arbitrary", stop_at_switch=True)

@@ -5,9 +5,11 @@ Data: a JSONL manifest, one utterance per line with ``audio_path`` (or ``wav_pat
 (``shots``) or, if none is given, from the same one (never the test item itself).
 
 * ASR prompt: ``[Speech]<units_1>[Text] transcript_1\\n ... [Speech]<units>[Text]`` -> greedy text
-  (cut at the first newline), scored by corpus WER after normalisation (lower-case, punctuation
+  (ended by EOS, by a ``[Speech]`` marker -- the next shot, as the prompt taught -- or cut at
+  the first newline), scored by corpus WER after normalisation (lower-case, punctuation
   removed, whitespace collapsed) with ``jiwer``.
-* TTS prompt: ``[Text] text_1[Speech]<units_1> ... [Text] text[Speech]`` -> speech tokens ->
+* TTS prompt: ``[Text] text_1[Speech]<units_1> ... [Text] text[Speech]`` -> speech tokens (ended
+  by EOS or a ``[Text]`` marker) ->
   ``vocoder(units) -> wav`` -> ``asr(wav) -> text`` -> corpus CER. Both hooks are pluggable;
   without them TTS is reported as skipped, never as a number.
 """
@@ -99,7 +101,8 @@ def run_asr(manifest: Path, model, tok, encoder, shots: Path | None = None, n_sh
     test = read_utterances(manifest)[: max_items or None]
     pool = read_utterances(shots) if shots else test
     prompts = _prompts(test, pool, n_shots, seed, tok, encoder, "asr", has_pitch, has_style)
-    gens = generate_batch(model, tok, prompts, "text", do_sample=False, max_new_tokens=max_new_tokens)
+    gens = generate_batch(model, tok, prompts, "text", do_sample=False, max_new_tokens=max_new_tokens,
+                          stop_at_switch=True)
     items = []
     for u, outs in zip(test, gens):
         hyp = output_text(outs).split("\n")[0].strip()
@@ -122,7 +125,7 @@ def run_tts(manifest: Path, model, tok, encoder, vocoder: Callable | None, asr: 
     pool = read_utterances(shots) if shots else test
     prompts = _prompts(test, pool, n_shots, seed, tok, encoder, "tts", has_pitch, has_style)
     gens = generate_batch(model, tok, prompts, "speech", max_new_tokens=max_new_tokens, seed=seed,
-                          has_pitch=has_pitch, has_style=has_style)
+                          has_pitch=has_pitch, has_style=has_style, stop_at_switch=True)
     items = []
     for u, outs in zip(test, gens):
         gen = output_speech_ids(outs)

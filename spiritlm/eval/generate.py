@@ -96,8 +96,9 @@ def _normalise_inputs(inputs) -> list[tuple[str, Any]]:
 
 def sample_tokens(model, prompt: Sequence[int], processor: Callable, max_new_tokens: int,
                   temperature: float = 0.8, top_p: float = 0.95, do_sample: bool = True,
-                  eos_id: int = -1, generator=None) -> list[int]:
-    """KV-cached decoding: mask -> temperature -> top-p -> sample (or argmax)."""
+                  eos_id: int = -1, generator=None, stop_ids: Sequence[int] = ()) -> list[int]:
+    """KV-cached decoding: mask -> temperature -> top-p -> sample (or argmax). ``eos_id`` and
+    the ids in ``stop_ids`` end generation and are not returned."""
     import torch
 
     device = next(model.parameters()).device
@@ -121,7 +122,7 @@ def sample_tokens(model, prompt: Sequence[int], processor: Callable, max_new_tok
             else:
                 nxt = logits.argmax(-1, keepdim=True)
             t = int(nxt.item())
-            if t == eos_id:
+            if t == eos_id or t in stop_ids:
                 break
             out_ids.append(t)
             out = model(input_ids=nxt.to(device), past_key_values=past, use_cache=True)
@@ -131,13 +132,16 @@ def sample_tokens(model, prompt: Sequence[int], processor: Callable, max_new_tok
 
 def sample_tokens_batch(model, prompts: Sequence[Sequence[int]], processor: Callable, max_new_tokens: int,
                         temperature: float = 0.8, top_p: float = 0.95, do_sample: bool = True,
-                        eos_id: int = -1, generator=None, pad_id: int = 0) -> list[list[int]]:
-    """Like :func:`sample_tokens` for several prompts at once (left padding, one KV cache)."""
+                        eos_id: int = -1, generator=None, pad_id: int = 0,
+                        stop_ids: Sequence[int] = ()) -> list[list[int]]:
+    """Like :func:`sample_tokens` for several prompts at once (left padding, one KV cache).
+    ``eos_id`` and every id in ``stop_ids`` end a row's generation and are not returned."""
     import torch
 
     if len(prompts) == 1:
         return [sample_tokens(model, prompts[0], processor, max_new_tokens, temperature, top_p, do_sample,
-                              eos_id, generator)]
+                              eos_id, generator, stop_ids)]
+    stops = {eos_id, *stop_ids}
     device = next(model.parameters()).device
     B, L = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
@@ -167,7 +171,7 @@ def sample_tokens_batch(model, prompts: Sequence[Sequence[int]], processor: Call
             for b in range(B):
                 if not done[b]:
                     t = int(nxt[b, 0])
-                    if t == eos_id:
+                    if t in stops:
                         done[b] = True
                     else:
                         outs[b].append(t)
@@ -197,11 +201,23 @@ def generate_batch(model, tokenizer: SpiritTokenizer, prompt_ids: Sequence[Seque
                    output_modality: str = "text", *, has_pitch: bool = False, has_style: bool = False,
                    max_new_tokens: int | None = None, temperature: float = 0.8, top_p: float = 0.95,
                    do_sample: bool = True, seed: int | None = None, batch_size: int = 16,
-                   ) -> list[list[GenerationOutput]]:
-    """Several prompts (token ids, e.g. from ``encode_segments``) -> one output list per prompt."""
+                   stop_at_switch: bool = False) -> list[list[GenerationOutput]]:
+    """Several prompts (token ids, e.g. from ``encode_segments``) -> one output list per prompt.
+
+    ``stop_at_switch``: the other modality's marker (``[Speech]`` when generating text) may be
+    chosen and ends that output, as EOS does. Few-shot prompts need it: every shot's answer is
+    followed by the next shot's marker, so the marker is where the model says its answer ends;
+    masked out, the model can only run on to ``max_new_tokens``."""
     import torch
 
-    mask = ModalityMask(allowed_ids(tokenizer, output_modality, has_pitch, has_style))
+    allowed = allowed_ids(tokenizer, output_modality, has_pitch, has_style)
+    stop_ids: list[int] = []
+    if stop_at_switch:
+        if output_modality == "arbitrary":
+            raise ValueError("stop_at_switch needs output_modality 'text' or 'speech'")
+        stop_ids = [tokenizer.layout.speech_id if output_modality == "text" else tokenizer.layout.text_id]
+        allowed[stop_ids] = True
+    mask = ModalityMask(allowed)
     gen = None
     if seed is not None:
         gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -210,7 +226,7 @@ def generate_batch(model, tokenizer: SpiritTokenizer, prompt_ids: Sequence[Seque
     for i in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[i : i + batch_size]
         news = sample_tokens_batch(model, chunk, mask, n, temperature, top_p, do_sample, tokenizer.eos_id, gen,
-                                   pad_id=max(tokenizer.eos_id, 0))
+                                   pad_id=max(tokenizer.eos_id, 0), stop_ids=stop_ids)
         for p, new in zip(chunk, news):
             first = output_modality if output_modality != "arbitrary" else _last_kind(tokenizer, p)
             res.append(decode_outputs(tokenizer, new, first))
