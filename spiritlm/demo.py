@@ -323,16 +323,24 @@ def _eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: 
     return {"dir": str(step_dir), "paths": {k: str(v) for k, v in out.get("paths", {}).items()}}
 
 
+# Versions of what the evaluation and the comparison compute: a change of scoring or of the
+# report reruns those steps instead of reporting cached results from the old code.
+EVAL_VERSION = "eval-v2: few-shot answers end at the other modality's marker"
+COMPARE_FORMAT = "compare-v2: p vs chance, transfer check"
+
+
 def _compare_step(evals: dict[str, list[dict]], step_dir: Path) -> dict[str, Any]:
-    from spiritlm.eval.report import comparison_markdown, paired_compare, plot_comparison, read_items
+    from spiritlm.eval.report import (comparison_markdown, paired_compare, plot_comparison, read_items,
+                                      transfer_check)
 
     (a, ea), (b, eb) = evals.items()  # one evaluation per training seed
     cmp = paired_compare([read_items(Path(e["dir"])) for e in ea], [read_items(Path(e["dir"])) for e in eb])
     md = comparison_markdown(cmp, a, b)
-    (step_dir / "comparison.md").write_text(md + "\n")
+    check = transfer_check(cmp, a, b)
+    (step_dir / "comparison.md").write_text(md + "\n" + check)
     (step_dir / "comparison.json").write_text(json.dumps(cmp, indent=1, default=float))
     png = plot_comparison(cmp, step_dir / "comparison.png", a, b)
-    return {"markdown": md, "png": str(png), "json": str(step_dir / "comparison.json")}
+    return {"markdown": md, "check": check, "png": str(png), "json": str(step_dir / "comparison.json")}
 
 
 def run_demo(cfg: DemoConfig) -> Pipeline:
@@ -380,12 +388,13 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
         for s, model in zip(seeds, models[variant]):
             evals[variant].append(pipe.run(
                 f"eval_{variant}{suffix[s]}",
-                [model, mini, _file_hash(Path(mini["root"]) / "COMPLETE.json"),  # the items, not only the paths
+                [EVAL_VERSION, model, mini, _file_hash(Path(mini["root"]) / "COMPLETE.json"),  # items, not only paths
                  cfg.eval_overrides, _file_hash(_recipe(cfg.eval_recipe)),
                  _file_hash(Path(model["hf"]) / "model.safetensors"),
                  _file_hash(Path(speech_tok["dir"]) / "manifest.json")],
                 lambda d, v=variant, m=model: _eval_step(cfg, v, m, mini, speech_tok, d, shared_encoders)))
-    cmp_deps = [evals, *(_file_hash(Path(e["dir"]) / "items.jsonl") for es in evals.values() for e in es)]
+    cmp_deps = [COMPARE_FORMAT, evals,
+                *(_file_hash(Path(e["dir"]) / "items.jsonl") for es in evals.values() for e in es)]
     cmp = pipe.run("compare", cmp_deps, lambda d: _compare_step(evals, d))
     _print_summary(corpus, text_tok, speech_tok, aligned if cfg.align else None, shards, models, evals, cmp)
     print("\n" + pipe.report())
@@ -446,6 +455,7 @@ def _print_summary(corpus, text_tok, speech_tok, aligned, shards, models, evals,
     n_seeds = len(next(iter(evals.values())))
     print(f"\n== interleaved vs no interleaving (paired, same items{f', {n_seeds} seeds' if n_seeds > 1 else ''}) ==")
     print(cmp["markdown"])
+    print(cmp["check"])
     rows = max(1, sum(1 for line in cmp["markdown"].splitlines() if line.startswith("| ")) - 1)
     if n_seeds == 1:  # what a single table can and cannot show (measured: docs/demo_output.md)
         print(f"One seed per model: with {rows} rows, at least one p < 0.05 by chance alone is "

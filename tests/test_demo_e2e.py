@@ -43,6 +43,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
         results = json.loads((Path(out[f"eval_{v}"]["dir"]) / "results.json").read_text())
         assert results  # numbers for every configured task
     assert "topic_storycloze" in out["compare"]["markdown"]
+    assert out["compare"]["check"].startswith("check (topic_storycloze")  # the ablation's claims, read off
     assert Path(out["compare"]["png"]).is_file()
     # a second run reuses every step
     again = run_demo(cfg)
