@@ -222,7 +222,7 @@ def test_transfer_check_reads_the_ablation_claims_off_the_comparison():
     assert lines[1] == "  S: interleaved 50.0%, NOT reliably above chance (p = 1)"
     assert "T->S: interleaved 100.0%, above chance" in lines[2] and "; ahead of no_interleaving: +50.0" in lines[2]
     assert "S->T: interleaved 100.0%, above chance" in lines[3] and "NOT reliably ahead of no_interleaving: +0.0" in lines[3]
-    assert "1 training seed(s)" in lines[4]
+    assert lines[4] == "  (one training seed per model)"
     # a setting that was not run says so instead of passing silently
     assert "T->S: not evaluated" in transfer_check(paired_compare(items("S", lambda i: 1.0), items("S", lambda i: 0.0)),
                                                    "A", "B")

@@ -290,8 +290,9 @@ def transfer_check(cmp: Mapping, name_a: str, name_b: str, task: str = "topic_st
             claim += (f"; {'ahead of' if ahead else 'NOT reliably ahead of'} {name_b}: "
                       f"{100 * r['diff']:+.1f} points (p = {r['p']:.2g})")
         lines.append(claim)
-    runs = next(iter(cmp.values()), {}).get("runs", [1, 1])
-    lines.append(f"  ({runs[0]} training seed(s) per model; items averaged over seeds)")
+    n = next(iter(cmp.values()), {}).get("runs", [1, 1])[0]
+    lines.append("  (one training seed per model)" if n == 1 else
+                 f"  ({n} training seeds per model; each item's score averaged over them)")
     return "\n".join(lines) + "\n"
 
 
