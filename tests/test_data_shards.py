@@ -288,3 +288,40 @@ def test_held_out_splits_are_excluded_and_counted(corpus, tmp_path):
     rep = prepare_shards(load_config(PrepareConfig, None, prepare_overrides(
         c, tmp_path / "o2", "inputs.splits=[train, heldout]")))
     assert rep["kept"]["aligned"] == 12 and rep["dropped"] == {}
+
+
+def test_written_forms_take_case_and_punctuation_from_the_transcript():
+    from spiritlm.data.records import written_forms
+
+    assert written_forms(["the", "garden", "her"], "The garden. Her") == ["The", "garden.", "Her"]
+    assert written_forms(["wait", "go"], "Wait — go!") == ["Wait —", "go!"]  # a lone dash joins
+    assert written_forms(["there", "s"], "there's") is None  # not one to one: keep the aligned words
+    assert written_forms(["the", "cat"], "The dog.") is None
+    assert written_forms([], "") == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(words=st.lists(st.from_regex(r"[a-z]{1,6}", fullmatch=True), min_size=1, max_size=8),
+       marks=st.lists(st.sampled_from(["", ".", ",", "!", "?", '"', " -"]), min_size=8, max_size=8),
+       caps=st.lists(st.booleans(), min_size=8, max_size=8))
+def test_written_forms_round_trip(words, marks, caps):
+    """Any transcript made of the words plus case and punctuation maps back onto them."""
+    from spiritlm.data.records import written_forms
+
+    tokens = [(w.capitalize() if c else w) + m for w, m, c in zip(words, marks, caps)]
+    got = written_forms(words, " ".join(tokens))
+    assert got == tokens
+
+
+def test_word_form_transcript_writes_interleaved_text_as_the_transcript_does(corpus, tmp_path):
+    rep = run(corpus, tmp_path / "t", "records.word_form=transcript")
+    assert rep["word_form"] == {"transcript": 12}
+    rows = pq.read_table(sorted((tmp_path / "t" / "aligned").glob("*.parquet"))[0]).to_pylist()
+    by_id = {u.id: u for u in corpus["utts"]}
+    for r in rows:
+        assert " ".join(r["words"]) == by_id[r["id"]].text  # "The cat ... mat."
+    base = run(corpus, tmp_path / "a")
+    assert base["word_form"] == {}
+    plain = pq.read_table(sorted((tmp_path / "a" / "aligned").glob("*.parquet"))[0]).to_pylist()
+    assert plain[0]["words"][-1].isalpha() and rows[0]["words"][-1].endswith(".")
+    assert len(rows[0]["word_bpe"]) > len(plain[0]["word_bpe"])  # the "." (and maybe the capital) add pieces

@@ -65,6 +65,10 @@ class RecordsConfig:
     mode: Literal["aligned", "materialised"] = "aligned"  # interleave at read time or now
     on_alignment_failure: Literal["speech_only", "drop"] = "speech_only"
     check_transcript: bool = True  # aligned words must be the transcript's words
+    # Text of interleaved spans: "aligned" = the aligner's words as they are (bare, no
+    # punctuation); "transcript" = each word as the transcript writes it (case, punctuation),
+    # where the transcript matches the alignment word for word, else the aligned words.
+    word_form: Literal["aligned", "transcript"] = "aligned"
     alignment_tolerance_s: float = 0.05  # slack for word ends past the audio
     parallel: list[str] = field(default_factory=list)  # add "asr" and/or "tts" rows
     materialise_epoch: int = 0
@@ -276,7 +280,7 @@ def meta_version() -> int:
 
 def merge_stats(parts: list[dict]) -> dict:
     out: dict[str, Any] = {"items": 0, "kept": {}, "dropped": {}, "fallback": {}, "tokens": {},
-                           "seconds_in": 0.0, "seconds_kept": 0.0, "frames_encoded": 0,
+                           "word_form": {}, "seconds_in": 0.0, "seconds_kept": 0.0, "frames_encoded": 0,
                            "encode_seconds": 0.0}
     for p in parts:
         for k, v in p.items():
@@ -287,7 +291,7 @@ def merge_stats(parts: list[dict]) -> dict:
                 out.setdefault(k, []).extend(v)
             else:
                 out[k] = out.get(k, 0) + v
-    for k in ("kept", "dropped", "fallback", "tokens"):
+    for k in ("kept", "dropped", "fallback", "tokens", "word_form"):
         out[k] = dict(sorted(out[k].items()))
     return out
 
@@ -301,6 +305,9 @@ def format_report(report: dict) -> str:
     if report["fallback"]:
         lines.append("kept as speech-only: " + ", ".join(f"{k}={v}" for k, v in report["fallback"].items()))
     lines.append("tokens: " + ", ".join(f"{k}={v}" for k, v in report["tokens"].items()))
+    if report.get("word_form"):
+        lines.append("interleaved text spans written as: "
+                     + ", ".join(f"{k}={v}" for k, v in report["word_form"].items()))
     if report.get("drop_examples"):
         lines.append("every drop/fallback with its reason: drops.jsonl")
     lines.append(f"units/s (encoder): {report['units_per_s']}   wall: {report.get('wall_s')} s")

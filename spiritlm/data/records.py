@@ -116,6 +116,26 @@ def _chars(words: Sequence[str]) -> str:
     return "".join(ch for w in words for ch in w if ch.isalnum())
 
 
+def written_forms(words: Sequence[str], text: str) -> list[str] | None:
+    """Each aligned word as the transcript writes it -- ``garden`` -> ``garden.``, ``her`` ->
+    ``Her`` -- so interleaved text spans read like the text-only data and the benchmarks'
+    text (aligners emit bare, often lower-cased words). The transcript's whitespace tokens
+    (a token without letters or digits, like a dash, joins the token before it) must match
+    the words one to one on their letters and digits, case-insensitively; else ``None``."""
+    tokens: list[str] = []
+    for t in text.split():
+        if tokens and not _chars([t]):
+            tokens[-1] += " " + t
+        else:
+            tokens.append(t)
+    if len(tokens) != len(words):
+        return None
+    for w, t in zip(words, tokens):
+        if _chars([w]).lower() != _chars([t]).lower() or not _chars([t]):
+            return None
+    return tokens
+
+
 def check_alignment(uid: str, words: Sequence, text_words: Sequence[str] | None,
                     duration: float, tolerance: float = 0.05) -> None:
     """Raise :class:`RecordError` when an alignment is unusable for interleaving.

@@ -18,7 +18,7 @@ from spiritlm.config import ConfigError
 from spiritlm.data.encoders import AudioError, HashUnitEncoder
 from spiritlm.data.interleave import Interleaver
 from spiritlm.data.records import (AlignedRecord, RecordError, asr_ids, check_alignment,
-                                   encode_words, speech_ids, text_ids, tts_ids)
+                                   encode_words, speech_ids, text_ids, tts_ids, written_forms)
 from spiritlm.vocab import UnitError
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def collect_items(cfg) -> tuple[list[dict], list[dict]]:
 class _Stats:
     def __init__(self):
         self.d = {"items": 0, "kept": {}, "dropped": {}, "fallback": {}, "tokens": {},
-                  "seconds_in": 0.0, "seconds_kept": 0.0, "frames_encoded": 0,
+                  "word_form": {}, "seconds_in": 0.0, "seconds_kept": 0.0, "frames_encoded": 0,
                   "encode_seconds": 0.0, "drop_log": []}
 
     def inc(self, key: str, sub: str, n: int = 1) -> None:
@@ -243,7 +243,9 @@ def process_chunk(ctx: Context, items: list[dict]) -> tuple[list[dict], dict]:
         rec = None
         if not it["speech_only"]:
             try:
-                rec = _aligned_record(ctx, u, un)
+                rec, form = _aligned_record(ctx, u, un)
+                if form:
+                    st.inc("word_form", form)
             except RecordError as e:
                 if cfg.records.on_alignment_failure == "drop":
                     st.drop(u.id, e.reason, str(e))
@@ -274,7 +276,9 @@ def process_chunk(ctx: Context, items: list[dict]) -> tuple[list[dict], dict]:
     return rows, st.d
 
 
-def _aligned_record(ctx: Context, u, units: dict) -> AlignedRecord:
+def _aligned_record(ctx: Context, u, units: dict) -> tuple[AlignedRecord, str]:
+    """-> (record, where its word forms came from: "transcript", "aligned", or "" when
+    ``records.word_form`` is "aligned" and nothing was tried)."""
     cfg = ctx.cfg.records
     if not u.text.strip():
         raise RecordError("empty_transcript", f"{u.id}: empty transcript")
@@ -283,10 +287,13 @@ def _aligned_record(ctx: Context, u, units: dict) -> AlignedRecord:
     audio_s = len(units["hubert"]) / rate  # the audio actually encoded (within one frame)
     check_alignment(u.id, u.words, want, min(u.duration, audio_s + 1.0 / rate),
                     cfg.alignment_tolerance_s)
-    words = [w.word for w in u.words]
+    words, form = [w.word for w in u.words], ""
+    if cfg.word_form == "transcript":
+        written = written_forms(words, u.text)
+        words, form = (written, "transcript") if written else (words, "aligned")
     bpe, lens = encode_words(ctx.tokenizer.sp, words)
     return AlignedRecord(u.id, words, [w.start for w in u.words], [w.end for w in u.words],
-                         bpe, lens, units, float(u.duration), u.speaker)
+                         bpe, lens, units, float(u.duration), u.speaker), form
 
 
 def write_chunk(ctx: Context, index: int, items: list[dict], wdir: Path) -> dict:
