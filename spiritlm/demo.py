@@ -442,7 +442,9 @@ def _print_summary(corpus, text_tok, speech_tok, aligned, shards, models, evals,
               f"mean {r.get('mean_ms')} ms, median {r.get('median_ms')} ms, p95 {r.get('p95_ms')} ms, "
               f"{100 * r.get('within_50ms', 0):.1f}% within 50 ms, failed {len(r.get('failed') or {})}")
     rep = shards["report"]
-    print(f"shards: kept {rep.get('kept')}, dropped {rep.get('dropped')}, tokens {rep.get('tokens')} -> {shards['dir']}")
+    forms = f", interleaved text written as {rep['word_form']}" if rep.get("word_form") else ""
+    print(f"shards: kept {rep.get('kept')}, dropped {rep.get('dropped')}, tokens {rep.get('tokens')}{forms} "
+          f"-> {shards['dir']}")
     for v, mdls in models.items():
         for mdl in mdls:
             print(f"model {v}: {mdl['hf']} (curves: {Path(mdl['run_dir']) / 'curves.png'})")
