@@ -326,7 +326,7 @@ def _eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: 
 # Versions of what the evaluation and the comparison compute: a change of scoring or of the
 # report reruns those steps instead of reporting cached results from the old code.
 EVAL_VERSION = "eval-v2: few-shot answers end at the other modality's marker"
-COMPARE_FORMAT = "compare-v2: p vs chance, transfer check"
+COMPARE_FORMAT = "compare-v3: p vs chance, transfer check with Holm and per-seed accuracy"
 
 
 def _compare_step(evals: dict[str, list[dict]], step_dir: Path) -> dict[str, Any]:

@@ -295,6 +295,8 @@ def test_written_forms_take_case_and_punctuation_from_the_transcript():
 
     assert written_forms(["the", "garden", "her"], "The garden. Her") == ["The", "garden.", "Her"]
     assert written_forms(["wait", "go"], "Wait — go!") == ["Wait —", "go!"]  # a lone dash joins
+    assert written_forms(["hello", "world"], '" Hello world "') == ['" Hello', 'world "']  # leading ones too
+    assert written_forms(["hello"], "- Hello") == ["- Hello"]
     assert written_forms(["there", "s"], "there's") is None  # not one to one: keep the aligned words
     assert written_forms(["the", "cat"], "The dog.") is None
     assert written_forms([], "") == []

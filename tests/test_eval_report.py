@@ -222,7 +222,19 @@ def test_transfer_check_reads_the_ablation_claims_off_the_comparison():
     assert lines[1] == "  S: interleaved 50.0%, NOT reliably above chance (p = 1)"
     assert "T->S: interleaved 100.0%, above chance" in lines[2] and "; ahead of no_interleaving: +50.0" in lines[2]
     assert "S->T: interleaved 100.0%, above chance" in lines[3] and "NOT reliably ahead of no_interleaving: +0.0" in lines[3]
-    assert lines[4] == "  (one training seed per model)"
+    # five claims, Holm-adjusted: S above chance (p = 1) and S->T ahead (p = 1) do not hold
+    assert lines[4] == "  Holm-adjusted over these 5 tests, 3 hold: T->S above chance, T->S ahead, S->T above chance"
+    assert lines[5] == "  (one training seed per model)"
+    # several seeds: each seed's accuracy is shown, and the counts of both models
+    multi = transfer_check(paired_compare([a, a], [b, b]), "A", "B").splitlines()
+    assert "T->S: A 100.0% (per seed 100.0, 100.0)" in multi[2] and "(2 / 2 training seeds of A / B" in multi[-1]
     # a setting that was not run says so instead of passing silently
     assert "T->S: not evaluated" in transfer_check(paired_compare(items("S", lambda i: 1.0), items("S", lambda i: 0.0)),
                                                    "A", "B")
+
+
+def test_holm_adjusts_step_down():
+    from spiritlm.eval.report import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5] and holm([0.9, 0.9]) == [1.0, 1.0]

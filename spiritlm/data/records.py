@@ -120,14 +120,20 @@ def written_forms(words: Sequence[str], text: str) -> list[str] | None:
     """Each aligned word as the transcript writes it -- ``garden`` -> ``garden.``, ``her`` ->
     ``Her`` -- so interleaved text spans read like the text-only data and the benchmarks'
     text (aligners emit bare, often lower-cased words). The transcript's whitespace tokens
-    (a token without letters or digits, like a dash, joins the token before it) must match
+    (a token without letters or digits, like a dash, joins the token before it, or the first
+    word) must match
     the words one to one on their letters and digits, case-insensitively; else ``None``."""
     tokens: list[str] = []
+    lead = ""  # punctuation before the first word ('" Hello', '- Hello') joins that word
     for t in text.split():
-        if tokens and not _chars([t]):
-            tokens[-1] += " " + t
+        if not _chars([t]):
+            if tokens:
+                tokens[-1] += " " + t
+            else:
+                lead += t + " "
         else:
-            tokens.append(t)
+            tokens.append(lead + t)
+            lead = ""
     if len(tokens) != len(words):
         return None
     for w, t in zip(words, tokens):

@@ -272,27 +272,52 @@ def comparison_markdown(cmp: Mapping, name_a: str = "A", name_b: str = "B") -> s
     return "\n".join(lines) + "\n"
 
 
+def holm(ps: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values (step-down, family-wise error) in the order given."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, run = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        run = max(run, min(1.0, (len(ps) - rank) * ps[i]))
+        out[i] = run
+    return out
+
+
 def transfer_check(cmp: Mapping, name_a: str, name_b: str, task: str = "topic_storycloze",
                    alpha: float = 0.05) -> str:
     """The paper's ablation read off ``cmp``: is A (interleaved) above chance on S, T->S and S->T,
-    and above B (no interleaving) across modalities? One line per claim, with its numbers."""
+    and above B (no interleaving) across modalities? One line per claim, with its numbers and,
+    with several seeds, A's accuracy per seed. A last line adjusts the claims' p-values for
+    testing five of them at once (Holm), since a lone p near 0.05 among five is weak."""
     lines = [f"check ({task}, two-sided p < {alpha}):"]
+    tests: list[tuple[str, float, bool]] = []  # (claim, p, direction right)
     for setting, label in (("S", "S"), ("T2S", "T->S"), ("S2T", "S->T")):
         r = cmp.get(f"{task}/{setting}")
         if r is None or "chance_p_a" not in r:
             lines.append(f"  {label}: not evaluated")
             continue
         above = r["acc_a"] > 0.5 and r["chance_p_a"] < alpha
-        claim = (f"  {label}: {name_a} {100 * r['acc_a']:.1f}%, "
+        seeds = r.get("per_run_acc_a", [])
+        per_seed = f" (per seed {', '.join(f'{100 * x:.1f}' for x in seeds)})" if len(seeds) > 1 else ""
+        claim = (f"  {label}: {name_a} {100 * r['acc_a']:.1f}%{per_seed}, "
                  f"{'above chance' if above else 'NOT reliably above chance'} (p = {r['chance_p_a']:.2g})")
+        tests.append((f"{label} above chance", r["chance_p_a"], r["acc_a"] > 0.5))
         if setting != "S":
             ahead = r["diff"] > 0 and r["p"] < alpha
             claim += (f"; {'ahead of' if ahead else 'NOT reliably ahead of'} {name_b}: "
                       f"{100 * r['diff']:+.1f} points (p = {r['p']:.2g})")
+            tests.append((f"{label} ahead", r["p"], r["diff"] > 0))
         lines.append(claim)
-    n = next(iter(cmp.values()), {}).get("runs", [1, 1])[0]
-    lines.append("  (one training seed per model)" if n == 1 else
-                 f"  ({n} training seeds per model; each item's score averaged over them)")
+    if tests:
+        adj = holm([p for _, p, _ in tests])
+        held = [name for (name, _, right), q in zip(tests, adj) if right and q < alpha]
+        lines.append(f"  Holm-adjusted over these {len(tests)} tests, {len(held)} hold: "
+                     + (", ".join(held) or "none"))
+    runs = next(iter(cmp.values()), {}).get("runs", [1, 1])
+    if runs[0] == runs[1] == 1:
+        lines.append("  (one training seed per model)")
+    else:
+        lines.append(f"  ({runs[0]} / {runs[1]} training seeds of {name_a} / {name_b}; each item's score "
+                     "averaged over them, so the p-values are over items, for these trained models)")
     return "\n".join(lines) + "\n"
 
 
