@@ -240,9 +240,14 @@ MIXTURES = {
 TEXT_PRETRAIN = [("text", "text", None, 1.0)]
 
 
+# How a mixture entry reads the aligned records -> the trainer's source kind, and back.
+SOURCE_KIND = {"interleave": "interleaved", "speech": "speech", None: "text"}
+ALIGNED_AS = {kind: aligned_as for aligned_as, kind in SOURCE_KIND.items()}
+
+
 def _train_config(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, step_dir: Path,
                   start: dict | None = None, train_seed: int | None = None):
-    """The resolved ``TrainConfig`` of one language model and its interleaving functions.
+    """The resolved ``TrainConfig`` of one language model (its sources name what each reads).
 
     The step's cache key is this config (less ``run_dir``), so a setting reaches the key exactly
     when it reaches the model: ``steps`` of the continued training does not retrain the text
@@ -263,38 +268,35 @@ def _train_config(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, s
         f"seed={cfg.seed}", f"run_dir={step_dir / 'run'}", f"model.tokenizer={text_tok['dir']}",
         *cfg.train_overrides, *extra])
     shard_root = Path(shards["dir"])
-    sources, fns = [], {}
     mixture = TEXT_PRETRAIN if variant == "text_pretrain" else MIXTURES[variant]
-    for name, folder, aligned_as, weight in mixture:
-        path = shard_root / folder
-        kind = {"interleave": "interleaved", "speech": "speech", None: "text"}[aligned_as]
-        sources.append(SourceConfig(name=name, path=str(path), weight=weight, kind=kind))
-        if aligned_as is not None:
-            fns[name] = (path, aligned_as)
-    tcfg.data.sources = sources
-    return tcfg, fns
+    tcfg.data.sources = [SourceConfig(name=name, path=str(shard_root / folder), weight=weight,
+                                      kind=SOURCE_KIND[aligned_as])
+                         for name, folder, aligned_as, weight in mixture]
+    return tcfg
 
 
-def _train_key(tcfg, fns: dict, shards: dict, start: dict | None) -> list:
+def _train_key(tcfg, shards: dict, start: dict | None) -> list:
     """Everything the trained weights depend on: the resolved config and the inputs' content."""
     resolved = to_dict(tcfg)
     resolved.pop("run_dir")
-    deps = [resolved, {k: [str(p), a] for k, (p, a) in fns.items()}, shards["report"],
-            _file_hash(Path(shards["dir"]) / "index.json")]
+    deps = [resolved, shards["report"], _file_hash(Path(shards["dir"]) / "index.json")]
     if start is not None:
         deps.append(_file_hash(Path(start["hf"]) / "model.safetensors"))
     return deps
 
 
-def _train_step(tcfg, fns: dict) -> dict[str, Any]:
+def _train_step(tcfg) -> dict[str, Any]:
     from spiritlm.data.reader import interleave_fn_for
     from spiritlm.train import train
 
+    fns = {}
     for src in tcfg.data.sources:
         if not any(Path(src.path).glob("*.parquet")):
             raise FileNotFoundError(f"no shards in {src.path}: the data-prep step produced no "
                                     f"{Path(src.path).name} rows")
-    run_dir = train(tcfg, interleave_fns={k: interleave_fn_for(p, aligned_as=a) for k, (p, a) in fns.items()})
+        if ALIGNED_AS[src.kind] is not None:  # aligned records read as interleaved or speech-only
+            fns[src.name] = interleave_fn_for(src.path, aligned_as=ALIGNED_AS[src.kind])
+    run_dir = train(tcfg, interleave_fns=fns)
     return {"run_dir": str(run_dir), "hf": str(Path(run_dir) / "hf")}
 
 
@@ -367,8 +369,8 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
                                  _file_hash(Path(speech_tok["dir"]) / "manifest.json")],
                       lambda d: _shards_step(cfg, manifest, corpus, text_tok, speech_tok, d))
     def train_model(name: str, variant: str, seed: int | None = None) -> dict[str, Any]:
-        tcfg, fns = _train_config(cfg, variant, shards, text_tok, out / name, start, seed)
-        return pipe.run(name, _train_key(tcfg, fns, shards, start), lambda d: _train_step(tcfg, fns))
+        tcfg = _train_config(cfg, variant, shards, text_tok, out / name, start, seed)
+        return pipe.run(name, _train_key(tcfg, shards, start), lambda d: _train_step(tcfg))
 
     start = None
     if cfg.text_pretrain_steps > 0:

@@ -121,8 +121,8 @@ def written_forms(words: Sequence[str], text: str) -> list[str] | None:
     ``Her`` -- so interleaved text spans read like the text-only data and the benchmarks'
     text (aligners emit bare, often lower-cased words). The transcript's whitespace tokens
     (a token without letters or digits, like a dash, joins the token before it, or the first
-    word) must match
-    the words one to one on their letters and digits, case-insensitively; else ``None``."""
+    word) must match the words one to one on their letters and digits, case-insensitively;
+    else ``None``."""
     tokens: list[str] = []
     lead = ""  # punctuation before the first word ('" Hello', '- Hello') joins that word
     for t in text.split():
@@ -137,7 +137,7 @@ def written_forms(words: Sequence[str], text: str) -> list[str] | None:
     if len(tokens) != len(words):
         return None
     for w, t in zip(words, tokens):
-        if _chars([w]).lower() != _chars([t]).lower() or not _chars([t]):
+        if _chars([w]).lower() != _chars([t]).lower():  # every token holds a letter or digit
             return None
     return tokens
 
