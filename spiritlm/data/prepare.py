@@ -279,9 +279,10 @@ def meta_version() -> int:
 
 
 def merge_stats(parts: list[dict]) -> dict:
-    out: dict[str, Any] = {"items": 0, "kept": {}, "dropped": {}, "fallback": {}, "tokens": {},
-                           "word_form": {}, "seconds_in": 0.0, "seconds_kept": 0.0, "frames_encoded": 0,
-                           "encode_seconds": 0.0}
+    from spiritlm.data.work import empty_stats
+
+    out: dict[str, Any] = empty_stats()
+    del out["drop_log"]  # present only when a chunk has one
     for p in parts:
         for k, v in p.items():
             if isinstance(v, dict):
@@ -291,8 +292,9 @@ def merge_stats(parts: list[dict]) -> dict:
                 out.setdefault(k, []).extend(v)
             else:
                 out[k] = out.get(k, 0) + v
-    for k in ("kept", "dropped", "fallback", "tokens", "word_form"):
-        out[k] = dict(sorted(out[k].items()))
+    for k, v in out.items():
+        if isinstance(v, dict):
+            out[k] = dict(sorted(v.items()))
     return out
 
 

@@ -165,11 +165,16 @@ def collect_items(cfg) -> tuple[list[dict], list[dict]]:
 
 
 # ---- one chunk -----------------------------------------------------------------------------
+def empty_stats() -> dict:
+    """One chunk's statistics, zeroed; ``prepare.merge_stats`` sums chunks into this shape."""
+    return {"items": 0, "kept": {}, "dropped": {}, "fallback": {}, "tokens": {}, "word_form": {},
+            "seconds_in": 0.0, "seconds_kept": 0.0, "frames_encoded": 0, "encode_seconds": 0.0,
+            "drop_log": []}
+
+
 class _Stats:
     def __init__(self):
-        self.d = {"items": 0, "kept": {}, "dropped": {}, "fallback": {}, "tokens": {},
-                  "word_form": {}, "seconds_in": 0.0, "seconds_kept": 0.0, "frames_encoded": 0,
-                  "encode_seconds": 0.0, "drop_log": []}
+        self.d = empty_stats()
 
     def inc(self, key: str, sub: str, n: int = 1) -> None:
         self.d[key][sub] = self.d[key].get(sub, 0) + n
