@@ -229,20 +229,17 @@ def _shards_step(cfg: DemoConfig, manifest: str, corpus: dict, text_tok: dict, s
 # The paper's ablation. Both models see the same corpus for the same number of steps; only the
 # form of the aligned speech+text data differs: interleaved at word boundaries (resampled every
 # epoch) next to speech-only and text-only, or speech-only and text-only alone.
+# Entries: (source name, shard folder, source kind, weight); a source's kind says how the trainer
+# reads the aligned records (spiritlm.train.data.ALIGNED_AS).
 MIXTURES = {
-    "interleaved": [("interleaved", "aligned", "interleave", 1.0), ("speech", "aligned", "speech", 1.0),
-                    ("text", "text", None, 1.0)],
-    "no_interleaving": [("speech", "aligned", "speech", 1.0), ("text", "text", None, 1.0)],
+    "interleaved": [("interleaved", "aligned", "interleaved", 1.0), ("speech", "aligned", "speech", 1.0),
+                    ("text", "text", "text", 1.0)],
+    "no_interleaving": [("speech", "aligned", "speech", 1.0), ("text", "text", "text", 1.0)],
 }
 
 
 # The text-only start that both variants share when ``text_pretrain_steps`` > 0.
-TEXT_PRETRAIN = [("text", "text", None, 1.0)]
-
-
-# How a mixture entry reads the aligned records -> the trainer's source kind, and back.
-SOURCE_KIND = {"interleave": "interleaved", "speech": "speech", None: "text"}
-ALIGNED_AS = {kind: aligned_as for aligned_as, kind in SOURCE_KIND.items()}
+TEXT_PRETRAIN = [("text", "text", "text", 1.0)]
 
 
 def _train_config(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, step_dir: Path,
@@ -269,9 +266,8 @@ def _train_config(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, s
         *cfg.train_overrides, *extra])
     shard_root = Path(shards["dir"])
     mixture = TEXT_PRETRAIN if variant == "text_pretrain" else MIXTURES[variant]
-    tcfg.data.sources = [SourceConfig(name=name, path=str(shard_root / folder), weight=weight,
-                                      kind=SOURCE_KIND[aligned_as])
-                         for name, folder, aligned_as, weight in mixture]
+    tcfg.data.sources = [SourceConfig(name=name, path=str(shard_root / folder), weight=weight, kind=kind)
+                         for name, folder, kind, weight in mixture]
     return tcfg
 
 
@@ -286,17 +282,13 @@ def _train_key(tcfg, shards: dict, start: dict | None) -> list:
 
 
 def _train_step(tcfg) -> dict[str, Any]:
-    from spiritlm.data.reader import interleave_fn_for
     from spiritlm.train import train
 
-    fns = {}
     for src in tcfg.data.sources:
         if not any(Path(src.path).glob("*.parquet")):
             raise FileNotFoundError(f"no shards in {src.path}: the data-prep step produced no "
                                     f"{Path(src.path).name} rows")
-        if ALIGNED_AS[src.kind] is not None:  # aligned records read as interleaved or speech-only
-            fns[src.name] = interleave_fn_for(src.path, aligned_as=ALIGNED_AS[src.kind])
-    run_dir = train(tcfg, interleave_fns=fns)
+    run_dir = train(tcfg)
     return {"run_dir": str(run_dir), "hf": str(Path(run_dir) / "hf")}
 
 

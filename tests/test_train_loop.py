@@ -239,3 +239,78 @@ def test_trains_on_parquet_shards_with_interleave_hook(tmp_path):
     t.fit()
     assert t.step == 6 and all(r["loss/switch"] is not None for r in t.history)
     assert {0, 1} <= epochs  # ~500 interleaved tokens read: the 6 documents more than once
+
+
+def test_cli_trains_on_the_data_stage_aligned_shards(tmp_path):
+    """`spiritlm prepare shards` then `spiritlm train` on its aligned records, as the real-data
+    walkthrough does: the trainer reads one aligned folder as interleaved and as speech-only
+    documents by the sources' kinds, with no Python hook."""
+    import numpy as np
+    from test_data_fixtures import make_corpus, prepare_overrides
+
+    from spiritlm.cli import main
+    from spiritlm.config import load_config
+    from spiritlm.data.prepare import PrepareConfig, prepare_shards
+    from spiritlm.train.config import TrainConfig
+    from spiritlm.train.data import DataError, ParquetSource, make_sources
+    from spiritlm.vocab import VocabLayout
+
+    c = make_corpus(tmp_path / "corpus", n=8)
+    shards = tmp_path / "shards"
+    prepare_shards(load_config(PrepareConfig, None, prepare_overrides(c, shards)))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"""
+run_dir = "{tmp_path / 'run'}"
+steps = 3
+micro_batch_size = 2
+global_batch_size = 2
+[model]
+tokenizer = "{c['tokenizer'].parent}"
+pad_multiple = 64
+[model.tiny]
+hidden_size = 32
+intermediate_size = 64
+num_hidden_layers = 1
+num_attention_heads = 2
+num_key_value_heads = 2
+max_position_embeddings = 256
+[data]
+seq_len = 128
+[[data.sources]]
+name = "interleaved"
+path = "{shards / 'aligned'}"
+kind = "interleaved"
+[[data.sources]]
+name = "speech"
+path = "{shards / 'aligned'}"
+kind = "speech"
+[[data.sources]]
+name = "text"
+path = "{shards / 'text'}"
+kind = "text"
+[checkpoint]
+every = 0
+export_hf = false
+[log]
+tensorboard = false
+progress_bar = false
+plots = false
+""")
+    cfg = load_config(TrainConfig, recipe)
+    layout = VocabLayout(base_vocab_size=320)
+    (inter, speech, text), _ = make_sources(cfg.data, layout)
+    doc_i, doc_s, doc_t = (s.read(int(s.order(0, 0)[0]), 0, 0) for s in (inter, speech, text))
+    speech_i = layout.is_speech_id(doc_i["input_ids"])
+    assert doc_i["kind"] == "interleaved" and speech_i.any() and (~speech_i).any()
+    assert {layout.text_id, layout.speech_id} <= set(doc_i["input_ids"].tolist())
+    assert doc_s["kind"] == "speech" and layout.text_id not in doc_s["input_ids"].tolist()
+    assert layout.is_speech_id(doc_s["input_ids"][1:]).all()  # [Speech] then units only
+    assert doc_t["kind"] == "text" and not layout.is_speech_id(doc_t["input_ids"]).any()
+    with pytest.raises(DataError, match="interleave_fn"):  # no hook by hand: a message, not a crash
+        ParquetSource(shards / "aligned").read(0, 0, 0)
+
+    assert main(["train", str(recipe)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in rows if "loss" in r]
+    assert losses[-1]["step"] == 3 and np.isfinite(losses[-1]["loss"])
+    assert losses[-1]["loss/switch"] is not None  # interleaved documents reached the model

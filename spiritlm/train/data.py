@@ -16,6 +16,10 @@ Parquet shards (what the data-prep stage writes, one directory per source)::
 ``interleave_fn(record, seed, epoch) -> ids`` (optional, per source) builds a document's ids from
 its whole record each time it is read, so interleaving spans can be resampled every epoch (the
 ``input_ids`` column is then not needed). ``seed`` is unique per (run seed, document).
+``make_sources`` attaches one by itself to a configured source whose shards hold the data stage's
+``aligned`` records (words, times, units; no ``input_ids``): the source's ``kind`` says how they
+are read (``ALIGNED_AS``): interleaved afresh every epoch, or as speech-only / text-only documents
+(the paper's no-interleaving ablation reads the same records as speech).
 
 Determinism: the order of a source in an epoch is a function of (seed, epoch, source name) only;
 rank ``r`` of ``w`` takes documents ``r, r + w, r + 2w ...`` of that order; which source the next
@@ -39,6 +43,8 @@ KINDS = ("speech", "interleaved", "text")
 # Row kinds of the data-prep shards that mix both modalities count as interleaved documents.
 KIND_ALIASES = {"aligned": "interleaved", "asr": "interleaved", "tts": "interleaved"}
 InterleaveFn = Callable[[dict, int, int], Sequence[int]]
+# How a source of each kind reads the data stage's ``aligned`` records (spiritlm.data.reader).
+ALIGNED_AS = {"interleaved": "interleave", "any": "interleave", "speech": "speech", "text": "text"}
 
 
 class DataError(ValueError):
@@ -122,8 +128,13 @@ class ParquetSource:
             ids = self.interleave_fn(record, doc_seed(seed, self.name, index), epoch)
             kind = self.kind if self.kind != "any" else record.get("kind")
         else:
-            ids = table.column("input_ids")[row].values.to_numpy(zero_copy_only=False)
+            ids = table.column("input_ids")[row].values
             kind = table.column("kind")[row].as_py()
+            if ids is None:
+                raise DataError(f"{self.files[f]} row {row}: a {kind!r} record without input_ids; "
+                                f"read it through an interleave_fn (make_sources attaches one to "
+                                f"configured sources of aligned records)")
+            ids = ids.to_numpy(zero_copy_only=False)
         kind = KIND_ALIASES.get(kind, kind)
         return {"input_ids": np.asarray(ids, dtype=np.int64), "kind": kind}
 
@@ -273,5 +284,21 @@ def make_sources(data_cfg, layout: VocabLayout, interleave_fns: Optional[Mapping
     srcs = []
     for i, s in enumerate(data_cfg.sources):
         name = s.name or f"source{i}"
-        srcs.append(ParquetSource(s.path, name=name, kind=s.kind, interleave_fn=interleave_fns.get(name)))
+        fn = interleave_fns.get(name)
+        if fn is None and holds_aligned_records(s.path):
+            from spiritlm.data.reader import interleave_fn_for
+
+            fn = interleave_fn_for(s.path, aligned_as=ALIGNED_AS[s.kind])
+        srcs.append(ParquetSource(s.path, name=name, kind=s.kind, interleave_fn=fn))
     return srcs, [s.weight for s in data_cfg.sources]
+
+
+def holds_aligned_records(path: str | Path) -> bool:
+    """Whether a shard directory has rows of kind ``aligned`` (reads the ``kind`` column only)."""
+    import pyarrow.parquet as pq
+
+    for f in sorted(Path(path).glob("*.parquet")):
+        kinds = pq.read_table(f, columns=["kind"]).column("kind")
+        if "aligned" in kinds.unique().to_pylist():
+            return True
+    return False
