@@ -61,3 +61,46 @@ def test_readme_recipes_and_scripts_exist():
     assert not missing, f"README names files that do not exist: {missing}"
     assert "make demo" in README and "make test" in README
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def _line(*prefix: str) -> list[str]:
+    """The words of the first README command line that starts with these words."""
+    for line in _command_lines():
+        words = shlex.split(line)
+        if words[:len(prefix)] == list(prefix):
+            return words
+    raise AssertionError(f"the README has no `{' '.join(prefix)}` command")
+
+
+def _opt(words: list[str], flag: str) -> str:
+    return words[words.index(flag) + 1]
+
+
+def _sets(words: list[str]) -> list[str]:
+    return [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+
+
+def test_readme_real_data_walkthrough_hands_each_output_to_the_next_step():
+    """Every file the walkthrough reads is what an earlier step writes: manifest -> alignment ->
+    shards (with the fitted tokenizer and a text corpus) -> training sources -> the evaluated model."""
+    from spiritlm.config import load_config
+    from spiritlm.data.prepare import PrepareConfig
+    from spiritlm.train.config import TrainConfig
+
+    manifest = _opt(_line("spiritlm", "prepare", "manifest", "librispeech"), "-o")
+    align = _line("spiritlm", "prepare", "align")
+    assert align[3] == manifest, "align reads another manifest than `prepare manifest` writes"
+    tok = _opt(_line("spiritlm", "tokenizer", "fit", "tokenizers/base.toml"), "--out")
+    shards = _line("spiritlm", "prepare", "shards", "data_prep/librispeech.toml")
+    p = load_config(PrepareConfig, ROOT / shards[3], _sets(shards))
+    assert p.inputs.manifests == [_opt(align, "-o")], "shards read another manifest than align writes"
+    assert p.speech.tokenizer_dir == tok, "shards use another speech tokenizer than `tokenizer fit` writes"
+    assert p.inputs.text_corpora, "the training recipes read a text folder: give shards a text corpus"
+    train = next(shlex.split(x) for x in _command_lines() if x.startswith("train/launch_deepspeed.sh"))
+    t = load_config(TrainConfig, ROOT / train[1], _sets(train))
+    kinds = {"aligned" if p.records.mode == "aligned" else "interleaved", "speech", "text"}
+    for src in t.data.sources:
+        assert Path(src.path).parent == Path(p.output_dir) and Path(src.path).name in kinds, src.path
+    models = [_opt(shlex.split(x), "--model") for x in _command_lines()
+              if x.startswith("spiritlm eval") and "--model" in x]
+    assert f"{t.run_dir}/hf" in models, "the walkthrough does not evaluate the model it trains"

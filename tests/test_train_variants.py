@@ -43,6 +43,32 @@ def test_recipes_load(recipe):
     validate_config(cfg, world_size=1 if "single" in recipe.name or "tiny" in recipe.name else 64)
 
 
+def _prepared_folders() -> dict[Path, set[str]]:
+    """Each data_prep recipe's output directory -> the kind folders `prepare shards` writes there."""
+    from spiritlm.data.prepare import PrepareConfig
+
+    out = {}
+    for recipe in sorted((REPO / "data_prep").glob("*.toml")):
+        p = load_config(PrepareConfig, recipe)
+        first = "aligned" if p.records.mode == "aligned" else "interleaved"
+        out[Path(p.output_dir)] = {first, "speech", "text", *p.records.parallel}
+    return out
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "train").glob("*.toml")), ids=lambda p: p.name)
+def test_recipe_sources_are_what_data_prep_writes(recipe):
+    """A train recipe's sources name folders that a data_prep recipe writes, and aligned records
+    are read with an explicit kind (the same folder serves as interleaved and as speech-only)."""
+    cfg = load_config(TrainConfig, recipe)
+    prepared = _prepared_folders()
+    for src in cfg.data.sources:
+        path = Path(src.path)
+        assert path.parent in prepared, f"{recipe.name}: {src.path} is no data_prep recipe's output_dir"
+        assert path.name in prepared[path.parent], f"{recipe.name}: data prep writes no {path.name}/"
+        if path.name == "aligned":
+            assert src.kind in ("interleaved", "speech"), f"{recipe.name}: {src.name} needs a kind"
+
+
 def test_no_init_py_in_train_folder():
     assert not (REPO / "train" / "__init__.py").exists()
 
