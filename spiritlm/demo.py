@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from spiritlm.config import save_config, to_dict
 from spiritlm.corpus.demo import DemoCorpusConfig
-
-DONE = "STEP_DONE.json"
-STARTED = "STEP_STARTED"
+from spiritlm.pipeline import Job, Pipeline
 
 
 @dataclass
@@ -69,6 +65,10 @@ class DemoConfig:
     # seed (same start, same steps); the comparison averages every item over the seeds and shows
     # each seed's gap.
     train_seeds: list[int] = field(default_factory=list)
+    # Independent steps (the language models, their evaluations) run this many at a time, each
+    # in its own process with an equal share of the cores; 1 = one after the other. Same results
+    # (fp32 training gives the same losses with 1 thread as with 2; spiritlm/pipeline.py).
+    side_by_side: int = 2
     eval_recipe: str = "eval/demo_suite.toml"
     eval_overrides: list[str] = field(default_factory=list)
     # 480 Topic-StoryCloze items: 120 resolve only ~10-point gaps (a seed's +6.7 on 120 items was
@@ -76,58 +76,6 @@ class DemoConfig:
     mini_sizes: dict[str, int] = field(default_factory=lambda: {
         "swuggy": 60, "sblimp": 60, "storycloze": 80, "topic_storycloze": 480, "stsp": 30,
         "stsp_fewshot": 15, "asr": 12, "asr_shots": 20, "voices": 2})
-
-
-@dataclass
-class StepResult:
-    name: str
-    seconds: float
-    cached: bool
-    outputs: dict[str, Any]
-
-
-class Pipeline:
-    """Runs named steps in order with hash-based caching and timing."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir = out_dir
-        self.results: list[StepResult] = []
-
-    def run(self, name: str, deps: Any, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        step_dir = self.out_dir / name
-        key = hashlib.sha256(json.dumps(to_dict(deps), sort_keys=True, default=str).encode()).hexdigest()
-        done = step_dir / DONE
-        t0 = time.perf_counter()
-        if done.is_file():
-            rec = json.loads(done.read_text())
-            if rec.get("key") == key:
-                self.results.append(StepResult(name, time.perf_counter() - t0, True, rec["outputs"]))
-                print(f"[{name}] cached ({rec['seconds']:.1f} s when built)")
-                return rec["outputs"]
-        print(f"[{name}] running ...", flush=True)
-        started = step_dir / STARTED
-        if step_dir.exists() and not (started.is_file() and started.read_text() == key):
-            # Outputs of other settings must not leak in (training would resume from them);
-            # an interrupted run of the same settings is kept, so it resumes.
-            shutil.rmtree(step_dir)
-        step_dir.mkdir(parents=True, exist_ok=True)
-        started.write_text(key)
-        outputs = fn(step_dir)
-        seconds = time.perf_counter() - t0
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "seconds": seconds, "outputs": outputs}, indent=1, default=str))
-        tmp.replace(done)  # written last: a killed step reruns
-        self.results.append(StepResult(name, seconds, False, outputs))
-        print(f"[{name}] done in {seconds:.1f} s")
-        return outputs
-
-    def report(self) -> str:
-        lines = ["| step | time (s) | cached |", "|---|---:|---|"]
-        for r in self.results:
-            lines.append(f"| {r.name} | {r.seconds:.1f} | {'yes' if r.cached else 'no'} |")
-        total = sum(r.seconds for r in self.results)
-        lines.append(f"| **total** | {total:.1f} | |")
-        return "\n".join(lines)
 
 
 def _corpus_step(cfg: DemoConfig, step_dir: Path) -> dict[str, Any]:
@@ -281,7 +229,7 @@ def _train_key(tcfg, shards: dict, start: dict | None) -> list:
     return deps
 
 
-def _train_step(tcfg) -> dict[str, Any]:
+def _train_step(tcfg, step_dir: Path | None = None) -> dict[str, Any]:
     from spiritlm.train import train
 
     for src in tcfg.data.sources:
@@ -341,7 +289,7 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     out = Path(cfg.out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.resolved.yaml")
-    pipe = Pipeline(out)
+    pipe = Pipeline(out, workers=cfg.side_by_side)
     # identity() includes the grammar/corpus/espeak versions, not only the settings
     corpus = pipe.run("corpus", cfg.corpus.identity(), lambda d: _corpus_step(cfg, d))
     text_tok = pipe.run("text_tokenizer", [cfg.text_vocab_size, corpus["stats"]],
@@ -360,21 +308,23 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
                                  _file_hash(Path(text_tok["dir"]) / "tokenizer.model"),
                                  _file_hash(Path(speech_tok["dir"]) / "manifest.json")],
                       lambda d: _shards_step(cfg, manifest, corpus, text_tok, speech_tok, d))
-    def train_model(name: str, variant: str, seed: int | None = None) -> dict[str, Any]:
+    def train_job(name: str, variant: str, seed: int | None = None) -> Job:
         tcfg = _train_config(cfg, variant, shards, text_tok, out / name, start, seed)
-        return pipe.run(name, _train_key(tcfg, shards, start), lambda d: _train_step(tcfg))
+        return Job(name, _train_key(tcfg, shards, start), _train_step, (tcfg,),
+                   progress=lambda d, n=tcfg.steps: (_last_logged_step(d / "run" / "metrics.jsonl"), n))
 
     start = None
     if cfg.text_pretrain_steps > 0:
-        start = train_model("text_pretrain", "text_pretrain")
+        start, = pipe.run_jobs([train_job("text_pretrain", "text_pretrain")])
     seeds = list(cfg.train_seeds) or [cfg.seed]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"train_seeds {seeds} repeats a seed; give distinct seeds, e.g. [0, 1, 2]")
     suffix = {s: "" if s == cfg.seed else f"_seed{s}" for s in seeds}  # seed's own steps keep their names
+    # every (variant, seed) model is independent of the others: side by side
+    jobs = [(v, train_job(f"train_{v}{suffix[s]}", v, s)) for v in MIXTURES for s in seeds]
     models: dict[str, list[dict]] = {v: [] for v in MIXTURES}
-    for variant in MIXTURES:
-        for s in seeds:
-            models[variant].append(train_model(f"train_{variant}{suffix[s]}", variant, s))
+    for (variant, _), model in zip(jobs, pipe.run_jobs([j for _, j in jobs])):
+        models[variant].append(model)
     mini = pipe.run("mini_benchmarks", [cfg.seed, cfg.mini_sizes], lambda d: _mini_step(cfg, d))
     evals: dict[str, list[dict]] = {v: [] for v in MIXTURES}
     shared_encoders: dict = {}
@@ -395,6 +345,20 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     (out / "timings.md").write_text(pipe.report() + "\n")
     print(f"\noutputs: {out}")
     return pipe
+
+
+def _last_logged_step(metrics: Path) -> int:
+    """The last step in a training run's metrics.jsonl (0 before the first log line)."""
+    if not metrics.is_file():
+        return 0
+    with open(metrics, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - 4096))
+        for line in reversed(f.read().splitlines()):
+            try:
+                return int(json.loads(line).get("step", 0))
+            except (ValueError, AttributeError):
+                continue
+    return 0
 
 
 def _file_hash(path: Path) -> str:

@@ -45,6 +45,16 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     assert "topic_storycloze" in out["compare"]["markdown"]
     assert out["compare"]["check"].startswith("check (topic_storycloze")  # the ablation's claims, read off
     assert Path(out["compare"]["png"]).is_file()
+    # the two models trained side by side (1 thread each) equal the same training run here
+    from safetensors.torch import load_file
+
+    from spiritlm.demo import _train_step
+    from spiritlm.train.config import TrainConfig
+
+    run = Path(out["train_interleaved"]["run_dir"])
+    here = _train_step(load_config(TrainConfig, run / "config.yaml", [f"run_dir={tmp_path / 'here'}"]))
+    side, same = (load_file(Path(d) / "model.safetensors") for d in (out["train_interleaved"]["hf"], here["hf"]))
+    assert side.keys() == same.keys() and all(side[k].equal(same[k]) for k in side)
     # a second run reuses every step
     again = run_demo(cfg)
     assert all(r.cached for r in again.results)
