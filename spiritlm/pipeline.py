@@ -80,8 +80,8 @@ class Pipeline:
             return cached
         print(f"[{name}] running ...", flush=True)
         t0 = time.perf_counter()
-        step_dir = self._start(name, key)
-        return self._finish(name, key, time.perf_counter() - t0, fn(step_dir))
+        outputs = fn(self._start(name, key))
+        return self._finish(name, key, time.perf_counter() - t0, outputs)
 
     # ---- independent steps, side by side ----------------------------------------------------------
     def run_jobs(self, jobs: list[Job]) -> list[dict[str, Any]]:

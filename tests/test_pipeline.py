@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import pytest
 
@@ -43,8 +44,11 @@ def test_side_by_side_runs_each_step_in_its_own_process_and_caches(tmp_path, mon
 
 
 def test_one_worker_runs_in_this_process(tmp_path):
-    out = Pipeline(tmp_path, workers=1).run_jobs([Job("a", 1, report_process, (1,)), Job("b", 2, report_process, (2,))])
+    pipe = Pipeline(tmp_path, workers=1)
+    out = pipe.run_jobs([Job("a", 1, report_process, (1,)), Job("b", 2, report_process, (2,))])
     assert {o["pid"] for o in out} == {os.getpid()}
+    pipe.run("nap", 0, lambda d: time.sleep(0.2) or {})
+    assert pipe.results[-1].seconds >= 0.2  # the step's own time, not the time before it
 
 
 def test_a_failed_side_step_names_itself_and_shows_its_log(tmp_path):
