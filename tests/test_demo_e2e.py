@@ -45,6 +45,20 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     assert "topic_storycloze" in out["compare"]["markdown"]
     assert out["compare"]["check"].startswith("check (topic_storycloze")  # the ablation's claims, read off
     assert Path(out["compare"]["png"]).is_file()
+    # the stage recipes' defaults name what `spiritlm demo` writes under its default out_dir
+    from spiritlm.data.prepare import PrepareConfig
+    from spiritlm.eval.suite import EvalConfig
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def as_default(p):
+        return (Path(DemoConfig().out_dir) / Path(p).relative_to(Path(cfg.out_dir).absolute())).as_posix()
+
+    prep = load_config(PrepareConfig, repo / "data_prep" / "demo.toml")
+    assert prep.speech.tokenizer_dir == as_default(out["speech_tokenizer"]["dir"])
+    assert prep.text_tokenizer == as_default(out["text_tokenizer"]["dir"])
+    suite = load_config(EvalConfig, repo / "eval" / "demo_suite.toml")
+    assert suite.speech_encoder_args["directory"] == as_default(out["speech_tokenizer"]["dir"])
     # the two models trained side by side (1 thread each) equal the same training run here
     from safetensors.torch import load_file
 

@@ -101,6 +101,10 @@ def test_readme_real_data_walkthrough_hands_each_output_to_the_next_step():
     kinds = {"aligned" if p.records.mode == "aligned" else "interleaved", "speech", "text"}
     for src in t.data.sources:
         assert Path(src.path).parent == Path(p.output_dir) and Path(src.path).name in kinds, src.path
-    models = [_opt(shlex.split(x), "--model") for x in _command_lines()
-              if x.startswith("spiritlm eval") and "--model" in x]
-    assert f"{t.run_dir}/hf" in models, "the walkthrough does not evaluate the model it trains"
+    evals = [shlex.split(x) for x in _command_lines() if x.startswith("spiritlm eval ") and "--model" in x]
+    mine = [w for w in evals if _opt(w, "--model") == f"{t.run_dir}/hf"]
+    assert mine, "the walkthrough does not evaluate the model it trains"
+    from spiritlm.eval.suite import EvalConfig
+
+    e = load_config(EvalConfig, ROOT / mine[0][2], _sets(mine[0]))
+    assert e.speech_encoder_args["directory"] == tok, "the evaluation encodes speech with another tokenizer"

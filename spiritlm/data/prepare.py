@@ -106,6 +106,10 @@ class PrepareConfig:
         bad = [p for p in self.records.parallel if p not in ("asr", "tts")]
         if bad:
             raise ValueError(f"records.parallel takes 'asr' and/or 'tts', got {bad}")
+        if self.speech.encoder == "hash" and self.speech.tokenizer_dir:
+            raise ValueError(f"speech.tokenizer_dir={self.speech.tokenizer_dir} is set, but speech.encoder='hash' "
+                             "writes stand-in units and ignores it; set "
+                             "speech.encoder=spiritlm.data.encoders:speech_tokenizer (or tokenizer_dir='')")
 
 
 _RUNTIME_KEYS = ("output_dir", "workers", "backend", "ray_gpus_per_worker", "start_method",

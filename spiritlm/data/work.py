@@ -37,7 +37,7 @@ def load_text_tokenizer(path: str):
     if not path:
         raise ConfigError("text_tokenizer is not set: give the path of a SentencePiece "
                           "tokenizer.model (or a directory holding one), e.g. --set "
-                          "text_tokenizer=tokenizers/demo/tokenizer.model")
+                          "text_tokenizer=runs/demo/text_tokenizer/tokenizer")
     p = Path(path)
     if p.is_dir():
         return SpiritTokenizer.from_pretrained(p)

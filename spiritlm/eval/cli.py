@@ -40,7 +40,7 @@ def register(sub) -> None:
     g.add_argument("--speech-encoder", default="spiritlm.tokenizer.speech_tokenizer:SpeechTokenizer.load",
                    help="package.module:factory for wav inputs (used only when a --speech is a wav)")
     g.add_argument("--speech-encoder-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="argument of the factory, e.g. directory=runs/demo/speech_tokenizer")
+                   help="argument of the factory, e.g. directory=runs/demo/speech_tokenizer/tokenizer")
     g.add_argument("--expressive", action="store_true", help="pitch + style tokens (Expressive)")
     g.add_argument("--device", default="auto")
     g.set_defaults(func=_generate)

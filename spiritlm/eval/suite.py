@@ -1,6 +1,6 @@
 """The evaluation suite: a typed config (recipes in ``eval/``) and ``run_suite``.
 
-    cfg = load_config(EvalConfig, "eval/demo_suite.toml", ["model=runs/demo/final"])
+    cfg = load_config(EvalConfig, "eval/demo_suite.toml", ["model=runs/demo/train_interleaved/run/hf"])
     paths = run_suite(cfg)          # report.md, results.json, items.jsonl, chart.png, config.yaml
 
 Relative data paths are resolved against ``data_root``. An empty path switches a task off (it
