@@ -15,3 +15,12 @@ def test_bench_train_runs(capsys):
     out = bench_train(steps=2, warmup=1)
     assert out["ours_tokens_per_s"] > 0 and out["hf_tokens_per_s"] > 0 and out["ratio"] > 0
     assert "ratio" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_side_by_side_runs_and_losses_match(capsys):
+    from spiritlm.train.bench import bench_side_by_side
+
+    out = bench_side_by_side(steps=2)
+    assert out["same_losses"] and out["speedup"] > 0 and len(out["threads"]) == 4
+    assert "speedup" in capsys.readouterr().out

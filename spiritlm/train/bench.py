@@ -95,5 +95,53 @@ def bench_train(steps: int = 12, warmup: int = 2, overrides: Sequence[str] = (),
     return out
 
 
+# The demo's language model (spiritlm/demo.py train_overrides) on synthetic documents.
+DEMO_MODEL = ["data.seq_len=512", "micro_batch_size=4", "global_batch_size=8", "model.tiny.hidden_size=128",
+              "model.tiny.intermediate_size=352", "model.tiny.num_hidden_layers=4",
+              "model.tiny.num_attention_heads=4", "model.tiny.num_key_value_heads=4",
+              "model.tiny.max_position_embeddings=1024", "model.tiny.base_vocab_size=2000",
+              "data.synthetic_docs=2000", "log.every=5"]
+
+
+def _train_job(overrides: list[str], step_dir) -> dict:
+    """One training run (a pipeline job): its losses, and its wall time in its own process."""
+    from spiritlm.train.tiny import tiny_config
+    from spiritlm.train.trainer import Trainer
+
+    t0 = time.perf_counter()
+    t = Trainer(tiny_config(str(step_dir / "run"), overrides))
+    t.fit()
+    return {"losses": [r["loss"] for r in t.history], "seconds": time.perf_counter() - t0,
+            "threads": torch.get_num_threads()}
+
+
+def bench_side_by_side(steps: int = 40, verbose: bool = True) -> dict:
+    """Two demo-sized trainings (data seeds 0 and 1) one after the other in this process, then
+    side by side in two processes with half the cores each (spiritlm.pipeline), as the demo
+    trains its two models. Prints the wall-time ratio and whether every loss is the same."""
+    from pathlib import Path
+
+    from spiritlm.pipeline import Job, Pipeline
+
+    jobs = [Job(f"seed{s}", s, _train_job, ([*DEMO_MODEL, f"steps={steps}", f"seed={s}"],)) for s in (0, 1)]
+    with tempfile.TemporaryDirectory() as tmp:
+        walls, outs = {}, {}
+        for name, workers in (("in_a_row", 1), ("side_by_side", 2)):
+            t0 = time.perf_counter()
+            outs[name] = Pipeline(Path(tmp) / name, workers=workers).run_jobs(jobs)
+            walls[name] = time.perf_counter() - t0
+    same = all(a["losses"] == b["losses"] for a, b in zip(outs["in_a_row"], outs["side_by_side"]))
+    out = {"in_a_row_s": walls["in_a_row"], "side_by_side_s": walls["side_by_side"],
+           "speedup": walls["in_a_row"] / walls["side_by_side"], "same_losses": same, "steps": steps,
+           "threads": [o["threads"] for o in outs["in_a_row"]] + [o["threads"] for o in outs["side_by_side"]]}
+    if verbose:
+        t = out["threads"]
+        print(f"side-by-side bench (2 demo-sized trainings x {steps} steps, CPU): in a row "
+              f"({t[0]} threads) {walls['in_a_row']:.1f} s, side by side ({t[2]} thread(s) each) "
+              f"{walls['side_by_side']:.1f} s, speedup {out['speedup']:.2f}x; "
+              f"same losses: {'yes' if same else 'NO'}")
+    return out
+
+
 if __name__ == "__main__":
     bench_train()
