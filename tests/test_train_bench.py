@@ -24,3 +24,13 @@ def test_bench_side_by_side_runs_and_losses_match(capsys):
     out = bench_side_by_side(steps=2)
     assert out["same_losses"] and out["speedup"] > 0 and len(out["threads"]) == 4
     assert "speedup" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_precision_runs(capsys):
+    from spiritlm.train.bench import bench_precision
+
+    out = bench_precision(steps=1, warmup=1)
+    assert out["fp32_s_per_step"] > 0 and out["bf16_s_per_step"] > 0 and out["speedup"] > 0
+    assert abs(out["fp32_last_loss"] - out["bf16_last_loss"]) < 0.1  # same data, close losses
+    assert "speedup" in capsys.readouterr().out

@@ -47,6 +47,13 @@ def _bench_side_by_side(args) -> int:
     return 0 if r["same_losses"] else 1
 
 
+def _bench_precision(args) -> int:
+    from spiritlm.train.bench import bench_precision
+
+    bench_precision()  # prints its own report
+    return 0
+
+
 def _bench_tokenizer(args) -> int:
     from spiritlm.tokenizer.bench import bench_tokenizer
 
@@ -75,6 +82,7 @@ BENCHES = {
     "interleave": (_bench_interleave, "interleaved id materialisation vs per-word Python"),
     "train": (_bench_train, "our training loop vs HF Trainer, tokens/s"),
     "side-by-side": (_bench_side_by_side, "two trainings side by side vs in a row (the demo's models)"),
+    "precision": (_bench_precision, "the demo's model in fp32 vs bf16, time per step"),
     "eval": (_bench_eval, "pairs scored per second vs one at a time"),
     "synth": (_bench_synth, "espeak forks of a 2 GiB process: direct vs zygote"),
 }

@@ -143,5 +143,34 @@ def bench_side_by_side(steps: int = 40, verbose: bool = True) -> dict:
     return out
 
 
+def bench_precision(steps: int = 30, warmup: int = 3, verbose: bool = True) -> dict:
+    """The demo's model and batch (synthetic documents) in fp32 and in bf16 (DeepSpeed bf16:
+    bf16 weights and activations, fp32 optimizer state), this process, same data: seconds per
+    optimizer step after ``warmup`` and the loss of the last step in each."""
+    from spiritlm.train.tiny import tiny_config
+    from spiritlm.train.trainer import Trainer
+
+    out: dict = {"steps": steps, "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("fp32", "bf16"):
+            t = Trainer(tiny_config(f"{tmp}/{precision}", [*DEMO_MODEL, f"steps={steps + warmup}",
+                                                             f"deepspeed.precision={precision}"]))
+            for _ in range(warmup):
+                t.train_step()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                last = t.train_step()
+            out[f"{precision}_s_per_step"] = (time.perf_counter() - t0) / steps
+            out[f"{precision}_last_loss"] = float(last["loss"])
+            del t
+    out["speedup"] = out["fp32_s_per_step"] / out["bf16_s_per_step"]
+    if verbose:
+        print(f"precision bench (demo model, {steps} timed steps, {out['threads']} threads): fp32 "
+              f"{out['fp32_s_per_step'] * 1000:.0f} ms/step, bf16 {out['bf16_s_per_step'] * 1000:.0f} ms/step, "
+              f"speedup {out['speedup']:.2f}x; last loss fp32 {out['fp32_last_loss']:.4f}, "
+              f"bf16 {out['bf16_last_loss']:.4f}")
+    return out
+
+
 if __name__ == "__main__":
     bench_train()
