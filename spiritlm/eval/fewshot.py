@@ -71,7 +71,9 @@ def read_utterances(path: Path) -> list[dict]:
 def _shots(pool, test, n, rng):
     cands = [u for u in pool if u["id"] != test["id"]]
     if len(cands) < n:
-        raise LayoutError(f"only {len(cands)} utterances available for {n} shots")
+        raise LayoutError(f"only {len(cands)} shot utterances (other than the test item) for {n} shots: "
+                          f"lower fewshot.n_shots to {len(cands)} or fewer, or give more shots "
+                          f"(fewshot.shots_manifest; mini benchmarks: mini.sizes.asr_shots)")
     return rng.sample(cands, n)
 
 

@@ -76,7 +76,10 @@ class CachedEncoder:
         many = getattr(self._owner, "encode_many", None)
         if not todo or many is None:
             return
-        for i in range(0, len(todo), 64):
+        from tqdm.auto import tqdm
+
+        for i in tqdm(range(0, len(todo), 64), desc=f"encode {len(todo)} audio files", unit="batch",
+                      disable=True if len(todo) <= 64 else None):
             chunk = todo[i : i + 64]
             outs = many([str(p) for _, p in chunk])
             for (key, p), out in zip(chunk, outs):
@@ -118,8 +121,10 @@ def load_tokenizer(model_dir: str | Path) -> SpiritTokenizer:
     d = Path(model_dir)
     if not (d / SP_FILE).is_file():
         raise ModelDirError(
-            f"{d / SP_FILE} not found: a model directory needs the SentencePiece model; export with "
-            "`spiritlm train` (SpiritTokenizer.save_pretrained) or copy the release's tokenizer.model"
+            f"{d / SP_FILE} not found: a model directory needs the SentencePiece model. `spiritlm train` "
+            "exports it when the run has one (--set model.tokenizer=DIR, or a model.checkpoint holding "
+            "tokenizer.model); else copy the tokenizer the model was trained with (the release's "
+            "tokenizer.model for Spirit LM) into the directory"
         )
     tok = SpiritTokenizer.from_pretrained(d)
     marker_piece = tok.sp.piece_to_id(tok.layout.text_marker)

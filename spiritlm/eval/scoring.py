@@ -87,6 +87,8 @@ class Scorer:
         self.max_row_tokens = max_row_tokens
         self.share_context = share_context
         self.stats = ScorerStats()
+        # a label shows a progress bar (rows scored) on a terminal; the suite sets it per task
+        self.progress_desc: str | None = None
 
     # ---- segments -> ids ---------------------------------------------------------------
     def resolve(self, segments: Iterable[Segment]) -> list[tuple[str, Any]]:
@@ -141,18 +143,24 @@ class Scorer:
             scores = self.score_ids([(list(c), list(x)) for c, x in uniq])
             self.stats.requests -= len(uniq)
             return [scores[w] for w in where]
+        from tqdm.auto import tqdm
+
         rows = self._pack(pairs)
         rows.sort(key=lambda r: -r[2])
         results: list[Score | None] = [None] * len(pairs)
         i = 0
-        while i < len(rows):
-            width = rows[i][2]  # longest row of this batch (sorted descending)
-            n = max(1, min(len(rows) - i, self.batch_tokens // max(width, 1)))
-            batch = rows[i : i + n]
-            i += n
-            with torch.inference_mode():
-                for idx, sc in self._forward(batch):
-                    results[idx] = sc
+        # disable=None: a bar on a terminal only, none in logs
+        with tqdm(total=len(rows), desc=self.progress_desc, unit="row",
+                  disable=True if self.progress_desc is None else None) as bar:
+            while i < len(rows):
+                width = rows[i][2]  # longest row of this batch (sorted descending)
+                n = max(1, min(len(rows) - i, self.batch_tokens // max(width, 1)))
+                batch = rows[i : i + n]
+                i += n
+                with torch.inference_mode():
+                    for idx, sc in self._forward(batch):
+                        results[idx] = sc
+                bar.update(n)
         return results  # type: ignore[return-value]
 
     def _pack(self, pairs) -> list[tuple[list[int], list[tuple[int, list[int]]], int]]:

@@ -121,6 +121,13 @@ def load_hook(spec: str, args: dict | None = None, task: str = "text-classificat
     return load_speech_encoder(spec, args)._fn
 
 
+def _model_name(model_dir: Path) -> str:
+    """A report's default model name: the directory's name, or for a `spiritlm train` export
+    (``<run_dir>/hf``, or ``<step>/run/hf`` in the demo) the run's."""
+    parts = [p for p in model_dir.absolute().parts if p not in ("/", "hf", "run")]
+    return parts[-1] if parts and model_dir.name == "hf" else model_dir.name
+
+
 def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict:
     """Run every configured task; write the report. ``model``/``tokenizer``/``encoder`` may be
     passed in (the demo does) instead of being loaded from ``cfg.model``/``cfg.speech_encoder``."""
@@ -129,7 +136,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
     from spiritlm.eval.scoring import Scorer
 
     root = Path(cfg.data_root)
-    name = cfg.name or (Path(cfg.model).name if cfg.model else "model")
+    name = cfg.name or (_model_name(Path(cfg.model)) if cfg.model else "model")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -164,6 +171,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                 for split in zs.splits:
                     for mod in zs.modalities:
                         t = time.perf_counter()
+                        scorer.progress_desc = f"{task}/{mod}"
                         res = run_zerospeech(p(zs.root), kind, split, "speech" if mod == "S" else "text",
                                              scorer, sc.normalize, sub if mod == "S" else None)
                         if kind == "lexical" and zs.lexical_metric == "invocab" and res["n_pairs_invocab"]:
@@ -182,6 +190,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                 if not src:
                     continue
                 t = time.perf_counter()
+                scorer.progress_desc = f"{task}/{s}"
                 res = run_storycloze(s, p(src), scorer, sc.normalize, task)
                 res["complete"] = True
                 results.setdefault(task, {})[s] = res
