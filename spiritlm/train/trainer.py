@@ -58,7 +58,17 @@ class Trainer:
         if sources is None:
             sources, weights = make_sources(cfg.data, self.layout, interleave_fns,
                                             text_vocab=self.layout.base_vocab_size)
+            if not cfg.data.sources and int(os.environ.get("RANK", "0")) == 0:
+                log.warning("no [[data.sources]] in the recipe: training on SYNTHETIC random documents "
+                            "(a smoke test); list your shard folders under [[data.sources]] "
+                            "(train/README.md, Data)")
         check_meta(sources, self.layout, self.rows)
+        if int(os.environ.get("RANK", "0")) == 0:
+            total = sum(weights)
+            log.info("data: %s", ", ".join(
+                f"{getattr(s, 'name', '?')} ({len(s)} documents, weight {w / total:.2f}"
+                f"{', read through an interleave_fn' if getattr(s, 'interleave_fn', None) else ''})"
+                for s, w in zip(sources, weights)))
         import deepspeed
 
         init_distributed(cfg)
@@ -241,6 +251,10 @@ class Trainer:
     def export(self, out_dir: Path) -> Path:
         tok = self.cfg.model.tokenizer or (self.cfg.model.checkpoint if self.cfg.model.checkpoint and
                                            (Path(self.cfg.model.checkpoint) / "tokenizer.model").is_file() else "")
+        if not tok and ckpt._rank() == 0:
+            log.warning("%s gets no tokenizer.model: neither model.tokenizer nor model.checkpoint has one, so "
+                        "`spiritlm eval`/`generate` cannot load it; train with --set model.tokenizer=DIR "
+                        "(a tokenizer.model or a directory holding one), or copy one in", out_dir)
         return ckpt.export_hf(self.engine, self.engine.module, out_dir, tok or None, self.layout,
                               self.cfg.deepspeed.zero_stage,
                               extra_files={"spiritlm_train_config.yaml": dump_config(self.cfg)})
