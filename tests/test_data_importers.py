@@ -66,13 +66,19 @@ def test_folder_layout_and_bad_inputs(tmp_path):
 
 
 def test_lhotse_round_trip_and_partial_recordings(tmp_path):
+    from dataclasses import replace
+
+    from spiritlm.manifest import Style
+
     c = make_corpus(tmp_path / "c", n=3)
+    c["utts"][1] = replace(c["utts"][1], split="heldout", kind="story", style=Style(160, 50, 40))
     rec, sup = export_lhotse(c["utts"], c["root"], tmp_path / "lh")
     assert rec.read_bytes() == export_lhotse(c["utts"], c["root"], tmp_path / "lh2")[0].read_bytes()
     utts, rep = import_lhotse(rec, sup, manifest_dir=c["root"])
     assert rep.dropped == {}
     for a, b in zip(utts, c["utts"]):
         assert (a.id, a.text, a.speaker, a.audio_path) == (b.id, b.text, b.speaker, b.audio_path)
+        assert (a.split, a.kind, a.style) == (b.split, b.kind, b.style)  # held out stays held out
         assert [(w.word, w.start, w.end) for w in a.words] == [(w.word, w.start, w.end) for w in b.words]
     rows = [json.loads(x) for x in gzip.open(sup, "rt")]
     rows[0]["start"], rows[1]["recording_id"], rows[2]["text"] = 0.5, "nope", ""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from spiritlm.manifest import Utterance, Word
+from spiritlm.manifest import Style, Utterance, Word
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,9 @@ def import_lhotse(recordings, supervisions, manifest_dir=None, split: str = "tra
                   tolerance_s: float = 0.01):
     """lhotse ``RecordingSet`` + ``SupervisionSet`` JSONL(.gz). A supervision must cover its whole
     recording (our manifests hold whole files; others are dropped as ``partial_recording``).
-    Word alignments (``alignment.word``) become ``words``."""
+    Word alignments (``alignment.word``) become ``words``. ``custom.split`` / ``custom.kind`` /
+    ``custom.style`` (what ``export_lhotse`` writes) are kept; ``split`` is the split of
+    supervisions without one."""
     rep, utts = ImportReport(), []
     recs = {}
     base = Path(recordings).parent
@@ -227,8 +229,12 @@ def import_lhotse(recordings, supervisions, manifest_dir=None, split: str = "tra
         words = [Word(w["symbol"], round(float(w["start"]), 6),
                       round(float(w["start"]) + float(w["duration"]), 6))
                  for w in ((s.get("alignment") or {}).get("word") or [])]
+        custom = s.get("custom") or {}
+        st = custom.get("style")
+        style = Style(int(st["rate"]), int(st["pitch"]), int(st["range"])) if isinstance(st, dict) else None
         utts.append(Utterance(sid, _rel(audio, manifest_dir), dur, int(r["sampling_rate"]), text,
-                              s.get("speaker") or "unknown", words=words, split=split, kind="lhotse"))
+                              s.get("speaker") or "unknown", style=style, words=words,
+                              split=str(custom.get("split") or split), kind=str(custom.get("kind") or "lhotse")))
     return _finish(utts, rep), rep
 
 
@@ -258,6 +264,10 @@ def export_lhotse(utts: list[Utterance], manifest_dir, out_dir) -> tuple[Path, P
         if u.words:
             sup["alignment"] = {"word": [{"symbol": w.word, "start": w.start,
                                           "duration": round(w.end - w.start, 6)} for w in u.words]}
+        # held-out utterances must stay held out after a round trip (lhotse keeps `custom` as is)
+        sup["custom"] = {"split": u.split, "kind": u.kind}
+        if u.style is not None:
+            sup["custom"]["style"] = {"rate": u.style.rate, "pitch": u.style.pitch, "range": u.style.range}
         sups.append(sup)
     rp, sp = out / "recordings.jsonl.gz", out / "supervisions.jsonl.gz"
     _write_jsonl_gz(rp, recs)

@@ -22,6 +22,7 @@ loads them too (rows as stored; aligned rows are not interleaved there).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
@@ -32,6 +33,7 @@ from spiritlm.data.records import AlignedRecord, asr_ids, speech_ids, text_ids, 
 from spiritlm.data.shards import ShardError, read_metadata, row_to_record
 from spiritlm.vocab import VocabLayout
 
+log = logging.getLogger(__name__)
 ALIGNED_AS = ("interleave", "speech", "text", "asr", "tts")
 
 
@@ -137,6 +139,11 @@ class ShardReader:
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(len(self.groups))
         g, w = self._worker()
+        if w > len(self.groups) and not getattr(self, "_warned_idle", False):
+            self._warned_idle = True
+            log.warning("%d readers (ranks x DataLoader workers) share %d row groups: %d of them read "
+                        "nothing; write smaller row groups (shards.row_group_mb) or use fewer readers",
+                        w, len(self.groups), w - len(self.groups))
         return [self.groups[i] for i in order[g::w]]
 
     def as_torch_dataset(self):
