@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:  # faiss logs each SIMD build it tries and fails to find at INFO, with a traceback-like line
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -28,6 +28,8 @@ TINY = [
 
 
 def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
+    # the first run trains its two models side by side (the default); later runs one after the
+    # other in this process (side_by_side=1), which spawns no processes and is quicker at this size
     cfg = load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *TINY])
     pipe = run_demo(cfg)
     names = [r.name for r in pipe.results]
@@ -74,7 +76,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     assert all(r.cached for r in again.results)
     # a shared text-only start: the data steps stay cached, both variants continue from it
     pre = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *TINY,
-                                                   "text_pretrain_steps=2"]))  # later --set wins
+                                                   "text_pretrain_steps=2", "side_by_side=1"]))  # later --set wins
     res = {r.name: r for r in pre.results}
     assert res["shards"].cached and not res["text_pretrain"].cached
     start = res["text_pretrain"].outputs["hf"]
@@ -85,7 +87,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     # a second training seed: seed 0's models are reused, seed 1's are trained and evaluated,
     # and the comparison pools both seeds and shows each seed's gap
     two = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *TINY,
-                                                   "text_pretrain_steps=2", "train_seeds=[0, 1]"]))
+                                                   "text_pretrain_steps=2", "side_by_side=1", "train_seeds=[0, 1]"]))
     res2 = {r.name: r for r in two.results}
     for v in ("interleaved", "no_interleaving"):
         assert res2[f"train_{v}"].cached and res2[f"eval_{v}"].cached
@@ -98,7 +100,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     # other benchmark sizes: same paths, other items -> every evaluation reruns, no training does
     more = [t.replace("topic_storycloze: 4", "topic_storycloze: 6") for t in TINY]
     three = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *more,
-                                                     "text_pretrain_steps=2", "train_seeds=[0, 1]"]))
+                                                     "text_pretrain_steps=2", "side_by_side=1", "train_seeds=[0, 1]"]))
     res3 = {r.name: r for r in three.results}
     assert all(r.cached for n, r in res3.items() if n.startswith("train"))
     assert not any(r.cached for n, r in res3.items() if n.startswith(("eval", "mini", "compare")))
@@ -109,7 +111,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     longer = [t.replace("train_overrides=[steps=6,", "train_overrides=[steps=8,") for t in more]
     assert longer != more
     four = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *longer,
-                                                    "text_pretrain_steps=2"]))
+                                                    "text_pretrain_steps=2", "side_by_side=1"]))
     res4 = {r.name: r for r in four.results}
     assert res4["text_pretrain"].cached and res4["shards"].cached
     assert not res4["train_interleaved"].cached and not res4["train_no_interleaving"].cached
