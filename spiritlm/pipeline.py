@@ -97,7 +97,7 @@ class Pipeline:
                 todo.append((job, key))
             else:
                 done[job.name] = cached
-        if len(todo) == 1 or self.workers == 1:
+        if len(todo) == 1 or min(self.workers, available_cores()) == 1:  # one core: nothing to share
             for job, _ in todo:
                 done[job.name] = self.run(job.name, job.deps, lambda d, j=job: j.fn(*j.args, d))
         elif todo:

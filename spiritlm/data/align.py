@@ -410,6 +410,10 @@ def main_measure(manifest: str, limit: int = 200, out: str | None = None) -> dic
     from spiritlm.manifest import read_manifest
 
     rep = measure_aligner(read_manifest(manifest), Path(manifest).parent, PocketsphinxAligner(), limit)
+    if rep["utterances"] == 0:
+        raise SystemExit(f"{manifest}: no utterance has reference word times, so there is nothing to "
+                         "measure the aligner against; use a manifest with words (the demo corpus has "
+                         "the synthesizer's exact times)")
     if out:
         Path(out).write_text(json.dumps(rep, indent=2) + "\n")
     return rep
