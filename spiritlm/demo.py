@@ -65,9 +65,9 @@ class DemoConfig:
     # seed (same start, same steps); the comparison averages every item over the seeds and shows
     # each seed's gap.
     train_seeds: list[int] = field(default_factory=list)
-    # Independent steps (the language models, their evaluations) run this many at a time, each
-    # in its own process with an equal share of the cores; 1 = one after the other. Same results
-    # (fp32 training gives the same losses with 1 thread as with 2; spiritlm/pipeline.py).
+    # The language models (every variant and seed) train this many at a time, each in its own
+    # process with an equal share of the cores; 1 = one after the other in this process. Same
+    # weights (fp32 training gives the same losses with 1 thread as with 2; spiritlm/pipeline.py).
     side_by_side: int = 2
     eval_recipe: str = "eval/demo_suite.toml"
     eval_overrides: list[str] = field(default_factory=list)
@@ -220,10 +220,12 @@ def _train_config(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, s
 
 
 def _train_key(tcfg, shards: dict, start: dict | None) -> list:
-    """Everything the trained weights depend on: the resolved config and the inputs' content."""
+    """Everything the trained weights depend on: the resolved config and the inputs' content.
+    The shards' content is their index (the sha256 of every shard, and the data-prep config), not
+    their report, whose wall time would retrain both models after a rebuild of the same bytes."""
     resolved = to_dict(tcfg)
     resolved.pop("run_dir")
-    deps = [resolved, shards["report"], _file_hash(Path(shards["dir"]) / "index.json")]
+    deps = [resolved, _file_hash(Path(shards["dir"]) / "index.json")]
     if start is not None:
         deps.append(_file_hash(Path(start["hf"]) / "model.safetensors"))
     return deps

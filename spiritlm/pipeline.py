@@ -4,8 +4,8 @@ A step is a function of its dependencies. Its output directory holds ``STEP_DONE
 hash of those dependencies; a rerun skips a step whose hash matches, so a pipeline resumes where
 it stopped and a second run costs nothing. Every step is timed.
 
-Independent steps (the two language models of the ablation, their evaluations) can run side by
-side, each in its own process with an equal share of the cores. On 2 CPU cores two 1-thread
+Independent steps (the demo's language models) can run side by side, each in its own process
+with an equal share of the cores. On 2 CPU cores two 1-thread
 trainings finish ~1.25x sooner than one 2-thread training after the other: small matrices keep
 two threads of one process from being twice as fast as one. Each side process writes its
 console output to ``<step>/step.log``; the parent shows one progress bar per step.
@@ -18,6 +18,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -114,17 +115,25 @@ class Pipeline:
         ctx = mp.get_context("spawn")  # not fork: the parent's torch thread pools do not survive it
         pending, running, outputs, failed = list(todo), {}, {}, []
         bars: dict[str, Any] = {}
+        free_rows = list(range(n))  # a bar takes a free terminal row and gives it back when done
+        # SIGTERM (timeout, a scheduler) would skip `finally` and orphan the side processes
+        try:
+            old_term = signal.signal(signal.SIGTERM, _raise_exit)
+        except ValueError:  # not the main thread: signals stay as they are
+            old_term = None
         try:
             while pending or running:
                 while pending and len(running) < n:
                     job, key = pending.pop(0)
                     step_dir = self._start(job.name, key)
-                    print(f"[{job.name}] running side by side ({threads} thread{'s' * (threads > 1)}; "
-                          f"log: {step_dir / LOG})", flush=True)
+                    (step_dir / _OUTPUTS).unlink(missing_ok=True)  # from an interrupted run
+                    tqdm.write(f"[{job.name}] running side by side ({threads} thread{'s' * (threads > 1)}; "
+                               f"log: {step_dir / LOG})")
                     proc = _spawn(ctx, job, step_dir, threads)
                     running[job.name] = (proc, job, key, step_dir, time.perf_counter())
-                    bars[job.name] = tqdm(desc=job.name, total=None, unit="step", position=len(bars),
-                                          leave=True, dynamic_ncols=True)
+                    # disable=None: no bar when the output is not a terminal (a log file)
+                    bars[job.name] = tqdm(desc=job.name, total=None, unit="step", position=free_rows.pop(0),
+                                          leave=False, dynamic_ncols=True, disable=None)
                 time.sleep(0.5)
                 for name, (proc, job, key, step_dir, t0) in list(running.items()):
                     _update_bar(bars[name], job, step_dir)
@@ -132,13 +141,17 @@ class Pipeline:
                         continue
                     proc.join()
                     del running[name]
-                    bars[name].close()
+                    free_rows.append(bars[name].pos if bars[name].pos is not None else 0)
+                    free_rows.sort()
+                    bars.pop(name).close()
                     if proc.exitcode == 0 and (step_dir / _OUTPUTS).is_file():
                         out = json.loads((step_dir / _OUTPUTS).read_text())
                         outputs[name] = self._finish(name, key, time.perf_counter() - t0, out, side=True)
                     else:
                         failed.append((name, proc.exitcode, step_dir / LOG))
         finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
             for proc, *_ in running.values():  # interrupted: stop the others too (they resume)
                 proc.terminate()
                 proc.join()
@@ -200,27 +213,46 @@ def _key(deps: Any) -> str:
     return hashlib.sha256(json.dumps(to_dict(deps), sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def _spawn(ctx, job: Job, step_dir: Path, threads: int):
     # A spawned child takes its environment from os.environ at start: thread counts for the
     # OpenMP/MKL pools it creates, and no inherited MASTER_PORT, so two single-process DeepSpeed
-    # runs do not both bind the port an earlier in-process run chose.
-    saved = dict(os.environ)
-    os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    os.environ.pop("MASTER_PORT", None)
+    # runs do not both bind the port an earlier in-process run chose. Only these keys change.
+    changed = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "MASTER_PORT": None}
+    saved = {k: os.environ.get(k) for k in changed}
+    for k, v in changed.items():
+        _setenv(k, v)
     try:
-        proc = ctx.Process(target=_child, args=(job.fn, job.args, str(step_dir), threads), name=job.name)
+        proc = ctx.Process(target=_child, args=(job.fn, job.args, str(step_dir), threads, os.getpid()),
+                           name=job.name)
         proc.start()
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for k, v in saved.items():
+            _setenv(k, v)
     return proc
 
 
-def _child(fn, args: tuple, step_dir: str, threads: int) -> None:
+def _setenv(key: str, value: Optional[str]) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
+def _child(fn, args: tuple, step_dir: str, threads: int, parent: int) -> None:
+    _die_with_parent(parent)
     log = open(Path(step_dir) / LOG, "a", buffering=1)
     os.dup2(log.fileno(), 1)  # C-level output (DeepSpeed, OpenMP warnings) too
     os.dup2(log.fileno(), 2)
     sys.stdout = sys.stderr = log
+    import logging  # the library's INFO lines (data sources, resumption) into the step's log
+
+    logging.basicConfig(level=logging.INFO, stream=log, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import torch
 
@@ -230,6 +262,19 @@ def _child(fn, args: tuple, step_dir: str, threads: int) -> None:
     except BaseException:
         traceback.print_exc()
         log.flush()
+        raise SystemExit(1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGTERM this process when its parent dies, even by SIGKILL, so no orphan keeps
+    writing into a step directory that a rerun resumes."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
         raise SystemExit(1)
 
 

@@ -22,6 +22,7 @@ def fail(x, step_dir):
     raise ValueError(f"bad input {x}")
 
 
+@pytest.mark.skipif(available_cores() < 2, reason="one core: steps run in this process")
 def test_side_by_side_runs_each_step_in_its_own_process_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("MASTER_PORT", "12345")  # as an earlier in-process DeepSpeed run leaves it
     pipe = Pipeline(tmp_path, workers=2)
@@ -51,8 +52,43 @@ def test_one_worker_runs_in_this_process(tmp_path):
     assert pipe.results[-1].seconds >= 0.2  # the step's own time, not the time before it
 
 
+@pytest.mark.skipif(available_cores() < 2, reason="one core: steps run in this process")
 def test_a_failed_side_step_names_itself_and_shows_its_log(tmp_path):
     pipe = Pipeline(tmp_path, workers=2)
     with pytest.raises(RuntimeError, match=r"(?s)\[bad\] failed.*ValueError: bad input 7"):
         pipe.run_jobs([Job("good", 1, report_process, (1,)), Job("bad", 2, fail, (7,))])
     assert (tmp_path / "good" / DONE).is_file() and not (tmp_path / "bad" / DONE).exists()
+
+
+def sleep_with_pid(step_dir):
+    (step_dir / "pid").write_text(str(os.getpid()))
+    time.sleep(120)
+    return {}
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="one core: steps run in this process")
+def test_sigterm_to_the_parent_stops_the_side_processes(tmp_path):
+    """A scheduler's or `timeout`'s SIGTERM must not leave side processes writing into step
+    directories that a rerun resumes."""
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import sys; from pathlib import Path; from spiritlm.pipeline import Job, Pipeline; "
+              "from test_pipeline import sleep_with_pid; "
+              f"Pipeline(Path({str(tmp_path)!r}), workers=2).run_jobs("
+              "[Job('a', 1, sleep_with_pid), Job('b', 2, sleep_with_pid)])")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env)
+    pids = [tmp_path / s / "pid" for s in ("a", "b")]
+    deadline = time.time() + 60
+    while not all(p.is_file() and p.read_text() for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    children = [int(p.read_text()) for p in pids]
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) != 0
+    time.sleep(1)
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (tmp_path / "a" / DONE).exists()

@@ -231,7 +231,8 @@ def import_lhotse(recordings, supervisions, manifest_dir=None, split: str = "tra
                  for w in ((s.get("alignment") or {}).get("word") or [])]
         custom = s.get("custom") or {}
         st = custom.get("style")
-        style = Style(int(st["rate"]), int(st["pitch"]), int(st["range"])) if isinstance(st, dict) else None
+        style = (Style(int(st["rate"]), int(st["pitch"]), int(st["range"]))
+                 if isinstance(st, dict) and {"rate", "pitch", "range"} <= set(st) else None)
         utts.append(Utterance(sid, _rel(audio, manifest_dir), dur, int(r["sampling_rate"]), text,
                               s.get("speaker") or "unknown", style=style, words=words,
                               split=str(custom.get("split") or split), kind=str(custom.get("kind") or "lhotse")))

@@ -298,6 +298,8 @@ def holds_aligned_records(path: str | Path) -> bool:
     import pyarrow.parquet as pq
 
     for f in sorted(Path(path).glob("*.parquet")):
+        if "kind" not in pq.read_schema(f).names:
+            return False  # ParquetSource reports the missing column
         kinds = pq.read_table(f, columns=["kind"]).column("kind")
         if "aligned" in kinds.unique().to_pylist():
             return True

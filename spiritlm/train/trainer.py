@@ -63,12 +63,12 @@ class Trainer:
                             "(a smoke test); list your shard folders under [[data.sources]] "
                             "(train/README.md, Data)")
         check_meta(sources, self.layout, self.rows)
-        if int(os.environ.get("RANK", "0")) == 0:
-            total = sum(weights)
+        shares = list(weights) if weights is not None else [1.0] * len(sources)
+        if int(os.environ.get("RANK", "0")) == 0 and sum(shares) > 0:  # MixtureStream rejects the rest
             log.info("data: %s", ", ".join(
-                f"{getattr(s, 'name', '?')} ({len(s)} documents, weight {w / total:.2f}"
+                f"{getattr(s, 'name', '?')} ({len(s)} documents, weight {w / sum(shares):.2f}"
                 f"{', read through an interleave_fn' if getattr(s, 'interleave_fn', None) else ''})"
-                for s, w in zip(sources, weights)))
+                for s, w in zip(sources, shares)))
         import deepspeed
 
         init_distributed(cfg)
