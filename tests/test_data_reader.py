@@ -134,3 +134,21 @@ def test_torch_dataloader_workers_split_the_rows(shards):
     dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2,
                                      collate_fn=lambda x: x, multiprocessing_context="fork")
     assert sorted(r["id"] for r in dl) == every
+
+
+def test_more_readers_than_row_groups_warns_once(shards, caplog):
+    groups = len(ShardReader(shards).groups)
+    r = ShardReader(shards, rank=0, world_size=groups + 2)
+    with caplog.at_level("WARNING", logger="spiritlm.data.reader"):
+        r.my_groups()
+        r.my_groups(epoch=1)
+    msgs = [m for m in caplog.messages if "read nothing" in m]
+    assert len(msgs) == 1 and f"share {groups} row groups" in msgs[0] and "row_group_mb" in msgs[0]
+
+
+def test_prepare_refuses_a_tokenizer_dir_with_stand_in_units():
+    from spiritlm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="speech.encoder=spiritlm.data.encoders:speech_tokenizer"):
+        load_config(PrepareConfig, None, ["speech.encoder=hash", "speech.tokenizer_dir=out/tok"])
+    load_config(PrepareConfig, None, ["speech.encoder=hash"])  # stand-in units on purpose: fine
