@@ -77,8 +77,9 @@ class Pipeline:
     def run(self, name: str, deps: Any, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
         key = _key(deps)
         cached = self._cached(name, key)
-        if cached is not None:
-            return cached
+        return cached if cached is not None else self._run_here(name, key, fn)
+
+    def _run_here(self, name: str, key: str, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
         print(f"[{name}] running ...", flush=True)
         t0 = time.perf_counter()
         outputs = fn(self._start(name, key))
@@ -99,8 +100,8 @@ class Pipeline:
             else:
                 done[job.name] = cached
         if len(todo) == 1 or min(self.workers, available_cores()) == 1:  # one core: nothing to share
-            for job, _ in todo:
-                done[job.name] = self.run(job.name, job.deps, lambda d, j=job: j.fn(*j.args, d))
+            for job, key in todo:
+                done[job.name] = self._run_here(job.name, key, lambda d, j=job: j.fn(*j.args, d))
         elif todo:
             done.update(self._run_side_by_side(todo))
         order = {job.name: i for i, job in enumerate(jobs)}  # the report lists jobs as given, not as they ended

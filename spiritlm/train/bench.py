@@ -95,12 +95,14 @@ def bench_train(steps: int = 12, warmup: int = 2, overrides: Sequence[str] = (),
     return out
 
 
-# The demo's language model (spiritlm/demo.py train_overrides) on synthetic documents.
-DEMO_MODEL = ["data.seq_len=512", "micro_batch_size=4", "global_batch_size=8", "model.tiny.hidden_size=128",
-              "model.tiny.intermediate_size=352", "model.tiny.num_hidden_layers=4",
-              "model.tiny.num_attention_heads=4", "model.tiny.num_key_value_heads=4",
-              "model.tiny.max_position_embeddings=1024", "model.tiny.base_vocab_size=2000",
-              "data.synthetic_docs=2000", "log.every=5"]
+def demo_model() -> list[str]:
+    """The demo's language model and batch (``DemoConfig.train_overrides`` less its step count,
+    optimizer and checkpoints) on synthetic documents over the demo's text vocabulary."""
+    from spiritlm.demo import DemoConfig
+
+    cfg = DemoConfig()
+    own = [o for o in cfg.train_overrides if not o.startswith(("steps=", "optim.", "checkpoint."))]
+    return [*own, f"model.tiny.base_vocab_size={cfg.text_vocab_size}", "data.synthetic_docs=2000", "log.every=5"]
 
 
 def _train_job(overrides: list[str], step_dir) -> dict:
@@ -123,7 +125,7 @@ def bench_side_by_side(steps: int = 40, verbose: bool = True) -> dict:
 
     from spiritlm.pipeline import Job, Pipeline
 
-    jobs = [Job(f"seed{s}", s, _train_job, ([*DEMO_MODEL, f"steps={steps}", f"seed={s}"],)) for s in (0, 1)]
+    jobs = [Job(f"seed{s}", s, _train_job, ([*demo_model(), f"steps={steps}", f"seed={s}"],)) for s in (0, 1)]
     with tempfile.TemporaryDirectory() as tmp:
         walls, outs = {}, {}
         for name, workers in (("in_a_row", 1), ("side_by_side", 2)):
@@ -153,7 +155,7 @@ def bench_precision(steps: int = 30, warmup: int = 3, verbose: bool = True) -> d
     out: dict = {"steps": steps, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         for precision in ("fp32", "bf16"):
-            t = Trainer(tiny_config(f"{tmp}/{precision}", [*DEMO_MODEL, f"steps={steps + warmup}",
+            t = Trainer(tiny_config(f"{tmp}/{precision}", [*demo_model(), f"steps={steps + warmup}",
                                                              f"deepspeed.precision={precision}"]))
             for _ in range(warmup):
                 t.train_step()

@@ -55,18 +55,20 @@ class Trainer:
                 f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings="
                 f"{mc.max_position_embeddings}; lower data.seq_len (paper: 4096 with LLaMA-2)"
             )
+        rank0 = int(os.environ.get("RANK", "0")) == 0  # the process group starts below
         if sources is None:
             sources, weights = make_sources(cfg.data, self.layout, interleave_fns,
                                             text_vocab=self.layout.base_vocab_size)
-            if not cfg.data.sources and int(os.environ.get("RANK", "0")) == 0:
+            if not cfg.data.sources and rank0:
                 log.warning("no [[data.sources]] in the recipe: training on SYNTHETIC random documents "
                             "(a smoke test); list your shard folders under [[data.sources]] "
                             "(train/README.md, Data)")
         check_meta(sources, self.layout, self.rows)
         shares = list(weights) if weights is not None else [1.0] * len(sources)
-        if int(os.environ.get("RANK", "0")) == 0 and sum(shares) > 0:  # MixtureStream rejects the rest
+        total = sum(shares)
+        if rank0 and total > 0:  # MixtureStream rejects the rest
             log.info("data: %s", ", ".join(
-                f"{getattr(s, 'name', '?')} ({len(s)} documents, weight {w / sum(shares):.2f}"
+                f"{getattr(s, 'name', '?')} ({len(s)} documents, weight {w / total:.2f}"
                 f"{', read through an interleave_fn' if getattr(s, 'interleave_fn', None) else ''})"
                 for s, w in zip(sources, shares)))
         import deepspeed
