@@ -2,6 +2,7 @@
 model-directory checks; the speech encoder path."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +150,33 @@ def test_prefetch_uses_encode_many(tiny, tmp_path):
     s = Scorer(model, tok, encoder=CachedEncoder(b))
     s.score([Request([("speech", w)], [("speech", w)]) for w in wavs])
     assert b.batches == [3]
+
+
+def test_units_file_round_trip(tmp_path):
+    """The demo encodes the benchmark audio once and each evaluation process reads the file back:
+    every file's streams and its other values come back equal, keyed under the reader's root."""
+
+    class WithMeta(FakeSpeechEncoder):
+        def __call__(self, wav):
+            out = super().__call__(wav)
+            if Path(wav).name == "0.wav":
+                out.pop("style")  # a stream one file lacks stays absent
+            return {**out, "duration": 0.25, "frames": {"hubert": len(out["hubert"])}}
+
+    root = tmp_path / "bench"
+    wavs = [write_tone(root / "a" / f"{i}.wav", 0.2 + 0.1 * i, 200.0 + 50 * i) for i in range(4)]
+    enc = CachedEncoder(WithMeta())
+    enc(write_tone(tmp_path / "outside.wav"))  # not under the root: not written
+    for w in wavs:
+        enc(w)
+    assert enc.save_units(tmp_path / "units.npz", root) == 4
+    moved = tmp_path / "moved"
+    root.rename(moved)  # another process may see the benchmark under another path
+    back = CachedEncoder(lambda wav: pytest.fail("a cached file was encoded again"))
+    assert back.load_units(tmp_path / "units.npz", moved) == 4
+    for w in wavs:
+        want, got = enc(w), back(moved / w.relative_to(root))
+        assert want.keys() == got.keys()
+        for k, v in want.items():
+            assert np.array_equal(got[k], v) if isinstance(v, np.ndarray) else got[k] == v
+    assert back.calls == 0

@@ -88,6 +88,42 @@ class CachedEncoder:
                 self._cache[key] = out
             self.calls += len(chunk)
 
+    # ---- on disk: the units of many files, encoded once, read by other processes -------------
+    def save_units(self, path: str | Path, root: str | Path) -> int:
+        """Write every cached file under ``root`` to ``path`` (``.npz``, no pickles): the paths
+        relative to ``root``; per array stream the concatenated values and each file's offset;
+        the other values (durations, frame counts) as JSON. Returns the number of files."""
+        root_r = Path(root).resolve()
+        keys = sorted(k for k in self._cache if Path(k).is_relative_to(root_r))
+        streams = sorted({s for k in keys for s, v in self._cache[k].items() if isinstance(v, np.ndarray)})
+        arrays: dict[str, np.ndarray] = {"paths": np.array([str(Path(k).relative_to(root_r)) for k in keys])}
+        for s in streams:
+            parts = [np.asarray(self._cache[k].get(s, np.zeros(0, np.int64))) for k in keys]
+            arrays[s] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            arrays[f"{s}@offsets"] = np.cumsum([0] + [len(x) for x in parts])
+            arrays[f"{s}@present"] = np.array([s in self._cache[k] for k in keys])
+        arrays["meta"] = np.array([json.dumps({s: v for s, v in self._cache[k].items()
+                                               if not isinstance(v, np.ndarray)}) for k in keys])
+        tmp = Path(path).with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+        return len(keys)
+
+    def load_units(self, path: str | Path, root: str | Path) -> int:
+        """Fill the cache from a :meth:`save_units` file; paths are taken relative to ``root``."""
+        root_r = Path(root).resolve()
+        with np.load(path, allow_pickle=False) as z:
+            paths, meta = z["paths"], z["meta"]
+            streams = [k for k in z.files if k not in ("paths", "meta") and "@" not in k]
+            cols = {s: (z[s], z[f"{s}@offsets"], z[f"{s}@present"]) for s in streams}
+        for i, rel in enumerate(paths):
+            units: dict[str, Any] = json.loads(str(meta[i]))
+            for s, (vals, offs, present) in cols.items():
+                if present[i]:
+                    units[s] = vals[offs[i] : offs[i + 1]]
+            self._cache[str(root_r / str(rel))] = units
+        return len(paths)
+
     def _encode(self, wav: WavInput) -> Units:
         self.calls += 1
         try:
