@@ -20,7 +20,7 @@ TINY = [
     "align_measure_limit=6",
     "text_pretrain_steps=0",  # from scratch first; the shared text start is run second (below)
     "train_overrides=[steps=6, checkpoint.every=3, log.every=2, data.seq_len=128, "
-    "micro_batch_size=2, global_batch_size=4]",
+    "micro_batch_size=2, global_batch_size=4, deepspeed.precision=bf16]",  # the demo's precision
     "mini_sizes={swuggy: 4, sblimp: 4, storycloze: 4, topic_storycloze: 4, stsp: 3, "
     "stsp_fewshot: 3, asr: 2, asr_shots: 2, voices: 1}",
     "eval_overrides=['stsp.settings=[T2T]', 'fewshot.n_shots=2']",
@@ -35,9 +35,13 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     names = [r.name for r in pipe.results]
     assert names == ["corpus", "text_tokenizer", "speech_tokenizer", "align", "shards",
                      "train_interleaved", "train_no_interleaving", "mini_benchmarks",
-                     "eval_interleaved", "eval_no_interleaving", "compare"]
+                     "bench_units", "eval_interleaved", "eval_no_interleaving", "compare"]
     out = {r.name: r.outputs for r in pipe.results}
     assert out["shards"]["report"]["kept"].get("aligned", 0) > 0
+    # the benchmark audio is encoded once, for both evaluations (side by side, in other processes)
+    wavs = list(Path(out["mini_benchmarks"]["root"]).rglob("*.wav"))
+    assert wavs and out["bench_units"]["files"] == len(wavs)
+    assert all(r.side_by_side for r in pipe.results if r.name.startswith(("train_", "eval_")))
     prosody = out["speech_tokenizer"]["metrics"]["prosody"]  # F0 VQ-VAE and style codebook fitted
     assert prosody["pitch"]["cents_error"] > 0 and prosody["style"]["tokens_per_s"] > 0
     for v in ("interleaved", "no_interleaving"):
