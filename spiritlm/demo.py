@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 from spiritlm.config import save_config, to_dict
 from spiritlm.corpus.demo import DemoCorpusConfig
 from spiritlm.pipeline import Job, Pipeline
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -271,9 +274,15 @@ def _bench_units_step(cfg: DemoConfig, mini: dict, speech_tok: dict, step_dir: P
     if enc is None:
         return {"file": "", "files": 0}
     root = Path(mini["root"])
-    enc.prefetch(sorted(root.rglob("*.wav")))
+    wavs = sorted(root.rglob("*.wav"))
+    enc.prefetch(wavs)  # batched, when the encoder has encode_many
+    for w in wavs:  # the rest one by one (cached files cost nothing)
+        enc(w)
     out = step_dir / "units.npz"
     n = enc.save_units(out, root)
+    if n != len(wavs):  # e.g. a wav linked from outside the benchmark folder
+        log.warning("bench_units: %d of %d wavs under %s written; the evaluations encode the rest "
+                    "themselves", n, len(wavs), root)
     return {"file": str(out), "files": n}
 
 
@@ -287,12 +296,14 @@ def _eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: 
     if enc is not None and units["file"]:
         enc.load_units(units["file"], mini["root"])  # both models score the same units
     out = run_suite(ecfg, encoder=enc)
-    return {"dir": str(step_dir), "paths": {k: str(v) for k, v in out.get("paths", {}).items()}}
+    return {"dir": str(step_dir), "paths": {k: str(v) for k, v in out.get("paths", {}).items()},
+            "encoded_here": enc.calls if enc is not None else 0}  # audio files not found in the units file
 
 
 # Versions of what the evaluation and the comparison compute: a change of scoring or of the
 # report reruns those steps instead of reporting cached results from the old code.
 EVAL_VERSION = "eval-v2: few-shot answers end at the other modality's marker"
+UNITS_VERSION = "units-v1: every benchmark wav, CachedEncoder.save_units"
 COMPARE_FORMAT = "compare-v3: p vs chance, transfer check with Holm and per-seed accuracy"
 
 
@@ -351,8 +362,9 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     for (variant, _), model in zip(jobs, pipe.run_jobs([j for _, j in jobs])):
         models[variant].append(model)
     mini = pipe.run("mini_benchmarks", [cfg.seed, cfg.mini_sizes], lambda d: _mini_step(cfg, d))
-    units = pipe.run("bench_units", [EVAL_VERSION, mini, _file_hash(Path(mini["root"]) / "COMPLETE.json"),
-                                     cfg.eval_overrides, _file_hash(_recipe(cfg.eval_recipe)),
+    ecfg = _eval_config(cfg, mini, speech_tok)  # the units depend on the encoder, not on the scoring
+    units = pipe.run("bench_units", [UNITS_VERSION, ecfg.speech_encoder, ecfg.speech_encoder_args, mini,
+                                     _file_hash(Path(mini["root"]) / "COMPLETE.json"),
                                      _file_hash(Path(speech_tok["dir"]) / "manifest.json")],
                      lambda d: _bench_units_step(cfg, mini, speech_tok, d))
     eval_jobs = []  # every model's evaluation is independent of the others: side by side

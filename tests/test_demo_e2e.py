@@ -41,7 +41,11 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     # the benchmark audio is encoded once, for both evaluations (side by side, in other processes)
     wavs = list(Path(out["mini_benchmarks"]["root"]).rglob("*.wav"))
     assert wavs and out["bench_units"]["files"] == len(wavs)
-    assert all(r.side_by_side for r in pipe.results if r.name.startswith(("train_", "eval_")))
+    assert out["eval_interleaved"]["encoded_here"] == out["eval_no_interleaving"]["encoded_here"] == 0
+    from spiritlm.pipeline import available_cores
+
+    if available_cores() > 1:  # one core: every step runs in this process
+        assert all(r.side_by_side for r in pipe.results if r.name.startswith(("train_", "eval_")))
     prosody = out["speech_tokenizer"]["metrics"]["prosody"]  # F0 VQ-VAE and style codebook fitted
     assert prosody["pitch"]["cents_error"] > 0 and prosody["style"]["tokens_per_s"] > 0
     for v in ("interleaved", "no_interleaving"):

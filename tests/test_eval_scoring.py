@@ -161,7 +161,8 @@ def test_units_file_round_trip(tmp_path):
             out = super().__call__(wav)
             if Path(wav).name == "0.wav":
                 out.pop("style")  # a stream one file lacks stays absent
-            return {**out, "duration": 0.25, "frames": {"hubert": len(out["hubert"])}}
+            out["hubert"] = out["hubert"].astype(np.int32)  # the dtype comes back as written
+            return {**out, "duration": np.float32(0.25), "frames": {"hubert": len(out["hubert"])}}
 
     root = tmp_path / "bench"
     wavs = [write_tone(root / "a" / f"{i}.wav", 0.2 + 0.1 * i, 200.0 + 50 * i) for i in range(4)]
@@ -178,5 +179,12 @@ def test_units_file_round_trip(tmp_path):
         want, got = enc(w), back(moved / w.relative_to(root))
         assert want.keys() == got.keys()
         for k, v in want.items():
-            assert np.array_equal(got[k], v) if isinstance(v, np.ndarray) else got[k] == v
+            if isinstance(v, np.ndarray):
+                assert np.array_equal(got[k], v) and got[k].dtype == v.dtype
+            else:
+                assert got[k] == v
     assert back.calls == 0
+    # one stream, two dtypes: refused when written, not when another process reads it
+    enc(wavs[0])["hubert"] = np.zeros(3, np.float32)  # the cached dict itself
+    with pytest.raises(ValueError, match="one dtype per stream"):
+        enc.save_units(tmp_path / "bad.npz", tmp_path)

@@ -95,17 +95,31 @@ class CachedEncoder:
         the other values (durations, frame counts) as JSON. Returns the number of files."""
         root_r = Path(root).resolve()
         keys = sorted(k for k in self._cache if Path(k).is_relative_to(root_r))
-        streams = sorted({s for k in keys for s, v in self._cache[k].items() if isinstance(v, np.ndarray)})
         arrays: dict[str, np.ndarray] = {"paths": np.array([str(Path(k).relative_to(root_r)) for k in keys])}
-        for s in streams:
-            parts = [np.asarray(self._cache[k].get(s, np.zeros(0, np.int64))) for k in keys]
-            arrays[s] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-            arrays[f"{s}@offsets"] = np.cumsum([0] + [len(x) for x in parts])
-            arrays[f"{s}@present"] = np.array([s in self._cache[k] for k in keys])
-        arrays["meta"] = np.array([json.dumps({s: v for s, v in self._cache[k].items()
-                                               if not isinstance(v, np.ndarray)}) for k in keys])
+        streams: dict[str, np.dtype] = {}
+        for k in keys:
+            for s, v in self._cache[k].items():
+                if isinstance(v, np.ndarray) and v.ndim > 0:
+                    if "@" in s:
+                        raise ValueError(f"stream name {s!r} contains '@'; rename the encoder's stream")
+                    if streams.setdefault(s, v.dtype) != v.dtype:
+                        raise ValueError(f"stream {s!r} is {streams[s]} in one file and {v.dtype} in "
+                                         f"another ({k}); make the encoder return one dtype per stream")
+        for s, dtype in sorted(streams.items()):
+            parts = [self._cache[k].get(s) for k in keys]
+            present = [isinstance(x, np.ndarray) and x.ndim > 0 for x in parts]
+            parts = [x if ok else np.zeros(0, dtype) for x, ok in zip(parts, present)]
+            arrays[f"stream:{s}"] = np.concatenate(parts)
+            arrays[f"stream:{s}@offsets"] = np.cumsum([0] + [len(x) for x in parts])
+            arrays[f"stream:{s}@present"] = np.array(present)
+
+        def meta(units) -> str:  # the rest, JSON (numpy scalars and 0-d arrays as numbers)
+            rest = {s: v for s, v in units.items() if not (isinstance(v, np.ndarray) and v.ndim > 0)}
+            return json.dumps(rest, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+
+        arrays["meta"] = np.array([meta(self._cache[k]) for k in keys])
         tmp = Path(path).with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
+        np.savez(tmp, allow_pickle=False, **arrays)
         tmp.replace(path)
         return len(keys)
 
@@ -114,8 +128,8 @@ class CachedEncoder:
         root_r = Path(root).resolve()
         with np.load(path, allow_pickle=False) as z:
             paths, meta = z["paths"], z["meta"]
-            streams = [k for k in z.files if k not in ("paths", "meta") and "@" not in k]
-            cols = {s: (z[s], z[f"{s}@offsets"], z[f"{s}@present"]) for s in streams}
+            cols = {k[len("stream:"):]: (z[k], z[f"{k}@offsets"], z[f"{k}@present"])
+                    for k in z.files if k.startswith("stream:") and "@" not in k}
         for i, rel in enumerate(paths):
             units: dict[str, Any] = json.loads(str(meta[i]))
             for s, (vals, offs, present) in cols.items():
