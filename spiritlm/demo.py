@@ -49,8 +49,8 @@ class DemoConfig:
     # 800 steps (~9 min for the pair, side by side on 2 cores, in bf16; 12.7 min in fp32).
     # Measured from the text start, 3 seeds x 480 Topic-StoryCloze items: 400 steps left T->S at
     # 52.3 vs 49.4% (n.s.); 800 steps give 57.8 vs 47.0% (+10.8, p = 5e-5, each seed above chance
-    # and above the other variant). bf16 (the paper's precision) trains 1.42x faster here and the
-    # three-seed check holds as in fp32 (docs/demo_output.md).
+    # and above the other variant). bf16 (the usual precision of LLaMA-scale training) trains
+    # ~1.35x faster here, and the three-seed check holds as in fp32 (docs/demo_output.md).
     train_overrides: list[str] = field(default_factory=lambda: [
         "steps=800", "data.seq_len=512", "micro_batch_size=4", "global_batch_size=8",
         "model.tiny.hidden_size=128", "model.tiny.intermediate_size=352",
