@@ -238,3 +238,38 @@ def test_holm_adjusts_step_down():
 
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5]) == [0.5] and holm([0.9, 0.9]) == [1.0, 1.0]
+
+
+def test_units_cache_encodes_the_benchmark_audio_once(tmp_path):
+    """`units_cache`: a second model evaluated with the same speech encoder reads the units of
+    the first run instead of encoding the audio again; another encoder's file is not read."""
+    from spiritlm.cli import main
+    from spiritlm.eval.testing import make_tiny_model_dir
+
+    model_dir = make_tiny_model_dir(tmp_path / "model")
+    _fixture_data(tmp_path / "data")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"""
+data_root = "{tmp_path / 'data'}"
+speech_encoder = "spiritlm.eval.testing:FakeSpeechEncoder"
+units_cache = "{tmp_path / 'cache' / 'units.npz'}"
+device = "cpu"
+[zerospeech]
+root = "zs"
+[storycloze]
+speech = "sc/speech"
+cross = "sc/cross"
+""")
+
+    def run(name: str, *extra: str) -> dict:
+        assert main(["eval", str(recipe), "--model", str(model_dir), "--out", str(tmp_path / name), *extra]) == 0
+        return json.loads((tmp_path / name / "results.json").read_text())
+
+    first, second = run("a"), run("b")
+    assert first["speech_files_encoded"] > 0 and second["speech_files_encoded"] == 0
+    assert first["results"] == second["results"]
+    other = ["--set", "speech_encoder_args={hubert_size: 400}"]  # another encoder: its own units
+    third = run("c", *other)
+    assert third["speech_files_encoded"] == first["speech_files_encoded"]
+    assert third["results"] != first["results"]
+    assert run("d", *other)["speech_files_encoded"] == 0  # the file now holds the new encoder's units

@@ -89,10 +89,11 @@ class CachedEncoder:
             self.calls += len(chunk)
 
     # ---- on disk: the units of many files, encoded once, read by other processes -------------
-    def save_units(self, path: str | Path, root: str | Path) -> int:
+    def save_units(self, path: str | Path, root: str | Path, identity: str = "") -> int:
         """Write every cached file under ``root`` to ``path`` (``.npz``, no pickles): the paths
         relative to ``root``; per array stream the concatenated values and each file's offset;
-        the other values (durations, frame counts) as JSON. Returns the number of files."""
+        the other values (durations, frame counts) as JSON; ``identity`` names the encoder that
+        made them (:func:`encoder_identity`). Returns the number of files."""
         root_r = Path(root).resolve()
         keys = sorted(k for k in self._cache if Path(k).is_relative_to(root_r))
         arrays: dict[str, np.ndarray] = {"paths": np.array([str(Path(k).relative_to(root_r)) for k in keys])}
@@ -118,15 +119,21 @@ class CachedEncoder:
             return json.dumps(rest, default=lambda o: o.item() if hasattr(o, "item") else str(o))
 
         arrays["meta"] = np.array([meta(self._cache[k]) for k in keys])
+        arrays["identity"] = np.array(identity)
         tmp = Path(path).with_suffix(".tmp.npz")
         np.savez(tmp, allow_pickle=False, **arrays)
         tmp.replace(path)
         return len(keys)
 
-    def load_units(self, path: str | Path, root: str | Path) -> int:
-        """Fill the cache from a :meth:`save_units` file; paths are taken relative to ``root``."""
+    def load_units(self, path: str | Path, root: str | Path, identity: str | None = None) -> int:
+        """Fill the cache from a :meth:`save_units` file; paths are taken relative to ``root``.
+        With ``identity``, a file written by another encoder raises :class:`StaleUnitsError`."""
         root_r = Path(root).resolve()
         with np.load(path, allow_pickle=False) as z:
+            stored = str(z["identity"]) if "identity" in z.files else ""
+            if identity is not None and stored != identity:
+                raise StaleUnitsError(f"{path} holds units of another speech encoder or of other files "
+                                      f"({stored[:200] or 'not recorded'}); not read")
             paths, meta = z["paths"], z["meta"]
             cols = {k[len("stream:"):]: (z[k], z[f"{k}@offsets"], z[f"{k}@present"])
                     for k in z.files if k.startswith("stream:") and "@" not in k}
@@ -151,6 +158,24 @@ class CachedEncoder:
         if not isinstance(out, Mapping) or "hubert" not in out:
             raise TypeError(f"speech encoder returned {type(out).__name__}; expected a dict with 'hubert'")
         return out
+
+
+class StaleUnitsError(ValueError):
+    """A units file written by another speech encoder (or the same one before its files changed)."""
+
+
+def encoder_identity(spec: str, args: Mapping[str, Any] | None = None) -> str:
+    """What a units file is valid for: the encoder factory, its arguments, and the size and
+    modification time of every file its path arguments name (a tokenizer directory retrained in
+    place changes them)."""
+    files: dict[str, list] = {}
+    for key, value in sorted((args or {}).items()):
+        if isinstance(value, (str, Path)) and str(value) and Path(value).exists():
+            p = Path(value)
+            found = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file())
+            files[key] = [(x.name if x == p else str(x.relative_to(p)), x.stat().st_size, x.stat().st_mtime_ns)
+                          for x in found[:1000]]
+    return json.dumps({"encoder": spec, "args": dict(args or {}), "files": files}, sort_keys=True, default=str)
 
 
 def load_speech_encoder(spec: str, args: Mapping[str, Any] | None = None) -> CachedEncoder | None:

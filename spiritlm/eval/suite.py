@@ -94,6 +94,11 @@ class EvalConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     speech_encoder: str = ""  # "package.module:factory" returning a SpeechEncoder
     speech_encoder_args: dict[str, Any] = field(default_factory=dict)
+    # A .npz of the benchmark audio's units (files under data_root): read before the run and
+    # written after it, so evaluating several models with one speech encoder encodes the audio
+    # once. It records the encoder (factory, arguments, and the size and time of the files they
+    # name); a file from another encoder is not read, and is replaced. "" = no file.
+    units_cache: str = ""
     has_pitch: bool = False  # Expressive: true + has_style
     has_style: bool = False
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -131,7 +136,8 @@ def _model_name(model_dir: Path) -> str:
 def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict:
     """Run every configured task; write the report. ``model``/``tokenizer``/``encoder`` may be
     passed in (the demo does) instead of being loaded from ``cfg.model``/``cfg.speech_encoder``."""
-    from spiritlm.eval.model import CachedEncoder, load_model, load_speech_encoder, resolve_device
+    from spiritlm.eval.model import (CachedEncoder, StaleUnitsError, encoder_identity, load_model,
+                                     load_speech_encoder, resolve_device)
     from spiritlm.eval.report import write_report
     from spiritlm.eval.scoring import Scorer
 
@@ -152,6 +158,14 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
         encoder = load_speech_encoder(cfg.speech_encoder, cfg.speech_encoder_args)
     elif not isinstance(encoder, CachedEncoder):
         encoder = CachedEncoder(encoder)
+    units_cache = Path(cfg.units_cache) if cfg.units_cache and encoder is not None else None
+    identity = encoder_identity(cfg.speech_encoder, cfg.speech_encoder_args)
+    if units_cache is not None and units_cache.is_file():
+        try:
+            n = encoder.load_units(units_cache, root, identity)
+            log.info("units of %d audio files read from %s", n, units_cache)
+        except StaleUnitsError as e:
+            log.warning("%s: the audio is encoded again and the file replaced", e)
     sc = cfg.scoring
     scorer = Scorer(model, tokenizer, encoder, cfg.has_pitch, cfg.has_style, sc.batch_tokens,
                     sc.max_row_tokens, sc.share_context)
@@ -231,7 +245,15 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
         raise
     finally:
         extra = {"status": "complete" if error is None else f"INCOMPLETE ({error})", "timings_s": timings,
-                 "scorer": vars(scorer.stats), "normalize": sc.normalize}
+                 "scorer": vars(scorer.stats), "normalize": sc.normalize,
+                 "speech_files_encoded": encoder.calls if encoder is not None else 0}
+        if units_cache is not None:  # what was encoded stays valid, even when a task failed
+            try:
+                units_cache.parent.mkdir(parents=True, exist_ok=True)
+                n = encoder.save_units(units_cache, root, identity)
+                log.info("units of %d audio files written to %s", n, units_cache)
+            except (OSError, ValueError) as e:
+                log.warning("units file %s not written: %s", units_cache, e)
         paths = write_report(out, results, name, extra)
         if error is not None:
             md = paths["markdown"]
