@@ -273,3 +273,6 @@ cross = "sc/cross"
     assert third["speech_files_encoded"] == first["speech_files_encoded"]
     assert third["results"] != first["results"]
     assert run("d", *other)["speech_files_encoded"] == 0  # the file now holds the new encoder's units
+    (tmp_path / "cache" / "units.npz").write_bytes(b"not a zip")  # a broken file: encoded again
+    assert run("e", *other)["speech_files_encoded"] == third["speech_files_encoded"]
+    assert run("f", *other)["speech_files_encoded"] == 0

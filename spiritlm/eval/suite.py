@@ -159,13 +159,18 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
     elif not isinstance(encoder, CachedEncoder):
         encoder = CachedEncoder(encoder)
     units_cache = Path(cfg.units_cache) if cfg.units_cache and encoder is not None else None
-    identity = encoder_identity(cfg.speech_encoder, cfg.speech_encoder_args)
+    identity = encoder_identity(cfg.speech_encoder, cfg.speech_encoder_args) if units_cache else ""
     if units_cache is not None and units_cache.is_file():
+        import zipfile
+
         try:
             n = encoder.load_units(units_cache, root, identity)
             log.info("units of %d audio files read from %s", n, units_cache)
         except StaleUnitsError as e:
             log.warning("%s: the audio is encoded again and the file replaced", e)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # truncated, not ours
+            log.warning("units file %s unreadable (%s: %s): the audio is encoded again and the file "
+                        "replaced", units_cache, type(e).__name__, e)
     sc = cfg.scoring
     scorer = Scorer(model, tokenizer, encoder, cfg.has_pitch, cfg.has_style, sc.batch_tokens,
                     sc.max_row_tokens, sc.share_context)
