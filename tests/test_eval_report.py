@@ -116,22 +116,30 @@ def _fixture_data(root):
     (root / "asr" / "test.jsonl").write_text("".join(json.dumps(u) + "\n" for u in utts))
 
 
+def _recipe(tmp_path, sections: str, top: str = ""):
+    """An eval recipe over `_fixture_data(tmp_path / "data")` with the fake speech encoder."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"""
+data_root = "{tmp_path / 'data'}"
+speech_encoder = "spiritlm.eval.testing:FakeSpeechEncoder"
+device = "cpu"
+{top}
+[zerospeech]
+root = "zs"
+[storycloze]
+speech = "sc/speech"
+cross = "sc/cross"
+""" + sections)
+    return recipe
+
+
 def test_suite_end_to_end_and_cli(tmp_path):
     from spiritlm.cli import main
     from spiritlm.eval.testing import make_tiny_model_dir
 
     model_dir = make_tiny_model_dir(tmp_path / "model")
     _fixture_data(tmp_path / "data")
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(f"""
-data_root = "{tmp_path / 'data'}"
-speech_encoder = "spiritlm.eval.testing:FakeSpeechEncoder"
-device = "cpu"
-[zerospeech]
-root = "zs"
-[storycloze]
-speech = "sc/speech"
-cross = "sc/cross"
+    recipe = _recipe(tmp_path, """
 [stsp]
 manifest = "stsp/test.jsonl"
 settings = ["T2T", "S2T", "T2S"]
@@ -248,18 +256,8 @@ def test_units_cache_encodes_the_benchmark_audio_once(tmp_path):
 
     model_dir = make_tiny_model_dir(tmp_path / "model")
     _fixture_data(tmp_path / "data")
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(f"""
-data_root = "{tmp_path / 'data'}"
-speech_encoder = "spiritlm.eval.testing:FakeSpeechEncoder"
-units_cache = "{tmp_path / 'cache' / 'units.npz'}"
-device = "cpu"
-[zerospeech]
-root = "zs"
-[storycloze]
-speech = "sc/speech"
-cross = "sc/cross"
-""")
+    cache = tmp_path / "cache" / "units.npz"
+    recipe = _recipe(tmp_path, "", f'units_cache = "{cache}"')
 
     def run(name: str, *extra: str) -> dict:
         assert main(["eval", str(recipe), "--model", str(model_dir), "--out", str(tmp_path / name), *extra]) == 0
@@ -273,6 +271,6 @@ cross = "sc/cross"
     assert third["speech_files_encoded"] == first["speech_files_encoded"]
     assert third["results"] != first["results"]
     assert run("d", *other)["speech_files_encoded"] == 0  # the file now holds the new encoder's units
-    (tmp_path / "cache" / "units.npz").write_bytes(b"not a zip")  # a broken file: encoded again
+    cache.write_bytes(b"not a zip")  # a broken file: encoded again
     assert run("e", *other)["speech_files_encoded"] == third["speech_files_encoded"]
     assert run("f", *other)["speech_files_encoded"] == 0
