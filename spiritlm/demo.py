@@ -267,7 +267,7 @@ def _eval_config(cfg: DemoConfig, mini: dict, speech_tok: dict, overrides: list[
 def _bench_units_step(cfg: DemoConfig, mini: dict, speech_tok: dict, step_dir: Path) -> dict[str, Any]:
     """Every benchmark audio file, encoded once with the evaluation's speech encoder, to a file
     that each model's evaluation reads (they run side by side, each in its own process)."""
-    from spiritlm.eval.model import load_speech_encoder
+    from spiritlm.eval.model import encoder_identity, load_speech_encoder
 
     ecfg = _eval_config(cfg, mini, speech_tok)
     enc = load_speech_encoder(ecfg.speech_encoder, ecfg.speech_encoder_args)
@@ -279,7 +279,7 @@ def _bench_units_step(cfg: DemoConfig, mini: dict, speech_tok: dict, step_dir: P
     for w in wavs:  # the rest one by one (cached files cost nothing)
         enc(w)
     out = step_dir / "units.npz"
-    n = enc.save_units(out, root)
+    n = enc.save_units(out, root, encoder_identity(ecfg.speech_encoder, ecfg.speech_encoder_args))
     if n != len(wavs):  # e.g. a wav linked from outside the benchmark folder
         log.warning("bench_units: %d of %d wavs under %s written; the evaluations encode the rest "
                     "themselves", n, len(wavs), root)
@@ -288,22 +288,21 @@ def _bench_units_step(cfg: DemoConfig, mini: dict, speech_tok: dict, step_dir: P
 
 def _eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: dict, units: dict,
                step_dir: Path) -> dict[str, Any]:
-    from spiritlm.eval.model import load_speech_encoder
     from spiritlm.eval.suite import run_suite
 
-    ecfg = _eval_config(cfg, mini, speech_tok, [f"model={model['hf']}", f"name={name}", f"output_dir={step_dir}"])
-    enc = load_speech_encoder(ecfg.speech_encoder, ecfg.speech_encoder_args)
-    if enc is not None and units["file"]:
-        enc.load_units(units["file"], mini["root"])  # both models score the same units
-    out = run_suite(ecfg, encoder=enc)
+    # both models score the same units: the suite reads them from the bench_units file
+    ecfg = _eval_config(cfg, mini, speech_tok, [f"model={model['hf']}", f"name={name}", f"output_dir={step_dir}",
+                                                 f"units_cache={units['file']}"])
+    out = run_suite(ecfg)
+    encoded = json.loads(Path(out["paths"]["json"]).read_text())["speech_files_encoded"]
     return {"dir": str(step_dir), "paths": {k: str(v) for k, v in out.get("paths", {}).items()},
-            "encoded_here": enc.calls if enc is not None else 0}  # audio files not found in the units file
+            "encoded_here": encoded}  # audio files not found in the units file
 
 
 # Versions of what the evaluation and the comparison compute: a change of scoring or of the
 # report reruns those steps instead of reporting cached results from the old code.
 EVAL_VERSION = "eval-v2: few-shot answers end at the other modality's marker"
-UNITS_VERSION = "units-v1: every benchmark wav, CachedEncoder.save_units"
+UNITS_VERSION = "units-v2: every benchmark wav, CachedEncoder.save_units with the encoder identity"
 COMPARE_FORMAT = "compare-v3: p vs chance, transfer check with Holm and per-seed accuracy"
 
 

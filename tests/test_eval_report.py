@@ -263,8 +263,11 @@ def test_units_cache_encodes_the_benchmark_audio_once(tmp_path):
         assert main(["eval", str(recipe), "--model", str(model_dir), "--out", str(tmp_path / name), *extra]) == 0
         return json.loads((tmp_path / name / "results.json").read_text())
 
-    first, second = run("a"), run("b")
+    first = run("a")
+    written = cache.stat().st_mtime_ns
+    second = run("b")
     assert first["speech_files_encoded"] > 0 and second["speech_files_encoded"] == 0
+    assert cache.stat().st_mtime_ns == written  # nothing new encoded: the file is not rewritten
     assert first["results"] == second["results"]
     other = ["--set", "speech_encoder_args={hubert_size: 400}"]  # another encoder: its own units
     third = run("c", *other)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Union, runtime_checkable
 
@@ -120,7 +121,7 @@ class CachedEncoder:
 
         arrays["meta"] = np.array([meta(self._cache[k]) for k in keys])
         arrays["identity"] = np.array(identity)
-        tmp = Path(path).with_suffix(".tmp.npz")
+        tmp = Path(path).with_suffix(f".{os.getpid()}.tmp.npz")  # concurrent writers: one each
         np.savez(tmp, allow_pickle=False, **arrays)
         tmp.replace(path)
         return len(keys)

@@ -252,7 +252,8 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
         extra = {"status": "complete" if error is None else f"INCOMPLETE ({error})", "timings_s": timings,
                  "scorer": vars(scorer.stats), "normalize": sc.normalize,
                  "speech_files_encoded": encoder.calls if encoder is not None else 0}
-        if units_cache is not None:  # what was encoded stays valid, even when a task failed
+        # what was encoded stays valid, even when a task failed; nothing new, nothing to write
+        if units_cache is not None and encoder.calls > 0:
             try:
                 units_cache.parent.mkdir(parents=True, exist_ok=True)
                 n = encoder.save_units(units_cache, root, identity)
