@@ -134,6 +134,38 @@ def test_layer_selection_and_chunking(tiny_model):
         HubertFeaturizer(tiny_model, layer=5, device="cpu")
 
 
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_several_layers_from_one_pass_equal_each_layer_alone(tiny_model, pre_ln):
+    from transformers import HubertModel
+
+    from spiritlm.tokenizer.hubert import HubertFeaturizer, tiny_hubert_config
+
+    model = tiny_model
+    if pre_ln:
+        torch.manual_seed(1)
+        cfg = tiny_hubert_config(hidden=32, layers=2, heads=2, ffn=64, conv_dim=16, hop=640)
+        cfg.do_stable_layer_norm = True  # the large models' pre-LN encoder, ending in a LayerNorm
+        model = HubertModel(cfg).eval()
+        assert type(model.encoder).__name__ == "HubertEncoderStableLayerNorm"
+    rng = np.random.default_rng(2)
+    wavs = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (40000, 5000, 23456)]
+    feat = HubertFeaturizer(model, layer=1, device="cpu", batch_samples=200_000)
+    calls = []
+    hook = model.feature_extractor.conv_layers[0].conv.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        both = feat.features_many_at(wavs, [2, 0, 1])
+    finally:
+        hook.remove()
+    assert sorted(both) == [0, 1, 2] and len(calls) == 1  # one batch, one pass through the front end
+    for layer in (0, 1, 2):  # bit for bit what a featurizer at that layer alone returns
+        alone = HubertFeaturizer(model, layer=layer, device="cpu", batch_samples=200_000).features_many(wavs)
+        for a, b in zip(both[layer], alone):
+            np.testing.assert_array_equal(a, b)
+    assert len(model.encoder.layers) == 2
+    with pytest.raises(ValueError, match="layers"):
+        feat.features_many_at(wavs, [3])
+
 def _fake_omegaconf_cfg(model_cfg: dict, monkeypatch):
     """Objects whose pickles reference omegaconf classes, as hydra-era fairseq checkpoints do."""
     mod = types.ModuleType("omegaconf.dictconfig")

@@ -97,6 +97,23 @@ class HubertFeaturizer:
     def frame_rate(self) -> float:
         return 16000.0 / self.hop
 
+    def shares_pass_with(self, other: "HubertFeaturizer | None") -> bool:
+        """True when ``other`` reads another layer of the same model with the same chunking and
+        batching: ``features_many_at`` then gives both from one pass, bit for bit."""
+        return (other is not None and other.model is self.model and other.device == self.device
+                and (other.max_chunk, other.min_chunk, other.batch_samples)
+                == (self.max_chunk, self.min_chunk, self.batch_samples))
+
+    def features_with(self, other: "HubertFeaturizer | None", wavs: Sequence[np.ndarray],
+                      progress: bool = False) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """-> (this featurizer's features, ``other``'s or None): one pass when they share it."""
+        if other is None:
+            return self.features_many(wavs, progress), None
+        if not self.shares_pass_with(other):
+            return self.features_many(wavs, progress), other.features_many(wavs, progress)
+        at = self.features_many_at(wavs, [self.layer, other.layer], progress)
+        return at[self.layer], at[other.layer]
+
     def num_frames(self, n_samples: int) -> int:
         """Frames for a file of ``n_samples`` (after chunking, as ``features`` returns them)."""
         total, start = 0, 0
@@ -113,6 +130,20 @@ class HubertFeaturizer:
 
     def features_many(self, wavs: Sequence[np.ndarray], progress: bool = False) -> list[np.ndarray]:
         """Waveforms (float32, 16 kHz) -> list of (T_i, D) float32 feature arrays."""
+        return self.features_many_at(wavs, [self.layer], progress)[self.layer]
+
+    def features_many_at(self, wavs: Sequence[np.ndarray], layers: Sequence[int],
+                         progress: bool = False) -> dict[int, list[np.ndarray]]:
+        """Features of several layers from one pass -> {layer: list of (T_i, D) arrays}.
+
+        The conv front end dominates the cost on CPU (~78% of encoding with the demo model), so
+        units and style features of one model come from one forward. Each layer's features are
+        those a featurizer at that layer alone returns, bit for bit (tested).
+        """
+        layers = sorted(set(int(x) for x in layers))
+        n_layers = self.model.config.num_hidden_layers
+        if not layers or not all(0 <= x <= n_layers for x in layers):
+            raise ValueError(f"layers={layers} but the model has {n_layers} layers; pick from 0..{n_layers}")
         chunks: list[tuple[int, int, np.ndarray]] = []  # (file, chunk index, samples)
         for i, wav in enumerate(wavs):
             wav = np.asarray(wav, dtype=np.float32)
@@ -120,7 +151,7 @@ class HubertFeaturizer:
                 piece = wav[start : start + self.max_chunk]
                 if len(piece) >= self.min_chunk:
                     chunks.append((i, j, piece))
-        out: dict[tuple[int, int], np.ndarray] = {}
+        out: dict[tuple[int, int], dict[int, np.ndarray]] = {}
         order = sorted(range(len(chunks)), key=lambda c: len(chunks[c][2]), reverse=True)
         batches, cur = [], []
         for c in order:  # length bucketing: neighbours in sorted order share a batch
@@ -137,17 +168,19 @@ class HubertFeaturizer:
 
             it = tqdm(batches, desc="hubert", unit="batch")
         for batch in it:
-            feats = self._forward([chunks[c][2] for c in batch])
-            for c, f in zip(batch, feats):
-                out[chunks[c][:2]] = f
-        result = []
+            feats = self._forward([chunks[c][2] for c in batch], layers)
+            for b, c in enumerate(batch):
+                out[chunks[c][:2]] = {x: feats[x][b] for x in layers}
+        result: dict[int, list[np.ndarray]] = {x: [] for x in layers}
         for i in range(len(wavs)):
-            parts = [out[k] for k in sorted(k for k in out if k[0] == i)]
-            result.append(np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32))
+            keys = sorted(k for k in out if k[0] == i)
+            for x in layers:
+                parts = [out[k][x] for k in keys]
+                result[x].append(np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32))
         return result
 
     @torch.inference_mode()
-    def _forward(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
+    def _forward(self, wavs: list[np.ndarray], layers: Sequence[int]) -> dict[int, list[np.ndarray]]:
         lengths = np.array([len(w) for w in wavs])
         x_BS = torch.zeros(len(wavs), int(lengths.max()), dtype=torch.float32)
         for b, w in enumerate(wavs):
@@ -156,14 +189,17 @@ class HubertFeaturizer:
         use_bf16 = self.device.type == "cuda"
         enc = self.model.encoder
         all_layers = enc.layers
-        enc.layers = all_layers[: self.layer]  # never run the layers above the one we read
+        enc.layers = all_layers[: max(layers)]  # never run the layers above the ones we read
         try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                h_BTD, frames = masked_hidden(self.model, x_BS, torch.as_tensor(lengths))
+                h_by_layer, frames = masked_hidden(self.model, x_BS, torch.as_tensor(lengths), layers)
         finally:
             enc.layers = all_layers
-        h = h_BTD.float().cpu().numpy()
-        return [h[b, : frames[b]].copy() for b in range(len(wavs))]
+        out = {}
+        for x, h_BTD in h_by_layer.items():
+            h = h_BTD.float().cpu().numpy()
+            out[x] = [h[b, : frames[b]].copy() for b in range(len(wavs))]
+        return out
 
 
 def masked_conv_features(model, x_BS: torch.Tensor, lengths_B: torch.Tensor):
@@ -191,20 +227,45 @@ def masked_conv_features(model, x_BS: torch.Tensor, lengths_B: torch.Tensor):
     return h.transpose(1, 2), n
 
 
-def masked_hidden(model, x_BS: torch.Tensor, lengths_B: torch.Tensor):
-    """Padded waveforms -> (last computed encoder layer output h_BTD, valid frames per item)."""
+def masked_hidden(model, x_BS: torch.Tensor, lengths_B: torch.Tensor, layers: Sequence[int] | None = None):
+    """Padded waveforms -> (last computed encoder layer output h_BTD, valid frames per item).
+
+    With ``layers``: -> ({layer: h_BTD}, frames), each the output a model cut after that layer
+    returns (the last one computed is ``len(model.encoder.layers)``; pre-LN models end in a LayerNorm).
+    """
     feats_BTC, frames = masked_conv_features(model, x_BS, lengths_B)
     h_BTD = model.feature_projection(feats_BTC)
     if isinstance(h_BTD, tuple):
         h_BTD = h_BTD[0]
     mask_BT = torch.arange(h_BTD.shape[1], device=h_BTD.device)[None, :] < frames[:, None]
-    if len(model.encoder.layers) == 0 and not model.config.do_stable_layer_norm:
-        enc = model.encoder  # layer 0 = input of the first layer
-        h_BTD = h_BTD.masked_fill(~mask_BT[..., None], 0)
+    enc = model.encoder
+    top = len(enc.layers)
+    if top == 0 and not model.config.do_stable_layer_norm:
+        h_BTD = h_BTD.masked_fill(~mask_BT[..., None], 0)  # layer 0 = input of the first layer
         h_BTD = enc.layer_norm(h_BTD + enc.pos_conv_embed(h_BTD))
-    else:
-        h_BTD = model.encoder(h_BTD, attention_mask=mask_BT).last_hidden_state
-    return h_BTD, frames.cpu().numpy()
+        return (h_BTD, frames.cpu().numpy()) if layers is None else ({0: h_BTD}, frames.cpu().numpy())
+    if layers is None:
+        return enc(h_BTD, attention_mask=mask_BT).last_hidden_state, frames.cpu().numpy()
+    if max(layers) != top:
+        raise ValueError(f"layers {list(layers)}: the model is cut after layer {top}; the deepest must be {top}")
+    # hooks catch the inputs of the layers: the input of layer x+1 is the output of layer x (for
+    # x = 0, after the input LayerNorm of post-LN models); the encoder's own output is the last
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [enc.layers[x].register_forward_pre_hook(
+        lambda mod, args, kwargs, x=x: seen.__setitem__(x, args[0] if args else kwargs["hidden_states"]),
+        with_kwargs=True) for x in layers if x < top]
+    try:
+        last = enc(h_BTD, attention_mask=mask_BT).last_hidden_state
+    finally:
+        for hk in hooks:
+            hk.remove()
+    out = {}
+    for x in layers:
+        if x == top:
+            out[x] = last
+        else:  # pre-LN: what a model cut after layer x would end with
+            out[x] = enc.layer_norm(seen[x]) if model.config.do_stable_layer_norm else seen[x]
+    return out, frames.cpu().numpy()
 
 
 def load_hubert(path: str | Path):

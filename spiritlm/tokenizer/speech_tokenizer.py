@@ -153,9 +153,9 @@ class SpeechTokenizer:
             except AudioError as e:
                 log.warning("skipping %s", e)
                 results[i] = e
-        feats = self.featurizer.features_many(wavs, progress=progress)
-        style_feats = (self.style_featurizer.features_many(wavs)
-                       if do_style and self.style_featurizer is not None else None)
+        # units and style features of one model come from one pass through it
+        feats, style_feats = self.featurizer.features_with(self.style_featurizer if do_style else None,
+                                                           wavs, progress=progress)
         for j, i in enumerate(ok):
             wav = wavs[j]
             units: dict[str, Any] = {"hubert": self.quantizer(feats[j])}
