@@ -47,6 +47,26 @@ def test_batched_equals_one_at_a_time(tiny, batch_tokens, max_row, share):
         assert s.stats.context_tokens_saved > 0
 
 
+def test_long_continuations_get_rows_of_their_own(tiny):
+    """Whole stories behind a BOS-only context: one row each, no mask (plain causal attention),
+    the same scores as the reference and as packing them all behind the shared context."""
+    _, model, tok = tiny
+    rng = np.random.default_rng(3)
+    reqs = [Request([], [("speech", {"hubert": rng.integers(0, 501, n)})]) for n in (40, 33, 57, 12, 40)]
+    reqs.append(Request([("text", "a long shared context of several words for the short one")],
+                        [("text", "ok")]))
+    s = Scorer(model, tok)
+    got = s.score(reqs)
+    assert s.stats.rows == len(reqs)  # no story packed behind the 2-token context
+    ref = s.score_one_at_a_time(reqs)
+    old = Scorer(model, tok, pack_longer=True)
+    packed = old.score(reqs)
+    assert old.stats.rows == 2 and old.stats.context_tokens_saved > 0
+    for a, b, c in zip(got, ref, packed):
+        assert a.n_tokens == b.n_tokens == c.n_tokens
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4) and c.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
 def test_hand_check_logprob(tiny):
     _, model, tok = tiny
     s = Scorer(model, tok)

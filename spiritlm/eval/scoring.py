@@ -11,7 +11,11 @@ How it is computed (and why it is fast):
 
 * requests sharing the same context ids are packed into one row ``ctx | cont_1 | cont_2 ...``
   with a tree-shaped 4-D attention mask (each continuation sees the context and itself) and
-  position ids restarting after the context -- the shared context is computed once;
+  position ids restarting after the context -- the shared context is computed once. Only
+  continuations no longer than their context are packed: behind a short context (the BOS of a
+  whole-story or sWUGGY item) packing would save a token or two and square the row's attention;
+* a batch whose rows hold one continuation each needs no mask: plain causal attention, the
+  padding at the right end unseen by any real token;
 * rows are sorted by length and batched under a token budget (``batch_tokens`` = rows x padded
   length); the LM head runs only at the positions that predict continuation tokens.
 
@@ -77,6 +81,7 @@ class Scorer:
         batch_tokens: int = 16384,
         max_row_tokens: int = 4096,
         share_context: bool = True,
+        pack_longer: bool = False,
     ):
         self.model = model
         self.tok = tokenizer
@@ -86,6 +91,9 @@ class Scorer:
         self.batch_tokens = batch_tokens
         self.max_row_tokens = max_row_tokens
         self.share_context = share_context
+        # also pack continuations longer than their context (the rule before 2026-11-29; kept so
+        # that `spiritlm bench eval` measures both rules side by side)
+        self.pack_longer = pack_longer
         self.stats = ScorerStats()
         # a label shows a progress bar (rows scored) on a terminal; the suite sets it per task
         self.progress_desc: str | None = None
@@ -179,7 +187,8 @@ class Scorer:
                 # square of the row (the mask is explicit, so masked-out pairs still cost).
                 # Packing whole-story wavs behind a 2-token BOS context made 4096-token rows
                 # and took 2.6x longer than one row per story (topic-StoryCloze S, demo model).
-                if cur and (length + len(cont) > self.max_row_tokens or len(cont) > len(ctx)):
+                too_long = len(cont) > len(ctx) and not self.pack_longer
+                if cur and (length + len(cont) > self.max_row_tokens or too_long):
                     rows.append((ctx, cur, length))
                     self.stats.context_tokens_saved += len(ctx) * (len(cur) - 1)
                     cur, length = [], len(ctx)
