@@ -121,3 +121,24 @@ def test_ids_outside_model_vocab_rejected(tmp_path):
     src = ParquetSource(_write_shards(tmp_path / "t", "text", meta=False))
     with pytest.raises(DataError, match="outside"):
         next(MixtureStream([src], max_id=4))
+
+
+def test_aligned_rows_are_found_from_the_index_or_the_files(tmp_path, monkeypatch):
+    from spiritlm.train import data as data_mod
+
+    out = tmp_path / "shards"
+    _write_shards(out / "aligned", "aligned", n_files=2)
+    _write_shards(out / "text", "text", n_files=2)
+    assert data_mod.holds_aligned_records(out / "aligned") and not data_mod.holds_aligned_records(out / "text")
+    files = sorted(out.glob("*/*.parquet"))
+    entries = [{"name": str(f.relative_to(out)), "bytes": f.stat().st_size,
+                "kinds": {f.parent.name: 10}} for f in files]
+    (out / "index.json").write_text(json.dumps({"schema_version": 1, "shards": entries}))
+    read = []
+    real_read = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda *a, **k: read.append(a[0]) or real_read(*a, **k))
+    assert data_mod.holds_aligned_records(out / "aligned") and not data_mod.holds_aligned_records(out / "text")
+    assert read == []  # the data stage's index answered for every file
+    pq.write_table(pa.table({"input_ids": [[1, 2]], "kind": ["aligned"]}), out / "text" / "part-000.parquet")
+    assert data_mod.holds_aligned_records(out / "text")  # a file changed since the index: read it
+    assert read == [out / "text" / "part-000.parquet"]

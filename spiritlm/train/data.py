@@ -294,10 +294,34 @@ def make_sources(data_cfg, layout: VocabLayout, interleave_fns: Optional[Mapping
 
 
 def holds_aligned_records(path: str | Path) -> bool:
-    """Whether a shard directory has rows of kind ``aligned`` (reads the ``kind`` column only)."""
+    """Whether a shard directory has rows of kind ``aligned``.
+
+    The data stage's ``index.json`` (in the directory or its parent) lists the row kinds of each
+    file; it answers for every file it lists with the size found on disk. Other files are read,
+    the ``kind`` column only.
+    """
+    import json
+
     import pyarrow.parquet as pq
 
-    for f in sorted(Path(path).glob("*.parquet")):
+    path = Path(path)
+    files = sorted(path.glob("*.parquet"))
+    listed: dict[Path, dict] = {}
+    for root in (path, path.parent):
+        index = root / "index.json"
+        if index.is_file():
+            try:
+                entries = json.loads(index.read_text()).get("shards", [])
+                listed = {(root / e["name"]).resolve(): e for e in entries if "name" in e and "kinds" in e}
+            except (OSError, ValueError, AttributeError, TypeError):
+                listed = {}  # an unreadable index: read the files themselves
+            break
+    for f in files:
+        e = listed.get(f.resolve())
+        if e is not None and e.get("bytes") == f.stat().st_size:
+            if e["kinds"].get("aligned", 0) > 0:
+                return True
+            continue
         if "kind" not in pq.read_schema(f).names:
             return False  # ParquetSource reports the missing column
         kinds = pq.read_table(f, columns=["kind"]).column("kind")
