@@ -238,6 +238,7 @@ def _train_key(tcfg, shards: dict, start: dict | None) -> list:
 
 
 def _train_step(tcfg, step_dir: Path | None = None) -> dict[str, Any]:
+    """A ``Job`` function (it is handed its ``step_dir``; the run goes to ``tcfg.run_dir``, inside it)."""
     from spiritlm.train import train
 
     for src in tcfg.data.sources:
