@@ -60,13 +60,6 @@ def _batches(items, seconds: float):
         yield cur
 
 
-def _style_featurizer(cfg: TokenizerCfg, model):
-    from spiritlm.tokenizer.hubert import HubertFeaturizer
-
-    h = cfg.hubert  # the units featurizer's chunking, so both layers share one pass
-    return HubertFeaturizer(model, cfg.style.layer, h.max_chunk_s, h.min_chunk_samples, h.batch_samples, h.device)
-
-
 def fit_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | Path, model=None,
                   progress: bool = True) -> Path:
     from spiritlm.tokenizer.hubert import HubertFeaturizer, load_hubert
@@ -87,7 +80,7 @@ def fit_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | Path, 
     feat = HubertFeaturizer.from_cfg(cfg.hubert, model)
     need_units = not cfg.units.path
     style_kmeans = cfg.style.enabled and cfg.style.kind == "kmeans" and not cfg.style.path
-    style_feat = _style_featurizer(cfg, model) if style_kmeans else None
+    style_feat = HubertFeaturizer.from_cfg(cfg.hubert, model, layer=cfg.style.layer) if style_kmeans else None
     res = FrameReservoir(cfg.units.max_frames, seed=cfg.seed)
     style_res = FrameReservoir(cfg.style.max_windows, seed=cfg.seed + 1)
     if need_units or style_kmeans:
@@ -130,7 +123,7 @@ def fit_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | Path, 
 
             style_q = StyleClassifier(cfg.style.path)
         if style_feat is None and cfg.style.kind == "kmeans":
-            style_feat = _style_featurizer(cfg, model)
+            style_feat = HubertFeaturizer.from_cfg(cfg.hubert, model, layer=cfg.style.layer)
     tok = SpeechTokenizer(cfg, feat, quant, pitch_model, style_q, style_feat, speaker_f0)
     tok.save(out_dir)
     save_config(cfg, out_dir / "fit_config.yaml")

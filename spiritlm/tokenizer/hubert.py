@@ -88,10 +88,13 @@ class HubertFeaturizer:
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
-    def from_cfg(cls, cfg: HubertCfg, model=None) -> "HubertFeaturizer":
+    def from_cfg(cls, cfg: HubertCfg, model=None, layer: int | None = None) -> "HubertFeaturizer":
+        """``layer``: another layer than ``cfg.layer`` (style features) with the same chunking and
+        batching, so that both share one pass (``features_with``)."""
         if model is None:
             model = load_hubert(cfg.path)
-        return cls(model, cfg.layer, cfg.max_chunk_s, cfg.min_chunk_samples, cfg.batch_samples, cfg.device)
+        return cls(model, cfg.layer if layer is None else layer, cfg.max_chunk_s, cfg.min_chunk_samples,
+                   cfg.batch_samples, cfg.device)
 
     @property
     def frame_rate(self) -> float:
@@ -227,11 +230,10 @@ def masked_conv_features(model, x_BS: torch.Tensor, lengths_B: torch.Tensor):
     return h.transpose(1, 2), n
 
 
-def masked_hidden(model, x_BS: torch.Tensor, lengths_B: torch.Tensor, layers: Sequence[int] | None = None):
-    """Padded waveforms -> (last computed encoder layer output h_BTD, valid frames per item).
-
-    With ``layers``: -> ({layer: h_BTD}, frames), each the output a model cut after that layer
-    returns (the last one computed is ``len(model.encoder.layers)``; pre-LN models end in a LayerNorm).
+def masked_hidden(model, x_BS: torch.Tensor, lengths_B: torch.Tensor, layers: Sequence[int]):
+    """Padded waveforms -> ({layer: h_BTD}, valid frames per item): each the output a model cut
+    after that layer returns. The deepest of ``layers`` must be ``len(model.encoder.layers)``, the
+    last one computed; pre-LN models end in a LayerNorm.
     """
     feats_BTC, frames = masked_conv_features(model, x_BS, lengths_B)
     h_BTD = model.feature_projection(feats_BTC)
@@ -240,14 +242,11 @@ def masked_hidden(model, x_BS: torch.Tensor, lengths_B: torch.Tensor, layers: Se
     mask_BT = torch.arange(h_BTD.shape[1], device=h_BTD.device)[None, :] < frames[:, None]
     enc = model.encoder
     top = len(enc.layers)
-    if top == 0 and not model.config.do_stable_layer_norm:
-        h_BTD = h_BTD.masked_fill(~mask_BT[..., None], 0)  # layer 0 = input of the first layer
-        h_BTD = enc.layer_norm(h_BTD + enc.pos_conv_embed(h_BTD))
-        return (h_BTD, frames.cpu().numpy()) if layers is None else ({0: h_BTD}, frames.cpu().numpy())
-    if layers is None:
-        return enc(h_BTD, attention_mask=mask_BT).last_hidden_state, frames.cpu().numpy()
     if max(layers) != top:
         raise ValueError(f"layers {list(layers)}: the model is cut after layer {top}; the deepest must be {top}")
+    if top == 0 and not model.config.do_stable_layer_norm:
+        h_BTD = h_BTD.masked_fill(~mask_BT[..., None], 0)  # layer 0 = input of the first layer
+        return {0: enc.layer_norm(h_BTD + enc.pos_conv_embed(h_BTD))}, frames.cpu().numpy()
     # hooks catch the inputs of the layers: the input of layer x+1 is the output of layer x (for
     # x = 0, after the input LayerNorm of post-LN models); the encoder's own output is the last
     seen: dict[int, torch.Tensor] = {}

@@ -96,8 +96,7 @@ class SpeechTokenizer:
                 style_q = StyleClassifier(res(cfg.style.path))
             else:
                 style_q = KMeansQuantizer.load(res(cfg.style.path))
-                style_feat = HubertFeaturizer(model, cfg.style.layer, cfg.hubert.max_chunk_s,
-                                              cfg.hubert.min_chunk_samples, cfg.hubert.batch_samples, cfg.hubert.device)
+                style_feat = HubertFeaturizer.from_cfg(cfg.hubert, model, layer=cfg.style.layer)
         speaker_f0 = {}
         if root is not None and (root / "speaker_f0.json").is_file():
             speaker_f0 = json.loads((root / "speaker_f0.json").read_text())
