@@ -267,12 +267,11 @@ def _eval_config(cfg: DemoConfig, mini: dict, speech_tok: dict, overrides: list[
         "mini.build=false", *overrides, *cfg.eval_overrides])
 
 
-def _bench_units_step(cfg: DemoConfig, mini: dict, speech_tok: dict, step_dir: Path) -> dict[str, Any]:
-    """Every benchmark audio file, encoded once with the evaluation's speech encoder, to a file
-    that each model's evaluation reads (they run side by side, each in its own process)."""
+def _bench_units_step(ecfg, mini: dict, step_dir: Path) -> dict[str, Any]:
+    """Every benchmark audio file, encoded once with the evaluation's speech encoder (``ecfg``),
+    to a file that each model's evaluation reads (they run side by side, each in its own process)."""
     from spiritlm.eval.model import encoder_identity, load_speech_encoder
 
-    ecfg = _eval_config(cfg, mini, speech_tok)
     enc = load_speech_encoder(ecfg.speech_encoder, ecfg.speech_encoder_args)
     if enc is None:
         return {"file": "", "files": 0}
@@ -297,9 +296,8 @@ def _eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: 
     ecfg = _eval_config(cfg, mini, speech_tok, [f"model={model['hf']}", f"name={name}", f"output_dir={step_dir}",
                                                  f"units_cache={units['file']}"])
     out = run_suite(ecfg)
-    encoded = json.loads(Path(out["paths"]["json"]).read_text())["speech_files_encoded"]
     return {"dir": str(step_dir), "paths": {k: str(v) for k, v in out.get("paths", {}).items()},
-            "encoded_here": encoded}  # audio files not found in the units file
+            "encoded_here": out["speech_files_encoded"]}  # audio files not found in the units file
 
 
 # Versions of what the evaluation and the comparison compute: a change of scoring or of the
@@ -368,7 +366,7 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     units = pipe.run("bench_units", [UNITS_VERSION, ecfg.speech_encoder, ecfg.speech_encoder_args, mini,
                                      _file_hash(Path(mini["root"]) / "COMPLETE.json"),
                                      _file_hash(Path(speech_tok["dir"]) / "manifest.json")],
-                     lambda d: _bench_units_step(cfg, mini, speech_tok, d))
+                     lambda d: _bench_units_step(ecfg, mini, d))
     eval_jobs = []  # every model's evaluation is independent of the others: side by side
     for variant in MIXTURES:
         for s, model in zip(seeds, models[variant]):

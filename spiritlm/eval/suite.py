@@ -266,5 +266,6 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
             md.write_text(f"**INCOMPLETE RUN -- failed with {error}; numbers below are partial.**\n\n"
                           + md.read_text())
     log.info("eval report: %s", paths["markdown"])
-    return {"paths": paths, "results": results, "timings": timings}
+    return {"paths": paths, "results": results, "timings": timings,
+            "speech_files_encoded": extra["speech_files_encoded"]}
 
