@@ -179,3 +179,103 @@ def test_storycloze_csv_and_errors(tmp_path):
     (tmp_path / "s" / "cross" / "2_mutual.txt").unlink()
     with pytest.raises(LayoutError, match="2_mutual.txt is missing"):
         read_cross_dir(tmp_path / "s" / "cross")
+
+
+# ---- meta.yaml against the official sLM21 format ------------------------------------------------
+# The official validator (PyPI zerospeech-benchmarks, `zrc`) pins pydantic<2 and cannot be
+# installed beside our stack, so its MetaFile schema (v0.9.4) is restated here as a pydantic
+# model: the types it parses plus the non-empty checks its get_validation() reports as errors.
+def _official_schema():
+    from typing import Literal, Optional
+
+    from pydantic import BaseModel
+
+    class ModelInfo(BaseModel):
+        model_id: Optional[str] = None
+        system_description: str
+        train_set: str
+        gpu_budget: Optional[str] = None
+
+    class Publication(BaseModel):
+        author_label: str = ""
+        authors: str
+        paper_title: Optional[str] = None
+        paper_url: Optional[str] = None
+        publication_year: int
+        bib_reference: Optional[str] = None
+        DOI: Optional[str] = None
+        institution: str
+        team: Optional[str] = None
+
+    class Meta(BaseModel):
+        username: Optional[str] = None
+        submission_id: Optional[str] = None
+        benchmark_name: Literal["prosAudit", "sLM21", "abxLS", "abx17", "tde17"]
+        model_info: ModelInfo
+        publication: Publication
+        open_source: bool
+        code_url: Optional[str] = None
+
+    return Meta
+
+
+def _official_errors(meta: dict) -> list[str]:
+    import pydantic
+
+    try:
+        m = _official_schema().model_validate(meta)
+    except pydantic.ValidationError as e:
+        return [str(e)]
+    errs = []
+    for name, v in (("model_info.system_description", m.model_info.system_description),
+                    ("model_info.train_set", m.model_info.train_set), ("publication.authors", m.publication.authors),
+                    ("publication.institution", m.publication.institution)):
+        if not v:
+            errs.append(f"{name}: was not found or empty")
+    if m.benchmark_name != "sLM21":
+        errs.append("not sLM21")
+    return errs
+
+
+def test_submission_meta_passes_official_validation(tmp_path, caplog):
+    import yaml
+
+    from spiritlm.eval.zerospeech import SubmissionMeta, check_meta
+
+    # defaults only: valid, with a warning naming what to fill in
+    with caplog.at_level("WARNING"):
+        defaulted = write_submission_meta(tmp_path / "a", "tiny")
+    meta = yaml.safe_load((tmp_path / "a" / "meta.yaml").read_text())
+    assert _official_errors(meta) == [] and check_meta(meta) == []
+    assert meta["benchmark_name"] == "sLM21" and isinstance(meta["publication"]["publication_year"], int)
+    assert meta["code_url"] and "code" not in meta["publication"]
+    assert set(defaulted) == {"authors", "institution", "publication_year", "train_set"}
+    assert "zerospeech.meta.authors" in caplog.text
+    params = yaml.safe_load((tmp_path / "a" / "params.yaml").read_text())
+    assert params["semantic"]["metric"] == "euclidean" and params["quiet"] is False
+
+    # recipe fields win; train_set read from the recipe an export saved beside its weights
+    model = tmp_path / "hf"
+    model.mkdir()
+    (model / "spiritlm_train_config.yaml").write_text(yaml.safe_dump(
+        {"data": {"sources": [{"name": "speech", "path": "data/speech"}, {"name": "text", "path": "data/text"}]}}))
+    m = SubmissionMeta(authors="Jane Doe, John Roe", institution="Example Lab", publication_year=2025,
+                       code_url="https://example.org/code", gpu_budget="12")
+    assert write_submission_meta(tmp_path / "b", "mine", m, model) == []
+    meta = yaml.safe_load((tmp_path / "b" / "meta.yaml").read_text())
+    assert _official_errors(meta) == []
+    assert meta["model_info"]["train_set"] == "speech: data/speech; text: data/text"
+    assert meta["publication"]["authors"] == "Jane Doe, John Roe" and meta["publication"]["publication_year"] == 2025
+
+    # what the issue found in the old file is caught, by both checks
+    old = {"model_info": {"model_id": "x", "system_description": "d", "train_set": "", "gpu_budget": 0.0},
+           "publication": {"author_label": "", "authors": "", "publication_year": None, "institution": None,
+                           "code": None}, "open_source": True}
+    assert _official_errors(old)
+    found = " ".join(check_meta(old))
+    for what in ("benchmark_name", "train_set", "authors", "publication_year", "institution", "code_url"):
+        assert what in found
+    # a template value is refused before anything is written
+    with pytest.raises(ValueError, match="template"):
+        write_submission_meta(tmp_path / "c", "x", SubmissionMeta(authors="<required(str)>"))
+    assert not (tmp_path / "c" / "meta.yaml").exists()

@@ -214,24 +214,154 @@ def write_scores(path: Path, scores: dict[str, Score], normalize: bool) -> Path:
     return path
 
 
-def write_submission_meta(out: Path, model_id: str, description: str = "", author: str = "",
-                          train_set: str = "", gpu_budget: float = 0.0, open_source: bool = True) -> None:
-    """``meta.yaml`` + ``params.yaml`` of a ZeroSpeech sLM21 submission (score files: write_scores)."""
+# Fields of the official `zrc` (PyPI zerospeech-benchmarks) sLM21 ``meta.yaml``: its pydantic
+# MetaFile requires benchmark_name (a literal, "sLM21" here), model_info.{system_description,
+# train_set} and publication.{authors, publication_year (int), institution}; code_url is a
+# top-level field; no string may look like a template ("<...>"). We cannot call that package
+# (it pins pydantic<2, which our stack has outgrown), so check_meta below encodes those rules.
+META_REQUIRED = (("benchmark_name",), ("model_info", "system_description"), ("model_info", "train_set"),
+                 ("publication", "authors"), ("publication", "publication_year"),
+                 ("publication", "institution"), ("open_source",))
+PROJECT_URL = "https://github.com/spiritlm/spiritlm"
+
+
+@dataclass
+class SubmissionMeta:
+    """The recipe's ``[zerospeech.meta]`` table: who made the system and on what it was trained.
+    Empty fields get defaults that pass the official validation, and a warning says which ones
+    to set before submitting to the leaderboard."""
+
+    authors: str = ""  # full names, comma-separated (default: "anonymous")
+    author_label: str = ""  # short label, e.g. "Doe et al." (the platform may overwrite it)
+    institution: str = ""  # default: "unaffiliated"
+    publication_year: int = 0  # 0 = this year
+    paper_title: str = ""
+    paper_url: str = ""
+    team: str = ""
+    system_description: str = ""
+    train_set: str = ""  # default: the data sources of the model's training recipe, if saved
+    gpu_budget: str = ""  # GPU hours, as text (the format's field is a string)
+    code_url: str = PROJECT_URL
+    open_source: bool = True
+
+
+def train_set_of(model_dir: Path | str | None) -> str:
+    """The data a `spiritlm train` export was trained on, from the recipe it saved beside the
+    weights (``spiritlm_train_config.yaml``): source names and paths, or "" if not known."""
+    if not model_dir:
+        return ""
+    p = Path(model_dir) / "spiritlm_train_config.yaml"
+    if not p.is_file():
+        return ""
+    cfg = yaml.safe_load(p.read_text()) or {}
+    data = cfg.get("data") or {}
+    sources = data.get("sources") or []
+    if not sources:
+        return "synthetic random documents (spiritlm smoke test)"
+    return "; ".join(f"{s.get('name') or s.get('kind', 'source')}: {s.get('path', '?')}" for s in sources)
+
+
+def submission_meta(model_id: str, meta: SubmissionMeta | None = None, model_dir: Path | str | None = None,
+                    year: int | None = None) -> tuple[dict, list[str]]:
+    """(the ``meta.yaml`` mapping, the fields that fell back to defaults)."""
+    import datetime
+
+    m = meta or SubmissionMeta()
+    defaulted = []
+
+    def pick(name: str, value, default):
+        if value in ("", 0, None):
+            defaulted.append(name)
+            return default
+        return value
+
+    train_set = m.train_set or train_set_of(model_dir)
+    meta_d = {
+        "benchmark_name": "sLM21",
+        "model_info": {
+            "model_id": model_id,
+            "system_description": m.system_description or
+            "Spirit LM-style speech-text LM (spiritlm); scores are token-normalised log-probabilities",
+            "train_set": pick("train_set", train_set, "unspecified"),
+            "gpu_budget": m.gpu_budget or None,
+        },
+        "publication": {
+            "author_label": m.author_label,
+            "authors": pick("authors", m.authors, "anonymous"),
+            "paper_title": m.paper_title or None,
+            "paper_url": m.paper_url or None,
+            "publication_year": int(pick("publication_year", m.publication_year,
+                                         year or datetime.datetime.now(datetime.timezone.utc).year)),
+            "institution": pick("institution", m.institution, "unaffiliated"),
+            "team": m.team or None,
+            "DOI": None,
+        },
+        "open_source": bool(m.open_source),
+        "code_url": m.code_url or None,
+    }
+    return meta_d, defaulted
+
+
+def check_meta(meta: dict) -> list[str]:
+    """Problems the official sLM21 validation would report for this ``meta.yaml`` mapping (errors
+    only; its warnings -- paper title/URL, GPU budget -- are advice)."""
+    import re
+
+    problems = []
+    if meta.get("benchmark_name") != "sLM21":
+        problems.append(f"benchmark_name={meta.get('benchmark_name')!r}: must be 'sLM21'")
+    for path in META_REQUIRED[1:]:
+        node = meta
+        for k in path:
+            node = node.get(k) if isinstance(node, dict) else None
+        name = ".".join(path)
+        if path[-1] == "publication_year":
+            if isinstance(node, bool) or not isinstance(node, int):
+                problems.append(f"{name}={node!r}: must be an integer year")
+        elif path[-1] == "open_source":
+            if not isinstance(node, bool):
+                problems.append(f"{name}={node!r}: must be true or false")
+        elif not isinstance(node, str) or not node:
+            problems.append(f"{name}: was not found or empty")
+    if "code" in (meta.get("publication") or {}):
+        problems.append("publication.code: the format has a top-level code_url instead")
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{where}{k}.")
+        elif isinstance(node, str) and re.match(r"<.*>", node):
+            problems.append(f"{where[:-1]}: has value from template ({node!r})")
+    walk(meta, "")
+    return problems
+
+
+def write_submission_meta(out: Path, model_id: str, meta: SubmissionMeta | None = None,
+                          model_dir: Path | str | None = None) -> list[str]:
+    """``meta.yaml`` + ``params.yaml`` of a ZeroSpeech sLM21 submission (score files:
+    write_scores). Returns the meta fields that fell back to defaults (also logged)."""
+    import logging
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "model_info": {"model_id": model_id, "system_description": description or
-                       "Spirit LM-style speech-text LM; scores are token-normalised log-probabilities",
-                       "train_set": train_set, "gpu_budget": gpu_budget},
-        "publication": {"author_label": author, "authors": author, "paper_title": None,
-                        "paper_url": None, "publication_year": None, "institution": None,
-                        "team": None, "code": None, "DOI": None},
-        "open_source": open_source,
-    }
-    params = {"quiet": False, "lexical": {}, "syntactic": {},
-              "semantic": {"librispeech": True, "synthetic": True, "metric": "cosine", "pooling": "max"}}
-    (out / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    meta_d, defaulted = submission_meta(model_id, meta, model_dir)
+    problems = check_meta(meta_d)
+    if problems:  # only reachable through a recipe value such as a "<...>" template string
+        raise ValueError(f"zerospeech.meta: {'; '.join(problems)}; fix these fields in the recipe's "
+                         "[zerospeech.meta] table")
+    if defaulted:
+        logging.getLogger(__name__).warning(
+            "%s/meta.yaml: %s left at defaults; set them in [zerospeech.meta] (e.g. --set "
+            "zerospeech.meta.authors='Jane Doe') before submitting to the ZeroSpeech leaderboard",
+            out, ", ".join(defaulted))
+    # params.yaml as `zrc submission:init sLM21` writes it (semantic scoring settings; our
+    # submission has no semantic part, so the values are the format's defaults)
+    params = {"quiet": False,
+              "semantic": {"metric": "euclidean", "pooling": "mean", "synthetic": True, "librispeech": True,
+                           "n_jobs": 1}}
+    (out / "meta.yaml").write_text(yaml.safe_dump(meta_d, sort_keys=False))
     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return defaulted
 
 
 def check_submission(out: Path, root: Path, kinds=("lexical", "syntactic"), splits=("dev",)) -> list[str]:
@@ -241,6 +371,8 @@ def check_submission(out: Path, root: Path, kinds=("lexical", "syntactic"), spli
     for f in ("meta.yaml", "params.yaml"):
         if not (out / f).is_file():
             problems.append(f"missing {out / f}")
+    if (out / "meta.yaml").is_file():
+        problems += [f"{out / 'meta.yaml'}: {p}" for p in check_meta(yaml.safe_load((out / "meta.yaml").read_text()) or {})]
     for kind in kinds:
         for split in splits:
             sub, gold = out / kind / f"{split}.txt", root / kind / split / "gold.csv"
