@@ -24,9 +24,13 @@ Key mapping (fairseq ``model`` state_dict -> HF ``HubertModel``)::
     mask_emb                                         -> masked_spec_embed
     final_proj.*, label_embs_concat, ...             -> dropped (pre-training heads)
 
-Config fields read from ``cfg["model"]`` (or ``args``): encoder_layers, encoder_embed_dim,
-encoder_ffn_embed_dim, encoder_attention_heads, conv_feature_layers, conv_pos, conv_pos_groups,
-extractor_mode, layer_norm_first, conv_bias, activation_fn.
+Layouts: the release's "converted" ``mhubert_base_25hz.pt`` is a dict ``{model_cfg, task_cfg,
+model_weight, dictionaries_symbols}`` (plain option dicts, fairseq parameter names); original
+fairseq checkpoints are ``{args | cfg, model, ...}``. Config fields read from ``model_cfg`` /
+``cfg["model"]`` / ``args``: encoder_layers, encoder_embed_dim, encoder_ffn_embed_dim,
+encoder_attention_heads, conv_feature_layers, conv_pos, conv_pos_groups, extractor_mode,
+layer_norm_first, conv_bias, activation_fn; from ``task_cfg`` / ``cfg["task"]`` / ``args``:
+``normalize`` (layer-norm the waveform first), kept as ``config.normalize_waveform``.
 """
 
 from __future__ import annotations
@@ -130,18 +134,41 @@ class _RestrictedPickleModule:
         return _RestrictedUnpickler(io.BytesIO(b), **kw).load()
 
 
-def safe_load_checkpoint(path: str | Path) -> dict:
-    """Load a fairseq checkpoint without executing arbitrary pickled code."""
+def numpy_safe_globals() -> list:
+    """numpy's array/scalar rebuild functions, allow-listed for ``torch.load(weights_only=True)``
+    under both module names numpy 1.x and 2.x pickle them with (k-means ``.pt`` files hold
+    ``cluster_centers`` as a numpy array). Rebuilding an array runs no user code."""
+    import numpy
+
+    mod = numpy._core.multiarray if hasattr(numpy, "_core") else numpy.core.multiarray
+    out: list = [numpy.ndarray, numpy.dtype]
+    for name in ("_reconstruct", "scalar"):
+        fn = getattr(mod, name)
+        out += [(fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
+    for t in ("Float16DType", "Float32DType", "Float64DType", "Int32DType", "Int64DType", "BoolDType"):
+        if hasattr(numpy, "dtypes") and hasattr(numpy.dtypes, t):
+            out.append(getattr(numpy.dtypes, t))
+    return out
+
+
+def safe_load_checkpoint(path: str | Path) -> Any:
+    """Load a ``.pt`` checkpoint (fairseq, the release's converted files, k-means dicts with numpy
+    arrays) without executing arbitrary pickled code: ``weights_only=True`` with
+    ``argparse.Namespace`` and numpy arrays allowed, else the restricted unpickler above."""
     path = str(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace, *numpy_safe_globals()]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass  # e.g. omegaconf DictConfig in cfg: use the restricted unpickler below
+    except Exception as e:  # noqa: BLE001 -- not a torch file at all (text, truncated zip, ...)
+        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: cannot read as a fairseq checkpoint ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}: {e})") from None
 
 
 def _plain(obj: Any) -> Any:
@@ -272,21 +299,85 @@ def convert_state_dict(fs_sd: dict) -> tuple[dict, list[str]]:
     return out, dropped
 
 
+def fairseq_task_cfg(ckpt: dict) -> dict:
+    """The task options (``normalize``, ``sample_rate``) of a fairseq checkpoint ({} when absent)."""
+    if ckpt.get("cfg") is not None:
+        cfg = _plain(ckpt["cfg"])
+        task = cfg.get("task") if isinstance(cfg, dict) else None
+        if isinstance(task, dict):
+            return task
+    if ckpt.get("args") is not None:
+        return _plain(ckpt["args"])  # old fairseq: one namespace for model and task
+    return {}
+
+
+CONVERTED_KEYS = ("model_cfg", "task_cfg", "model_weight")  # + "dictionaries_symbols" (pre-training labels)
+
+
+def read_hubert_checkpoint(path: str | Path) -> tuple[dict, dict, dict, str]:
+    """A HuBERT ``.pt`` -> (fairseq-named state_dict, model config, task config, layout).
+
+    Two layouts: the release's "converted" dict ``{model_cfg, task_cfg, model_weight,
+    dictionaries_symbols}`` (plain dicts, fairseq parameter names) and original fairseq
+    checkpoints ``{args | cfg, model, ...}``. Nothing pickled is executed (``safe_load_checkpoint``).
+    """
+    ckpt = safe_load_checkpoint(path)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a HuBERT checkpoint (a {type(ckpt).__name__}, expected a dict)")
+    if any(k in ckpt for k in CONVERTED_KEYS):
+        missing = [k for k in CONVERTED_KEYS if k not in ckpt]
+        if missing:
+            raise ValueError(f"{path}: a converted HuBERT checkpoint (the release's layout) needs the keys "
+                             f"{list(CONVERTED_KEYS)} (+ dictionaries_symbols); {missing} missing")
+        mcfg, tcfg, sd, layout = _plain(ckpt["model_cfg"]), _plain(ckpt["task_cfg"] or {}), ckpt["model_weight"], "converted"
+        if not isinstance(mcfg, dict) or not isinstance(tcfg, dict):
+            raise ValueError(f"{path}: model_cfg and task_cfg must be dicts of options, got "
+                             f"{type(mcfg).__name__} and {type(tcfg).__name__}")
+    elif "model" in ckpt:
+        mcfg, tcfg, sd, layout = fairseq_model_cfg(ckpt), fairseq_task_cfg(ckpt), ckpt["model"], "fairseq"
+    else:
+        raise ValueError(
+            f"{path}: not a HuBERT checkpoint: expected the release's converted layout {{model_cfg, task_cfg, "
+            f"model_weight, dictionaries_symbols}} or a fairseq checkpoint {{args | cfg, model}}; found keys "
+            f"{sorted(map(str, ckpt))[:10]}")
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: the {'model_weight' if layout == 'converted' else 'model'} entry must be a "
+                         "non-empty state_dict of tensors")
+    if mcfg.get("conv_pos_batch_norm"):
+        raise ValueError(f"{path}: conv_pos_batch_norm=True (batch-norm positional conv) is not supported; "
+                         "only fairseq's default weight-normed positional conv maps onto HF HubertModel")
+    if mcfg.get("layer_type", "transformer") != "transformer":
+        raise ValueError(f"{path}: layer_type={mcfg.get('layer_type')!r}: only 'transformer' encoders are supported")
+    return sd, mcfg, tcfg, layout
+
+
 def load_fairseq_hubert(path: str | Path):
-    """fairseq HuBERT checkpoint -> HF HubertModel (eval mode); every HF weight must be filled."""
+    """HuBERT checkpoint (release "converted" or fairseq layout) -> HF HubertModel (eval mode).
+
+    Every HF weight must be filled. The task's ``normalize`` flag is kept as
+    ``model.config.normalize_waveform`` (``HubertFeaturizer`` then layer-normalises each chunk).
+    """
     from transformers import HubertModel
 
-    ckpt = safe_load_checkpoint(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"{path}: not a fairseq checkpoint (expected a dict with a 'model' state_dict)")
-    config = hubert_config_from_fairseq(fairseq_model_cfg(ckpt))
+    fs_sd, mcfg, tcfg, _layout = read_hubert_checkpoint(path)
+    config = hubert_config_from_fairseq(mcfg)
+    config.normalize_waveform = bool(tcfg.get("normalize", False))
     model = HubertModel(config)
-    sd, _dropped = convert_state_dict(ckpt["model"])
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    sd, _dropped = convert_state_dict(fs_sd)
+    if "feature_projection.projection.weight" not in sd:  # fairseq has no post_extract_proj when
+        dim = config.hidden_size  # conv dim == encoder dim: HF always projects, so use the identity
+        if config.conv_dim[-1] == dim:
+            sd["feature_projection.projection.weight"] = torch.eye(dim)
+            sd["feature_projection.projection.bias"] = torch.zeros(dim)
+    sd.setdefault("masked_spec_embed", torch.zeros(config.hidden_size))  # training-only mask vector
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatch: weights and config disagree
+        raise ValueError(f"{path}: weights do not fit the HuBERT its config describes: {str(e)[:400]}") from None
     if missing or unexpected:
         raise ValueError(
             f"{path}: fairseq -> HF conversion mismatch; missing {missing[:8]}, unexpected "
-            f"{unexpected[:8]} (is this a HuBERT checkpoint?)"
+            f"{unexpected[:8]} (is this a HuBERT checkpoint with the shapes its config names?)"
         )
     return model.eval()
 

@@ -14,8 +14,9 @@ length, zero-padded, and the padding is masked everywhere it could leak --
 
 Long files are cut into chunks of at most ``max_chunk_s`` seconds (100 s like the release);
 chunks shorter than ``min_chunk_samples`` (1280) are dropped, and the chunk features are
-concatenated. Only the first ``layer`` transformer layers are run. On GPU the forward runs under
-bf16 autocast.
+concatenated. Only the first ``layer`` transformer layers are run, in fp32 on every device like
+the release (``dtype="bfloat16"`` opts into bf16 autocast). A model whose fairseq task config
+says ``normalize`` (``config.normalize_waveform``) gets each chunk layer-normalised first.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class HubertCfg:
     min_chunk_samples: int = 1280  # trailing chunks shorter than this are dropped (release)
     batch_samples: int = 1_600_000  # padded samples per forward batch (100 s of audio)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 on every device (the release's numbers) | bfloat16 (explicit: faster on GPU)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -66,6 +68,7 @@ class HubertFeaturizer:
         min_chunk_samples: int = 1280,
         batch_samples: int = 1_600_000,
         device: str | torch.device = "auto",
+        dtype: str = "float32",
     ):
         n_layers = model.config.num_hidden_layers
         if not 0 <= layer <= n_layers:
@@ -85,6 +88,11 @@ class HubertFeaturizer:
         self.min_chunk = max(int(min_chunk_samples), self.receptive_field)
         self.batch_samples = int(batch_samples)
         self.dim = model.config.hidden_size
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"hubert.dtype={dtype!r}: choose float32 (default, the release's numbers) or bfloat16")
+        self.dtype = dtype
+        # fairseq task.normalize: each (<= 100 s) chunk is layer-normalised before the model (release)
+        self.normalize = bool(getattr(model.config, "normalize_waveform", False))
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
@@ -94,7 +102,7 @@ class HubertFeaturizer:
         if model is None:
             model = load_hubert(cfg.path)
         return cls(model, cfg.layer if layer is None else layer, cfg.max_chunk_s, cfg.min_chunk_samples,
-                   cfg.batch_samples, cfg.device)
+                   cfg.batch_samples, cfg.device, getattr(cfg, "dtype", "float32"))
 
     @property
     def frame_rate(self) -> float:
@@ -104,6 +112,7 @@ class HubertFeaturizer:
         """True when ``other`` reads another layer of the same model with the same chunking and
         batching: ``features_many_at`` then gives both from one pass, bit for bit."""
         return (other is not None and other.model is self.model and other.device == self.device
+                and other.dtype == self.dtype
                 and (other.max_chunk, other.min_chunk, other.batch_samples)
                 == (self.max_chunk, self.min_chunk, self.batch_samples))
 
@@ -153,6 +162,8 @@ class HubertFeaturizer:
             for j, start in enumerate(range(0, max(len(wav), 1), self.max_chunk)):
                 piece = wav[start : start + self.max_chunk]
                 if len(piece) >= self.min_chunk:
+                    if self.normalize:  # F.layer_norm over the whole chunk, eps 1e-5, no affine
+                        piece = torch.nn.functional.layer_norm(torch.from_numpy(piece), piece.shape).numpy()
                     chunks.append((i, j, piece))
         out: dict[tuple[int, int], dict[int, np.ndarray]] = {}
         order = sorted(range(len(chunks)), key=lambda c: len(chunks[c][2]), reverse=True)
@@ -189,7 +200,7 @@ class HubertFeaturizer:
         for b, w in enumerate(wavs):
             x_BS[b, : len(w)] = torch.from_numpy(w)
         x_BS = x_BS.to(self.device)
-        use_bf16 = self.device.type == "cuda"
+        use_bf16 = self.dtype == "bfloat16"
         enc = self.model.encoder
         all_layers = enc.layers
         enc.layers = all_layers[: max(layers)]  # never run the layers above the ones we read
