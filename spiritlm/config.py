@@ -50,17 +50,33 @@ def read_recipe(path: str | Path) -> dict:
     return data
 
 
+def parse_override_value(raw: str) -> Any:
+    """A ``--set`` value: a TOML inline table or array when it parses as one (``{a = 1, b =
+    "x"}``, as recipes write them; YAML would read ``{a = 1}`` as the key ``"a = 1"``), else a
+    YAML scalar/list/mapping (``[1,2]``, ``true``, ``null``, ``{a: 1}``), else the raw string."""
+    text = raw.strip()
+    if not text:
+        return ""
+    if text[0] in "{[":
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            pass  # YAML flow style ({a: 1}, [a, b]) below
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """``a.b=value`` -> data["a"]["b"] = yaml-parsed value (``x=[1,2]``, ``flag=true``, ``p=null``)."""
+    """``a.b=value`` -> data["a"]["b"] = the parsed value (``x=[1,2]``, ``flag=true``, ``p=null``,
+    ``t={a = 1}``): see :func:`parse_override_value`."""
     data = _deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        value = parse_override_value(raw)
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -218,7 +218,8 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     """Read and validate a manifest; raises :class:`ManifestError` (file, line, field)."""
     utts: list[Utterance] = []
     ids: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
+    # utf-8-sig: a byte-order mark (Windows editors write one) is skipped, not a JSON error
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -258,11 +259,18 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
             f.write("".join(line + "\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; others on shared storage read it
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; restored at once
+    os.umask(mask)
+    return mask
 
 
 def phone_label(phone: str, silence: str = "sil") -> str:

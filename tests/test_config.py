@@ -80,3 +80,16 @@ def test_partial_nested_table_keeps_the_fields_own_default():
     cfg = load_config(WithCustomDefault, None, ["model.dims=[4]"])
     assert cfg.model == Inner(n_layers=7, dims=[4], act="relu")
     assert load_config(WithCustomDefault).model == Inner(n_layers=7, act="relu")
+
+
+def test_toml_inline_tables_in_overrides():
+    """`--set` takes tables the way recipes write them (TOML) as well as YAML flow style."""
+    from spiritlm.config import apply_overrides, parse_override_value
+
+    assert parse_override_value('{swuggy = 4, sblimp = 2}') == {"swuggy": 4, "sblimp": 2}
+    assert parse_override_value('{a = {b = "x y"}, c = [1, 2]}') == {"a": {"b": "x y"}, "c": [1, 2]}
+    assert parse_override_value("{swuggy: 4}") == {"swuggy": 4}  # YAML flow style still works
+    assert parse_override_value("[a, b]") == ["a", "b"]
+    assert parse_override_value('["a", 2]') == ["a", 2]
+    assert parse_override_value("3e-5") == "3e-5" and parse_override_value("true") is True
+    assert apply_overrides({}, ["x.y={k = 1}"]) == {"x": {"y": {"k": 1}}}

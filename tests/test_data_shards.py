@@ -108,12 +108,11 @@ def test_bad_inputs_are_counted_with_reasons(corpus, tmp_path, policy):
         f"inputs.text_corpora=[{bad['text'][0]}, {bad['text'][1]}]",
         f"records.on_alignment_failure={policy}"])
     rep = prepare_shards(cfg)
-    failures = {"empty_transcript": 1, "alignment_incomplete": 1, "alignment_empty": 1,
-                "alignment_overruns_audio": 1}
+    failures = {"empty_transcript": 1, "alignment_incomplete": 1, "alignment_empty": 1}
     dropped = {"audio_missing": 1, "audio_unreadable": 1, "duplicate_id": 1, "non_utf8": 1,
-               "empty_text": 1, "invalid_json": 1}
+               "empty_text": 1, "invalid_json": 1, "duration_mismatch": 1}  # 100 s for ~3 s
     if policy == "speech_only":
-        assert rep["fallback"] == failures and rep["kept"]["speech"] == 4
+        assert rep["fallback"] == failures and rep["kept"]["speech"] == 3
     else:
         dropped.update(failures)
         assert "speech" not in rep["kept"]

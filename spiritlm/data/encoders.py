@@ -20,11 +20,11 @@ from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+# One audio error for the whole project: the data stage reads audio through the tokenizer's
+# loader (sample-rate, truncation, NaN/inf checks, with the file named in the message).
+from spiritlm.tokenizer.audio import AudioError  # noqa: F401  (re-exported)
+
 DEFAULT_FRAME_RATES = {"hubert": 25.0, "pitch": 12.5, "style": 1.0}
-
-
-class AudioError(ValueError):
-    """Audio that cannot be read (missing file, unknown format, empty)."""
 
 
 @runtime_checkable
@@ -36,24 +36,12 @@ class UnitEncoder(Protocol):
 
 
 def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
-    """Mono float32 audio at ``sample_rate``; raises :class:`AudioError` with the reason."""
-    import soundfile as sf
+    """Mono float32 audio at ``sample_rate``; raises :class:`AudioError` with the reason (the
+    speech tokenizer's :func:`~spiritlm.tokenizer.audio.load_audio`, so that every reader of
+    audio rejects the same files with the same messages)."""
+    from spiritlm.tokenizer.audio import load_audio
 
-    p = Path(path)
-    if not p.is_file():
-        raise AudioError(f"audio file not found: {p}")
-    try:
-        audio, sr = sf.read(str(p), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError
-        raise AudioError(f"cannot read audio {p}: {e}") from None
-    audio = audio.mean(axis=1)
-    if audio.size == 0:
-        raise AudioError(f"audio file is empty: {p}")
-    if sr != sample_rate:
-        import soxr
-
-        audio = soxr.resample(audio, sr, sample_rate).astype(np.float32)
-    return audio
+    return load_audio(path, target_rate=sample_rate)
 
 
 class HashUnitEncoder:

@@ -192,6 +192,50 @@ class _Stats:
         self.inc("tokens", "speech", int((kinds >= 0).sum()))
 
 
+# A manifest duration may be rounded and a unit stream ends up to a frame or two early (the
+# model's receptive field); beyond this it is wrong (seen: 100 s declared for 6 s of audio, which
+# made the shard row and the report's hours wrong).
+DURATION_TOLERANCE_S = 0.25
+DURATION_TOLERANCE_REL = 0.02
+
+
+def _duration_off(declared: float, actual: float, slack_s: float = 0.0) -> bool:
+    return abs(declared - actual) > DURATION_TOLERANCE_S + DURATION_TOLERANCE_REL * actual + slack_s
+
+
+def audio_problem(u, path: Path) -> tuple[str, str] | None:
+    """(drop reason, message) for an utterance whose audio must not become speech, else None:
+    the file is missing or unreadable (bad header, implausible sample rate, truncated), its
+    duration is not the manifest's, or it is digital silence. Reads the header, and samples
+    only until the first one that is not silent."""
+    from spiritlm.tokenizer.audio import is_silent, probe_audio
+
+    if not path.is_file():
+        return "audio_missing", f"audio file not found: {path}"
+    try:
+        info = probe_audio(path)
+        if _duration_off(u.duration, info.duration):
+            return "duration_mismatch", (
+                f"{u.id}: the manifest says {u.duration:.3f} s but {path} holds {info.duration:.3f} s; "
+                "fix its 'duration' (`spiritlm prepare manifest` reads it from the file)")
+        if is_silent(path):
+            return "silent_audio", (f"{path}: digital silence (no sample above one 16-bit step); "
+                                    "remove the utterance from the manifest or replace the file")
+    except AudioError as e:
+        return "audio_unreadable", str(e)
+    return None
+
+
+def _decoded_duration_mismatch(declared: float, units: dict, rates) -> str:
+    """The header can lie about the length too: compare with the units actually decoded."""
+    rate = float(rates["hubert"])
+    decoded = len(units["hubert"]) / rate
+    if _duration_off(declared, decoded, slack_s=2.0 / rate):
+        return (f"the manifest says {declared:.3f} s but the decoded audio gave "
+                f"{len(units['hubert'])} frames at {rate:g} Hz ({decoded:.3f} s); fix its 'duration'")
+    return ""
+
+
 def process_chunk(ctx: Context, items: list[dict]) -> tuple[list[dict], dict]:
     from spiritlm.data.shards import aligned_row, ids_row
     from spiritlm.manifest import Utterance
@@ -200,13 +244,15 @@ def process_chunk(ctx: Context, items: list[dict]) -> tuple[list[dict], dict]:
     rows: list[dict] = []
     utts = [(it, Utterance.from_dict(it["utt"])) for it in items if it["type"] == "utt"]
     units: dict[str, dict] = {}
+    durations = {u.id: u.duration for _, u in utts}
     bs = cfg.speech.batch_size
     todo = []
     for it, u in utts:
         st.d["seconds_in"] += u.duration
         path = u.audio_file(it["dir"])
-        if not path.is_file():
-            st.drop(u.id, "audio_missing", f"audio file not found: {path}")
+        problem = audio_problem(u, path)
+        if problem is not None:
+            st.drop(u.id, *problem)
         else:
             todo.append((u.id, path))
     for i in range(0, len(todo), bs):
@@ -226,8 +272,13 @@ def process_chunk(ctx: Context, items: list[dict]) -> tuple[list[dict], dict]:
             if isinstance(un, Exception):  # encoders may report a bad file in place
                 st.drop(rid, "audio_unreadable", str(un))
                 continue
-            units[rid] = {k: np.asarray(v, dtype=np.int64) for k, v in un.items()}
+            un = {k: np.asarray(v, dtype=np.int64) for k, v in un.items()}
             st.d["frames_encoded"] += sum(len(v) for v in un.values())
+            mismatch = _decoded_duration_mismatch(durations[rid], un, ctx.encoder.frame_rates)
+            if mismatch:
+                st.drop(rid, "duration_mismatch", mismatch)
+                continue
+            units[rid] = un
     for it in items:
         st.d["items"] += 1
         if it["type"] == "text":

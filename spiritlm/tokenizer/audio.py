@@ -5,16 +5,27 @@ multi-channel audio down to mono, resamples to 16 kHz with soxr (a real band-lim
 and rejects what cannot be tokenized -- unreadable or truncated files, empty audio, audio shorter
 than one frame hop, NaN/inf samples -- with an :class:`AudioError` naming the file and the reason.
 ``check_waveform`` applies the same checks to arrays handed in directly.
+
+A header whose sample rate is outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]`` is corrupt (seen: a
+WAV claiming 1,092,676 Hz, which turned 7 s of speech into 4 units); it is rejected before any
+sample is read. :func:`probe_audio` reads only the header (duration, rate; same checks), and
+:func:`is_silent` answers whether a file holds nothing but digital silence -- the data stage
+uses both to drop such files with a reason instead of keeping them as speech.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 
 SAMPLE_RATE = 16_000
+# Plausible header rates: telephone 8 kHz (4 kHz allows old archives) up to 384 kHz studio audio.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4_000, 384_000
+# Digital silence: no sample above one 16-bit step (dithered silence toggles the last bit).
+SILENCE_PEAK = 1.0 / 32768
 
 AudioInput = Union[str, Path, np.ndarray]
 
@@ -108,8 +119,11 @@ def load_audio(
         with sf.SoundFile(str(path)) as f:
             sr = f.samplerate
             frames = f.frames
+            check_sample_rate(sr, name)
             wav = f.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        if isinstance(e, AudioError):
+            raise
         raise AudioError(name, f"unreadable or not a supported audio file ({e})") from None
     declared = _wav_declared_bytes(path)
     if declared is not None and declared[0] > declared[1]:
@@ -125,6 +139,64 @@ def load_audio(
     wav = check_waveform(wav, name, 1)  # downmix + finite check before resampling
     wav = resample(wav, sr, target_rate)
     return check_waveform(wav, name, min_samples)
+
+
+def check_sample_rate(sr: int, source: str = "<array>") -> int:
+    if not MIN_SAMPLE_RATE <= int(sr) <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            source,
+            f"implausible sample rate {int(sr)} Hz in the header (expected {MIN_SAMPLE_RATE}-"
+            f"{MAX_SAMPLE_RATE} Hz): the header is corrupt; re-export or re-download the file",
+        )
+    return int(sr)
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    duration: float  # seconds, from the header
+    sample_rate: int
+    frames: int
+    channels: int
+
+
+def probe_audio(path: str | Path) -> AudioInfo:
+    """The header of an audio file, checked (readable, plausible rate, not empty, not truncated),
+    without decoding it; raises :class:`AudioError` with the reason."""
+    import soundfile as sf
+
+    path = Path(path)
+    name = str(path)
+    if not path.is_file():
+        raise AudioError(name, "file not found" if not path.exists() else "not a regular file")
+    try:
+        info = sf.info(name)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise AudioError(name, f"unreadable or not a supported audio file ({e})") from None
+    check_sample_rate(info.samplerate, name)
+    if info.frames <= 0:
+        raise AudioError(name, "empty audio (0 samples)")
+    declared = _wav_declared_bytes(path)
+    if declared is not None and declared[0] > declared[1]:
+        raise AudioError(name, f"truncated: the WAV header declares {declared[0]} data bytes, the "
+                               f"file holds {declared[1]}; re-export or re-download it")
+    return AudioInfo(info.frames / info.samplerate, int(info.samplerate), int(info.frames),
+                     int(info.channels))
+
+
+def is_silent(source: str | Path | np.ndarray, peak: float = SILENCE_PEAK) -> bool:
+    """True when no sample exceeds ``peak`` (digital silence). Files are read in blocks and the
+    read stops at the first block with sound, so a normal file costs one block."""
+    if isinstance(source, np.ndarray):
+        return bool(source.size == 0 or float(np.nanmax(np.abs(source))) <= peak)
+    import soundfile as sf
+
+    try:
+        for block in sf.blocks(str(source), blocksize=1 << 16, dtype="float32", always_2d=True):
+            if block.size and float(np.nanmax(np.abs(block))) > peak:
+                return False
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise AudioError(str(source), f"unreadable or not a supported audio file ({e})") from None
+    return True
 
 
 def _wav_declared_bytes(path: Path) -> tuple[int, int] | None:
