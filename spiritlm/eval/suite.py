@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from spiritlm.config import save_config
+from spiritlm.eval.zerospeech import SubmissionMeta
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class ZeroSpeechConfig:
     syntactic: bool = True
     lexical_metric: Literal["invocab", "all"] = "invocab"
     submission: bool = True  # write <out>/zerospeech_submission (speech scores)
+    meta: SubmissionMeta = field(default_factory=SubmissionMeta)  # the submission's meta.yaml
 
 
 @dataclass
@@ -200,7 +202,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                         results.setdefault(task, {})[key] = res
                         timings[f"{task}/{key}"] = time.perf_counter() - t
             if sub is not None and "S" in zs.modalities:
-                write_submission_meta(sub, name)
+                write_submission_meta(sub, name, zs.meta, cfg.model or None)
         for task, c in (("storycloze", cfg.storycloze), ("topic_storycloze", cfg.topic_storycloze)):
             from spiritlm.eval.storycloze import run_storycloze
 
