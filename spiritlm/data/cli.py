@@ -93,6 +93,9 @@ def _shards(args: argparse.Namespace) -> int:
 
     cfg = load_config(PrepareConfig, args.recipe, args.overrides)
     report = prepare_shards(cfg)
+    if report.get("up_to_date"):
+        print(f"{cfg.output_dir} is up to date (same config, inputs, tokenizers; shards checked "
+              "against index.json): nothing recomputed. Its report:")
     print(format_report(report))
     print(f"shards, index.json, config.yaml, report.json, drops.jsonl in {cfg.output_dir}")
     return 0

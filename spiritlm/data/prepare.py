@@ -81,6 +81,14 @@ class ShardsConfig:
     compression: str = "zstd"
     split_by_kind: bool = True  # <out>/<kind>/shard-*.parquet: one trainer source per kind
 
+    def __post_init__(self) -> None:  # found at start, not after the work
+        for k in ("target_mb", "row_group_mb"):
+            v = getattr(self, k)
+            if not v > 0:
+                raise ValueError(f"shards.{k}={v}: must be > 0 (MiB of rows per "
+                                 f"{'shard' if k == 'target_mb' else 'row group'}, default "
+                                 f"{ShardsConfig.__dataclass_fields__[k].default})")
+
 
 @dataclass
 class PrepareConfig:
@@ -123,6 +131,55 @@ def config_fingerprint(cfg: PrepareConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
+def inputs_fingerprint(cfg: PrepareConfig) -> str:
+    """SHA-256 over the contents of every input file (manifests, text corpora), so that an
+    edited input is never answered "up to date" and never resumes chunks made from the old
+    one. The audio files a manifest names are not read here (see data_prep/README.md)."""
+    from spiritlm.data.shards import sha256_file
+
+    h = hashlib.sha256()
+    for group in (cfg.inputs.manifests, cfg.inputs.speech_only_manifests, cfg.inputs.text_corpora):
+        for f in group:
+            p = Path(f)
+            if not p.is_file():
+                raise ValueError(f"input {p} does not exist (inputs.manifests / "
+                                 "inputs.speech_only_manifests / inputs.text_corpora)")
+            h.update(f"{f}\0{sha256_file(p)}\0".encode())
+    return h.hexdigest()
+
+
+def _check_output_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir={out} is a file, not a folder: point output_dir at a "
+                         "(new or earlier) shard folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"output_dir={out} cannot be created ({e.strerror}): point it at a "
+                         "writable folder") from None
+
+
+def _up_to_date(out: Path, fp: str) -> dict | None:
+    """The earlier report when ``out`` holds a finished run of this very config and inputs,
+    with every shard intact (checked against index.json); else None."""
+    from spiritlm.data.reader import verified_shard_files
+    from spiritlm.data.shards import ShardError
+
+    idx, rep = out / "index.json", out / "report.json"
+    if not (idx.is_file() and rep.is_file()) or (out / "_work").exists():
+        return None
+    try:
+        if json.loads(idx.read_text()).get("fingerprint") != fp:
+            return None
+        verified_shard_files(out, pattern="shard-*.parquet")
+        return json.loads(rep.read_text())
+    except ShardError as e:
+        log.warning("%s; rebuilding the shards", e)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _out_config(cfg: PrepareConfig) -> dict:
     d = to_dict(cfg)
     for k in _RUNTIME_KEYS:
@@ -140,12 +197,19 @@ def prepare_shards(cfg: PrepareConfig, encoder=None, text_tokenizer=None) -> dic
 
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_output_dir(out)
     ctx = work.Context.create(cfg, encoder, text_tokenizer)
+    fp = config_fingerprint(cfg) + ":" + ctx.fingerprint() + ":" + inputs_fingerprint(cfg)
+    done = _up_to_date(out, fp)
+    if done is not None:
+        log.info("%s is up to date (same config, inputs, tokenizer and encoder): nothing to do", out)
+        return {**done, "up_to_date": True}
+    # From here on the folder is in progress: no index.json, so no reader takes it as complete
+    # (the trainer refuses it, saying to rerun this command) until the new one is written.
+    (out / "index.json").unlink(missing_ok=True)
     items, pre_drops = work.collect_items(cfg)
     chunks = [items[i:i + cfg.chunk_size] for i in range(0, len(items), cfg.chunk_size)]
     wdir = out / "_work"
-    fp = config_fingerprint(cfg) + ":" + ctx.fingerprint()
     if wdir.exists() and (wdir / "config.sha256").is_file() \
             and (wdir / "config.sha256").read_text() != fp:
         log.warning("work directory %s was made under another config: starting over", wdir)
@@ -163,7 +227,7 @@ def prepare_shards(cfg: PrepareConfig, encoder=None, text_tokenizer=None) -> dic
         run_chunks_ray(cfg, ctx, chunks, todo, wdir)
     else:
         work.run_chunks_local(cfg, ctx, chunks, todo, wdir)
-    report = _write_shards(cfg, ctx, len(chunks), wdir, out, pre_drops)
+    report = _write_shards(cfg, ctx, len(chunks), wdir, out, pre_drops, fp)
     report["wall_s"] = round(time.perf_counter() - t_start, 3)
     _atomic_json(out / "report.json", report)
     if not cfg.keep_work:
@@ -216,7 +280,7 @@ def prepare_demo_shards(cfg: PrepareConfig | None, manifest, speech_tokenizer=No
 
 
 def _write_shards(cfg: PrepareConfig, ctx, n_chunks: int, wdir: Path, out: Path,
-                  pre_drops: list) -> dict:
+                  pre_drops: list, fingerprint: str) -> dict:
     import pyarrow as pa
 
     from spiritlm.data.shards import ShardWriter, iter_tables
@@ -257,8 +321,7 @@ def _write_shards(cfg: PrepareConfig, ctx, n_chunks: int, wdir: Path, out: Path,
         if p.relative_to(out).as_posix() not in names:
             p.unlink()
     index = {"schema_version": meta_version(), "shards": [s.__dict__ for s in shards],
-             "metadata": meta}
-    _atomic_json(out / "index.json", index)
+             "metadata": meta, "fingerprint": fingerprint}
     save_config(cfg, out / "config.yaml")
     drop_log = stats.pop("drop_log", [])
     tmp = out / ".drops.jsonl.tmp"
@@ -273,6 +336,10 @@ def _write_shards(cfg: PrepareConfig, ctx, n_chunks: int, wdir: Path, out: Path,
     stats["shards"] = len(shards)
     stats["rows"] = sum(s.rows for s in shards)
     stats["bytes"] = sum(s.bytes for s in shards)
+    # index.json last: its presence says the folder is complete (readers check it); the
+    # report is written just before, so a finished folder always has both
+    _atomic_json(out / "report.json", stats)
+    _atomic_json(out / "index.json", index)
     return stats
 
 

@@ -38,21 +38,118 @@ ALIGNED_AS = ("interleave", "speech", "text", "asr", "tts")
 
 
 def shard_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
-    """A shard directory (its ``index.json``, else ``shard-*.parquet``, else
-    ``*/shard-*.parquet``), one kind's subdirectory, or a list of files."""
+    """A shard directory or one kind's subdirectory (checked against the data stage's
+    ``index.json``: :func:`verified_shard_files`), or a file, or a list of files."""
     if isinstance(source, (str, Path)):
         p = Path(source)
         if p.is_dir():
-            idx = p / "index.json"
-            if idx.is_file():
-                return [p / s["name"] for s in json.loads(idx.read_text())["shards"]]
-            files = sorted(p.glob("shard-*.parquet")) or sorted(p.glob("*/shard-*.parquet"))
+            files = verified_shard_files(p, pattern="shard-*.parquet")
             if not files:
                 raise FileNotFoundError(f"{p} holds no shard-*.parquet files: run "
                                         "`spiritlm prepare shards RECIPE` first")
             return files
         return [p]
     return [Path(x) for x in source]
+
+
+# Checksums of more than this many bytes get a progress bar (hashing runs at ~1 GB/s).
+_HASH_BAR_BYTES = 1 << 30
+
+
+def _rerun_hint(root: Path) -> str:
+    cfg = root / "config.yaml"
+    return (f"rerun `spiritlm prepare shards {cfg}`" if cfg.is_file()
+            else "rerun `spiritlm prepare shards RECIPE` with the recipe that made it")
+
+
+def verified_shard_files(path: str | Path, pattern: str = "*.parquet", checksums: bool = True,
+                         progress: bool = True) -> list[Path]:
+    """The shard files of a folder, checked against the ``index.json`` that ``prepare shards``
+    writes last: every listed shard present, with its size and SHA-256, and no other shard
+    beside them. ``path`` is the output folder or one kind's subfolder (the index is then in
+    the parent). A folder of the data stage's shards without an index -- a run that died
+    while writing, or is writing now -- is refused, as is any mismatch, with the file named
+    and what to rerun: training on such a folder silently used part of the data.
+
+    A folder of other Parquet files (no index, no data-stage metadata) is returned as globbed.
+    The checksums are read once, streaming, with a progress bar when the shards are large.
+    """
+    p = Path(path)
+    root = next((r for r in (p, p.parent) if (r / "index.json").is_file()), None)
+    on_disk = sorted(p.glob(pattern))
+    if root == p:  # the output folder: its kinds' subfolders too
+        on_disk = sorted(set(on_disk) | set(p.glob(f"*/{pattern}")))
+    if root is None:
+        work = next((r / "_work" for r in (p, p.parent) if (r / "_work").is_dir()), None)
+        ours = [f for f in on_disk if _is_data_stage_shard(f)]
+        if work is not None or ours:
+            base = work.parent if work is not None else (p if (p / "config.yaml").is_file() else p.parent)
+            raise ShardError(
+                f"{p}: no index.json, so `spiritlm prepare shards` did not finish writing this folder "
+                f"(it writes index.json last{'; its _work/ folder is still there' if work else ''}); "
+                f"the shards here may be partial: {_rerun_hint(base)} to complete it (it resumes)")
+        return on_disk
+    try:
+        index = json.loads((root / "index.json").read_text())
+        entries = [e for e in index["shards"] if isinstance(e, dict)]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ShardError(f"{root / 'index.json'} is unreadable ({e}); {_rerun_hint(root)}") from None
+    rel = "" if root == p else p.name + "/"
+    mine = [e for e in entries if e["name"].startswith(rel)]
+    files = [root / e["name"] for e in mine]
+    extra = sorted(set(on_disk) - set(files))
+    if extra:
+        raise ShardError(f"{extra[0]} is not listed in {root / 'index.json'}: it is not part of "
+                         f"that prepare shards output; move it away, or {_rerun_hint(root)}")
+    for e, f in zip(mine, files):
+        if not f.is_file():
+            raise ShardError(f"shard {f} listed in {root / 'index.json'} is missing; training on "
+                             f"the rest would leave its rows out: restore it or {_rerun_hint(root)}")
+        size = f.stat().st_size
+        if "bytes" in e and size != e["bytes"]:
+            raise ShardError(f"shard {f} has {size} bytes, {root / 'index.json'} says {e['bytes']}: "
+                             f"truncated or replaced; {_rerun_hint(root)}")
+    if checksums:
+        from spiritlm.data.shards import sha256_file
+
+        total = sum(e.get("bytes", 0) for e in mine)
+        bar = None
+        if progress and total > _HASH_BAR_BYTES:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"checking {p.name} shards")
+        for e, f in zip(mine, files):
+            if "sha256" in e and _sha256_once(f, sha256_file) != e["sha256"]:
+                raise ShardError(f"shard {f} does not match its SHA-256 in {root / 'index.json'}: "
+                                 f"corrupt or changed since it was written; {_rerun_hint(root)}")
+            if bar is not None:
+                bar.update(e.get("bytes", 0))
+        if bar is not None:
+            bar.close()
+    return files
+
+
+_HASHED: dict[tuple, str] = {}  # (path, size, mtime) -> sha256: one hash per file and process
+
+
+def _sha256_once(f: Path, sha256_file) -> str:
+    st = f.stat()
+    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = sha256_file(f)
+    return _HASHED[key]
+
+
+def _is_data_stage_shard(f: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    from spiritlm.data.shards import META_KEY
+
+    try:
+        md = pq.read_schema(f).metadata or {}
+    except Exception:  # noqa: BLE001 -- unreadable: a partial file of ours, or not Parquet
+        return f.name.startswith("shard-")
+    return META_KEY in md and b'"schema_version"' in md[META_KEY]
 
 
 def interleave_fn_for(source, interleave: InterleaveConfig | None = None,

@@ -82,7 +82,10 @@ class ParquetSource:
         self.interleave_fn = interleave_fn
         if not self.path.is_dir():
             raise ConfigError(f"data source {self.name}: {self.path} is not a directory of Parquet shards")
-        self.files = sorted(self.path.glob("*.parquet"))
+        from spiritlm.data.reader import verified_shard_files
+
+        # the data stage's shards: every one listed in its index.json, present and intact
+        self.files = verified_shard_files(self.path)
         if not self.files:
             raise ConfigError(f"data source {self.name}: no *.parquet files in {self.path}")
         self.rows = [pq.ParquetFile(f).metadata.num_rows for f in self.files]
