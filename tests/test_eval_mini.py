@@ -88,3 +88,34 @@ def test_swuggy_redraws_pairs_espeak_cannot_say(tmp_path, monkeypatch):
     lex = read_gold(got["zerospeech"] / "lexical" / "dev" / "gold.csv", "lexical")
     assert [r["word"] for r in lex][:2] == words[2:4] and len(lex) == 4
     assert len(list((got["zerospeech"] / "lexical" / "dev").glob("*.wav"))) == 4
+
+
+def test_swuggy_nonwords_never_sound_exactly_like_their_word(tmp_path):
+    """The demo's 60 pairs (seed 0) held eight/aight and birds/bourds (same phones, same samples)
+    and warm/woarm, short/shoart (another phone label, same samples): 0.5 for any model. The
+    builder redraws such pairs and records them."""
+    import json
+
+    sizes = dict(swuggy=60, sblimp=0, storycloze=0, topic_storycloze=0, stsp=0, stsp_fewshot=0, asr=0,
+                 asr_shots=0, voices=2)
+    mb = build_mini_benchmarks(tmp_path / "mb", seed=0, sizes=sizes)
+    lex_dir = mb["zerospeech"] / "lexical" / "dev"
+    pairs = pair_rows(read_gold(lex_dir / "gold.csv", "lexical"), "lexical")
+    assert len(pairs) == 60 * 2
+    for p in pairs:
+        assert p.good["phones"] != p.bad["phones"], p.info
+        assert (lex_dir / f"{p.good['filename']}.wav").read_bytes() != (lex_dir / f"{p.bad['filename']}.wav").read_bytes()
+    replaced = json.loads((mb["root"] / "COMPLETE.json").read_text())["swuggy_replaced"]
+    assert {"eight/aight", "birds/bourds", "warm/woarm", "short/shoart"} <= set(replaced)
+    assert not {p.info["word"] for p in pairs} & {r.split("/")[0] for r in replaced}
+
+
+def test_a_draw_excludes_the_texts_of_other_draws(mini, tmp_path):
+    # the same seed as the dev draw: without the exclusion every item would be the dev draw's
+    dev = set(mini["heldout_texts"].read_text().splitlines())
+    other = build_mini_benchmarks(tmp_path / "test", seed=0, sizes=TINY, exclude=dev)
+    mine = set(other["heldout_texts"].read_text().splitlines())
+    assert len(mine) == len(dev) and not mine & dev
+    for kind in ("storycloze", "topic_storycloze"):
+        contexts = [{str(it["context"]) for it in read_text_items(m[f"{kind}_text"])} for m in (mini, other)]
+        assert len(contexts[1]) == 2 and not contexts[0] & contexts[1]

@@ -11,7 +11,8 @@ Layout of ``out_dir`` (each part readable by the same code as the real set)::
     stsp/{test.jsonl,fewshot_T2T.jsonl,audio/}       mini-STSP (happy/sad/default espeak styles)
     fewshot/{asr_test.jsonl,shots.jsonl,audio/}      mini few-shot ASR/TTS
     heldout_texts.txt                                every text used, one per line (exclusion list)
-    COMPLETE.json                                    hash of (version, seed, sizes, voices); written last
+    COMPLETE.json                                    hash of (version, seed, sizes, voices, excluded texts)
+                                                     and the sWUGGY pairs replaced; written last
 
 Held out: every sentence/story/sentiment item is drawn until
 ``spiritlm.corpus.grammar.split_of(text) == "heldout"``; the demo text corpus never contains
@@ -26,13 +27,18 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from spiritlm.eval.mini_synth import Job, SynthPool
 
-MINI_VERSION = 1
+log = logging.getLogger(__name__)
+
+MINI_VERSION = 2  # 2: sWUGGY non-words that sound exactly like their word are redrawn
 DEFAULT_SIZES = {"swuggy": 40, "sblimp": 36, "storycloze": 24, "topic_storycloze": 24, "stsp": 30,
                  "stsp_fewshot": 15, "asr": 12, "asr_shots": 20, "voices": 2}
 VOICES = ("en-us", "en-us+f2", "en-us+m3", "en-us+m1")
@@ -68,10 +74,12 @@ def word_frequencies(seed: int = 0, n_docs: int = 3000) -> Counter:
     return c
 
 
-def _build_zerospeech(out: Path, g, sizes, voices, synth, pool, used) -> None:
+def _build_zerospeech(out: Path, g, sizes, voices, synth, pool, used) -> list[str]:
+    """Writes mini-sWUGGY and mini-sBLIMP; returns the word/non-word pairs rejected because the
+    non-word sounds exactly like its word (replaced by the next pair drawn)."""
     freq = word_frequencies()
     lex = out / "zerospeech" / "lexical" / "dev"
-    rows, seen, k = [], set(), 0
+    rows, seen, k, replaced = [], set(), 0, []
     while k < sizes["swuggy"]:  # the wav names depend on k: synthesise candidates, then name them
         cands = []
         while len(cands) < sizes["swuggy"] - k:
@@ -86,6 +94,9 @@ def _build_zerospeech(out: Path, g, sizes, voices, synth, pool, used) -> None:
             if any(c[3].failed for c in block):  # espeak could not say it: draw another pair
                 continue
             word = block[0][1]
+            if _sounds_like_its_word(block):  # no model could tell them apart: draw another pair
+                replaced.append(f"{word}/{block[1][1]}")
+                continue
             for v, text, correct, job in block:
                 stem = _stem("lex", k, v, correct)
                 pool.write(job, lex / f"{stem}.wav")
@@ -108,6 +119,24 @@ def _build_zerospeech(out: Path, g, sizes, voices, synth, pool, used) -> None:
                 rows.append({"id": k, "filename": stem, "voice": v, "type": pair.phenomenon,
                              "subtype": pair.phenomenon, "transcription": text, "correct": correct})
     _write_csv(syn / "gold.csv", ["id", "filename", "voice", "type", "subtype", "transcription", "correct"], rows)
+    return replaced
+
+
+def _sounds_like_its_word(block) -> bool:
+    """True when, in some voice, the non-word's espeak phones or audio equal its word's.
+
+    espeak reads some spellings exactly as the word (eight/aight, birds/bourds: same phones, same
+    samples) or with another phone label for the same sound (warm/woarm: 'O@' vs 'o@', same
+    samples). Such a pair scores 0.5 for every model, so it measures nothing."""
+    by_voice: dict[str, dict[int, Job]] = {}
+    for v, _text, correct, job in block:
+        by_voice.setdefault(v, {})[correct] = job
+    for jobs in by_voice.values():
+        w, n = jobs[1], jobs[0]
+        if w.phones == n.phones or (w.audio is not None and n.audio is not None
+                                    and np.array_equal(w.audio, n.audio)):
+            return True
+    return False
 
 
 def _build_storycloze(out: Path, g, n: int, topic: bool, voices, synth, used) -> None:
@@ -192,11 +221,14 @@ def mini_paths(out_dir: str | Path) -> dict[str, Path]:
 
 
 def build_mini_benchmarks(out_dir: str | Path, seed: int = 0, sizes: dict | None = None,
-                          processes: int = 2) -> dict[str, Path]:
+                          processes: int = 2, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Path]:
     """Build (or reuse) the mini benchmarks; returns the paths of every part (see module doc).
 
     Items are drawn serially (seeded); the wavs are then synthesised ``processes`` at a time, each
-    in a fresh espeak fork, so the output bytes do not depend on ``processes`` (not hashed)."""
+    in a fresh espeak fork, so the output bytes do not depend on ``processes`` (not hashed).
+    ``exclude``: held-out texts no item of this draw may use (the ``heldout_texts.txt`` of other
+    draws), so a test draw shares no sentence or story with the dev draw. sWUGGY words are known
+    words by design and may recur across draws."""
     from spiritlm.corpus.grammar import GRAMMAR_VERSION, Grammar
 
     sz = dict(DEFAULT_SIZES)
@@ -206,6 +238,8 @@ def build_mini_benchmarks(out_dir: str | Path, seed: int = 0, sizes: dict | None
     sz.update(sizes or {})
     out = Path(out_dir)
     ident = {"version": MINI_VERSION, "grammar": GRAMMAR_VERSION, "seed": seed, "sizes": sz}
+    if exclude:
+        ident["exclude"] = hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest()[:16]
     h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     marker = out / "COMPLETE.json"
     if marker.is_file() and json.loads(marker.read_text()).get("hash") == h:
@@ -224,10 +258,10 @@ def build_mini_benchmarks(out_dir: str | Path, seed: int = 0, sizes: dict | None
     n_wavs = (2 * len(voices) * (sz["swuggy"] + sz["sblimp"]) + 5 * (sz["storycloze"] + sz["topic_storycloze"])
               + sz["stsp"] + sz["asr"] + sz["asr_shots"])
     pool = SynthPool(seed, processes, total=n_wavs)
-    used: set[str] = set()
+    used: set[str] = set(exclude)
     g = lambda part: Grammar(f"spiritlm-mini/{seed}/{part}")  # noqa: E731
     try:
-        _build_zerospeech(tmp, g("zerospeech"), sz, voices, synth, pool, used)
+        replaced = _build_zerospeech(tmp, g("zerospeech"), sz, voices, synth, pool, used)
         _build_storycloze(tmp / "storycloze", g("sc"), sz["storycloze"], False, voices, synth, used)
         _build_storycloze(tmp / "topic_storycloze", g("tsc"), sz["topic_storycloze"], True, voices, synth, used)
         _build_stsp(tmp / "stsp", g("stsp"), sz, voices, synth, used)
@@ -235,8 +269,13 @@ def build_mini_benchmarks(out_dir: str | Path, seed: int = 0, sizes: dict | None
         pool.run(jobs)
     finally:
         pool.close()
-    (tmp / "heldout_texts.txt").write_text("".join(t + "\n" for t in sorted(used)), encoding="utf-8")
-    (tmp / "COMPLETE.json").write_text(json.dumps({"hash": h, **ident}, indent=2) + "\n")
+    if replaced:
+        log.info("mini-sWUGGY (seed %d): %d pair(s) replaced, the non-word sounding exactly like its "
+                 "word: %s", seed, len(replaced), ", ".join(replaced))
+    (tmp / "heldout_texts.txt").write_text("".join(t + "\n" for t in sorted(used - set(exclude))),
+                                           encoding="utf-8")
+    (tmp / "COMPLETE.json").write_text(json.dumps({"hash": h, **ident, "swuggy_replaced": replaced},
+                                                  indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
