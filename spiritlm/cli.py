@@ -17,6 +17,7 @@ STAGE_MODULES = [
     "spiritlm.commands.vocab_cmd",
     "spiritlm.commands.corpus_cmd",
     "spiritlm.tokenizer.cli",
+    "spiritlm.commands.vocoder_cmd",
     "spiritlm.data.cli",
     "spiritlm.train.cli",
     "spiritlm.eval.cli",

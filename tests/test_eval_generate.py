@@ -181,3 +181,82 @@ def test_stop_at_switch_ends_the_answer_at_the_other_modality_marker(tiny, n_pro
     assert len(ids) == 12 * n_prompts and tok.layout.speech_id not in ids
     with pytest.raises(ValueError, match="stop_at_switch"):
         generate_batch(model, tok, prompts, "arbitrary", stop_at_switch=True)
+
+
+# ---- issue 19: bad generate arguments are clear errors, before any work --------------------
+def test_cli_generate_wav_without_encoder_argument_is_a_clear_error(tiny, tmp_path, capsys):
+    from spiritlm.cli import main
+    from spiritlm.eval.testing import write_tone
+
+    d, _, _ = tiny
+    wav = write_tone(tmp_path / "a.wav", 0.3)
+    rc = main(["generate", "--model", str(d), "--speech", str(wav), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--speech-encoder-arg directory=" in err and "Traceback" not in err
+    rc = main(["generate", "--model", str(d), "--speech", str(tmp_path / "missing.wav"), "--device", "cpu"])
+    assert rc == 1 and "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--temperature", "-0.5"], "use a number >= 0"),
+    (["--top-p", "5"], "(0, 1]"),
+    (["--top-p", "0"], "(0, 1]"),
+    (["--max-new-tokens", "-3"], "integer >= 1"),
+    (["--max-new-tokens", "0"], "integer >= 1"),
+])
+def test_cli_generate_refuses_sampling_settings_out_of_range(tiny, capsys, flags, expected):
+    from spiritlm.cli import main
+
+    d, _, _ = tiny
+    rc = main(["generate", "--model", str(d), "--text", "the cat", "--device", "cpu", *flags])
+    assert rc == 1 and expected in capsys.readouterr().err
+
+
+def test_generate_api_refuses_sampling_settings_out_of_range(tiny):
+    _, model, tok = tiny
+    for kw in ({"temperature": -1.0}, {"top_p": 1.5}, {"max_new_tokens": -3}):
+        with pytest.raises(ValueError, match="use"):
+            generate(model, tok, [("text", "the cat")], "text", **kw)
+    from spiritlm.eval.generate import generate_batch
+
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        generate_batch(model, tok, [[tok.bos_id]], "text", top_p=0.0)
+
+
+# ---- --audio-out: generated speech through a vocoder -----------------------------------------
+def _tiny_vocoder(out):
+    from spiritlm.vocoder.model import GeneratorCfg, UnitHiFiGAN
+    from spiritlm.vocoder.vocoder import Vocoder
+
+    torch.manual_seed(0)
+    cfg = GeneratorCfg(num_embeddings=501, embedding_dim=4, upsample_rates=[4, 4], upsample_kernel_sizes=[8, 8],
+                       upsample_initial_channel=8, resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]],
+                       code_hop_size=16, multispkr=True, num_speakers=2,
+                       dur_predictor_params={"encoder_embed_dim": 4, "var_pred_hidden_dim": 4,
+                                             "var_pred_kernel_size": 3, "var_pred_dropout": 0.5})
+    return Vocoder(UnitHiFiGAN(cfg), ["x", "y"]).save(out)
+
+
+def test_cli_generate_audio_out_end_to_end(tiny, tmp_path, capsys):
+    import soundfile as sf
+
+    from spiritlm.cli import main
+    from spiritlm.vocoder import Vocoder
+
+    d, _, tok = tiny
+    vdir = _tiny_vocoder(tmp_path / "voc")
+    out = tmp_path / "gen.wav"
+    args = ["generate", "--model", str(d), "--text", "the cat", "--speech", "[Hu1][Hu2]", "--output-modality",
+            "speech", "--max-new-tokens", "6", "--device", "cpu", "--seed", "3"]
+    assert main(args + ["--audio-out", str(out), "--vocoder", str(vdir)]) == 0
+    printed = capsys.readouterr().out
+    string = printed.split("[speech] ", 1)[1].splitlines()[0]
+    wav, sr = sf.read(str(out), dtype="float32")
+    ref, _ = Vocoder.load(vdir).decode(string)  # the printed tokens, vocoded directly
+    assert sr == 16000 and len(wav) == len(ref) and len(wav) % 16 == 0 and len(wav) > 0
+    np.testing.assert_allclose(wav, ref, atol=1.0 / 32767 + 1e-6)
+    # without a vocoder: a clear error before any generation
+    assert main(args + ["--audio-out", str(out)]) == 1
+    assert "needs a vocoder" in capsys.readouterr().err
+    assert main(["generate", "--model", str(d), "--text", "a", "--audio-out", str(out), "--vocoder", str(vdir)]) == 1
+    assert "--output-modality speech" in capsys.readouterr().err

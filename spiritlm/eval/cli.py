@@ -43,6 +43,14 @@ def register(sub) -> None:
                    help="argument of the factory, e.g. directory=runs/demo/speech_tokenizer/tokenizer")
     g.add_argument("--expressive", action="store_true", help="pitch + style tokens (Expressive)")
     g.add_argument("--device", default="auto")
+    g.add_argument("--audio-out", metavar="FILE.wav",
+                   help="vocode the generated speech into this wav (needs --vocoder or --vocoder-release)")
+    g.add_argument("--vocoder", metavar="DIR", help="a vocoder directory written by `spiritlm vocoder fit`")
+    g.add_argument("--vocoder-release", metavar="DIR",
+                   help="the release's speech_tokenizer/ folder (its hifigan_* vocoders)")
+    g.add_argument("--vocoder-variant", choices=("base", "expressive"), default=None,
+                   help="release vocoder variant (default: expressive with --expressive, else base)")
+    g.add_argument("--speaker", help="vocoder speaker index or name")
     g.set_defaults(func=_generate)
 
     m = sub.add_parser("mini-bench", help="build the mini benchmarks (demo grammar + espeak) in the real layouts")
@@ -91,16 +99,52 @@ def _compare(args) -> int:
 
 
 def _generate(args) -> int:
-    from spiritlm.eval.generate import generate
+    from pathlib import Path
+
+    from spiritlm.eval.generate import check_sampling, generate, output_speech_ids, vocode_ids
     from spiritlm.eval.model import load_model, load_speech_encoder, resolve_device
 
     if not args.inputs:
         print("spiritlm generate: give at least one --text or --speech input", file=sys.stderr)
         return 2
-    model, tok = load_model(args.model, resolve_device(args.device))
-    needs_wav = any(k == "speech" and not v.startswith("[") for k, v in args.inputs)
+    # every check on the arguments before the model is loaded
+    check_sampling(args.temperature, args.top_p, args.max_new_tokens)
+    audio_out = Path(args.audio_out) if args.audio_out else None
+    if (args.vocoder or args.vocoder_release) and not audio_out:
+        raise ValueError("--vocoder/--vocoder-release given without --audio-out FILE.wav: say where to write the audio")
+    if audio_out is not None:
+        if args.output_modality == "text":
+            raise ValueError("--audio-out needs speech output: use --output-modality speech (or arbitrary)")
+        if not (args.vocoder or args.vocoder_release):
+            raise ValueError("--audio-out needs a vocoder: --vocoder DIR (`spiritlm vocoder fit`) or "
+                             "--vocoder-release DIR (the release's speech_tokenizer/ folder)")
+        if args.vocoder and args.vocoder_release:
+            raise ValueError("give one of --vocoder and --vocoder-release, not both")
+        if audio_out.suffix.lower() != ".wav" or not audio_out.parent.is_dir():
+            raise ValueError(f"--audio-out {audio_out}: a .wav path in an existing folder")
+    wavs = [v for k, v in args.inputs if k == "speech" and not v.lstrip().startswith("[")]
+    for w in wavs:
+        if not Path(w).is_file():
+            raise FileNotFoundError(f"--speech {w}: no such file (a wav path, or a speech string '[Hu3][Hu7]...')")
     enc_args = dict(a.split("=", 1) for a in args.speech_encoder_arg)
-    enc = load_speech_encoder(args.speech_encoder, enc_args) if needs_wav else None
+    default_encoder = _is_default_encoder(args)
+    if wavs and default_encoder and not enc_args:
+        raise ValueError(f"--speech {wavs[0]} is audio: say which speech tokenizer encodes it, e.g. "
+                         "--speech-encoder-arg directory=out/tokenizer-demo (a `spiritlm tokenizer fit` output), "
+                         "or pass a speech string '[Hu3][Hu7]...' instead")
+    voc = None
+    if audio_out is not None:
+        from spiritlm.vocoder.vocoder import Vocoder
+
+        variant = args.vocoder_variant or ("expressive" if args.expressive else "base")
+        voc = (Vocoder.load(args.vocoder) if args.vocoder else Vocoder.from_release(args.vocoder_release, variant))
+        if args.speaker is not None:
+            voc.default_speaker = args.speaker
+    model, tok = load_model(args.model, resolve_device(args.device))
+    try:
+        enc = load_speech_encoder(args.speech_encoder, enc_args) if wavs else None
+    except TypeError as e:  # the factory's own signature: name it instead of a traceback
+        raise ValueError(f"--speech-encoder {args.speech_encoder} with --speech-encoder-arg {enc_args}: {e}") from None
     outs = generate(model, tok, args.inputs, args.output_modality, encoder=enc,
                     has_pitch=args.expressive, has_style=args.expressive,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -108,7 +152,22 @@ def _generate(args) -> int:
     for o in outs:
         text = o.content if o.content_type == "text" else tok.speech_ids_to_string(o.token_ids)
         print(f"[{o.content_type}] {text}")
+    if voc is not None:
+        import soundfile as sf
+
+        ids = output_speech_ids(outs)
+        if not ids:
+            print(f"spiritlm generate: no speech was generated; {audio_out} not written", file=sys.stderr)
+            return 1
+        wav = vocode_ids(voc, ids, tok)
+        sf.write(str(audio_out), wav, 16000, subtype="PCM_16")
+        print(f"wrote {audio_out} ({len(wav) / 16000:.2f} s, {len(ids)} speech tokens)")
     return 0
+
+
+def _is_default_encoder(args) -> bool:
+    """True when --speech-encoder is the built-in SpeechTokenizer.load (which needs directory=)."""
+    return args.speech_encoder == "spiritlm.tokenizer.speech_tokenizer:SpeechTokenizer.load"
 
 
 def _mini(args) -> int:

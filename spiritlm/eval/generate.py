@@ -40,6 +40,37 @@ class GenerationOutput:
     token_ids: list[int] = field(default_factory=list)
 
 
+def check_sampling(temperature: float, top_p: float, max_new_tokens: int | None) -> None:
+    """Refuse sampling settings outside their valid ranges (they would sample garbage silently)."""
+    import math
+
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature={temperature}: use a number >= 0 (0 or --greedy = argmax; the paper's "
+                         "STSP uses 0.8)")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p}: use a number in (0, 1] (1 = no nucleus cut; the paper uses 0.95)")
+    if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+                                       or max_new_tokens < 1):
+        raise ValueError(f"max_new_tokens={max_new_tokens}: use an integer >= 1 (defaults: "
+                         f"{DEFAULT_MAX_NEW['text']} text, {DEFAULT_MAX_NEW['speech']} speech tokens)")
+
+
+def vocode_ids(vocoder: Callable, ids: Sequence[int], tok: SpiritTokenizer) -> np.ndarray:
+    """Generated speech token ids -> 16 kHz waveform. A :class:`spiritlm.vocoder.Vocoder` (or
+    its evaluation hook) is told the units are deduplicated, as every LM output is; any other
+    hook gets the units dict (``ids_to_units``: one pitch/style value per HuBERT unit)."""
+    units = ids_to_units(list(ids), tok.layout)
+    voc = getattr(vocoder, "vocoder", vocoder)
+    if hasattr(voc, "decode") and hasattr(voc, "sample_rate"):
+        wav, sr = voc.decode(units, deduplicated=True)
+        if sr != 16000:
+            from spiritlm.tokenizer.audio import resample
+
+            wav = resample(wav, sr, 16000)
+        return wav
+    return vocoder(units)
+
+
 def allowed_ids(tok: SpiritTokenizer, modality: str, has_pitch: bool = False, has_style: bool = False):
     """Boolean mask over ``tok.layout.vocab_size`` ids that ``modality`` may emit."""
     lay = tok.layout
@@ -192,8 +223,8 @@ def decode_outputs(tokenizer: SpiritTokenizer, new: Sequence[int], first: str,
         if kind == "text":
             outs.append(GenerationOutput(tokenizer.decode(ids), "text", ids))
         else:
-            units = ids_to_units(ids, tokenizer.layout)
-            outs.append(GenerationOutput(vocoder(units) if vocoder is not None else units, "speech", ids))
+            content = vocode_ids(vocoder, ids, tokenizer) if vocoder is not None else ids_to_units(ids, tokenizer.layout)
+            outs.append(GenerationOutput(content, "speech", ids))
     return outs
 
 
@@ -210,6 +241,7 @@ def generate_batch(model, tokenizer: SpiritTokenizer, prompt_ids: Sequence[Seque
     masked out, the model can only run on to ``max_new_tokens``."""
     import torch
 
+    check_sampling(temperature, top_p, max_new_tokens)
     allowed = allowed_ids(tokenizer, output_modality, has_pitch, has_style)
     stop_ids: list[int] = []
     if stop_at_switch:
@@ -258,6 +290,7 @@ def generate(model, tokenizer: SpiritTokenizer, interleaved_inputs, output_modal
 
     if output_modality not in MODALITIES:
         raise ValueError(f"output_modality={output_modality!r}: use one of {MODALITIES}")
+    check_sampling(temperature, top_p, max_new_tokens)
     if prompt_ids is None:
         segs = []
         for kind, content in _normalise_inputs(interleaved_inputs):

@@ -1,0 +1,106 @@
+"""``spiritlm vocoder fit|decode``: train a unit HiFi-GAN, or turn units into a wav.
+
+    spiritlm vocoder fit tokenizers/vocoder_demo.toml --set data.tokenizer=out/tokenizer-demo --out runs/vocoder
+    spiritlm vocoder decode --vocoder runs/vocoder '[Hu12][Hu7][Hu93]' --out a.wav
+    spiritlm vocoder decode --release ckpt/speech_tokenizer --variant expressive units.json --out a.wav
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from spiritlm.cli import add_recipe_args
+
+    p = sub.add_parser("vocoder", help="unit HiFi-GAN vocoder: train one, or decode units to a wav")
+    vsub = p.add_subparsers(dest="vocoder_command", metavar="ACTION", required=True)
+
+    f = vsub.add_parser("fit", help="train a unit HiFi-GAN on a corpus + speech tokenizer; reports "
+                                    "pocketsphinx WER of vocoded vs original held-out audio",
+                        description="Settings: spiritlm.vocoder.fit.VocoderFitConfig.")
+    add_recipe_args(f, recipe_required=True, out_key="output_dir")
+    f.set_defaults(func=_fit)
+
+    d = vsub.add_parser("decode", help="units (speech string, token ids, or a JSON units dict) -> wav")
+    src = d.add_mutually_exclusive_group(required=True)
+    src.add_argument("--vocoder", help="a directory written by `spiritlm vocoder fit`")
+    src.add_argument("--release", help="the release's speech_tokenizer/ folder (or a hifigan_* folder)")
+    d.add_argument("--variant", choices=("base", "expressive"), default="base", help="with --release")
+    d.add_argument("units", help="a speech string '[Hu3][Hu7]...', a JSON object {\"hubert\": ..., \"pitch\": "
+                                 "..., \"style\": ...} (inline or a .json file), or '-' to read stdin")
+    d.add_argument("--out", required=True, help="output .wav")
+    d.add_argument("--speaker", help="speaker index or name (speakers.txt); default: the vocoder's")
+    d.add_argument("--style", help="global style index or name (styles.txt; Base release vocoder)")
+    mode = d.add_mutually_exclusive_group()
+    mode.add_argument("--deduplicated", dest="dedup", action="store_true", default=None,
+                      help="the units are deduplicated (durations predicted); default: guessed")
+    mode.add_argument("--frame-level", dest="dedup", action="store_false",
+                      help="the units are frame-level, as `tokenizer encode` gives them")
+    d.add_argument("--device", default=None)
+    d.set_defaults(func=_decode)
+
+
+def _fit(args) -> int:
+    from spiritlm.cli import recipe_overrides
+    from spiritlm.config import load_config
+    from spiritlm.vocoder.fit import VocoderFitConfig, fit_vocoder
+
+    cfg = load_config(VocoderFitConfig, args.recipe, recipe_overrides(args))
+    out = fit_vocoder(cfg)
+    m = json.loads((out / "metrics.json").read_text())
+    t = m["train"]
+    print(f"wrote {out} ({t['steps']} steps in {t['seconds']} s; held-out mel L1 "
+          f"{t['heldout_mel_l1_before']} -> {t['heldout_mel_l1_after']})")
+    if "intelligibility" in m:
+        i = m["intelligibility"]
+        print(f"pocketsphinx WER on {i['n']} held-out utterances: original {i['wer_original']:.3f}, "
+              f"vocoded {i['wer_vocoded']:.3f}")
+    return 0
+
+
+def read_units_arg(text: str):
+    """A speech string, an inline JSON object or a .json file -> what Vocoder.decode takes."""
+    if text == "-":
+        text = sys.stdin.read().strip()
+    s = text.strip()
+    if s.startswith("["):
+        return s
+    if not s.startswith("{"):
+        p = Path(s)
+        if not p.is_file():
+            raise ValueError(f"units {s[:40]!r}: not a speech string ('[Hu..]...'), a JSON object, nor a file")
+        s = p.read_text(encoding="utf-8").strip()
+        if s.startswith("["):
+            return s
+    try:
+        obj = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"units: not valid JSON ({e})") from None
+    if isinstance(obj, dict) and "units" in obj and "hubert" not in obj:  # `tokenizer encode --jsonl` lines
+        obj = obj["units"]
+    if not isinstance(obj, dict):
+        raise ValueError("units JSON must be an object with a 'hubert' stream (and optional 'pitch', 'style')")
+    return obj
+
+
+def _decode(args) -> int:
+    import soundfile as sf
+
+    from spiritlm.vocoder.vocoder import Vocoder
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".wav":
+        raise ValueError(f"--out {out}: write a .wav file")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: folder {out.parent} does not exist")
+    units = read_units_arg(args.units)
+    voc = Vocoder.load(args.vocoder, args.device) if args.vocoder else Vocoder.from_release(
+        args.release, args.variant, args.device)
+    wav, sr = voc.decode(units, speaker=args.speaker, style=args.style, deduplicated=args.dedup)
+    sf.write(str(out), wav, sr, subtype="PCM_16")
+    print(f"wrote {out} ({len(wav) / sr:.2f} s at {sr} Hz)")
+    return 0
