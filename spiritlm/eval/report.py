@@ -72,11 +72,29 @@ def markdown_table(results: Mapping, model_name: str = "model", paper_row: bool 
             out.append(f"| {k.upper()} ({res.get('shots', '?')}-shot) | {metric.upper()} % | "
                        f"{_cell(res, metric)} | {res.get('n', '--')} |")
         out.append("")
+    out += text_ability_table(results.get("lm_eval", {}))
     partial = [f"{t}/{s}" for t, d in results.items() if isinstance(d, Mapping)
                for s, r in d.items() if isinstance(r, Mapping) and not r.get("complete", True)]
     if partial:
         out.append(f"\\* INCOMPLETE (not final): {', '.join(partial)}")
     return "\n".join(out) + "\n"
+
+
+PAPER_MMLU = {"Spirit LM Base 7B": 36.9}  # MMLU accuracy %, the paper's text-ability number
+
+
+def text_ability_table(lm_eval: Mapping) -> list[str]:
+    """Rows of the lm-evaluation-harness tasks the recipe asked for (``text_tasks``), beside the
+    speech rows; a group's subtasks stay in results.json."""
+    rows = {t: r for t, r in lm_eval.items() if isinstance(r, Mapping) and r.get("requested", True)}
+    if not rows:
+        return []
+    out = ["## Text ability (lm-evaluation-harness)", "", "| Task | acc % | acc_norm % | n |", "|---|---|---|---|"]
+    for task, r in rows.items():
+        out.append(f"| {task} | {_cell(r, 'acc')} | {_cell(r, 'acc_norm')} | {r.get('n', '--')} |")
+    if "mmlu" in rows:
+        out.append(f"| mmlu, Spirit LM Base 7B (paper) | {PAPER_MMLU['Spirit LM Base 7B']:.1f} | -- | -- |")
+    return out + [""]
 
 
 def summary(results: Mapping) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from spiritlm.config import save_config
+from spiritlm.eval.harness import HarnessConfig
 from spiritlm.eval.zerospeech import SubmissionMeta
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,9 @@ class EvalConfig:
     topic_storycloze: StoryClozeConfig = field(default_factory=StoryClozeConfig)
     stsp: StspConfig = field(default_factory=StspConfig)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+    # text ability through lm-evaluation-harness: task/group names, e.g. ["mmlu", "hellaswag"]
+    text_tasks: list[str] = field(default_factory=list)
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
     mini: MiniConfig = field(default_factory=MiniConfig)
 
 
@@ -247,6 +251,13 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                                              load_hook(fc.asr, fc.hook_args.get("asr")), p(fc.shots_manifest),
                                              fc.n_shots, seed=fc.seed, max_items=fc.max_items,
                                              has_pitch=cfg.has_pitch, has_style=cfg.has_style)}
+        if cfg.text_tasks:
+            from spiritlm.eval.harness import run_harness
+
+            t = time.perf_counter()
+            results["lm_eval"] = run_harness(cfg.text_tasks, cfg.harness, cfg.model or None, model, tokenizer,
+                                             resolve_device(cfg.device), cfg.dtype, root)
+            timings["lm_eval"] = time.perf_counter() - t
     except BaseException as e:  # write what exists, flagged, then fail loudly
         error = f"{type(e).__name__}: {e}"
         raise
