@@ -260,3 +260,34 @@ def test_cli_generate_audio_out_end_to_end(tiny, tmp_path, capsys):
     assert "needs a vocoder" in capsys.readouterr().err
     assert main(["generate", "--model", str(d), "--text", "a", "--audio-out", str(out), "--vocoder", str(vdir)]) == 1
     assert "--output-modality speech" in capsys.readouterr().err
+
+
+def test_tts_and_stsp_speech_outputs_through_a_vocoder_and_pocketsphinx(tiny, tmp_path):
+    """The suite's hooks by name: a vocoder directory; no ASR hook and no speech classifier ->
+    pocketsphinx transcripts (offline), judged by the text classifier."""
+    import json
+
+    from spiritlm.eval.fewshot import run_tts
+    from spiritlm.eval.model import CachedEncoder
+    from spiritlm.eval.stsp import run_stsp
+    from spiritlm.eval.suite import load_hook
+    from spiritlm.eval.testing import FakeSpeechEncoder, write_tone
+
+    _, model, tok = tiny
+    vdir = _tiny_vocoder(tmp_path / "voc")
+    voc = load_hook("spiritlm.vocoder.asr:vocoder_hook", {"directory": str(vdir)})
+    recs = []
+    for k, (t, s) in enumerate([("a good day", "positive"), ("a bad day", "negative")]):
+        write_tone(tmp_path / f"{k}.wav", 0.2, 300 + 50 * k)
+        recs.append({"id": k, "wav_path": f"{k}.wav", "audio_path": f"{k}.wav", "asr": t, "text": t,
+                     "sentiment": s, "split": "test"})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    enc = CachedEncoder(FakeSpeechEncoder())
+    r = run_tts(tmp_path / "m.jsonl", model, tok, enc, voc, None, n_shots=1, max_new_tokens=8)
+    assert r["complete"] and r["asr"] == "pocketsphinx" and r["n"] == 2 and r["wer"] >= 0 and r["cer"] >= 0
+    skipped = run_stsp("T2S", tmp_path / "m.jsonl", model, tok, enc, text_classifier=lambda t: "neutral")
+    assert skipped["complete"] is False and "vocoder" in skipped["skipped"]
+    s = run_stsp("T2S", tmp_path / "m.jsonl", model, tok, enc, text_classifier=lambda t: "neutral",
+                 vocoder=voc, temperature=1.0, max_new_tokens=10)
+    assert s["complete"] and s["n"] == 2 and "ASR transcript" in s["judge"]
+    assert all(i["pred"] in ("neutral", None) for i in s["items"])

@@ -10,8 +10,10 @@ Data: a JSONL manifest, one utterance per line with ``audio_path`` (or ``wav_pat
   removed, whitespace collapsed) with ``jiwer``.
 * TTS prompt: ``[Text] text_1[Speech]<units_1> ... [Text] text[Speech]`` -> speech tokens (ended
   by EOS or a ``[Text]`` marker) ->
-  ``vocoder(units) -> wav`` -> ``asr(wav) -> text`` -> corpus CER. Both hooks are pluggable;
-  without them TTS is reported as skipped, never as a number.
+  ``vocoder(units) -> wav`` -> ``asr(wav) -> text`` -> corpus CER and WER. Both hooks are
+  pluggable (a :class:`spiritlm.vocoder.Vocoder` hook is told the units are deduplicated); with a
+  vocoder and no ASR hook the transcripts come from pocketsphinx, offline. Without a vocoder TTS
+  is reported as skipped, never as a number.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from spiritlm.eval.generate import generate_batch, output_speech_ids, output_text
+from spiritlm.eval.generate import generate_batch, output_speech_ids, output_text, vocode_ids
 from spiritlm.eval.zerospeech import LayoutError
 
 
@@ -117,12 +119,17 @@ def run_asr(manifest: Path, model, tok, encoder, shots: Path | None = None, n_sh
 def run_tts(manifest: Path, model, tok, encoder, vocoder: Callable | None, asr: Callable | None,
             shots: Path | None = None, n_shots: int = 10, max_new_tokens: int = 300, seed: int = 0,
             max_items: int = 0, has_pitch=False, has_style=False) -> dict:
-    if vocoder is None or asr is None:
-        return {"task": "tts", "skipped": "TTS needs fewshot.vocoder and fewshot.asr hooks in the recipe", "complete": False}
+    if vocoder is None:
+        return {"task": "tts", "skipped": "TTS needs a vocoder: fewshot.vocoder = \"spiritlm.vocoder.asr:vocoder_hook\" "
+                "with fewshot.hook_args.vocoder = {directory = ...} (a `spiritlm vocoder fit` output) or "
+                "{release = ..., variant = ...}", "complete": False}
     if encoder is None:
         raise ValueError("few-shot TTS needs a speech encoder for the shots (set speech_encoder)")
-    from spiritlm.vocab import ids_to_units
+    asr_name = getattr(asr, "__name__", type(asr).__name__)
+    if asr is None:
+        from spiritlm.vocoder.asr import PocketsphinxASR
 
+        asr, asr_name = PocketsphinxASR(), "pocketsphinx"
     test = read_utterances(manifest)[: max_items or None]
     pool = read_utterances(shots) if shots else test
     prompts = _prompts(test, pool, n_shots, seed, tok, encoder, "tts", has_pitch, has_style)
@@ -131,7 +138,8 @@ def run_tts(manifest: Path, model, tok, encoder, vocoder: Callable | None, asr: 
     items = []
     for u, outs in zip(test, gens):
         gen = output_speech_ids(outs)
-        hyp = asr(vocoder(ids_to_units(gen, tok.layout))) if gen else ""
+        hyp = asr(vocode_ids(vocoder, gen, tok)) if gen else ""
         items.append({"id": u["id"], "ref": u["text"], "hyp": hyp, "n_speech_tokens": len(gen)})
-    return {"task": "tts", "shots": n_shots, "n": len(items), "complete": True,
-            "cer": cer([i["ref"] for i in items], [i["hyp"] for i in items]), "items": items}
+    refs, hyps = [i["ref"] for i in items], [i["hyp"] for i in items]
+    return {"task": "tts", "shots": n_shots, "n": len(items), "complete": True, "asr": asr_name,
+            "cer": cer(refs, hyps), "wer": wer(refs, hyps), "items": items}

@@ -10,8 +10,10 @@ continues the item (text: its ``asr``; speech: its wav) in the output modality w
 0.8, top-p 0.95, at most 50 text / 300 speech tokens, retrying up to 3 times on empty output.
 Few-shot: ``ceil(n_shots/3)`` examples per sentiment class, each ``{prompt}{generation}``, joined
 with ``\\n``, then the test item -- which, unlike the release, stays in the prompt. The output's
-sentiment is judged by a text classifier (text outputs) or a speech classifier (speech outputs,
-through the vocoder hook); the metric is the accuracy against the item's sentiment.
+sentiment is judged by a text classifier (text outputs) or, for speech outputs, vocoded through the
+vocoder hook, by a speech classifier -- or, when none is configured, by the text classifier on an
+offline transcript (pocketsphinx unless an ``asr`` hook is given); the metric is the accuracy
+against the item's sentiment. Without a vocoder, speech outputs are reported as skipped.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import random
 from pathlib import Path
 from typing import Callable
 
-from spiritlm.eval.generate import generate, generate_batch, output_speech_ids, output_text
+from spiritlm.eval.generate import generate, generate_batch, output_speech_ids, output_text, vocode_ids
 from spiritlm.eval.zerospeech import LayoutError
 
 EMOTION_TO_SENTIMENT = {"happy": "positive", "amused": "positive", "sad": "negative", "angry": "negative",
@@ -128,15 +130,31 @@ def run_stsp(setting: str, manifest: Path, model, tok, encoder=None, fewshot: Pa
              speech_classifier: Callable | None = None, vocoder: Callable | None = None,
              has_pitch: bool = False, has_style: bool = False, seed: int = 0, retries: int = 3,
              max_items: int = 0, temperature: float = 0.8, top_p: float = 0.95,
-             max_new_tokens: int | None = None) -> dict:
+             max_new_tokens: int | None = None, asr: Callable | None = None) -> dict:
     if setting not in ("T2T", "T2S", "S2S", "S2T"):
         raise ValueError(f"STSP setting {setting!r}: use T2T, T2S, S2S or S2T")
     out_mod = "text" if setting[-1] == "T" else "speech"
     if out_mod == "text" and text_classifier is None:
         return {"skipped": "no text sentiment classifier configured", "complete": False}
-    if out_mod == "speech" and (speech_classifier is None or vocoder is None):
-        return {"skipped": "speech outputs need a vocoder and a speech sentiment classifier "
-                           "(stsp.vocoder / stsp.speech_classifier in the recipe)", "complete": False}
+    judge = "text classifier"
+    if out_mod == "speech":
+        if vocoder is None:
+            return {"skipped": "speech outputs need a vocoder (stsp.vocoder = \"spiritlm.vocoder.asr:vocoder_hook\" "
+                               "with stsp.hook_args.vocoder = {directory = ...} or {release = ..., variant = ...})",
+                    "complete": False}
+        if speech_classifier is None:
+            if text_classifier is None:
+                return {"skipped": "speech outputs need stsp.speech_classifier, or a text classifier to judge "
+                                   "their transcripts", "complete": False}
+            if asr is None:
+                from spiritlm.vocoder.asr import PocketsphinxASR
+
+                asr = PocketsphinxASR()
+            tc, transcribe = text_classifier, asr
+            speech_classifier = lambda wav: tc(transcribe(wav))  # noqa: E731
+            judge = "text classifier on the ASR transcript of the vocoded speech"
+        else:
+            judge = "speech classifier on the vocoded speech"
     recs = read_manifest(manifest)
     if max_items:
         recs = recs[:max_items]
@@ -169,12 +187,10 @@ def run_stsp(setting: str, manifest: Path, model, tok, encoder=None, fewshot: Pa
             if out_mod == "text":
                 pred = text_classifier(gen)
             else:
-                from spiritlm.vocab import ids_to_units
-
-                pred = speech_classifier(vocoder(ids_to_units(gen, tok.layout)))
+                pred = speech_classifier(vocode_ids(vocoder, gen, tok))
         items.append({"id": r["id"], "sentiment": r["sentiment"], "pred": pred, "tries": tries[k],
                       "output": gen if out_mod == "text" else tok.speech_ids_to_string(gen) if gen else "",
                       "score": float(pred == r["sentiment"])})
     return {"setting": setting, "accuracy": sum(i["score"] for i in items) / len(items), "n": len(items),
-            "n_shots": n_shots, "empty_outputs": sum(1 for i in items if i["pred"] is None),
+            "n_shots": n_shots, "empty_outputs": sum(1 for i in items if i["pred"] is None), "judge": judge,
             "complete": True, "items": items}
