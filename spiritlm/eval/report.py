@@ -72,6 +72,12 @@ def markdown_table(results: Mapping, model_name: str = "model", paper_row: bool 
             out.append(f"| {k.upper()} ({res.get('shots', '?')}-shot) | {metric.upper()} % | "
                        f"{_cell(res, metric)} | {res.get('n', '--')} |")
         out.append("")
+    cls = results.get("speech_cls", {}).get("S")
+    if cls:
+        out += ["## Few-shot speech classification", "", "| Task | shots/class | classes | accuracy % | chance % | n |",
+                "|---|---|---|---|---|---|",
+                f"| speech → [Text] label | {cls.get('shots_per_class', '?')} | {len(cls.get('labels', []))} | "
+                f"{_cell(cls)} | {100 * cls.get('chance', float('nan')):.1f} | {cls.get('n', '--')} |", ""]
     out += text_ability_table(results.get("lm_eval", {}))
     partial = [f"{t}/{s}" for t, d in results.items() if isinstance(d, Mapping)
                for s, r in d.items() if isinstance(r, Mapping) and not r.get("complete", True)]

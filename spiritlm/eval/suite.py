@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from spiritlm.config import save_config
+from spiritlm.eval.fewshot_cls import SpeechClsConfig
 from spiritlm.eval.harness import HarnessConfig
 from spiritlm.eval.zerospeech import SubmissionMeta
 
@@ -110,6 +111,7 @@ class EvalConfig:
     topic_storycloze: StoryClozeConfig = field(default_factory=StoryClozeConfig)
     stsp: StspConfig = field(default_factory=StspConfig)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
+    speech_cls: SpeechClsConfig = field(default_factory=SpeechClsConfig)  # few-shot speech classification
     # text ability through lm-evaluation-harness: task/group names, e.g. ["mmlu", "hellaswag"]
     text_tasks: list[str] = field(default_factory=list)
     harness: HarnessConfig = field(default_factory=HarnessConfig)
@@ -251,6 +253,18 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                                              load_hook(fc.asr, fc.hook_args.get("asr")), p(fc.shots_manifest),
                                              fc.n_shots, seed=fc.seed, max_items=fc.max_items,
                                              has_pitch=cfg.has_pitch, has_style=cfg.has_style)}
+        cc = cfg.speech_cls
+        if cc.manifest:
+            from spiritlm.eval.fewshot_cls import build_mini_speech_cls, run_speech_cls
+
+            t = time.perf_counter()
+            if cc.mini:
+                held = root / "heldout_texts.txt"  # the other mini benchmarks' texts stay out
+                build_mini_speech_cls(p(cc.manifest).parent, cfg.mini.seed, cc.mini_sizes or None,
+                                      set(held.read_text().splitlines()) if held.is_file() else set())
+            scorer.progress_desc = "speech_cls"
+            results["speech_cls"] = {"S": run_speech_cls(cc, p(cc.manifest), p(cc.shots_manifest), scorer)}
+            timings["speech_cls"] = time.perf_counter() - t
         if cfg.text_tasks:
             from spiritlm.eval.harness import run_harness
 
