@@ -25,15 +25,23 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run)
 
 
+def _config_class(args):
+    """TrainConfig, or the config of the recipe's ``model_type`` (spiritlm.models registry)."""
+    from spiritlm.config import apply_overrides, read_recipe
+    from spiritlm.models import config_class_of_recipe
+
+    data = read_recipe(args.recipe) if args.recipe else {}
+    return config_class_of_recipe(apply_overrides(data, args.overrides))
+
+
 def _run(args) -> int:
     import os
 
     from spiritlm.config import dump_config, load_config
-    from spiritlm.train.config import TrainConfig
 
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    cfg = load_config(TrainConfig, args.recipe, args.overrides)
+    cfg = load_config(_config_class(args), args.recipe, args.overrides)
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0

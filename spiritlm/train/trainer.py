@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from spiritlm.config import ConfigError, dump_config, save_config
+from spiritlm.models import model_spec_of
 from spiritlm.train import checkpoint as ckpt
 from spiritlm.train.config import TrainConfig, grad_accum_steps, validate_config
 from spiritlm.train.data import InterleaveFn, MixtureStream, check_meta, make_sources
@@ -49,28 +50,11 @@ class Trainer:
         self.cfg = cfg
         setup_process(cfg)
         validate_config(cfg, int(os.environ["WORLD_SIZE"]))
-        mc, self.layout, self.rows = plan_model(cfg.model)
-        if cfg.data.seq_len > mc.max_position_embeddings:
-            raise ConfigError(
-                f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings="
-                f"{mc.max_position_embeddings}; lower data.seq_len (paper: 4096 with LLaMA-2)"
-            )
-        rank0 = int(os.environ.get("RANK", "0")) == 0  # the process group starts below
-        if sources is None:
-            sources, weights = make_sources(cfg.data, self.layout, interleave_fns,
-                                            text_vocab=self.layout.base_vocab_size)
-            if not cfg.data.sources and rank0:
-                log.warning("no [[data.sources]] in the recipe: training on SYNTHETIC random documents "
-                            "(a smoke test); list your shard folders under [[data.sources]] "
-                            "(train/README.md, Data)")
-        check_meta(sources, self.layout, self.rows)
-        shares = list(weights) if weights is not None else [1.0] * len(sources)
-        total = sum(shares)
-        if rank0 and total > 0:  # MixtureStream rejects the rest
-            log.info("data: %s", ", ".join(
-                f"{getattr(s, 'name', '?')} ({len(s)} documents, weight {w / total:.2f}"
-                f"{', read through an interleave_fn' if getattr(s, 'interleave_fn', None) else ''})"
-                for s, w in zip(sources, shares)))
+        # the model family (spiritlm.models): "unit_lm" is the code of this file; another family
+        # brings its model, batches, loss and export through its ModelSpec (same engine and loop)
+        self.spec = model_spec_of(cfg)
+        if self.spec.name == "unit_lm":
+            sources, weights = self._plan_unit_data(cfg, sources, weights, interleave_fns)
         import deepspeed
 
         init_distributed(cfg)
@@ -84,22 +68,30 @@ class Trainer:
 
         # ---- model with the speech vocabulary --------------------------------------------
         dtype = torch.bfloat16 if cfg.deepspeed.precision == "bf16" else torch.float32
-        self.model, layout, self._hf_ds = build_model(
-            cfg.model, self.ds_config if cfg.deepspeed.zero_stage == 3 else None, dtype)
-        assert layout == self.layout and self.model.config.vocab_size == self.rows
+        if self.spec.name == "unit_lm":
+            self.model, layout, self._hf_ds = build_model(
+                cfg.model, self.ds_config if cfg.deepspeed.zero_stage == 3 else None, dtype)
+            assert layout == self.layout and self.model.config.vocab_size == self.rows
+        else:
+            self.model, self._hf_ds = self.spec.build(cfg, self.ds_config, dtype)
         mc = self.model.config
         if cfg.model.activation_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
         # ---- data: mixture stream (this rank's share) -> packed rows -----------------------
-        self.stream = MixtureStream(sources, weights, seed=cfg.seed, rank=self.rank,
-                                    world_size=self.world, max_id=self.rows)
-        self.packer = Packer(self.stream, cfg.data.seq_len, cfg.data.bos_id if cfg.data.add_bos else -1,
-                             cfg.data.eos_id)
+        if self.spec.name == "unit_lm":
+            self.stream = MixtureStream(sources, weights, seed=cfg.seed, rank=self.rank,
+                                        world_size=self.world, max_id=self.rows)
+            self.packer = Packer(self.stream, cfg.data.seq_len, cfg.data.bos_id if cfg.data.add_bos else -1,
+                                 cfg.data.eos_id)
+        else:  # one resumable batch maker is both stream and packer
+            self.stream = self.packer = self.spec.batches(cfg, self.model, self.rank, self.world)
 
         # ---- DeepSpeed engine: AdamW (no decay on 1-D params), LR schedule ------------------
         decay, no_decay = [], []
         for p in self.model.parameters():
+            if not p.requires_grad:  # frozen parts (a frozen LM or encoder) stay out of the optimizer
+                continue
             (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
@@ -122,6 +114,32 @@ class Trainer:
             tag = ckpt.latest_tag(self.ckpt_dir)
             if tag is not None:
                 self.resume(tag)
+
+    def _plan_unit_data(self, cfg, sources, weights, interleave_fns):
+        """The unit LM's checks before any weight is loaded, and its document sources."""
+        mc, self.layout, self.rows = plan_model(cfg.model)
+        if cfg.data.seq_len > mc.max_position_embeddings:
+            raise ConfigError(
+                f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings="
+                f"{mc.max_position_embeddings}; lower data.seq_len (paper: 4096 with LLaMA-2)"
+            )
+        rank0 = int(os.environ.get("RANK", "0")) == 0  # the process group starts below
+        if sources is None:
+            sources, weights = make_sources(cfg.data, self.layout, interleave_fns,
+                                            text_vocab=self.layout.base_vocab_size)
+            if not cfg.data.sources and rank0:
+                log.warning("no [[data.sources]] in the recipe: training on SYNTHETIC random documents "
+                            "(a smoke test); list your shard folders under [[data.sources]] "
+                            "(train/README.md, Data)")
+        check_meta(sources, self.layout, self.rows)
+        shares = list(weights) if weights is not None else [1.0] * len(sources)
+        total = sum(shares)
+        if rank0 and total > 0:  # MixtureStream rejects the rest
+            log.info("data: %s", ", ".join(
+                f"{getattr(s, 'name', '?')} ({len(s)} documents, weight {w / total:.2f}"
+                f"{', read through an interleave_fn' if getattr(s, 'interleave_fn', None) else ''})"
+                for s, w in zip(sources, shares)))
+        return sources, weights
 
     # ---- Stateful ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -152,6 +170,8 @@ class Trainer:
 
     # ---- one optimizer step ----------------------------------------------------------------------
     def forward_loss(self, batch: Mapping[str, torch.Tensor]):
+        if self.spec.loss is not None:  # another model family computes its own loss
+            return self.spec.loss(self.engine, batch, self.device)
         input_ids_BT = batch["input_ids_BT"].to(self.device)
         position_ids_BT = batch["position_ids_BT"].to(self.device)
         mask = None
@@ -251,6 +271,8 @@ class Trainer:
         return self.run_dir
 
     def export(self, out_dir: Path) -> Path:
+        if self.spec.export is not None:
+            return self.spec.export(self, out_dir)
         tok = self.cfg.model.tokenizer or (self.cfg.model.checkpoint if self.cfg.model.checkpoint and
                                            (Path(self.cfg.model.checkpoint) / "tokenizer.model").is_file() else "")
         if not tok and ckpt._rank() == 0:

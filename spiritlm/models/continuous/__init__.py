@@ -1,0 +1,11 @@
+"""Continuous speech input (SpeechLLM, Tiny Audio): encoder -> frame stacking -> projector -> LM.
+
+Files: ``config.py`` (the recipe), ``encoders.py`` (HuBERT, HF encoders, the CTC conformer and
+``CTCHead``), ``projectors.py``, ``model.py`` (the model, trainable parts, saving and loading),
+``data.py`` (manifest reader, feature cache, packing), ``spec.py`` (the trainer hooks),
+``bench.py`` (cached vs recomputed encoder features). ASR evaluation: ``spiritlm.eval.asr``.
+"""
+
+from spiritlm.models.continuous.spec import SPEC
+
+__all__ = ["SPEC"]
