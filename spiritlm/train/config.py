@@ -114,6 +114,17 @@ class CheckpointConfig:
 
 
 @dataclass
+class EvalDuringConfig:
+    """Evaluation while training (``spiritlm.train.eval_during``), every ``eval_every`` steps."""
+
+    # held-out shard folders, one per modality (kind); [] with synthetic data = synthetic held-out
+    heldout: list[SourceConfig] = field(default_factory=list)
+    heldout_docs: int = 64  # first documents of each held-out source
+    suite: str = ""  # a light eval recipe (eval/during_training.toml); "" = held-out loss only
+    suite_overrides: list[str] = field(default_factory=list)  # --set style, e.g. ["data_root=DIR"]
+
+
+@dataclass
 class LogConfig:
     every: int = 1
     tensorboard: bool = True
@@ -137,6 +148,8 @@ class TrainConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval_every: int = 0  # steps between evaluations while training (0 = none)
+    eval: EvalDuringConfig = field(default_factory=EvalDuringConfig)
 
 
 def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
@@ -174,6 +187,9 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"optim.warmup_steps={cfg.optim.warmup_steps}: set 0 or more")
     if not 0 <= cfg.optim.min_lr_ratio <= 1:
         raise ConfigError(f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must lie in [0, 1]")
+    if cfg.eval_every < 0 or cfg.eval.heldout_docs < 1:
+        raise ConfigError(f"eval_every={cfg.eval_every}, eval.heldout_docs={cfg.eval.heldout_docs}: use "
+                          "eval_every >= 0 (0 = no evaluation while training) and heldout_docs >= 1")
     if cfg.checkpoint.every < 0:
         raise ConfigError("checkpoint.every must be >= 0 (0 = save only at the end)")
     weights = [s.weight for s in cfg.data.sources]

@@ -109,7 +109,8 @@ def plot_curves(run_dir: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    evals = [r for r in read_metrics(run_dir) if any(k.startswith("eval/") for k in r)]
+    fig, axes = plt.subplots(1, 5 if evals else 3, figsize=(25 if evals else 15, 4))
     for key in ("loss", "loss/text", "loss/speech", "loss/switch"):
         pts = [(s, r[key]) for s, r in zip(steps, rows) if r.get(key) is not None]
         if pts:
@@ -117,6 +118,10 @@ def plot_curves(run_dir: Path) -> Path | None:
     axes[0].set_xlabel("step"), axes[0].set_ylabel("cross-entropy (nats)"), axes[0].legend()
     axes[1].plot(steps, [r.get("lr", 0) for r in rows]), axes[1].set_title("learning rate")
     axes[2].plot(steps, [r.get("tokens_per_s", 0) for r in rows]), axes[2].set_title("tokens/s")
+    if evals:  # evaluation while training (spiritlm.train.eval_during)
+        from spiritlm.train.eval_during import eval_axes
+
+        eval_axes(evals, axes[3], axes[4])
     for ax in axes:
         ax.set_xlabel("step")
     fig.tight_layout()

@@ -110,6 +110,11 @@ class Trainer:
         if self.rank == 0:
             save_config(cfg, self.run_dir / "config.yaml")
             (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
+        self.evaluator = None  # held-out loss + a light suite every cfg.eval_every steps
+        if cfg.eval_every:
+            from spiritlm.train.eval_during import DuringTrainingEval
+
+            self.evaluator = DuringTrainingEval(self)
         if cfg.checkpoint.resume:
             tag = ckpt.latest_tag(self.ckpt_dir)
             if tag is not None:
@@ -253,6 +258,10 @@ class Trainer:
                 shown_tok_s = rec["tokens_per_s"]
                 self.runlog.log(rec)
             self.history.append(rec)
+            if self.evaluator is not None and self.evaluator.due(self.step):
+                ev = self.evaluator(self.step)  # every rank (held-out loss is collective)
+                self.runlog.log(ev)
+                t_last += ev["eval/seconds"]  # evaluation time is not training throughput
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{shown_tok_s:.0f}")

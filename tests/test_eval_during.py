@@ -1,0 +1,108 @@
+"""Evaluation while training: eval rows at every eval_every steps (held-out loss per source and
+token type, a two-way speech task and a cross-modal one through the suite), in metrics.jsonl and
+the curves; training losses identical with and without it (no RNG or data order touched)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("deepspeed")
+
+from spiritlm.config import ConfigError  # noqa: E402
+from spiritlm.train.tiny import tiny_config  # noqa: E402
+
+
+def _light_suite(root: Path) -> Path:
+    """mini-sWUGGY-shaped lexical pairs (speech) + cross-modal story items (T->S), tones as audio."""
+    from spiritlm.eval.testing import write_tone
+
+    lex = root / "zs" / "lexical" / "dev"
+    lex.mkdir(parents=True)
+    rows = []
+    for i, (w, nw) in enumerate([("cat", "cag"), ("dog", "dop"), ("bird", "berd")]):
+        for stem, word, ok, f in ((f"w{i}", w, 1, 300 + 40 * i), (f"n{i}", nw, 0, 500 + 40 * i)):
+            write_tone(lex / f"{stem}.wav", 0.3, f)
+            rows.append([i, stem, "V1", 10, word, "x", 3, ok])
+    with open(lex / "gold.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["id", "filename", "voice", "frequency", "word", "phones", "length", "correct"], *rows])
+    cross = root / "tsc" / "cross"
+    cross.mkdir(parents=True)
+    for k in range(2):
+        for j, (part, text) in enumerate((("mutual", "the cat sat on the mat"), ("correct", "and slept"),
+                                          ("incorrect", "the beach was wet"))):
+            write_tone(cross / f"{k}_{part}.wav", 0.2 + 0.1 * j, 250 + 60 * k + 30 * j)
+            (cross / f"{k}_{part}.txt").write_text(text)
+    recipe = root / "light.toml"
+    recipe.write_text(f'''data_root = "{root}"
+speech_encoder = "spiritlm.eval.testing:FakeSpeechEncoder"
+[zerospeech]
+root = "zs"
+modalities = ["S"]
+syntactic = false
+lexical_metric = "all"
+submission = false
+[topic_storycloze]
+cross = "tsc/cross"
+settings = ["T2S"]
+[storycloze]
+settings = []
+''')
+    return recipe
+
+
+def _tokenizer(d: Path) -> Path:
+    from spiritlm.eval.testing import TINY_TEXT
+    from spiritlm.text_tokenizer import train_sentencepiece
+
+    train_sentencepiece(TINY_TEXT, d, vocab_size=300)  # = model.tiny.base_vocab_size below
+    return d
+
+
+def test_eval_rows_at_eval_every_and_identical_training(tmp_path):
+    from spiritlm.train.metrics import read_metrics
+    from spiritlm.train.trainer import Trainer
+
+    tok = _tokenizer(tmp_path / "tok")
+    suite = _light_suite(tmp_path / "bench")
+    common = ["steps=4", f"model.tokenizer={tok}", "model.tiny.base_vocab_size=300"]
+    with_eval = Trainer(tiny_config(str(tmp_path / "a"), common + [
+        "eval_every=2", f"eval.suite={suite}", "eval.heldout_docs=8", "log.plots=true"]))
+    with_eval.fit()
+    plain = Trainer(tiny_config(str(tmp_path / "b"), common))
+    plain.fit()
+    assert [r["loss"] for r in with_eval.history] == [r["loss"] for r in plain.history]
+    assert [r["grad_norm"] for r in with_eval.history] == [r["grad_norm"] for r in plain.history]
+
+    rows = read_metrics(tmp_path / "a")
+    evals = [r for r in rows if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:
+        for name in ("heldout-text", "heldout-speech", "heldout-interleaved"):
+            assert r[f"eval/loss/{name}"] > 0
+        assert r["eval/loss/speech_tokens"] > 0 and r["eval/loss/text_tokens"] > 0
+        assert 0 <= r["eval/swuggy/S"] <= 1 and 0 <= r["eval/topic_storycloze/T2S"] <= 1
+    # the model learns: held-out loss goes down between the two evaluations
+    assert evals[1]["eval/loss"] < evals[0]["eval/loss"]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert (tmp_path / "a" / "eval" / "step_0000002" / "report.md").is_file()
+    assert (tmp_path / "a" / "curves.png").is_file()
+    # same held-out rows every time: an evaluation of the final model repeats its numbers
+    again = with_eval.evaluator(4)
+    assert again["eval/loss"] == evals[1]["eval/loss"] and again["eval/swuggy/S"] == evals[1]["eval/swuggy/S"]
+
+
+def test_eval_suite_needs_the_tokenizer(tmp_path):
+    from spiritlm.train.trainer import Trainer
+
+    suite = _light_suite(tmp_path / "bench")
+    with pytest.raises(ConfigError, match="model.tokenizer"):
+        Trainer(tiny_config(str(tmp_path / "a"), ["steps=2", "eval_every=1", f"eval.suite={suite}"]))
+    from spiritlm.train.config import validate_config
+
+    with pytest.raises(ConfigError, match="eval_every"):
+        validate_config(tiny_config(str(tmp_path / "b"), ["eval_every=-1"]))
