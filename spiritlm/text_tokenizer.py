@@ -28,7 +28,8 @@ from typing import Iterable, Mapping, Sequence, Union
 import numpy as np
 import sentencepiece as spm
 
-from spiritlm.vocab import SPIRITLM, VocabLayout, parse_speech_tokens, ids_to_units, units_to_ids
+from spiritlm.vocab import (SPIRITLM, VocabLayout, ids_to_units, layout_from_added_tokens, parse_speech_tokens,
+                            units_to_ids)
 
 LAYOUT_FILE = "spiritlm_vocab.json"
 SP_FILE = "tokenizer.model"
@@ -86,6 +87,10 @@ class SpiritTokenizer:
             )
         if "layout" not in kwargs and (d / LAYOUT_FILE).is_file():
             kwargs["layout"] = VocabLayout(**json.loads((d / LAYOUT_FILE).read_text())["layout"])
+        if "layout" not in kwargs:  # a released checkpoint: the added tokens say Base or Expressive
+            layout = layout_of_hf_dir(d)
+            if layout is not None:
+                kwargs["layout"] = layout
         cfg_file = d / "tokenizer_config.json"
         if "legacy" not in kwargs and cfg_file.is_file():
             legacy = json.loads(cfg_file.read_text()).get("legacy")
@@ -230,6 +235,50 @@ class SpiritTokenizer:
         ids_to_units(ids, self.layout)  # validates: names the first non-speech id
         base = self.layout.base_vocab_size
         return "".join(self._added[int(i) - base] for i in ids if int(i) != self.layout.speech_id)
+
+
+def hf_added_tokens(directory: Union[str, Path]) -> dict[str, int]:
+    """content -> id of the added tokens an HF tokenizer directory lists (``tokenizer_config.json``'s
+    ``added_tokens_decoder``, ``added_tokens.json``, ``tokenizer.json``'s ``added_tokens``)."""
+    d = Path(directory)
+    out: dict[str, int] = {}
+    f = d / "added_tokens.json"
+    if f.is_file():
+        out.update({str(k): int(v) for k, v in json.loads(f.read_text()).items()})
+    f = d / "tokenizer.json"
+    if f.is_file():
+        for t in json.loads(f.read_text()).get("added_tokens") or []:
+            out[t["content"]] = int(t["id"])
+    f = d / "tokenizer_config.json"
+    if f.is_file():
+        dec = json.loads(f.read_text()).get("added_tokens_decoder") or {}
+        out.update({v["content"]: int(k) for k, v in dec.items() if isinstance(v, dict) and "content" in v})
+    return out
+
+
+def layout_of_hf_dir(directory: Union[str, Path]) -> VocabLayout | None:
+    """The speech layout (Base or Expressive, or other stream sizes) that a directory's added
+    tokens describe; None when it lists none. Raises LayoutMismatchError on misplaced ids."""
+    d = Path(directory)
+    sp = spm.SentencePieceProcessor()
+    sp.load(str(d / SP_FILE))
+    return layout_from_added_tokens(hf_added_tokens(d), sp.get_piece_size(), where=str(d))
+
+
+def pad_sentencepiece(sp_model: Union[str, Path, bytes], n_pieces: int) -> bytes:
+    """A SentencePiece model grown to ``n_pieces`` with UNUSED pieces (never produced by
+    encoding): a small trained tokenizer with LLaMA-2's 32000 pieces, so that tiny test models
+    carry the release's real ids ([Text] = 32000 ...)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    m = pb.ModelProto()
+    m.ParseFromString(sp_model if isinstance(sp_model, bytes) else Path(sp_model).read_bytes())
+    if len(m.pieces) > n_pieces:
+        raise TokenizerError(f"the model has {len(m.pieces)} pieces, more than {n_pieces}")
+    for i in range(len(m.pieces), n_pieces):
+        p = m.pieces.add()
+        p.piece, p.score, p.type = f"<unused{i}>", 0.0, pb.ModelProto.SentencePiece.UNUSED
+    return m.SerializeToString()
 
 
 def _added_token(content: str, special: bool) -> dict:

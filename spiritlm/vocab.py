@@ -27,7 +27,7 @@ ids with numpy, for data preparation at scale (`spiritlm bench vocab` measures b
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Mapping, Sequence, Union
 
@@ -186,6 +186,90 @@ class VocabLayout:
 
 SPIRITLM = VocabLayout()  # Spirit LM Expressive: 32667 ids (model card: 32768 rows padded)
 SPIRITLM_BASE = VocabLayout(pitch_size=0, style_size=0)  # Base: 32503 ids (32512 rows padded)
+# Embedding rows of the released checkpoints (model cards): the ids above, padded to 256.
+RELEASED_ROWS = {"base": 32512, "expressive": 32768}
+# The most padding rows a checkpoint may have beyond its ids: more means another vocabulary.
+MAX_PAD_MULTIPLE = 1024
+
+
+class LayoutMismatchError(ValueError):
+    """A tokenizer, checkpoint or shard set whose vocabulary is not the one expected; the message
+    says what was found, what was expected and what to change."""
+
+
+def layout_name(layout: VocabLayout) -> str:
+    """'Base' / 'Expressive' (the released stream sizes) or the sizes themselves."""
+    sizes = (layout.hubert_size, layout.pitch_size, layout.style_size)
+    if sizes == (501, 0, 0):
+        return "Base"
+    if sizes == (501, 64, 100):
+        return "Expressive"
+    return f"hubert {sizes[0]}, pitch {sizes[1]}, style {sizes[2]}"
+
+
+def describe_layout(layout: VocabLayout) -> str:
+    """e.g. 'Base ([Text]=32000 ... [Hu500]=32502, 32503 ids)'."""
+    last = layout.added_tokens()[-1]
+    return (f"{layout_name(layout)} ([Text]={layout.text_id} ... {last}={layout.vocab_size - 1}, "
+            f"{layout.vocab_size} ids)")
+
+
+def rows_fit(layout: VocabLayout, rows: int) -> bool:
+    """Whether a model with ``rows`` embedding rows holds exactly this layout (its ids, plus at
+    most the padding of MAX_PAD_MULTIPLE)."""
+    return layout.vocab_size <= rows <= layout.padded_vocab_size(MAX_PAD_MULTIPLE)
+
+
+def layout_for_rows(rows: int, base_vocab_size: int = 32000) -> VocabLayout | None:
+    """The released layout that a checkpoint of ``rows`` rows holds, when nothing else says so
+    (no layout file, no added tokens): Expressive if its ids fit (32768), else Base (32512), else
+    None. Only a fallback: rows alone cannot tell a Base model padded far from an Expressive one."""
+    for layout in (replace(SPIRITLM, base_vocab_size=base_vocab_size),
+                   replace(SPIRITLM_BASE, base_vocab_size=base_vocab_size)):
+        if rows_fit(layout, rows):
+            return layout
+    return None
+
+
+def expected_rows_text(base_vocab_size: int = 32000) -> str:
+    b = replace(SPIRITLM_BASE, base_vocab_size=base_vocab_size)
+    e = replace(SPIRITLM, base_vocab_size=base_vocab_size)
+    return (f"{base_vocab_size} rows (a text-only LLaMA, which `spiritlm train` extends), "
+            f"{b.vocab_size}-{b.padded_vocab_size(MAX_PAD_MULTIPLE)} (Base; released: "
+            f"{b.padded_vocab_size(256)}) or {e.vocab_size}-{e.padded_vocab_size(MAX_PAD_MULTIPLE)} "
+            f"(Expressive; released: {e.padded_vocab_size(256)})")
+
+
+_ADDED_RE = re.compile(r"\[(Hu|Pi|St)(\d+)\]")
+
+
+def layout_from_added_tokens(added: Mapping[str, int], base_vocab_size: int,
+                             where: str = "the tokenizer") -> VocabLayout | None:
+    """The layout that a tokenizer's added tokens (content -> id, as in HF's
+    ``added_tokens_decoder``) describe, or None when it lists no speech tokens. Stream sizes are
+    counted from the ``[HuN]``/``[PiN]``/``[StN]`` tokens; every id must then be where the layout
+    puts it, else :class:`LayoutMismatchError` names the first token that is not."""
+    counts = {"Hu": 0, "Pi": 0, "St": 0}
+    for content in added:
+        m = _ADDED_RE.fullmatch(content)
+        if m:
+            counts[m.group(1)] = max(counts[m.group(1)], int(m.group(2)) + 1)
+    if counts["Hu"] == 0 and "[Text]" not in added:
+        return None
+    try:
+        layout = VocabLayout(base_vocab_size=base_vocab_size, hubert_size=counts["Hu"],
+                             pitch_size=counts["Pi"], style_size=counts["St"])
+    except ValueError as e:
+        raise LayoutMismatchError(f"{where}: its added tokens describe no speech layout ({e})") from None
+    for token, want in layout._token_to_id.items():
+        got = added.get(token)
+        if got != want:
+            raise LayoutMismatchError(
+                f"{where}: {token} has id {got if got is not None else '(missing)'}, the {layout_name(layout)} "
+                f"layout puts it at {want} ([Text] right after the {base_vocab_size} SentencePiece pieces, "
+                "then [Speech], [Hu*], [Pi*], [St*]); write a spiritlm_vocab.json describing this checkpoint's "
+                "layout, or use the tokenizer that came with it")
+    return layout
 
 
 # ---- units -> merged tokens ----------------------------------------------------------------

@@ -62,11 +62,11 @@ def test_missing_column_message(tmp_path):
 
 def test_mixture_weights_and_determinism():
     srcs = [SyntheticSource(k, LAYOUT, num_docs=50, max_len=8) for k in ("speech", "interleaved", "text")]
-    a = MixtureStream(srcs, [1, 1, 1], seed=3)
+    a = MixtureStream(srcs, [1, 1, 1], seed=3, unit="documents")
     kinds = Counter(next(a)["kind"] for _ in range(1500))
     for k in ("speech", "interleaved", "text"):
         assert kinds[k] / 1500 == pytest.approx(1 / 3, abs=0.05)
-    b = MixtureStream(srcs, [0.6, 0.2, 0.2], seed=3)
+    b = MixtureStream(srcs, [0.6, 0.2, 0.2], seed=3, unit="documents")
     assert Counter(next(b)["kind"] for _ in range(1500))["speech"] / 1500 == pytest.approx(0.6, abs=0.05)
     x = [next(MixtureStream(srcs, seed=5))["input_ids"].tolist() for _ in range(1)]
     y = [next(MixtureStream(srcs, seed=5))["input_ids"].tolist() for _ in range(1)]
@@ -142,3 +142,84 @@ def test_aligned_rows_are_found_from_the_index_or_the_files(tmp_path, monkeypatc
     pq.write_table(pa.table({"input_ids": [[1, 2]], "kind": ["aligned"]}), out / "text" / "part-000.parquet")
     assert data_mod.holds_aligned_records(out / "text")  # a file changed since the index: read it
     assert read == [out / "text" / "part-000.parquet"]
+
+
+class _FixedLength:
+    """Documents of one kind, all ``n`` tokens long (a source of short or long documents)."""
+
+    def __init__(self, name, n, docs=40):
+        self.name, self.n, self.docs = name, n, docs
+
+    def __len__(self):
+        return self.docs
+
+    def order(self, seed, epoch):
+        return np.random.default_rng([seed, epoch]).permutation(self.docs)
+
+    def read(self, index, seed, epoch):
+        return {"input_ids": np.full(self.n, 3 + index, dtype=np.int64), "kind": "text"}
+
+
+def _token_shares(stream, docs):
+    tokens = Counter()
+    for _ in range(docs):
+        d = next(stream)
+        tokens[d["source"]] += d["input_ids"].size
+    total = sum(tokens.values())
+    return {k: v / total for k, v in tokens.items()}
+
+
+def test_mixture_shares_tokens_by_default_documents_as_an_option():
+    """Short utterances (12 tokens) against long text (300): per document, text takes ~85% of
+    the tokens; per token (the paper's unit, the default) each source gets its weight's share."""
+    srcs = [_FixedLength("speech", 12), _FixedLength("interleaved", 40), _FixedLength("text", 300)]
+    by_tokens = _token_shares(MixtureStream(srcs, [1, 1, 1], seed=0), 3000)
+    for name in ("speech", "interleaved", "text"):
+        assert by_tokens[name] == pytest.approx(1 / 3, abs=0.01)
+    by_docs = _token_shares(MixtureStream(srcs, [1, 1, 1], seed=0, unit="documents"), 3000)
+    assert by_docs["text"] > 0.8 and by_docs["speech"] < 0.05
+    weighted = _token_shares(MixtureStream(srcs, [0.5, 0.3, 0.2], seed=0), 3000)
+    assert [round(weighted[n], 2) for n in ("speech", "interleaved", "text")] == [0.5, 0.3, 0.2]
+    assert "speech" not in _token_shares(MixtureStream(srcs, [0, 1, 1], seed=0), 200)  # weight 0: never
+    with pytest.raises(ConfigError, match="mixture_unit"):
+        MixtureStream(srcs, unit="sequences")
+
+
+def test_token_mixture_resumes_exactly():
+    srcs = [_FixedLength("speech", 12), _FixedLength("text", 300)]
+    a = MixtureStream(srcs, seed=2)
+    for _ in range(37):
+        next(a)
+    state = json.loads(json.dumps(a.state_dict()))
+    ref = [next(a)["input_ids"].tolist() for _ in range(30)]
+    b = MixtureStream(srcs, seed=2)
+    b.load_state_dict(state)
+    assert [next(b)["input_ids"].tolist() for _ in range(30)] == ref
+    with pytest.raises(ConfigError, match="mixture_unit"):
+        MixtureStream(srcs, seed=2, unit="documents").load_state_dict(state)
+
+
+def test_base_layout_synthetic_documents():
+    """The Base layout (no pitch/style streams) used to crash the synthetic speech source
+    (``ValueError: high <= 0``): its documents hold [Speech] and HuBERT ids only."""
+    base = VocabLayout(base_vocab_size=256, pitch_size=0, style_size=0)
+    for kind in ("speech", "interleaved", "text"):
+        src = SyntheticSource(kind, base, num_docs=20, max_len=60)
+        for i in range(20):
+            ids = src.read(i, 0, 0)["input_ids"]
+            assert ids.max() < base.vocab_size
+            speech = ids[base.is_speech_id(ids)]
+            assert ((speech >= base.streams["hubert"].offset) & (speech < base.vocab_size)).all()
+
+
+def test_shards_of_another_layout_refused(tmp_path):
+    import dataclasses
+
+    d = _write_shards(tmp_path / "s", "speech", meta=False)
+    base = VocabLayout(base_vocab_size=256, pitch_size=0, style_size=0)
+    (d / "metadata.json").write_text(json.dumps({"base_vocab_size": 256, "vocab_size": base.vocab_size,
+                                                 "vocab_layout": dataclasses.asdict(base)}))
+    src = ParquetSource(d)
+    check_meta([src], base, base.padded_vocab_size(64))  # the shards' own layout: fine
+    with pytest.raises(ConfigError, match=r"pitch 0 / style 0.*model.pitch_size=0 model.style_size=0"):
+        check_meta([src], LAYOUT, LAYOUT.padded_vocab_size(64))  # an Expressive model

@@ -2,8 +2,9 @@
 
 A model directory is a HF LLaMA checkpoint (``config.json`` + weights) with ``tokenizer.model``:
 either one of ours (``spiritlm train`` exports ``spiritlm_vocab.json`` beside it) or a released
-Spirit LM checkpoint (32000 SentencePiece pieces + the speech tokens as added tokens, ids of
-``spiritlm.vocab.SPIRITLM``). :func:`load_model` refuses a directory without the speech
+Spirit LM checkpoint (32000 SentencePiece pieces + the speech tokens as added tokens): Base
+(``SPIRITLM_BASE``, 32512 rows) or Expressive (``SPIRITLM``, 32768 rows), told apart by its added
+tokens (or, without any, by its rows). :func:`load_model` refuses a directory without the speech
 vocabulary with a message that says what to do.
 
 Speech enters the evaluation as a wav (path or 16 kHz array) turned into units by a
@@ -22,7 +23,8 @@ from typing import Any, Callable, Mapping, Protocol, Union, runtime_checkable
 
 import numpy as np
 
-from spiritlm.text_tokenizer import LAYOUT_FILE, SP_FILE, SpiritTokenizer
+from spiritlm.text_tokenizer import LAYOUT_FILE, SP_FILE, SpiritTokenizer, hf_added_tokens
+from spiritlm.vocab import LayoutMismatchError, describe_layout, expected_rows_text, layout_for_rows, rows_fit
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +195,11 @@ def load_speech_encoder(spec: str, args: Mapping[str, Any] | None = None) -> Cac
     return CachedEncoder(obj(**dict(args or {})))
 
 
-def load_tokenizer(model_dir: str | Path) -> SpiritTokenizer:
+def load_tokenizer(model_dir: str | Path, rows: int | None = None) -> SpiritTokenizer:
+    """The directory's tokenizer with its speech layout, from (first found) ``spiritlm_vocab.json``,
+    the added tokens of a released checkpoint (Base: ``[Hu*]`` only; Expressive: also ``[Pi*]``,
+    ``[St*]``), or -- when neither says -- the model's embedding ``rows`` (32512: Base, 32768:
+    Expressive; ``layout_for_rows``)."""
     d = Path(model_dir)
     if not (d / SP_FILE).is_file():
         raise ModelDirError(
@@ -202,7 +208,14 @@ def load_tokenizer(model_dir: str | Path) -> SpiritTokenizer:
             "tokenizer.model); else copy the tokenizer the model was trained with (the release's "
             "tokenizer.model for Spirit LM) into the directory"
         )
-    tok = SpiritTokenizer.from_pretrained(d)
+    try:
+        tok = SpiritTokenizer.from_pretrained(d)
+        if not (d / LAYOUT_FILE).is_file() and not hf_added_tokens(d) and rows is not None:
+            by_rows = layout_for_rows(rows, tok.sp.get_piece_size())
+            if by_rows is not None and by_rows != tok.layout:
+                tok = SpiritTokenizer.from_pretrained(d, layout=by_rows)
+    except LayoutMismatchError as e:
+        raise ModelDirError(str(e)) from None
     marker_piece = tok.sp.piece_to_id(tok.layout.text_marker)
     if marker_piece != tok.sp.unk_id():
         raise ModelDirError(
@@ -210,28 +223,29 @@ def load_tokenizer(model_dir: str | Path) -> SpiritTokenizer:
             "speech tokens are expected as added tokens on top of the base pieces (LLaMA-2: 32000); "
             "use the base LLaMA-2 tokenizer.model with the added tokens in tokenizer_config.json"
         )
-    cfg = d / "tokenizer_config.json"
-    if not (d / LAYOUT_FILE).is_file() and cfg.is_file():
-        added = json.loads(cfg.read_text()).get("added_tokens_decoder") or {}
-        by_content = {v.get("content"): int(k) for k, v in added.items() if isinstance(v, dict)}
-        for token in (tok.layout.text_marker, tok.layout.speech_marker, "[Hu0]"):
-            want = tok.layout.token_to_id(token)
-            if token in by_content and by_content[token] != want:
-                raise ModelDirError(
-                    f"{cfg}: {token} has id {by_content[token]}, the Spirit LM layout puts it at "
-                    f"{want}; write a {LAYOUT_FILE} describing this checkpoint's layout"
-                )
     return tok
 
 
 def check_speech_vocab(model_dir: Path, model_vocab: int, tok: SpiritTokenizer) -> None:
-    need = tok.layout.vocab_size
+    """The model's embedding rows must hold the tokenizer's layout: every id, and at most the
+    padding of ``MAX_PAD_MULTIPLE`` beyond it (more rows means another vocabulary)."""
+    layout = tok.layout
+    need = layout.vocab_size
     if model_vocab < need:
+        hint = ("this looks like a text-only LLaMA. Continue-pretrain it with `spiritlm train` (which "
+                "adds the speech embeddings) or point --model at a Spirit LM checkpoint directory"
+                if model_vocab == layout.base_vocab_size else
+                f"the tokenizer and the model disagree (expected {expected_rows_text(layout.base_vocab_size)}); "
+                "use the tokenizer files that came with the model")
         raise ModelDirError(
             f"{model_dir / 'config.json'}: vocab_size={model_vocab} but the speech vocabulary needs "
-            f"{need} ids ([Text]={tok.layout.text_id} ... [St{tok.layout.style_size - 1}]={need - 1}); "
-            "this looks like a text-only LLaMA. Continue-pretrain it with `spiritlm train` (which "
-            "adds the speech embeddings) or point --model at a Spirit LM checkpoint directory"
+            f"{need} ids ({describe_layout(layout)}); {hint}"
+        )
+    if not rows_fit(layout, model_vocab):
+        raise ModelDirError(
+            f"{model_dir / 'config.json'}: vocab_size={model_vocab} is neither Spirit LM layout for this "
+            f"tokenizer ({describe_layout(layout)}): expected {expected_rows_text(layout.base_vocab_size)}; "
+            "use the tokenizer files that came with the model"
         )
 
 
@@ -246,8 +260,8 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype: str = "float32
             f"{d / 'config.json'} not found: --model must be a HF checkpoint directory "
             "(config.json, *.safetensors, tokenizer.model), e.g. one exported by `spiritlm train`"
         )
-    tok = load_tokenizer(d)
     config = AutoConfig.from_pretrained(d)
+    tok = load_tokenizer(d, rows=int(config.vocab_size))
     check_speech_vocab(d, int(config.vocab_size), tok)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:

@@ -14,7 +14,8 @@ previous complete checkpoint; stale ``.tmp-*`` folders are removed at the next s
 
 ``export_hf`` writes ``save_pretrained`` safetensors + the tokenizer with the added speech tokens
 (``SpiritTokenizer.save_pretrained``), laid out like the released Spirit LM checkpoints
-(``config.json``, ``model.safetensors``, ``tokenizer.model``, ``tokenizer_config.json``).
+(``config.json``, ``model.safetensors``, ``tokenizer.model``, ``tokenizer_config.json``); the
+config also carries the fields transformers 4.x reads (``add_legacy_config_fields``).
 """
 
 from __future__ import annotations
@@ -182,3 +183,25 @@ def export_hf(engine, model, out_dir: Path, tokenizer_dir: str | None, layout, z
         os.replace(tmp, out_dir)
     _barrier()
     return out_dir
+def add_legacy_config_fields(config_json: Path) -> dict:
+    """Write the config fields that transformers 4.x (the release's environment) reads, beside
+    transformers 5's: 4.x reads RoPE θ from the top-level ``rope_theta`` (5.x moved it into
+    ``rope_parameters``) and would silently run a θ = 100k model at its 10k default without it;
+    ``rope_scaling`` (None = plain RoPE), ``torch_dtype`` (5.x writes ``dtype``). ``use_cache`` is
+    turned back on (training turns it off; generation wants it)."""
+    cfg = json.loads(Path(config_json).read_text())
+    rope = cfg.get("rope_parameters") or {}
+    if "rope_theta" in rope:
+        cfg["rope_theta"] = float(rope["rope_theta"])
+    if rope.get("rope_type", "default") == "default":
+        cfg["rope_scaling"] = None
+    else:  # 4.x names the scaling parameters the same way, with the type under "rope_type"
+        cfg["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    if "dtype" in cfg and "torch_dtype" not in cfg:
+        cfg["torch_dtype"] = cfg["dtype"]
+    cfg["use_cache"] = True
+    Path(config_json).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return cfg
+
+
+        add_legacy_config_fields(tmp / "config.json")

@@ -45,8 +45,10 @@ class ModelConfig:
     # Embedding rows: "padded" rounds up to pad_multiple (32768 for 7B Expressive), "exact" = 32667.
     vocab_rows: Literal["padded", "exact"] = "padded"
     pad_multiple: int = 256
-    # New rows: "mean" = mean of existing rows + noise_std * N(0,1); "normal" = N(0, init_std).
-    new_rows_init: Literal["mean", "normal"] = "mean"
+    # New rows: "mean" = mean of existing rows + noise_std * N(0,1) (mean-resizing, Hewitt 2021);
+    # "hf_mean" = HF's resize_token_embeddings(mean_resizing=True); "normal" = N(0, init_std), the
+    # paper's "randomly initialised" (see spiritlm/train/model.py).
+    new_rows_init: Literal["mean", "hf_mean", "normal"] = "mean"
     noise_std: float = 0.01
     init_std: float = 0.02
     rope_theta: Optional[float] = None  # paper: 100000 (LLaMA-2 default 10000)
@@ -76,6 +78,10 @@ class DataConfig:
     add_bos: bool = True  # prepend BOS when a document lacks it
     bos_id: int = 1
     eos_id: int = -1  # append EOS to every document if >= 0 (the release adds BOS only)
+    # What the source weights share out: "tokens" (the paper: each kind a third of the tokens
+    # seen) or "documents" (a source drawn per document; token shares then follow document
+    # lengths). See MixtureStream in spiritlm/train/data.py.
+    mixture_unit: Literal["tokens", "documents"] = "tokens"
 
 
 @dataclass

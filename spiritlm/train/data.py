@@ -23,8 +23,9 @@ are read (``ALIGNED_AS``): interleaved afresh every epoch, or as speech-only / t
 
 Determinism: the order of a source in an epoch is a function of (seed, epoch, source name) only;
 rank ``r`` of ``w`` takes documents ``r, r + w, r + 2w ...`` of that order; which source the next
-document comes from is drawn from the mixture weights (default one third each, as in the paper)
-by a per-rank generator. ``MixtureStream.state_dict()`` captures all of it exactly.
+document comes from follows the mixture weights (default one third each, as in the paper) as
+shares of tokens (``data.mixture_unit = "tokens"``, the paper's unit: see ``MixtureStream``) or
+drawn per document (``"documents"``). ``MixtureStream.state_dict()`` captures all of it exactly.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Callable, Iterator, Mapping, Optional, Protocol, Sequence
 import numpy as np
 
 from spiritlm.config import ConfigError
-from spiritlm.vocab import VocabLayout
+from spiritlm.vocab import VocabLayout, describe_layout
 
 KINDS = ("speech", "interleaved", "text")
 # Row kinds of the data-prep shards that mix both modalities count as interleaved documents.
@@ -169,9 +170,11 @@ class SyntheticSource:
             return [L.text_id] + [int(min(start + i, self.text_vocab - 1)) for i in range(n)]
         hu = L.streams["hubert"]
         pi, st = L.streams["pitch"], L.streams["style"]
-        out = [L.speech_id, st.offset + int(rng.integers(st.size))]
+        out = [L.speech_id]
+        if st.size:  # the Base layout has no pitch/style tokens
+            out.append(st.offset + int(rng.integers(st.size)))
         for i in range(n):
-            if i % 3 == 0:
+            if i % 3 == 0 and pi.size:
                 out.append(pi.offset + int(rng.integers(pi.size)))
             out.append(hu.offset + int(rng.integers(hu.size)))
         return out
@@ -208,12 +211,46 @@ def check_meta(sources: Sequence, layout: VocabLayout, rows: int) -> None:
                 "set model.hubert_size/pitch_size/style_size to the data-prep layout"
             )
 
+        named = meta.get("vocab_layout")
+        if named:  # the data stage records its whole layout: the stream sizes must be the model's
+            got = {k: named.get(k) for k in ("hubert_size", "pitch_size", "style_size")}
+            want = {k: getattr(layout, k) for k in got}
+            if got != want:
+                raise ConfigError(
+                    f"data source {s.name}: shards were made with the vocabulary layout "
+                    f"hubert {got['hubert_size']} / pitch {got['pitch_size']} / style {got['style_size']}, "
+                    f"the model's is {describe_layout(layout)}; prepare the shards with the model's "
+                    f"tokenizer layout, or set model.hubert_size={got['hubert_size']} "
+                    f"model.pitch_size={got['pitch_size']} model.style_size={got['style_size']}"
+                )
+
+
+MIXTURE_UNITS = ("tokens", "documents")
 
 class MixtureStream:
-    """Endless per-rank document stream over weighted sources (an epoch per source wraps around)."""
+    """Endless per-rank document stream over weighted sources (an epoch per source wraps around).
+
+    ``unit`` says what the weights share out:
+
+    * ``"tokens"`` (default): each source gets its weight's share of the *tokens* read. The paper
+      (Spirit LM, Table 1 and section 3) gives each of its three data types a sampling proportion
+      of one third. Its training unit is the fixed 4096-token sequence (LLaMA-style packing per
+      data type), so one third of the sequences is one third of the tokens the model sees; with
+      its sizes (text 307B tokens, speech 28B, aligned 8B, ~100B tokens trained) only a token
+      share makes "seen about equally" true. Picking per document instead lets token shares follow
+      mean document length: long text documents would crowd out short utterances. The next
+      document comes from the source furthest below its token share (weight x tokens read -
+      its tokens), ties to the first: realised shares match the weights to within one document
+      at every point of the run. Which document of that source comes next stays the shuffled,
+      per-epoch order below.
+    * ``"documents"``: a source drawn per document from the weights (the older behaviour).
+    """
 
     def __init__(self, sources: Sequence, weights: Optional[Sequence[float]] = None, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, max_id: Optional[int] = None):
+                 rank: int = 0, world_size: int = 1, max_id: Optional[int] = None, unit: str = "tokens"):
+        if unit not in MIXTURE_UNITS:
+            raise ConfigError(f"data.mixture_unit={unit!r}: use one of {MIXTURE_UNITS} ('tokens' is the paper's)")
+        self.unit = unit
         if not sources:
             raise ConfigError("no data sources: add [[data.sources]] entries to the recipe")
         self.sources = list(sources)
@@ -231,6 +268,7 @@ class MixtureStream:
         self._orders: dict[tuple[int, int], np.ndarray] = {}
         self.docs_read = 0
 
+        self.tokens_read = np.zeros(len(self.sources), dtype=np.int64)  # per source, this rank
     def _order(self, k: int, epoch: int) -> np.ndarray:
         key = (k, epoch)
         if key not in self._orders:
@@ -242,7 +280,14 @@ class MixtureStream:
         return self
 
     def __next__(self) -> dict:
-        k = int(self.rng.choice(len(self.sources), p=self.probs))
+    def _pick(self) -> int:
+        if self.unit == "documents":
+            return int(self.rng.choice(len(self.sources), p=self.probs))
+        deficit = self.probs * (self.tokens_read.sum() + 1) - self.tokens_read
+        deficit[self.probs == 0] = -np.inf
+        return int(np.argmax(deficit))
+
+        k = self._pick()
         src = self.sources[k]
         epoch, pos = self.cursor[k]
         g = pos * self.world + self.rank
@@ -260,10 +305,12 @@ class MixtureStream:
         doc["source"] = src.name
         self.docs_read += 1
         return doc
+        self.tokens_read[k] += ids.size
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "cursor": [list(c) for c in self.cursor],
-                "docs_read": self.docs_read, "seed": self.seed, "rank": self.rank, "world": self.world}
+                "docs_read": self.docs_read, "seed": self.seed, "rank": self.rank, "world": self.world,
+                "tokens_read": self.tokens_read.tolist(), "unit": self.unit}
 
     def load_state_dict(self, state: Mapping) -> None:
         if (state["seed"], state["world"]) != (self.seed, self.world):
@@ -272,9 +319,14 @@ class MixtureStream:
                 f"this run has seed={self.seed}, world size={self.world}: resume with the same settings"
             )
         self.rng.bit_generator.state = state["rng"]
+        if state.get("unit", "documents") != self.unit:
+            raise ConfigError(
+                f"checkpoint data position was saved with data.mixture_unit={state.get('unit', 'documents')!r}; "
+                f"this run has {self.unit!r}: resume with the same setting")
         self.cursor = [list(c) for c in state["cursor"]]
         self.docs_read = state["docs_read"]
 
+        self.tokens_read = np.asarray(state.get("tokens_read", [0] * len(self.sources)), dtype=np.int64)
 
 def make_sources(data_cfg, layout: VocabLayout, interleave_fns: Optional[Mapping[str, InterleaveFn]] = None,
                  text_vocab: int = 0):

@@ -4,14 +4,32 @@
 reference) or builds a tiny one, optionally raises RoPE θ (paper: 10k -> 100k), then
 ``add_speech_vocab`` resizes input embeddings and LM head so that the ids of
 ``spiritlm.vocab.VocabLayout`` exist ([Text] = base, [Speech] = base + 1, [Hu0] = base + 2, ...),
-either exactly (``layout.vocab_size``) or padded (``layout.padded_vocab_size``). New rows are the
-mean of the existing rows plus small Gaussian noise (default) or N(0, init_std). Under ZeRO-3
+either exactly (``layout.vocab_size``) or padded (``layout.padded_vocab_size``). Under ZeRO-3
 the resize runs inside ``deepspeed.zero.GatheredParameters`` so every rank sees full tensors.
+
+New rows (``model.new_rows_init``):
+
+* ``"mean"`` (default): the mean of the existing rows plus small isotropic noise. This is the
+  usual "mean-resizing" of new vocabulary (Hewitt 2021, "Initializing New Word Embeddings for
+  Pretrained Language Models"; HF transformers' ``resize_token_embeddings(mean_resizing=True)``):
+  a new row starting at the mean keeps the first steps' softmax close to the pretrained model's
+  (a random row of the wrong scale can dominate or vanish in the LM head), the noise makes the
+  rows distinct.
+* ``"hf_mean"``: HF's own mean-resizing, N(mean, 1e-5 * covariance of the old rows).
+* ``"normal"``: N(0, init_std) -- the paper's choice as we read it ("new embeddings randomly
+  initialised", REFERENCE.md; the paper gives no distribution, 0.02 is LLaMA's init std). We
+  could not re-read the paper's full text here, so the default stays the standard mean-resizing.
+
+Released checkpoints: a Spirit LM checkpoint keeps its rows; its layout (from
+``spiritlm_vocab.json`` or the added tokens of its tokenizer: Base = ``[Hu*]`` only, 32512 rows;
+Expressive, 32768 rows) must be the one the config describes, else the run is refused with the
+settings to use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 
@@ -20,7 +38,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from spiritlm.config import ConfigError
 from spiritlm.train.config import ModelConfig, TinyModelConfig
-from spiritlm.vocab import VocabLayout
+from spiritlm.vocab import LayoutMismatchError, VocabLayout, describe_layout, expected_rows_text, rows_fit
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +135,49 @@ def check_vocab(current_rows: int, layout: VocabLayout, rows: int) -> str:
     """'extend' (add speech rows), 'keep' (already a Spirit LM model); raise on a mismatch."""
     if current_rows == layout.base_vocab_size:
         return "extend"
-    if current_rows in (rows, layout.vocab_size) or current_rows >= layout.vocab_size:
+    if current_rows == rows or rows_fit(layout, current_rows):
         return "keep"
     raise ConfigError(
         f"the checkpoint has {current_rows} embedding rows but the text tokenizer has "
-        f"{layout.base_vocab_size} pieces and the speech layout needs {layout.vocab_size} ids; use "
-        f"the tokenizer.model that came with the checkpoint (model.tokenizer) or a base LLaMA "
-        f"checkpoint with {layout.base_vocab_size} rows"
+        f"{layout.base_vocab_size} pieces and the configured speech layout is {describe_layout(layout)}: "
+        f"expected {expected_rows_text(layout.base_vocab_size)}. Use the tokenizer.model that came with "
+        f"the checkpoint (model.tokenizer), set model.hubert_size/pitch_size/style_size to the "
+        f"checkpoint's layout (Base: model.pitch_size=0 model.style_size=0), or start from a base "
+        f"LLaMA checkpoint with {layout.base_vocab_size} rows"
+    )
+
+
+def checkpoint_layout(cfg: ModelConfig) -> VocabLayout | None:
+    """The speech layout a Spirit LM checkpoint directory declares (our ``spiritlm_vocab.json``, or
+    the added tokens of a released checkpoint's tokenizer files); None for a text-only one."""
+    if not cfg.checkpoint:
+        return None
+    from spiritlm.text_tokenizer import LAYOUT_FILE, SP_FILE, layout_of_hf_dir
+
+    d = Path(cfg.checkpoint)
+    f = d / LAYOUT_FILE
+    if f.is_file():
+        return VocabLayout(**json.loads(f.read_text())["layout"])
+    if not (d / SP_FILE).is_file():
+        return None
+    try:
+        return layout_of_hf_dir(d)
+    except LayoutMismatchError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_checkpoint_layout(cfg: ModelConfig, layout: VocabLayout) -> None:
+    """A Spirit LM checkpoint continues only with its own layout (the ids its rows were trained at)."""
+    found = checkpoint_layout(cfg)
+    if found is None or found == layout:
+        return
+    fix = (f"--set model.hubert_size={found.hubert_size} model.pitch_size={found.pitch_size} "
+           f"model.style_size={found.style_size}")
+    if found.base_vocab_size != layout.base_vocab_size:
+        fix = f"use the checkpoint's own tokenizer (leave model.tokenizer empty), and {fix}"
+    raise ConfigError(
+        f"model.checkpoint={cfg.checkpoint} is a Spirit LM {describe_layout(found)} checkpoint, but the "
+        f"run is configured for {describe_layout(layout)}; continue it with its own layout: {fix}"
     )
 
 
@@ -132,6 +186,7 @@ def plan_model(cfg: ModelConfig) -> tuple[LlamaConfig, VocabLayout, int]:
     trainer checks seq_len and shard metadata against these before loading anything big."""
     config = load_base_config(cfg)
     layout = layout_for(cfg, base_vocab_size_of(cfg, config))
+    check_checkpoint_layout(cfg, layout)
     rows = target_rows(cfg, layout)
     if check_vocab(config.vocab_size, layout, rows) == "keep":
         rows = config.vocab_size
@@ -147,6 +202,7 @@ def build_model(cfg: ModelConfig, ds_config: dict | None = None, dtype=torch.flo
     """
     config = load_base_config(cfg)
     layout = layout_for(cfg, base_vocab_size_of(cfg, config))
+    check_checkpoint_layout(cfg, layout)
     config._attn_implementation = cfg.attn_implementation
     zero3 = bool(ds_config) and int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3
     keepalive = None
@@ -197,7 +253,14 @@ def add_speech_vocab(model: LlamaForCausalLM, layout: VocabLayout, cfg: ModelCon
         log.info("checkpoint already has %d rows (>= %d speech-text ids); kept", current, layout.vocab_size)
         return current
     # resize_token_embeddings gathers ZeRO-3 parameters itself when deepspeed is active
-    model.resize_token_embeddings(rows, mean_resizing=False)
+    hf_mean = cfg.new_rows_init == "hf_mean"
+    if hf_mean:
+        torch.manual_seed(seed)  # HF samples the new rows from torch's global generator
+    model.resize_token_embeddings(rows, mean_resizing=hf_mean)
+    if hf_mean:
+        model.config.vocab_size = rows
+        log.info("speech vocabulary added: %d -> %d rows (HF mean-resizing)", current, rows)
+        return rows
     emb = model.get_input_embeddings()
     head = model.get_output_embeddings()
     params = [emb.weight] + ([head.weight] if head is not None else [])
