@@ -255,7 +255,38 @@ def test_pocketsphinx_unalignable_characters(tmp_path):
     pytest.importorskip("pocketsphinx")
     import soundfile as sf
 
-    sf.write(tmp_path / "s.wav", np.zeros(16000, np.float32), 16000)
+    noise = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.05
+    sf.write(tmp_path / "s.wav", noise, 16000)
     u = Utterance("x", "s.wav", 1.0, 16000, "the 日本 cat", "s")
     out, rep = align_utterances([u], tmp_path, PocketsphinxAligner())
     assert rep["failed_reasons"] == {"unalignable_characters": 1} and out[0].words == []
+    # CJK are letters: the message says the aligner's alphabet does not cover them
+    assert "alphabet" in rep["failures"][0]["message"] and "no letter" not in rep["failures"][0]["message"]
+    # all-zero audio is not aligned (nor kept as speech by prepare shards): a reason of its own
+    sf.write(tmp_path / "z.wav", np.zeros(16000, np.float32), 16000)
+    out, rep = align_utterances([Utterance("z", "z.wav", 1.0, 16000, "the cat", "s")], tmp_path,
+                                PocketsphinxAligner())
+    assert rep["failed_reasons"] == {"silent_audio": 1}
+    # NaN samples: the audio loader's message, as a reason, no numpy warning
+    x = noise.copy()
+    x[10] = np.nan
+    sf.write(tmp_path / "n.wav", x, 16000, subtype="FLOAT")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, rep = align_utterances([Utterance("n", "n.wav", 1.0, 16000, "the cat", "s")], tmp_path,
+                                    PocketsphinxAligner())
+    assert rep["failed_reasons"] == {"audio_unreadable": 1}
+    assert "NaN/inf samples" in rep["failures"][0]["message"]
+
+
+def test_accented_letters_are_transliterated():
+    from spiritlm.data.align import ascii_fold
+
+    assert ascii_fold("café") == "cafe" and ascii_fold("naïve Zoë") == "naive Zoe"
+    assert ascii_fold("日本") == "日本"  # other scripts stay (and are reported as not covered)
+    assert letter_to_sound("crème") == letter_to_sound("creme") != letter_to_sound("crme")
+    pytest.importorskip("pocketsphinx")
+    al = PocketsphinxAligner()
+    assert al._prepare_words(al._decoder(0), ["Café", "naïve"]) == ["cafe", "naive"]  # not "caf"

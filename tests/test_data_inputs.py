@@ -103,3 +103,14 @@ def test_decoded_length_is_checked_too():
     units = {"hubert": np.zeros(150, np.int64)}  # 6 s at 25 Hz
     assert _decoded_duration_mismatch(6.02, units, {"hubert": 25.0}) == ""
     assert "100.000 s" in _decoded_duration_mismatch(100.0, units, {"hubert": 25.0})
+
+
+def test_pnmi_without_phone_labels_is_not_available():
+    from spiritlm.tokenizer.demo import unit_metrics
+    from spiritlm.tokenizer.metrics import pnmi
+
+    units = np.array([0, 1, 2, 1, 0, 2])
+    assert pnmi(np.array(["sil"] * 6), units) is None  # what a corpus without phones gives
+    m = unit_metrics([units], [np.array(["sil"] * 6, dtype=object)], 1.0, 3)
+    assert m["pnmi"].startswith("not available")
+    assert pnmi(np.array(list("aabbcc")), units) is not None

@@ -36,6 +36,7 @@ import numpy as np
 
 from spiritlm.data.textgrid import read_ctm, read_textgrid, textgrid_words
 from spiritlm.manifest import Utterance, Word
+from spiritlm.tokenizer.audio import AudioError, is_silent
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,18 @@ _LTS = [  # longest match first; a deliberately small rule set (good enough to b
 ]
 
 
+def ascii_fold(word: str) -> str:
+    """Latin letters with diacritics -> their base letters ("café" -> "cafe", "naïve" ->
+    "naive"; NFKD splits off the accents), so that the English dictionary and letter-to-sound
+    rules see the word instead of dropping its letters. Other scripts are left as they are."""
+    import unicodedata
+
+    return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+
+
 def letter_to_sound(word: str) -> str:
     """A rough ARPABET pronunciation for a word missing from the dictionary ("" if none)."""
-    w = _CLEAN_RE.sub("", word.lower()).replace("'", "")
+    w = _CLEAN_RE.sub("", ascii_fold(word).lower()).replace("'", "")
     phones: list[str] = []
     i = 0
     while i < len(w):
@@ -134,6 +144,54 @@ def letter_to_sound(word: str) -> str:
         else:
             i += 1
     return " ".join(phones)
+
+
+# Confidence of a forced alignment. A forced aligner always "succeeds": given 8 words of a
+# 22-word recording, pocketsphinx stretched them over the audio and reported silence over 1.4 s
+# of speech, and the shards paired those words with the wrong speech. Measured on the real
+# LibriVox utterances (tests/test_real_speech.py): correct transcripts leave <= 0.03 s of speech
+# outside the words and at most 0.29 s per phone; transcripts missing 3-14 words leave 0.36-2.4 s
+# uncovered or stretch a word to 0.49-0.55 s per phone. (pocketsphinx's FSG alignment reports no
+# per-word acoustic score -- Segment.ascore is 0 there -- so these two measures stand in for it.)
+MAX_UNCOVERED_SPEECH_S = 0.25
+MAX_SECONDS_PER_PHONE = 0.4
+MIN_SUSPECT_WORD_S = 0.5  # short words are never "too long", whatever their phone count
+
+
+def speech_frames(audio: np.ndarray, rate: int = 16000, hop_s: float = 0.01) -> np.ndarray:
+    """Per 10-ms frame: loud enough to be speech, i.e. above the midpoint (in dB) between the
+    recording's noise floor (10th percentile of frame energy) and its speech level (95th)."""
+    hop = int(rate * hop_s)
+    n = len(audio) // hop
+    if n == 0:
+        return np.zeros(0, bool)
+    e = 10 * np.log10(np.mean(audio[:n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1) + 1e-10)
+    floor, peak = np.percentile(e, 10), np.percentile(e, 95)
+    return e > floor + 0.5 * (peak - floor)
+
+
+def check_confidence(uid: str, audio: np.ndarray, words: list[Word], phones: list[int],
+                     rate: int = 16000) -> None:
+    """Raise :class:`AlignmentError` when an alignment looks forced onto the wrong speech:
+    ``alignment_uncovered_speech`` (speech outside every word: the transcript misses words) or
+    ``alignment_implausible_duration`` (a word held far longer than its phones take)."""
+    sp = speech_frames(audio, rate)
+    covered = np.zeros(len(sp), bool)
+    for w in words:
+        covered[max(0, int(round(w.start * 100))):max(0, int(round(w.end * 100)))] = True
+    uncovered = float((sp & ~covered).sum()) / 100
+    if uncovered > MAX_UNCOVERED_SPEECH_S:
+        raise AlignmentError(
+            "alignment_uncovered_speech",
+            f"{uid}: {uncovered:.2f} s of speech lie outside the aligned words: the transcript "
+            f"({len(words)} words) probably misses words of the recording; fix the transcript")
+    for w, n in zip(words, phones):
+        d = w.end - w.start
+        if d > MIN_SUSPECT_WORD_S and d / max(n, 1) > MAX_SECONDS_PER_PHONE:
+            raise AlignmentError(
+                "alignment_implausible_duration",
+                f"{uid}: {w.word!r} ({n} phones) would last {d:.2f} s: the transcript probably "
+                "does not match the recording; check it")
 
 
 class PocketsphinxAligner:
@@ -161,9 +219,13 @@ class PocketsphinxAligner:
     def _prepare_words(self, dec, words: list[str]) -> list[str]:
         out = []
         for w in words:
-            key = _CLEAN_RE.sub("", w.lower())
+            key = _CLEAN_RE.sub("", ascii_fold(w).lower())
             if not key.strip("'"):
-                raise AlignmentError("unalignable_characters", f"word {w!r} has no letter or digit")
+                raise AlignmentError(
+                    "unalignable_characters",
+                    f"word {w!r}: the pocketsphinx aligner's alphabet (English: letters a-z, digits) "
+                    "does not cover its characters; align this language with MFA and its model "
+                    "(--method mfa) or import alignments (--method textgrid/ctm/lhotse)")
             if dec.lookup_word(key) is None:
                 phones = self.oov_added.get(key) or letter_to_sound(key)
                 if not phones:
@@ -181,6 +243,9 @@ class PocketsphinxAligner:
         if not words:
             raise AlignmentError("empty_transcript", f"{utt.id}: nothing to align")
         audio = read_audio(audio_file, 16000)
+        if is_silent(audio):
+            raise AlignmentError("silent_audio", f"{audio_file}: digital silence, nothing to align; "
+                                                 "remove it from the manifest or replace the file")
         pad = np.zeros(int(self.pad_s * 16000), np.float32)
         x = np.concatenate([pad, audio, pad])
         rng = np.random.default_rng(record_key(utt.id))
@@ -205,6 +270,8 @@ class PocketsphinxAligner:
                 out.append(Word(label, s.start_frame / 100 - self.pad_s,
                                 (s.end_frame + 1) / 100 - self.pad_s))
             if [w.word for w in out] == keys:
+                phones = [len((dec.lookup_word(k) or "x x x").split()) for k in keys]
+                check_confidence(utt.id, audio, out, phones)
                 return _clip([Word(t, w.start, w.end) for t, w in zip(words, out)], duration)
         raise AlignmentError("alignment_failed", f"{utt.id}: pocketsphinx found no alignment")
 
@@ -309,6 +376,13 @@ def make_aligner(method: str, source=None, dictionary=None, acoustic_model=None)
     return {"textgrid": TextGridAligner, "ctm": CTMAligner, "lhotse": LhotseAligner}[method](source)
 
 
+def failure_reason(e: Exception) -> str:
+    """The short drop reason of an alignment failure (data_prep/README.md lists them all)."""
+    if isinstance(e, AlignmentError):
+        return e.reason
+    return "audio_unreadable" if isinstance(e, AudioError) else "alignment_failed"
+
+
 def align_utterances(utts: list[Utterance], manifest_dir, aligner, keep_failed: bool = True,
                      tolerance: float = 0.05) -> tuple[list[Utterance], dict]:
     """Align every utterance; failures keep ``words=[]`` (or are dropped), counted by reason."""
@@ -324,7 +398,7 @@ def align_utterances(utts: list[Utterance], manifest_dir, aligner, keep_failed: 
             check_words(u, words, tolerance)
             u = Utterance(**{**u.__dict__, "words": _clip(words, u.duration)})
         except (AlignmentError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", "alignment_failed")
+            reason = failure_reason(e)
             reasons[reason] = reasons.get(reason, 0) + 1
             failures.append({"id": u.id, "reason": reason, "message": str(e),
                              "action": "kept_without_words" if keep_failed else "dropped"})
@@ -368,7 +442,7 @@ def measure_aligner(utts: Iterable[Utterance], manifest_dir, aligner, limit: int
             got = aligner.align(ref, u.audio_file(manifest_dir))
             check_words(ref, got)
         except (AlignmentError, OSError, ValueError) as e:
-            r = getattr(e, "reason", "alignment_failed")
+            r = failure_reason(e)
             failed[r] = failed.get(r, 0) + 1
             continue
         for a, b in zip(got, u.words):

@@ -141,6 +141,32 @@ def _model_name(model_dir: Path) -> str:
     return parts[-1] if parts and model_dir.name == "hf" else model_dir.name
 
 
+IN_PROGRESS = "IN_PROGRESS"
+RESULT_FILES = ("results.json", "report.md", "items.jsonl", "chart.png", "config.yaml")
+
+
+def mark_in_progress(out: Path) -> None:
+    """Before a run writes anything into ``out``: an earlier run's results move to
+    ``out/previous/`` (kept, never mixed with this run's files) and an ``IN_PROGRESS`` marker
+    is written; the marker goes once this run's results are all written. A run killed midway
+    leaves the marker and no results.json, never an earlier run's results marked complete
+    beside this run's config."""
+    import os
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "results.json").is_file():
+        prev = out / "previous"
+        shutil.rmtree(prev, ignore_errors=True)
+        prev.mkdir()
+        for name in RESULT_FILES:
+            if (out / name).is_file():
+                os.replace(out / name, prev / name)
+    (out / IN_PROGRESS).write_text(
+        "an evaluation is writing into this folder, or was killed: its results are not here yet; "
+        "rerun `spiritlm eval` with this config.yaml. An earlier run's results are in previous/\n")
+
+
 def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict:
     """Run every configured task; write the report. ``model``/``tokenizer``/``encoder`` may be
     passed in (the demo does) instead of being loaded from ``cfg.model``/``cfg.speech_encoder``."""
@@ -152,7 +178,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
     root = Path(cfg.data_root)
     name = cfg.name or (_model_name(Path(cfg.model)) if cfg.model else "model")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    mark_in_progress(out)
     save_config(cfg, out / "config.yaml")
     if cfg.mini.build:
         from spiritlm.eval.mini import build_mini_benchmarks
@@ -292,6 +318,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
             md = paths["markdown"]
             md.write_text(f"**INCOMPLETE RUN -- failed with {error}; numbers below are partial.**\n\n"
                           + md.read_text())
+        (out / IN_PROGRESS).unlink(missing_ok=True)  # every result of this run is written
     log.info("eval report: %s", paths["markdown"])
     return {"paths": paths, "results": results, "timings": timings,
             "speech_files_encoded": extra["speech_files_encoded"]}

@@ -151,7 +151,9 @@ def unit_metrics(units_by_utt: list[np.ndarray], labels_by_utt: list[np.ndarray]
 
     u = np.concatenate(units_by_utt)
     lab = np.concatenate(labels_by_utt)
-    return {"pnmi": round(pnmi(lab, u), 4), "perplexity": round(perplexity(u, k), 1),
+    p = pnmi(lab, u)  # None: no phone labels in the corpus
+    return {"pnmi": round(p, 4) if p is not None else "not available (the corpus has no phone labels)",
+            "perplexity": round(perplexity(u, k), 1),
             **{k2: round(v, 2) for k2, v in bitrate(units_by_utt, seconds, k).items()}}
 
 

@@ -13,7 +13,10 @@ import numpy as np
 from spiritlm.vocab import dedup
 
 
-def pnmi(phones: np.ndarray, units: np.ndarray) -> float:
+def pnmi(phones: np.ndarray, units: np.ndarray) -> float | None:
+    """None when the labels carry no information -- a single label throughout, which is what a
+    corpus without phone labels gives (every frame "sil"): PNMI is not available there, and 0.0
+    would read as "units unrelated to phones"."""
     phones, units = np.asarray(phones), np.asarray(units)
     if phones.shape != units.shape or phones.size == 0:
         raise ValueError(f"phones and units must be equal-length non-empty arrays, got {phones.shape} {units.shape}")
@@ -26,7 +29,7 @@ def pnmi(phones: np.ndarray, units: np.ndarray) -> float:
     nz = joint > 0
     mi = float((joint[nz] * np.log(joint[nz] / (pp @ pu)[nz])).sum())
     h = float(-(pp[pp > 0] * np.log(pp[pp > 0])).sum())
-    return mi / h if h > 0 else 0.0
+    return mi / h if h > 0 else None
 
 
 def frame_labels(phones: Sequence[dict], n_frames: int, frame_rate: float, sil: str = "sil") -> np.ndarray:

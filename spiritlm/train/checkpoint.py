@@ -135,21 +135,77 @@ def _write_latest(ckpt_dir: Path, tag: str) -> None:
     os.replace(tmp, ckpt_dir / "latest")
 
 
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """Tags of the finished checkpoints (renamed into place, with trainer_state.json), oldest first."""
+    return sorted(p.parent.name for p in Path(ckpt_dir).glob("step_*/trainer_state.json"))
+
+
 def latest_tag(ckpt_dir: Path) -> str | None:
+    """The checkpoint to resume from: the one ``latest`` names, or -- when that one is missing
+    or incomplete (deleted by hand, or a copy that lost it) -- the newest complete one, with a
+    warning. None when there is no complete checkpoint and no ``latest``."""
+    import logging
+
+    from spiritlm.config import ConfigError
+
     p = Path(ckpt_dir) / "latest"
-    if not p.is_file():
+    tags = complete_tags(ckpt_dir)
+    tag = p.read_text().strip() if p.is_file() else None
+    if tag is not None and tag in tags:
+        return tag
+    if tags:
+        if tag is not None:
+            logging.getLogger(__name__).warning(
+                "%s points to %s, which is missing or incomplete; resuming from %s, the newest "
+                "complete checkpoint", p, tag, tags[-1])
+        return tags[-1]
+    if tag is None:
         return None
-    tag = p.read_text().strip()
-    if not (Path(ckpt_dir) / tag / "trainer_state.json").is_file():
-        raise RuntimeError(f"{p} points to {tag}, which is incomplete; remove {p} to start over")
-    return tag
+    raise ConfigError(f"{p} points to {tag}, which is missing or incomplete, and no other checkpoint "
+                      f"in {ckpt_dir} is complete: remove {p} to start over, or set "
+                      "checkpoint.resume=false")
+
+
+def _model_differences(ckpt_dir: Path, tag: str) -> str:
+    """``model.*`` settings of the checkpoint's saved config that differ from this run's (the
+    trainer writes this run's config.yaml into the run folder before resuming)."""
+    import yaml
+
+    try:
+        old = yaml.safe_load((ckpt_dir / tag / "config.yaml").read_text()).get("model", {})
+        new = yaml.safe_load((ckpt_dir.parent / "config.yaml").read_text()).get("model", {})
+    except (OSError, AttributeError, yaml.YAMLError):
+        return ""
+
+    def flat(d, pre="model."):
+        out = {}
+        for k, v in (d or {}).items():
+            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
+        return out
+
+    a, b = flat(old), flat(new)
+    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+    return "; ".join(diff[:4])
 
 
 def load_checkpoint(engine, ckpt_dir: Path, tag: str) -> tuple[dict, dict]:
     """Restore engine state (model, optimizer, scheduler); returns (trainer_state, this rank's state)."""
+    from spiritlm.config import ConfigError
+
     ckpt_dir = Path(ckpt_dir)
-    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
-                                     load_lr_scheduler_states=True)
+    try:
+        path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                         load_lr_scheduler_states=True)
+    except RuntimeError as e:
+        if "loading state_dict" not in str(e) and "size mismatch" not in str(e):
+            raise
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        what = _model_differences(ckpt_dir, tag) or (lines[1] if len(lines) > 1 else lines[0])
+        raise ConfigError(
+            f"{ckpt_dir / tag} holds a model of another shape ({what}): use a new run_dir for this "
+            "model, the model settings of that run to resume it, or --set checkpoint.resume=false "
+            "to start over in this folder") from None
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load {ckpt_dir / tag}")
     trainer_state = json.loads((ckpt_dir / tag / "trainer_state.json").read_text())
@@ -160,29 +216,6 @@ def load_checkpoint(engine, ckpt_dir: Path, tag: str) -> tuple[dict, dict]:
     return trainer_state, rank_state
 
 
-def export_hf(engine, model, out_dir: Path, tokenizer_dir: str | None, layout, zero_stage: int,
-              extra_files: dict[str, str] | None = None) -> Path:
-    """``save_pretrained`` (safetensors) + tokenizer with the added tokens. Every rank calls it."""
-    out_dir = Path(out_dir)
-    if zero_stage == 3:
-        state = engine._zero3_consolidated_16bit_state_dict()  # gathered on rank 0
-    else:
-        state = model.state_dict() if _rank() == 0 else None
-    if _rank() == 0:
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        if tokenizer_dir:
-            from spiritlm.text_tokenizer import SpiritTokenizer
-
-            SpiritTokenizer.from_pretrained(tokenizer_dir, layout=layout).save_pretrained(tmp)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(tmp, out_dir)
-    _barrier()
-    return out_dir
 def add_legacy_config_fields(config_json: Path) -> dict:
     """Write the config fields that transformers 4.x (the release's environment) reads, beside
     transformers 5's: 4.x reads RoPE θ from the top-level ``rope_theta`` (5.x moved it into
@@ -204,4 +237,27 @@ def add_legacy_config_fields(config_json: Path) -> dict:
     return cfg
 
 
+def export_hf(engine, model, out_dir: Path, tokenizer_dir: str | None, layout, zero_stage: int,
+              extra_files: dict[str, str] | None = None) -> Path:
+    """``save_pretrained`` (safetensors) + tokenizer with the added tokens. Every rank calls it."""
+    out_dir = Path(out_dir)
+    if zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()  # gathered on rank 0
+    else:
+        state = model.state_dict() if _rank() == 0 else None
+    if _rank() == 0:
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         add_legacy_config_fields(tmp / "config.json")
+        if tokenizer_dir:
+            from spiritlm.text_tokenizer import SpiritTokenizer
+
+            SpiritTokenizer.from_pretrained(tokenizer_dir, layout=layout).save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+    _barrier()
+    return out_dir

@@ -81,12 +81,13 @@ class ParquetSource:
         self.name = name or self.path.name
         self.kind = kind
         self.interleave_fn = interleave_fn
-        if not self.path.is_dir():
-            raise ConfigError(f"data source {self.name}: {self.path} is not a directory of Parquet shards")
         from spiritlm.data.reader import verified_shard_files
 
-        # the data stage's shards: every one listed in its index.json, present and intact
+        # the data stage's shards: every one listed in its index.json, present and intact (a
+        # kind folder not written yet by an unfinished run is refused there, saying what to rerun)
         self.files = verified_shard_files(self.path)
+        if not self.path.is_dir():
+            raise ConfigError(f"data source {self.name}: {self.path} is not a directory of Parquet shards")
         if not self.files:
             raise ConfigError(f"data source {self.name}: no *.parquet files in {self.path}")
         self.rows = [pq.ParquetFile(f).metadata.num_rows for f in self.files]
@@ -210,7 +211,6 @@ def check_meta(sources: Sequence, layout: VocabLayout, rows: int) -> None:
                 f"data source {s.name}: shards use {vs} ids but the model has {rows} embedding rows; "
                 "set model.hubert_size/pitch_size/style_size to the data-prep layout"
             )
-
         named = meta.get("vocab_layout")
         if named:  # the data stage records its whole layout: the stream sizes must be the model's
             got = {k: named.get(k) for k in ("hubert_size", "pitch_size", "style_size")}
@@ -226,6 +226,7 @@ def check_meta(sources: Sequence, layout: VocabLayout, rows: int) -> None:
 
 
 MIXTURE_UNITS = ("tokens", "documents")
+
 
 class MixtureStream:
     """Endless per-rank document stream over weighted sources (an epoch per source wraps around).
@@ -267,8 +268,8 @@ class MixtureStream:
         self.cursor = [[0, 0] for _ in self.sources]  # per source: (epoch, local position)
         self._orders: dict[tuple[int, int], np.ndarray] = {}
         self.docs_read = 0
-
         self.tokens_read = np.zeros(len(self.sources), dtype=np.int64)  # per source, this rank
+
     def _order(self, k: int, epoch: int) -> np.ndarray:
         key = (k, epoch)
         if key not in self._orders:
@@ -279,7 +280,6 @@ class MixtureStream:
     def __iter__(self) -> Iterator[dict]:
         return self
 
-    def __next__(self) -> dict:
     def _pick(self) -> int:
         if self.unit == "documents":
             return int(self.rng.choice(len(self.sources), p=self.probs))
@@ -287,6 +287,7 @@ class MixtureStream:
         deficit[self.probs == 0] = -np.inf
         return int(np.argmax(deficit))
 
+    def __next__(self) -> dict:
         k = self._pick()
         src = self.sources[k]
         epoch, pos = self.cursor[k]
@@ -304,8 +305,8 @@ class MixtureStream:
             )
         doc["source"] = src.name
         self.docs_read += 1
-        return doc
         self.tokens_read[k] += ids.size
+        return doc
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "cursor": [list(c) for c in self.cursor],
@@ -318,15 +319,15 @@ class MixtureStream:
                 f"checkpoint data position was saved with seed={state['seed']}, world size={state['world']}; "
                 f"this run has seed={self.seed}, world size={self.world}: resume with the same settings"
             )
-        self.rng.bit_generator.state = state["rng"]
         if state.get("unit", "documents") != self.unit:
             raise ConfigError(
                 f"checkpoint data position was saved with data.mixture_unit={state.get('unit', 'documents')!r}; "
                 f"this run has {self.unit!r}: resume with the same setting")
+        self.rng.bit_generator.state = state["rng"]
         self.cursor = [list(c) for c in state["cursor"]]
         self.docs_read = state["docs_read"]
-
         self.tokens_read = np.asarray(state.get("tokens_read", [0] * len(self.sources)), dtype=np.int64)
+
 
 def make_sources(data_cfg, layout: VocabLayout, interleave_fns: Optional[Mapping[str, InterleaveFn]] = None,
                  text_vocab: int = 0):
