@@ -76,6 +76,16 @@ class InterleaveConfig:
     text_span: SpanDist = field(default_factory=lambda: SpanDist("uniform", 10, 30))
     speech_span: SpanDist = field(default_factory=lambda: SpanDist("uniform", 5, 15))
     start: Literal["random", "text", "speech"] = "random"
+    # "words": word-level interleaving (above). "pairs": the paper's ablation with speech-text
+    # pairs instead -- each record whole as ASR (``[Speech] units [Text] transcript``) or TTS
+    # (``[Text] transcript [Speech] units``), the direction drawn per (record, seed, epoch), ASR
+    # with probability ``asr_fraction``; spans and ``start`` are then unused.
+    mode: Literal["words", "pairs"] = "words"
+    asr_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.asr_fraction <= 1.0:
+            raise ValueError(f"interleave.asr_fraction={self.asr_fraction}: must lie in [0, 1]")
 
 
 def record_key(record_id: str) -> int:
@@ -203,11 +213,29 @@ class Interleaver:
     def batch(self, recs: list[AlignedRecord], seed: int = 0, epoch: int = 0):
         """Interleave many records at once -> (flat int32 ids, offsets); record ``i`` is
         ``flat[offsets[i]:offsets[i+1]]``. Same ids as calling the interleaver per record."""
+        if self.cfg.mode == "pairs":
+            rows = [self.pair(r, seed, epoch) for r in recs]
+            lens = np.fromiter((len(x) for x in rows), np.int64, len(rows))
+            flat = np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, np.int32)
+            return flat, np.concatenate(([0], np.cumsum(lens)))
         spans = [self.spans(r, seed, epoch) for r in recs]
         return interleave_batch(recs, spans, self)
 
     def reference(self, rec: AlignedRecord, seed: int = 0, epoch: int = 0) -> np.ndarray:
+        if self.cfg.mode == "pairs":
+            return self.pair(rec, seed, epoch)
         return interleave_reference(rec, *self.spans(rec, seed, epoch), self)
+
+    def pair_direction(self, rec: AlignedRecord, seed: int, epoch: int) -> str:
+        """"asr" or "tts" for this (record, seed, epoch) in pair mode."""
+        return "asr" if RecordRng(rec.id, seed, epoch).uniform() < self.cfg.asr_fraction else "tts"
+
+    def pair(self, rec: AlignedRecord, seed: int = 0, epoch: int = 0) -> np.ndarray:
+        """Pair mode: the whole record as an ASR or a TTS pair (``spiritlm.data.records``'s rows)."""
+        from spiritlm.data.records import asr_ids, tts_ids
+
+        form = asr_ids if self.pair_direction(rec, seed, epoch) == "asr" else tts_ids
+        return form(rec, "pitch" in self.streams, "style" in self.streams, self.layout)
 
 
 def _first_frame_at(cuts: np.ndarray, rate: float) -> np.ndarray:
