@@ -56,6 +56,12 @@ def guess_peak_flops() -> float:
     return 0.0
 
 
+def mixture_record(names, token_counts) -> dict:
+    """``{"mix/<source>": share of the tokens}``: the realised mixture (rounded to 1e-4)."""
+    total = sum(token_counts)
+    return {f"mix/{n}": round(c / total, 4) for n, c in zip(names, token_counts)} if total else {}
+
+
 class RunLog:
     """Rank-0 sinks: ``metrics.jsonl``, TensorBoard (optional), PNG plots at the end."""
 
@@ -87,6 +93,17 @@ class RunLog:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and v == v:
                     self.tb.add_scalar(k, v, record["step"])
+
+    def write_summary(self, updates: dict) -> None:
+        """Merge ``updates`` into ``summary.json`` (the run's final numbers, for reports)."""
+        if not self.enabled:
+            return
+        f = self.run_dir / "summary.json"
+        summary = json.loads(f.read_text()) if f.is_file() else {}
+        summary.update(updates)
+        tmp = f.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(f)
 
     def close(self) -> None:
         if self.tb is not None:

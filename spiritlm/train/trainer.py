@@ -31,9 +31,10 @@ from spiritlm.train import checkpoint as ckpt
 from spiritlm.train.config import TrainConfig, grad_accum_steps, validate_config
 from spiritlm.train.data import InterleaveFn, MixtureStream, check_meta, make_sources
 from spiritlm.train.engine import deepspeed_config, init_distributed, lr_lambda, setup_process
-from spiritlm.train.metrics import TYPES, RunLog, guess_peak_flops, model_flops_per_token, plot_curves, token_losses
+from spiritlm.train.metrics import (TYPES, RunLog, guess_peak_flops, mixture_record, model_flops_per_token, plot_curves,
+                                    token_losses)
 from spiritlm.train.model import build_model, plan_model
-from spiritlm.train.packing import Packer, block_mask_B1TT
+from spiritlm.train.packing import Packer, isolation_plan, packed_inputs
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class Trainer:
         # ---- data: mixture stream (this rank's share) -> packed rows -----------------------
         if self.spec.name == "unit_lm":
             self.stream = MixtureStream(sources, weights, seed=cfg.seed, rank=self.rank,
-                                        world_size=self.world, max_id=self.rows)
+                                        world_size=self.world, max_id=self.rows, unit=cfg.data.mixture_unit)
             self.packer = Packer(self.stream, cfg.data.seq_len, cfg.data.bos_id if cfg.data.add_bos else -1,
                                  cfg.data.eos_id)
         else:  # one resumable batch maker is both stream and packer
@@ -122,6 +123,9 @@ class Trainer:
 
     def _plan_unit_data(self, cfg, sources, weights, interleave_fns):
         """The unit LM's checks before any weight is loaded, and its document sources."""
+        # how packed documents are kept apart on this attention backend (refused if it cannot be)
+        self.isolation = isolation_plan(cfg.model.attn_implementation, cfg.model.packed_attention,
+                                        "cuda" if torch.cuda.is_available() else "cpu")
         mc, self.layout, self.rows = plan_model(cfg.model)
         if cfg.data.seq_len > mc.max_position_embeddings:
             raise ConfigError(
@@ -177,15 +181,20 @@ class Trainer:
     def forward_loss(self, batch: Mapping[str, torch.Tensor]):
         if self.spec.loss is not None:  # another model family computes its own loss
             return self.spec.loss(self.engine, batch, self.device)
-        input_ids_BT = batch["input_ids_BT"].to(self.device)
-        position_ids_BT = batch["position_ids_BT"].to(self.device)
-        mask = None
-        if self.cfg.model.packed_attention == "block_mask":
-            dtype = torch.bfloat16 if self.cfg.deepspeed.precision == "bf16" else torch.float32
-            mask = block_mask_B1TT(position_ids_BT, dtype)
-        out = self.engine(input_ids=input_ids_BT, position_ids=position_ids_BT, attention_mask=mask,
-                          use_cache=False)
+        dtype = torch.bfloat16 if self.cfg.deepspeed.precision == "bf16" else torch.float32
+        inputs = packed_inputs(batch, self.isolation, self.device, dtype)  # flash: one varlen row
+        out = self.engine(**inputs, use_cache=False)
         return token_losses(out.logits, batch["targets_BT"].to(self.device), self.layout)
+
+    def mixture(self) -> dict:
+        """Realised token share of each source over the run so far, all ranks (``mix/<source>``)."""
+        if self.spec.name != "unit_lm":
+            return {}
+        names = [s.name for s in self.stream.sources]
+        counts = torch.tensor([float(self.packer.tokens_by_source.get(n, 0)) for n in names],
+                              dtype=torch.float64, device=self.device)
+        dist.all_reduce(counts)
+        return mixture_record(names, counts.tolist())
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         flag = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0], device=self.device)
@@ -254,6 +263,7 @@ class Trainer:
                 if self.peak_flops:
                     rec["mfu"] = rec["tokens_per_s"] * self.flops_per_token / (self.peak_flops * self.world)
                 rec["tokens_seen"] = self.tokens_seen
+                rec.update(self.mixture())
                 t_last, tok_last = now, 0
                 shown_tok_s = rec["tokens_per_s"]
                 self.runlog.log(rec)
@@ -271,6 +281,9 @@ class Trainer:
             bar.close()
         if ckpt.latest_tag(self.ckpt_dir) != ckpt.tag_of(self.step):
             self.save()
+        self.runlog.write_summary({"step": self.step, "tokens_seen": self.tokens_seen,
+                                   "attention_isolation": getattr(self, "isolation", None),
+                                   "mixture_unit": cfg.data.mixture_unit, "mixture_tokens": self.mixture()})
         if self.step >= cfg.steps:
             if cfg.checkpoint.export_hf:
                 self.export(self.run_dir / "hf")
