@@ -106,3 +106,44 @@ def test_eval_suite_needs_the_tokenizer(tmp_path):
 
     with pytest.raises(ConfigError, match="eval_every"):
         validate_config(tiny_config(str(tmp_path / "b"), ["eval_every=-1"]))
+
+
+def _two_rank_worker(rank: int, world: int, port: int, out_dir: str, tok: str, suite: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from spiritlm.train.trainer import Trainer
+
+    res = {}
+    for stage in (2, 3):  # ZeRO-2: rank 0 runs the suite alone; ZeRO-3: every rank, collectively
+        t = Trainer(tiny_config(os.path.join(out_dir, f"z{stage}"), [
+            "steps=2", f"deepspeed.zero_stage={stage}", "micro_batch_size=2", "global_batch_size=4",
+            f"model.tokenizer={tok}", "model.tiny.base_vocab_size=300", "eval_every=1",
+            f"eval.suite={suite}", "eval.heldout_docs=6"]))
+        t.fit()
+        res[stage] = [r["loss"] for r in t.history]
+    if rank == 0:
+        Path(out_dir, "losses.json").write_text(json.dumps(res))
+
+
+@pytest.mark.slow
+def test_two_ranks_zero2_and_zero3_evaluate_without_hanging(tmp_path):
+    """Two gloo processes: no rank waits forever in a collective, the eval rows are those of one
+    model (ZeRO-2 and ZeRO-3 train the same fp32 weights here, so their numbers agree)."""
+    import torch.multiprocessing as mp
+
+    from spiritlm.train.engine import free_port
+    from spiritlm.train.metrics import read_metrics
+
+    tok = _tokenizer(tmp_path / "tok")
+    suite = _light_suite(tmp_path / "bench")
+    mp.spawn(_two_rank_worker, args=(2, free_port(), str(tmp_path), str(tok), str(suite)), nprocs=2, join=True)
+    losses = json.loads((tmp_path / "losses.json").read_text())
+    assert losses["2"] == pytest.approx(losses["3"], abs=1e-4)
+    ev = {s: [r for r in read_metrics(tmp_path / f"z{s}") if "eval/loss" in r] for s in (2, 3)}
+    assert [r["step"] for r in ev[2]] == [r["step"] for r in ev[3]] == [1, 2]
+    for a, b in zip(ev[2], ev[3]):
+        assert a["eval/loss"] == pytest.approx(b["eval/loss"], abs=1e-4)
+        assert a["eval/swuggy/S"] == b["eval/swuggy/S"] and a["eval/topic_storycloze/T2S"] == b["eval/topic_storycloze/T2S"]
