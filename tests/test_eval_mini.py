@@ -119,3 +119,18 @@ def test_a_draw_excludes_the_texts_of_other_draws(mini, tmp_path):
     for kind in ("storycloze", "topic_storycloze"):
         contexts = [{str(it["context"]) for it in read_text_items(m[f"{kind}_text"])} for m in (mini, other)]
         assert len(contexts[1]) == 2 and not contexts[0] & contexts[1]
+
+
+def test_ending_length_balance_measures_both_endings(mini):
+    import soundfile as sf
+
+    from spiritlm.eval.mini import ending_length_balance
+
+    root = mini["root"] / "topic_storycloze"
+    got = ending_length_balance(root)
+    items = read_text_items(mini["topic_storycloze_text"])
+    assert got["n"] == len(items) == 2
+    assert got["words"]["correct_mean"] == sum(len(it["correct"].split()) for it in items) / 2
+    secs = [sf.info(str(root / "cross" / f"{k}_incorrect.wav")).duration for k in range(2)]
+    assert got["seconds"]["incorrect_mean"] == sum(secs) / 2
+    assert 0 <= got["seconds"]["shorter_is_right"] <= 1 and 0 < got["seconds"]["p"] <= 1

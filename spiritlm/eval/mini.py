@@ -280,3 +280,39 @@ def build_mini_benchmarks(out_dir: str | Path, seed: int = 0, sizes: dict | None
         shutil.rmtree(out)
     tmp.rename(out)
     return mini_paths(out)
+
+
+def ending_length_balance(task_root: str | Path) -> dict:
+    """Do the correct and incorrect endings of a (Topic-)StoryCloze draw differ in length?
+
+    Reads ``text.csv`` and ``cross/<k>_{correct,incorrect}.wav`` under ``task_root`` and returns
+    the mean length of each in words and seconds, and the accuracy (with an exact two-sided p vs
+    50%) of two scorers that see only length: "the shorter ending is right", in words and in
+    seconds. A length confound would show as one of them far from 50%; the grammar draws the
+    incorrect ending (another topic's ending, same arc) from the same distribution as the correct
+    one, so none is expected."""
+    import soundfile as sf
+
+    from spiritlm.eval.report import mcnemar_exact
+
+    root = Path(task_root)
+    with open(root / "text.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    words, secs = [], []
+    for k, r in enumerate(rows):
+        e1, e2 = r["RandomFifthSentenceQuiz1"], r["RandomFifthSentenceQuiz2"]
+        good, bad = (e1, e2) if r["AnswerRightEnding"] == "1" else (e2, e1)
+        words.append((len(good.split()), len(bad.split())))
+        secs.append(tuple(sf.info(str(root / "cross" / f"{k}_{part}.wav")).duration
+                          for part in ("correct", "incorrect")))
+    out: dict = {"n": len(rows)}
+    for name, pairs in (("words", np.array(words, float)), ("seconds", np.array(secs, float))):
+        if not len(pairs):
+            continue
+        shorter_right = int(np.count_nonzero(pairs[:, 0] < pairs[:, 1]))
+        longer_right = int(np.count_nonzero(pairs[:, 0] > pairs[:, 1]))
+        ties = len(pairs) - shorter_right - longer_right
+        out[name] = {"correct_mean": float(pairs[:, 0].mean()), "incorrect_mean": float(pairs[:, 1].mean()),
+                     "shorter_is_right": (shorter_right + 0.5 * ties) / len(pairs),
+                     "p": mcnemar_exact(shorter_right, longer_right)}
+    return out
