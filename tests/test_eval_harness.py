@@ -90,6 +90,33 @@ def test_harness_acc_equals_our_scorer(tmp_path, offline):
         float(max(range(4), key=lls.__getitem__) == t) for lls, t in zip(ours, targets)]
 
 
+def test_harness_on_a_release_layout_directory(tmp_path, offline):
+    """The released checkpoints' layout: pytorch_model.bin (not safetensors), the speech tokens
+    only as added tokens of the HF tokenizer (no spiritlm_vocab.json). The harness loads it with
+    its own `hf` model and gives the numbers it gives on our export of the same weights."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from spiritlm.eval.harness import HarnessConfig, run_harness
+    from spiritlm.eval.testing import make_tiny_model_dir
+
+    ours = make_tiny_model_dir(tmp_path / "model")
+    rel = tmp_path / "release"
+    shutil.copytree(ours, rel)
+    (rel / "spiritlm_vocab.json").unlink()
+    torch = pytest.importorskip("torch")
+    torch.save(load_file(rel / "model.safetensors"), rel / "pytorch_model.bin")
+    (rel / "model.safetensors").unlink()
+    tasks = write_local_task(tmp_path)
+    cfg = HarnessConfig(include_path=str(tasks), builtin_tasks=False, batch_size=4)
+    a = run_harness(["tiny_mmlu"], cfg, ours)["tiny_mmlu"]
+    b = run_harness(["tiny_mmlu"], cfg, rel)["tiny_mmlu"]
+    assert a["acc"] == b["acc"]
+    for x, y in zip(sorted(a["items"], key=lambda i: i["id"]), sorted(b["items"], key=lambda i: i["id"])):
+        assert x["logliks"] == pytest.approx(y["logliks"], abs=1e-5)
+
+
 def test_harness_errors_say_what_to_set(tmp_path, offline):
     from spiritlm.eval.harness import HarnessConfig, HarnessError, run_harness
 
