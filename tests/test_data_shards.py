@@ -135,7 +135,7 @@ def test_all_speech_dropped_fails_after_writing_the_report(corpus, tmp_path):
     cfg = load_config(PrepareConfig, None, [
         f"output_dir={out}", f"text_tokenizer={corpus['tokenizer']}", "progress=false",
         f"inputs.manifests=[{tmp_path / 'm.jsonl'}]"])
-    with pytest.raises(RuntimeError, match="every speech item was dropped.*audio file not found"):
+    with pytest.raises(ValueError, match="every speech item was dropped.*audio file not found"):
         prepare_shards(cfg)
     rep = json.loads((out / "report.json").read_text())  # nothing lost: report and drop log exist
     assert rep["dropped"] == {"audio_missing": len(utts)}

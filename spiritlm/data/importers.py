@@ -44,20 +44,19 @@ class ImportReport:
 
 
 def _audio_info(path: Path, rep: ImportReport, item: str):
-    import soundfile as sf
+    """(duration, sample rate) from the checked header (the tokenizer's probe_audio: readable,
+    plausible sample rate, not empty, not truncated), or None with the drop recorded."""
+    from spiritlm.tokenizer.audio import AudioError, probe_audio
 
     if not path.is_file():
         rep.drop(item, "audio_missing", f"audio file not found: {path}")
         return None
     try:
-        info = sf.info(str(path))
-    except Exception as e:
-        rep.drop(item, "audio_unreadable", f"cannot read {path}: {e}")
+        info = probe_audio(path)
+    except AudioError as e:
+        rep.drop(item, "audio_unreadable", str(e))
         return None
-    if info.frames == 0:
-        rep.drop(item, "audio_unreadable", f"{path} holds no samples")
-        return None
-    return info.frames / info.samplerate, info.samplerate
+    return info.duration, info.sample_rate
 
 
 def _rel(path: Path, manifest_dir: str | os.PathLike | None) -> str:

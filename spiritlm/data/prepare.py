@@ -203,6 +203,7 @@ def prepare_shards(cfg: PrepareConfig, encoder=None, text_tokenizer=None) -> dic
     done = _up_to_date(out, fp)
     if done is not None:
         log.info("%s is up to date (same config, inputs, tokenizer and encoder): nothing to do", out)
+        _fail_if_all_speech_dropped(done, out)  # as the first run did
         return {**done, "up_to_date": True}
     # From here on the folder is in progress: no index.json, so no reader takes it as complete
     # (the trainer refuses it, saying to rerun this command) until the new one is written.
@@ -236,13 +237,17 @@ def prepare_shards(cfg: PrepareConfig, encoder=None, text_tokenizer=None) -> dic
     return report
 
 
+class AllSpeechDroppedError(ValueError):
+    """A user-input problem (the CLI prints it as one line), found after the report is written."""
+
+
 def _fail_if_all_speech_dropped(report: dict, out: Path) -> None:
     """Shards with text but none of the speech they were given are never what a user wants
     (seen: a manifest whose absolute audio paths pointed at a moved directory). The report and
     the drop log are already written, so the error only has to say where to look."""
     if report.get("hours_in", 0) > 0 and report.get("hours_kept", 0) == 0:
         first = (report.get("drop_examples") or [{}])[0].get("message", "?")
-        raise RuntimeError(
+        raise AllSpeechDroppedError(
             f"every speech item was dropped ({report.get('dropped')}); first: {first}. The reasons "
             f"of all of them are in {out / 'drops.jsonl'}; fix the manifest (audio paths, alignments) "
             "and run again")
