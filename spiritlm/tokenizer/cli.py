@@ -3,6 +3,8 @@
     spiritlm tokenizer fit tokenizers/demo.toml --corpus data/demo_corpus/manifest.jsonl --out out/tokenizer-demo
     spiritlm tokenizer encode --tokenizer out/tokenizer-demo a.wav b.flac           # speech strings
     spiritlm tokenizer encode --tokenizer out/tokenizer-demo --jsonl units.jsonl *.wav
+    spiritlm tokenizer encode --release checkpoints/speech_tokenizer --variant expressive a.wav  # Meta's files
+    spiritlm tokenizer fit tokenizers/base.toml --set release.path=checkpoints/speech_tokenizer --out out/tok-release
     spiritlm tokenizer bench --seconds 60
 """
 
@@ -19,13 +21,20 @@ def register(subparsers) -> None:
 
     f = sub.add_parser("fit", help="train k-means / VQ-VAE / style codebooks and write a tokenizer directory")
     add_recipe_args(f, recipe_required=True)
-    f.add_argument("--corpus", required=True, help="manifest.jsonl of the training audio")
+    f.add_argument("--corpus", default=None,
+                   help="manifest.jsonl of the training audio (not needed when the recipe sets release.path)")
     f.add_argument("--out", required=True, help="output tokenizer directory")
     f.add_argument("--no-eval", action="store_true", help="demo recipes: skip the PNMI evaluation")
     f.set_defaults(func=_fit)
 
     e = sub.add_parser("encode", help="audio files -> speech strings (stdout) or JSONL units")
-    e.add_argument("--tokenizer", required=True, help="tokenizer directory written by `fit`")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tokenizer", help="tokenizer directory written by `fit`")
+    src.add_argument("--release", metavar="DIR", help="the release's checkpoints/speech_tokenizer/ folder, used as shipped")
+    e.add_argument("--variant", choices=["base", "expressive"], default="base", help="with --release: which tokenizer")
+    e.add_argument("--f0-method", choices=["yaapt", "fcpe"], default="yaapt",
+                   help="with --release --variant expressive: F0 extractor (fcpe, the release's default, needs "
+                        "torchaudio and cannot run on this stack)")
     e.add_argument("files", nargs="+", help="audio files (wav/flac/...)")
     e.add_argument("--jsonl", default=None, help="write {file, units, string, ids} lines here instead of printing")
     e.add_argument("--device", default=None, help="cpu | cuda (default: the tokenizer's setting)")
@@ -56,6 +65,15 @@ def _fit(args: argparse.Namespace) -> int:
     from spiritlm.tokenizer.config import TokenizerCfg
 
     cfg = load_config(TokenizerCfg, args.recipe, args.overrides)
+    if cfg.release.path:  # nothing to train: a directory that points at the release's files
+        from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
+
+        out = SpeechTokenizer.from_config(cfg).save(args.out)
+        print(f"tokenizer written to {out} (release files used in place from {cfg.release.path})")
+        return 0
+    if not args.corpus:
+        raise ValueError("--corpus is required to fit a tokenizer (or set release.path in the recipe to use "
+                         "the release's files)")
     if cfg.demo.enabled:
         from spiritlm.tokenizer.demo import fit_demo_tokenizer
 
@@ -71,20 +89,42 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output_path(path: str) -> None:
+    """Fail before any (slow) encoding if the output cannot be written."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--jsonl {p} is a directory: give a file path")
+    if not p.parent.is_dir():
+        raise ValueError(f"--jsonl {p}: folder {p.parent} does not exist (create it first)")
+    try:
+        with open(p, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise ValueError(f"--jsonl {p}: cannot write there ({e.strerror})") from None
+
+
 def _encode(args: argparse.Namespace) -> int:
     import json
     import sys
 
     from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
 
-    tok = SpeechTokenizer.load(args.tokenizer, device=args.device)
+    if args.jsonl:
+        _check_output_path(args.jsonl)
+    if args.release:
+        tok = SpeechTokenizer.from_release(args.release, variant=args.variant, device=args.device,
+                                           f0_method=args.f0_method)
+    else:
+        tok = SpeechTokenizer.load(args.tokenizer, device=args.device)
     results = tok.encode_many(args.files, progress=True)
     sink = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
-    bad = 0
+    failed = []
     try:
         for path, res in zip(args.files, results):
             if isinstance(res, Exception):
-                bad += 1
+                failed.append(path)
                 print(f"error: {res}", file=sys.stderr)
                 continue
             string = tok.to_string(res)
@@ -98,9 +138,10 @@ def _encode(args: argparse.Namespace) -> int:
     finally:
         if sink is not None:
             sink.close()
-    if bad:
-        print(f"{bad} of {len(args.files)} files failed (see errors above)", file=sys.stderr)
-    return 1 if bad == len(args.files) else 0
+    if failed:
+        print(f"{len(failed)} of {len(args.files)} files failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _consistency(args: argparse.Namespace) -> int:

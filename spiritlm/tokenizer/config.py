@@ -18,6 +18,9 @@ class UnitsCfg:
     niter: int = 50
     max_frames: int = 200_000  # reservoir of frames for k-means training (memory bound: max_frames x dim x 4 B)
     allow_pickle: bool = False
+    # linear kind: how CTC blanks become units. "" = the file's own rule: "wrap_left" for the
+    # release's {model_cfg, model_weight} files, "left_then_right" for ours (see kmeans.fill_blanks)
+    blank_rule: str = ""
 
 
 @dataclass
@@ -51,6 +54,15 @@ class FitCfg:
 
 
 @dataclass
+class ReleaseCfg:
+    """Meta's released speech tokenizer files, used where they lie (no repackaging)."""
+
+    path: str = ""  # the release's checkpoints/speech_tokenizer/ folder; when set, every stream comes from it
+    variant: Literal["base", "expressive"] = "base"  # expressive adds pitch (F0 VQ-VAE) and style
+    f0_method: Literal["yaapt", "fcpe"] = "yaapt"  # fcpe (the release's default) needs torchaudio: not here
+
+
+@dataclass
 class TokenizerCfg:
     name: str = "custom"
     seed: int = 0
@@ -60,6 +72,7 @@ class TokenizerCfg:
     style: StyleCfg = field(default_factory=StyleCfg)
     demo: DemoHubertCfg = field(default_factory=DemoHubertCfg)
     fit: FitCfg = field(default_factory=FitCfg)
+    release: ReleaseCfg = field(default_factory=ReleaseCfg)
 
 
 def preset_config(name: str, **paths: str) -> TokenizerCfg:

@@ -7,8 +7,11 @@
   index when faiss has GPU support and a GPU is there); centroids load/save as ``.npy``.
   scikit-learn/joblib k-means files are pickles and load only with ``allow_pickle=True``.
 * :class:`LinearQuantizer` is the release's alternative: a 3-layer MLP (LeakyReLU) with
-  ``vocab + 1`` outputs, argmax, and the extra (last) "blank" output replaced by the nearest
-  non-blank unit on its left (leading blanks take the first non-blank on their right).
+  ``vocab + 1`` outputs, argmax, and the extra (last) CTC "blank" output replaced by a unit
+  (:func:`fill_blanks`: the release's rule wraps round to the end of the sequence; our earlier
+  files use left-then-right). It loads the release's ``{model_cfg, model_weight}`` file as is.
+* The release's k-means alternative is a ``.pt`` dict ``{cluster_centers: (K, D), n_clusters: K}``
+  (often numpy arrays): read by :func:`load_centroids` without executing pickled code.
 """
 
 from __future__ import annotations
@@ -138,14 +141,13 @@ def load_centroids(path: str | Path, allow_pickle: bool = False) -> np.ndarray:
         raise FileNotFoundError(f"centroid file not found: {p}")
     if p.suffix == ".npy":
         return np.load(p, allow_pickle=False).astype(np.float32)
-    if p.suffix in (".pt", ".safetensors"):
+    if p.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
-        if p.suffix == ".safetensors":
-            d = load_file(str(p))
-            return next(iter(d.values())).astype(np.float32)
-        t = torch.load(p, map_location="cpu", weights_only=True)
-        return (t if isinstance(t, torch.Tensor) else next(iter(t.values()))).numpy().astype(np.float32)
+        d = load_file(str(p))
+        return next(iter(d.values())).astype(np.float32)
+    if p.suffix == ".pt":
+        return _centroids_from_pt(p)
     if not allow_pickle:
         raise ValueError(
             f"{p}: a scikit-learn/joblib k-means file is a pickle, which can run arbitrary code. "
@@ -158,38 +160,79 @@ def load_centroids(path: str | Path, allow_pickle: bool = False) -> np.ndarray:
     return np.asarray(km.cluster_centers_, dtype=np.float32)
 
 
+BLANK_RULES = ("wrap_left", "left_then_right")
+
+
+def _centroids_from_pt(p: Path) -> np.ndarray:
+    """A tensor, or the textless/release k-means dict ``{cluster_centers: (K, D), n_clusters: K}``
+    (numpy arrays or tensors), read with ``weights_only`` + numpy rebuild functions allowed."""
+    from spiritlm.tokenizer.fairseq_convert import safe_load_checkpoint
+
+    obj = safe_load_checkpoint(p)
+    if isinstance(obj, dict) and "cluster_centers" in obj:
+        c = obj["cluster_centers"]
+        c = c.numpy() if isinstance(c, torch.Tensor) else np.asarray(c)
+        if c.ndim != 2 or not np.issubdtype(c.dtype, np.floating):
+            raise ValueError(f"{p}: cluster_centers must be a float (K, D) array, got {c.dtype} {c.shape}")
+        k = obj.get("n_clusters")
+        if k is None or int(np.asarray(k)) != len(c):
+            raise ValueError(f"{p}: n_clusters={k!r} does not match cluster_centers with {len(c)} rows")
+        return np.ascontiguousarray(c, dtype=np.float32)
+    if isinstance(obj, torch.Tensor) and obj.ndim == 2:
+        return obj.numpy().astype(np.float32)
+    if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), torch.Tensor):
+        return next(iter(obj.values())).numpy().astype(np.float32)
+    keys = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
+    raise ValueError(f"{p}: not a k-means file: expected {{cluster_centers: (K, D), n_clusters: K}} or a (K, D) "
+                     f"tensor, found {keys}")
+
+
 class LinearQuantizer(nn.Module):
-    """3-layer MLP over features -> ``vocab + 1`` logits (last = blank); see module doc."""
+    """3-layer MLP over features -> ``vocab + 1`` logits (last = CTC blank), argmax, blanks filled.
+
+    Hidden widths may differ (the release's ``dim -> dim - m//4 -> dim - m//2 -> vocab + 1``).
+    ``blank_rule`` (see :func:`fill_blanks`): ``"wrap_left"`` is the release's, ``"left_then_right"``
+    the one our own earlier files were written with.
+    """
 
     kind = "linear"
 
-    def __init__(self, dim: int, hidden: int, vocab: int, negative_slope: float = 0.01):
+    def __init__(self, dim: int, hidden: int, vocab: int, negative_slope: float = 0.01,
+                 hidden2: int | None = None, blank_rule: str = "left_then_right"):
         super().__init__()
+        hidden2 = hidden if hidden2 is None else hidden2
         self.net = nn.Sequential(
             nn.Linear(dim, hidden), nn.LeakyReLU(negative_slope),
-            nn.Linear(hidden, hidden), nn.LeakyReLU(negative_slope),
-            nn.Linear(hidden, vocab + 1),
+            nn.Linear(hidden, hidden2), nn.LeakyReLU(negative_slope),
+            nn.Linear(hidden2, vocab + 1),
         )
         self.vocab = vocab
+        self.dim = dim
+        if blank_rule not in BLANK_RULES:
+            raise ValueError(f"blank_rule={blank_rule!r}: choose one of {BLANK_RULES}")
+        self.blank_rule = blank_rule
 
     @property
     def size(self) -> int:
         return self.vocab
 
     @classmethod
-    def from_state_dict(cls, sd: dict) -> "LinearQuantizer":
+    def from_state_dict(cls, sd: dict, blank_rule: str = "left_then_right", source: str = "state_dict") -> "LinearQuantizer":
         """Build from any state_dict holding three Linear layers in order (names are ignored)."""
-        ws = [(k, v) for k, v in sd.items() if k.endswith("weight") and v.ndim == 2]
-        bs = [(k, v) for k, v in sd.items() if k.endswith("bias") and v.ndim == 1]
+        ws = [(k, v) for k, v in sd.items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2]
+        bs = [(k, v) for k, v in sd.items() if k.endswith("bias") and getattr(v, "ndim", 0) == 1]
         if len(ws) != 3 or len(bs) != 3:
             raise ValueError(
-                f"a LinearQuantizer state_dict needs 3 Linear weights and biases, got weights "
+                f"{source}: a LinearQuantizer state_dict needs 3 Linear weights and biases, got weights "
                 f"{[k for k, _ in ws]} and biases {[k for k, _ in bs]}"
             )
-        (dim, hidden), vocab = ws[0][1].shape[::-1], ws[2][1].shape[0] - 1
-        if ws[1][1].shape != (hidden, hidden) or ws[2][1].shape[1] != hidden:
-            raise ValueError(f"LinearQuantizer shapes do not chain: {[tuple(v.shape) for _, v in ws]}")
-        q = cls(dim, hidden, vocab)
+        shapes = [tuple(v.shape) for _, v in ws]
+        chain = all(shapes[i + 1][1] == shapes[i][0] for i in range(2)) and all(
+            b.shape[0] == w.shape[0] for (_, w), (_, b) in zip(ws, bs))
+        if not chain:
+            raise ValueError(f"{source}: LinearQuantizer shapes do not chain: weights {shapes}, "
+                             f"biases {[tuple(b.shape) for _, b in bs]}")
+        q = cls(shapes[0][1], shapes[0][0], shapes[2][0] - 1, hidden2=shapes[1][0], blank_rule=blank_rule)
         lins = [m for m in q.net if isinstance(m, nn.Linear)]
         with torch.no_grad():
             for lin, (_, w), (_, b) in zip(lins, ws, bs):
@@ -198,37 +241,88 @@ class LinearQuantizer(nn.Module):
         return q.eval()
 
     @classmethod
-    def load(cls, path: str | Path) -> "LinearQuantizer":
+    def from_release(cls, ckpt: dict, source: str = "quantizer") -> "LinearQuantizer":
+        """The release's ``{"model_cfg": {vocab_size, dim, upstream_dim}, "model_weight": sd}``:
+        widths ``dim -> dim - m//4 -> dim - m//2 -> vocab_size + 1``, ``m = upstream_dim -
+        (vocab_size + 1)``, keys ``{0,2,4}.{weight,bias}``; blanks follow the release's rule."""
+        mcfg, sd = ckpt.get("model_cfg"), ckpt.get("model_weight")
+        need = ("vocab_size", "dim", "upstream_dim")
+        if not isinstance(mcfg, dict) or any(k not in mcfg for k in need) or not isinstance(sd, dict):
+            raise ValueError(f"{source}: the release's quantizer layout is {{'model_cfg': {{{', '.join(need)}}}, "
+                             f"'model_weight': state_dict}}; got model_cfg={mcfg!r:.120}")
+        vocab, dim, up = (int(mcfg[k]) for k in need)
+        m = up - (vocab + 1)
+        widths = [dim, dim - m // 4, dim - m // 2, vocab + 1]
+        want = {f"{2 * i}.weight": (widths[i + 1], widths[i]) for i in range(3)}
+        want.update({f"{2 * i}.bias": (widths[i + 1],) for i in range(3)})
+        got = {k: tuple(v.shape) for k, v in sd.items() if isinstance(v, torch.Tensor)}
+        if got != want:
+            raise ValueError(f"{source}: model_weight does not match model_cfg {dict(zip(need, (vocab, dim, up)))}: "
+                             f"expected shapes {want}, found {got}")
+        return cls.from_state_dict({k: sd[k] for k in sorted(want, key=lambda k: (int(k.split('.')[0]), k))},
+                                   blank_rule="wrap_left", source=source)
+
+    @classmethod
+    def load(cls, path: str | Path, blank_rule: str | None = None) -> "LinearQuantizer":
+        """Our safetensors / ``{"model"|"state_dict": sd}`` files, or the release's layout (which
+        always uses the release's blank rule). ``blank_rule=None``: ``left_then_right`` for ours."""
         p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"LinearQuantizer weights not found: {p}")
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             sd = load_file(str(p))
         else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
+            from spiritlm.tokenizer.fairseq_convert import safe_load_checkpoint
+
+            sd = safe_load_checkpoint(p)
+            if isinstance(sd, dict) and ("model_cfg" in sd or "model_weight" in sd):
+                q = cls.from_release(sd, source=str(p))
+                if blank_rule not in (None, "wrap_left"):
+                    q.blank_rule = blank_rule
+                return q
             for key in ("model", "state_dict"):
                 if isinstance(sd, dict) and isinstance(sd.get(key), dict):
                     sd = sd[key]
-        return cls.from_state_dict(sd)
+            if not isinstance(sd, dict):
+                raise ValueError(f"{p}: expected a state_dict or the release's {{model_cfg, model_weight}} dict, "
+                                 f"got a {type(sd).__name__}")
+        return cls.from_state_dict(sd, blank_rule=blank_rule or "left_then_right", source=str(p))
+
+    def logits(self, x_TD: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(x_TD, dtype=np.float32))
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"features have shape {tuple(x.shape)}, the quantizer expects (T, {self.dim})")
+        dev = next(self.parameters()).device
+        return self.net(x.to(dev))
 
     @torch.inference_mode()
     def __call__(self, x_TD: np.ndarray) -> np.ndarray:  # type: ignore[override]
-        x = torch.as_tensor(np.asarray(x_TD, dtype=np.float32))
-        if len(x) == 0:
+        if len(x_TD) == 0:
             return np.zeros(0, np.int64)
-        dev = next(self.parameters()).device
-        pred = self.net(x.to(dev)).argmax(-1).cpu().numpy()
-        return fill_blanks(pred, blank=self.vocab)
+        pred = self.logits(x_TD).argmax(-1).cpu().numpy()
+        return fill_blanks(pred, blank=self.vocab, rule=self.blank_rule)
 
 
-def fill_blanks(pred_T: np.ndarray, blank: int) -> np.ndarray:
-    """Replace ``blank`` by the nearest non-blank on the left (leading: first on the right)."""
+def fill_blanks(pred_T: np.ndarray, blank: int, rule: str = "left_then_right") -> np.ndarray:
+    """Replace the CTC ``blank`` output by a unit.
+
+    * ``"wrap_left"`` (the release): each blank takes the unit on its left, where the left of the
+      first frame is the last frame (a roll by one, repeated until no blank is left) -- i.e. the
+      nearest non-blank to the left, cyclically. An all-blank sequence stays blank (the release's
+      loop gives up and returns the blank id, which is also the token ``[Hu<vocab>]``).
+    * ``"left_then_right"`` (our earlier files): nearest non-blank on the left; leading blanks take
+      the first non-blank on their right; all blanks -> unit 0.
+    """
     pred_T = np.asarray(pred_T, dtype=np.int64)
     ok = pred_T != blank
+    if rule not in BLANK_RULES:
+        raise ValueError(f"blank rule {rule!r}: choose one of {BLANK_RULES}")
     if not ok.any():
-        log.warning("LinearQuantizer predicted only blanks for %d frames; returning unit 0", len(pred_T))
-        return np.zeros_like(pred_T)
+        log.warning("LinearQuantizer predicted only blanks for %d frames", len(pred_T))
+        return pred_T.copy() if rule == "wrap_left" else np.zeros_like(pred_T)
     idx = np.where(ok, np.arange(len(pred_T)), -1)
     idx = np.maximum.accumulate(idx)
-    idx[idx < 0] = np.flatnonzero(ok)[0]
+    idx[idx < 0] = np.flatnonzero(ok)[-1] if rule == "wrap_left" else np.flatnonzero(ok)[0]
     return pred_T[idx]

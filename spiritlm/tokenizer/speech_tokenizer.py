@@ -73,13 +73,17 @@ class SpeechTokenizer:
         def res(p: str) -> str:
             return str(root / p) if root is not None and p and not Path(p).is_absolute() else p
 
+        if cfg.release.path:  # the release's files, read where they lie
+            from spiritlm.tokenizer.release import build_from_release
+
+            return build_from_release(cls, cfg, root)
         if model is None:
             model = load_hubert(res(cfg.hubert.path))
         feat = HubertFeaturizer.from_cfg(cfg.hubert, model)
         if not cfg.units.path:
             raise ValueError("units.path is empty: give centroids (.npy) / LinearQuantizer weights, or run `spiritlm tokenizer fit`")
         if cfg.units.kind == "linear":
-            quant = LinearQuantizer.load(res(cfg.units.path))
+            quant = LinearQuantizer.load(res(cfg.units.path), blank_rule=cfg.units.blank_rule or None)
         else:
             quant = KMeansQuantizer.load(res(cfg.units.path), allow_pickle=cfg.units.allow_pickle)
         if hasattr(quant, "dim") and quant.dim != feat.dim:
@@ -101,6 +105,20 @@ class SpeechTokenizer:
         if root is not None and (root / "speaker_f0.json").is_file():
             speaker_f0 = json.loads((root / "speaker_f0.json").read_text())
         return cls(cfg, feat, quant, pitch_model, style_q, style_feat, speaker_f0)
+
+    @classmethod
+    def from_release(cls, directory: str | Path, variant: str = "base", device: str | None = None,
+                     f0_method: str = "yaapt") -> "SpeechTokenizer":
+        """Meta's released tokenizer from its ``speech_tokenizer/`` folder, files as shipped
+        (``variant``: ``"base"`` = HuBERT units, ``"expressive"`` = + pitch and style); see
+        ``spiritlm.tokenizer.release``. ``f0_method="fcpe"`` (the release's default) cannot run here."""
+        from spiritlm.tokenizer.config import TokenizerCfg
+
+        cfg = TokenizerCfg(name=f"release-{variant}")
+        cfg.release = dataclasses.replace(cfg.release, path=str(directory), variant=variant, f0_method=f0_method)
+        if device:
+            cfg.hubert = dataclasses.replace(cfg.hubert, device=device)
+        return cls.from_config(cfg)
 
     @classmethod
     def preset(cls, name: str, **paths: str) -> "SpeechTokenizer":
@@ -157,7 +175,7 @@ class SpeechTokenizer:
                                                            wavs, progress=progress)
         for j, i in enumerate(ok):
             wav = wavs[j]
-            units: dict[str, Any] = {"hubert": self.quantizer(feats[j])}
+            units: dict[str, Any] = {"hubert": self._units(feats[j], len(wav))}
             if len(units["hubert"]) == 0:
                 results[i] = AudioError(_name(sources[i]), "too short: no complete HuBERT frame")
                 continue
@@ -186,7 +204,23 @@ class SpeechTokenizer:
                              "(and 'hubert' is always encoded)")
         return tuple(streams)
 
+    def _units(self, feats_TD: np.ndarray, n_samples: int) -> np.ndarray:
+        """Quantize; the release's blank rule wraps round within each (<= 100 s) chunk, as its
+        ``encode_units`` quantizes chunk by chunk, so such quantizers see one chunk at a time."""
+        if getattr(self.quantizer, "blank_rule", None) != "wrap_left":
+            return self.quantizer(feats_TD)
+        from spiritlm.tokenizer.hubert import conv_out_length
+
+        f = self.featurizer
+        sizes = [conv_out_length(min(f.max_chunk, n_samples - s), f.kernels, f.strides)
+                 for s in range(0, n_samples, f.max_chunk) if min(f.max_chunk, n_samples - s) >= f.min_chunk]
+        assert sum(sizes) == len(feats_TD), (sizes, len(feats_TD))
+        parts = np.split(feats_TD, np.cumsum(sizes)[:-1]) if sizes else []
+        return np.concatenate([self.quantizer(x) for x in parts]) if parts else np.zeros(0, np.int64)
+
     def _pitch_units(self, wav: np.ndarray, speaker: str | None) -> np.ndarray:
+        if hasattr(self.pitch_model, "tokenize"):  # the release's pitch tokenizer: F0 + VQ-VAE in one
+            return self.pitch_model.tokenize(wav)
         _, x, _ = self.pitch_features(wav, speaker)
         return self.pitch_model.encode(x)
 
@@ -224,6 +258,8 @@ class SpeechTokenizer:
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
+        if self.cfg.release.path:
+            return self._save_release_reference(d)
         cfg = dataclasses.replace(self.cfg)  # shallow; sub-configs replaced below
         cfg.hubert = dataclasses.replace(self.cfg.hubert, path="hubert")
         if (d / "hubert").exists():
@@ -235,7 +271,8 @@ class SpeechTokenizer:
         else:
             from safetensors.torch import save_file
 
-            cfg.units = dataclasses.replace(self.cfg.units, kind="linear", path="hubert_linear_quantizer.safetensors")
+            cfg.units = dataclasses.replace(self.cfg.units, kind="linear", path="hubert_linear_quantizer.safetensors",
+                                            blank_rule=self.quantizer.blank_rule)
             save_file({k: v.contiguous() for k, v in self.quantizer.state_dict().items()}, str(d / cfg.units.path))
         cfg.pitch = dataclasses.replace(self.cfg.pitch)
         if self.pitch_model is not None:
@@ -257,10 +294,28 @@ class SpeechTokenizer:
         save_config(cfg, d / "tokenizer.yaml")
         files = sorted(p for p in d.rglob("*") if p.is_file() and p.name != "manifest.json")
         manifest = {"format": FORMAT, "version": VERSION, "name": cfg.name,
-                    "streams": {"hubert": {"size": self.quantizer.size, "rate": self.featurizer.frame_rate},
-                                **({"pitch": {"size": cfg.pitch.codebook, "rate": 12.5}} if self.pitch_model is not None else {}),
-                                **({"style": {"size": self.style_quantizer.size, "rate": 1.0}} if self.style_quantizer is not None else {})},
+                    "streams": self._stream_sizes(),
                     "files": {str(p.relative_to(d)): sha256_file(p) for p in files}}
+        (d / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        return d
+
+    def _stream_sizes(self) -> dict:
+        return {"hubert": {"size": self.quantizer.size, "rate": self.featurizer.frame_rate},
+                **({"pitch": {"size": self.cfg.pitch.codebook, "rate": 12.5}} if self.pitch_model is not None else {}),
+                **({"style": {"size": self.style_quantizer.size, "rate": 1.0}} if self.style_quantizer is not None else {})}
+
+    def _save_release_reference(self, d: Path) -> Path:
+        """A tokenizer directory that points at the release's folder instead of copying it:
+        ``tokenizer.yaml`` (absolute ``release.path``) and ``manifest.json`` with the sha256 of
+        every release file used, checked on ``load``."""
+        from spiritlm.tokenizer.release import release_files
+
+        rel = Path(self.cfg.release.path)
+        units = self.cfg.units.path if Path(self.cfg.units.path) != rel / "hubert_25hz/L11_quantizer_500.pt" else ""
+        save_config(self.cfg, d / "tokenizer.yaml")
+        manifest = {"format": FORMAT, "version": VERSION, "name": self.cfg.name, "streams": self._stream_sizes(),
+                    "files": {"tokenizer.yaml": sha256_file(d / "tokenizer.yaml")},
+                    "release_files": {str(p): sha256_file(p) for p in release_files(rel, self.cfg.release.variant, units)}}
         (d / "manifest.json").write_text(json.dumps(manifest, indent=1))
         return d
 
@@ -286,6 +341,12 @@ class SpeechTokenizer:
                         f"{d}: {rel} does not match its sha256 in manifest.json (modified or corrupt); "
                         "re-create the directory or pass verify=False if the change is intended"
                     )
+            for path, digest in manifest.get("release_files", {}).items():  # release files used in place
+                if not Path(path).is_file():
+                    raise TokenizerDirError(f"{d}: the release file {path} it points at is missing")
+                if sha256_file(Path(path)) != digest:
+                    raise TokenizerDirError(f"{d}: the release file {path} changed since the directory was written "
+                                            "(sha256 differs); re-run `spiritlm tokenizer fit` or pass verify=False")
         overrides = [f"hubert.device={device}"] if device else []
         cfg = load_config(TokenizerCfg, d / "tokenizer.yaml", overrides)
         tok = cls.from_config(cfg, root=d)
