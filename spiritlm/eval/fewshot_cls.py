@@ -27,9 +27,9 @@ existential ("there are three cups in the kitchen"), description ("the lamp is g
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
-import os
 import random
 import shutil
 from collections import defaultdict
@@ -142,9 +142,7 @@ def build_mini_speech_cls(out_dir: str | Path, seed: int = 0, sizes: dict | None
     Held-out grammar sentences only (``split_of(text) == "heldout"``), none in ``exclude``
     (e.g. the other mini benchmarks' ``heldout_texts.txt``); test and shot sentences distinct.
     Deterministic in (seed, sizes, exclude); a complete build with the same hash is reused."""
-    from spiritlm.corpus.grammar import GRAMMAR_VERSION, Grammar
-    from spiritlm.eval.mini import VOICES, _heldout, _write_jsonl
-    from spiritlm.eval.mini_synth import Job, SynthPool
+    from spiritlm.corpus.grammar import GRAMMAR_VERSION
 
     sz = dict(MINI_DEFAULTS)
     bad = set(sizes or {}) - set(sz)
@@ -157,10 +155,25 @@ def build_mini_speech_cls(out_dir: str | Path, seed: int = 0, sizes: dict | None
     h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     paths = {"test": out / "test.jsonl", "shots": out / "shots.jsonl", "root": out}
     marker = out / "COMPLETE.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("hash") == h:
+    done = lambda: marker.is_file() and json.loads(marker.read_text()).get("hash") == h  # noqa: E731
+    if done():
         return paths
-    # a folder per process: evaluations run side by side may build the same set at once
-    tmp = out.with_name(f"{out.name}.tmp-build-{os.getpid()}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # evaluations run side by side may build the same set at once: one builds, the others wait
+    # and reuse it (never deleting a finished build another process may be reading)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done():
+            _build_mini_cls(out, h, ident, sz, seed, exclude, processes)
+    return paths
+
+
+def _build_mini_cls(out: Path, h: str, ident: dict, sz: dict, seed: int, exclude, processes: int) -> None:
+    from spiritlm.corpus.grammar import Grammar
+    from spiritlm.eval.mini import VOICES, _heldout, _write_jsonl
+    from spiritlm.eval.mini_synth import Job, SynthPool
+
+    tmp = out.with_name(out.name + ".tmp-build")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "audio").mkdir(parents=True)
     g = Grammar(f"spiritlm-mini/{seed}/speech_cls")
@@ -190,15 +203,5 @@ def build_mini_speech_cls(out_dir: str | Path, seed: int = 0, sizes: dict | None
     _write_jsonl(tmp / "test.jsonl", rows["test"])
     _write_jsonl(tmp / "shots.jsonl", rows["shots"])
     (tmp / "COMPLETE.json").write_text(json.dumps({"hash": h, **ident}, indent=2) + "\n")
-    if marker.is_file() and json.loads(marker.read_text()).get("hash") == h:  # another process won
-        shutil.rmtree(tmp, ignore_errors=True)
-        return paths
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process renamed its (byte-identical) build in between
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (marker.is_file() and json.loads(marker.read_text()).get("hash") == h):
-            raise
-    return paths
+    shutil.rmtree(out, ignore_errors=True)  # an older build (another hash)
+    tmp.rename(out)
