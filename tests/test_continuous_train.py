@@ -36,11 +36,10 @@ def _losses(run_dir):
     return [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_loss_goes_down_same_seed_same_losses(tok_dir, tmp_path):
+def test_loss_goes_down(tok_dir, tmp_path):
+    # (same seed -> same losses: the resume test compares two runs loss for loss)
     a = _run(tok_dir, tmp_path / "a", ["steps=8", "log.every=1"])
-    b = _run(tok_dir, tmp_path / "b", ["steps=8", "log.every=1"])
-    la, lb = [h["loss"] for h in a.history], [h["loss"] for h in b.history]
-    assert la == lb
+    la = [h["loss"] for h in a.history]
     assert sum(la[-3:]) / 3 < 0.8 * sum(la[:3]) / 3
     counts = json.loads((tmp_path / "a" / "param_counts.json").read_text())
     assert set(counts) >= {"encoder", "projector", "lm", "lora", "ctc"}

@@ -187,7 +187,12 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
     if model is None:
         if not cfg.model:
             raise ValueError("no model: pass --model DIR (a checkpoint directory) or set model= in the recipe")
-        model, tokenizer = load_model(cfg.model, resolve_device(cfg.device), cfg.dtype)
+        if (Path(cfg.model) / "continuous.json").is_file():  # a continuous-input model (spiritlm.models)
+            from spiritlm.models.continuous.model import load_continuous
+
+            model, tokenizer = load_continuous(cfg.model, resolve_device(cfg.device)), None
+        else:
+            model, tokenizer = load_model(cfg.model, resolve_device(cfg.device), cfg.dtype)
     if encoder is None:
         encoder = load_speech_encoder(cfg.speech_encoder, cfg.speech_encoder_args)
     elif not isinstance(encoder, CachedEncoder):
@@ -206,8 +211,16 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
             log.warning("units file %s unreadable (%s: %s): the audio is encoded again and the file "
                         "replaced", units_cache, type(e).__name__, e)
     sc = cfg.scoring
-    scorer = Scorer(model, tokenizer, encoder, cfg.has_pitch, cfg.has_style, sc.batch_tokens,
-                    sc.max_row_tokens, sc.share_context)
+    # a continuous-input model reads speech as audio embeddings and writes only text: the same
+    # items, scored through its own scorer; settings with a speech continuation are skipped
+    continuous = hasattr(model, "audio_embeddings")
+    if continuous:
+        from spiritlm.models.continuous.scoring import ContinuousScorer
+
+        scorer = ContinuousScorer(model)
+    else:
+        scorer = Scorer(model, tokenizer, encoder, cfg.has_pitch, cfg.has_style, sc.batch_tokens,
+                        sc.max_row_tokens, sc.share_context)
     p = lambda s: (root / s) if s else None  # noqa: E731
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
@@ -223,6 +236,8 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                     continue
                 for split in zs.splits:
                     for mod in zs.modalities:
+                        if continuous and mod == "S":
+                            continue
                         t = time.perf_counter()
                         scorer.progress_desc = f"{task}/{mod}"
                         res = run_zerospeech(p(zs.root), kind, split, "speech" if mod == "S" else "text",
@@ -240,7 +255,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
 
             for s in c.settings:
                 src = {"T": c.text or c.cross, "S": c.speech, "T2S": c.cross, "S2T": c.cross}[s]
-                if not src:
+                if not src or (continuous and s in ("S", "T2S")):
                     continue
                 t = time.perf_counter()
                 scorer.progress_desc = f"{task}/{s}"
@@ -249,7 +264,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                 results.setdefault(task, {})[s] = res
                 timings[f"{task}/{s}"] = time.perf_counter() - t
         st = cfg.stsp
-        if st.manifest:
+        if st.manifest and not continuous:
             from spiritlm.eval.stsp import run_stsp
 
             tc = load_hook(st.text_classifier, st.hook_args.get("text_classifier"))
@@ -263,7 +278,17 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                     voc, cfg.has_pitch, cfg.has_style, st.seed, max_items=st.max_items)
                 timings[f"stsp/{s}"] = time.perf_counter() - t
         fc = cfg.fewshot
-        if fc.asr_manifest:
+        if fc.asr_manifest and continuous:  # zero-shot: the model is trained to transcribe
+            from spiritlm.eval.asr import evaluate_asr
+            from spiritlm.eval.fewshot import read_utterances
+
+            t = time.perf_counter()
+            test = read_utterances(p(fc.asr_manifest))[: fc.max_items or None]  # the unit model's items
+            res = evaluate_asr(model, [(u["id"], str(u["wav"]), u["text"]) for u in test],
+                               max_new_tokens=fc.asr_max_new_tokens)
+            results["asr"] = {"ASR": {**res, "task": "asr", "shots": 0, "complete": True}}
+            timings["asr"] = time.perf_counter() - t
+        elif fc.asr_manifest:
             from spiritlm.eval.fewshot import run_asr
 
             t = time.perf_counter()
@@ -271,7 +296,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                                              p(fc.shots_manifest), fc.n_shots, fc.asr_max_new_tokens, fc.seed,
                                              fc.max_items, cfg.has_pitch, cfg.has_style)}
             timings["asr"] = time.perf_counter() - t
-        if fc.tts_manifest:
+        if fc.tts_manifest and not continuous:
             from spiritlm.eval.fewshot import run_tts
 
             results["tts"] = {"TTS": run_tts(p(fc.tts_manifest), model, tokenizer, encoder,
@@ -280,7 +305,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                                              fc.n_shots, seed=fc.seed, max_items=fc.max_items,
                                              has_pitch=cfg.has_pitch, has_style=cfg.has_style)}
         cc = cfg.speech_cls
-        if cc.manifest:
+        if cc.manifest and not continuous:
             from spiritlm.eval.fewshot_cls import build_mini_speech_cls, run_speech_cls
 
             t = time.perf_counter()
