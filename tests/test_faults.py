@@ -304,3 +304,15 @@ def test_eval_killed_over_an_earlier_result(eval_setup, tmp_path):
 @pytest.mark.slow
 def test_eval_killed_at_more_points(eval_setup, tmp_path):
     _eval_kills(eval_setup, tmp_path, seed=5, n_kills=4)
+
+
+def test_a_checkpoint_without_its_tokenizer_says_so(tiny_run):
+    """An export of `spiritlm train` made without a tokenizer: its rows include the speech
+    vocabulary, so continuing from it needs the tokenizer, not a vocabulary-size guess."""
+    from spiritlm.train.config import ModelConfig
+    from spiritlm.train.model import plan_model
+
+    assert not (tiny_run / "hf" / "tokenizer.model").exists()
+    with pytest.raises(ConfigError, match=r"has no tokenizer.model and model.tokenizer is not set.*"
+                                          r"Set model.tokenizer=DIR"):
+        plan_model(ModelConfig(checkpoint=str(tiny_run / "hf")))

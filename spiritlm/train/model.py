@@ -122,6 +122,14 @@ def base_vocab_size_of(cfg: ModelConfig, config: LlamaConfig) -> int:
     n = tokenizer_size(cfg)
     if n is not None:
         return n
+    if cfg.checkpoint and (Path(cfg.checkpoint) / "spiritlm_train_config.yaml").is_file():
+        # a `spiritlm train` export: its rows include the speech vocabulary, so they do not say
+        # where the text pieces end (taking them as text gave a misleading vocabulary error)
+        raise ConfigError(
+            f"model.checkpoint={cfg.checkpoint} has no tokenizer.model and model.tokenizer is not set: "
+            f"its {config.vocab_size} embedding rows include the speech vocabulary, so the text "
+            "vocabulary is unknown. Set model.tokenizer=DIR (the tokenizer it was trained with) or "
+            "copy that tokenizer.model into the checkpoint")
     return cfg.tiny.base_vocab_size if not cfg.checkpoint else config.vocab_size
 
 
