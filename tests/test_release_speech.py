@@ -141,9 +141,10 @@ def _tiny_w2v2_config(**kw):
                           num_labels=100, classifier_proj_size=12, **kw)
 
 
-def _write_style(d: Path, seed: int = 0) -> Path:
+def _write_style(d: Path, seed: int = 0, old_weight_norm_names: bool = True) -> Path:
     """HF Wav2Vec2ForSequenceClassification directory with a pickled pytorch_model.bin, plus the
-    extra ``_float_tensor`` buffer the release's subclass saves."""
+    extra ``_float_tensor`` buffer the release's subclass saves; the positional conv's weight norm
+    under the ``weight_g`` / ``weight_v`` names of checkpoints saved before torch parametrizations."""
     from transformers import Wav2Vec2ForSequenceClassification
 
     torch.manual_seed(seed)
@@ -151,6 +152,9 @@ def _write_style(d: Path, seed: int = 0) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     model.config.to_json_file(str(d / "config.json"))
     sd = {k: v.clone() for k, v in model.state_dict().items()}
+    if old_weight_norm_names:
+        sd = {k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"): v for k, v in sd.items()}
     sd["_float_tensor"] = torch.tensor([0.0])
     torch.save(sd, d / "pytorch_model.bin")
     return d
@@ -406,7 +410,8 @@ def test_release_style_encoder_pooling_matches_reference(tmp_path):
     ref = Wav2Vec2ForSequenceClassification(_tiny_w2v2_config()).eval()
     sd = torch.load(d / "pytorch_model.bin", weights_only=True)
     sd.pop("_float_tensor")
-    ref.load_state_dict(sd)
+    ref.load_state_dict({k.replace("weight_g", "parametrizations.weight.original0").replace(
+        "weight_v", "parametrizations.weight.original1"): v for k, v in sd.items()})
     for n in (16000, 16399, 26000, 57000):
         w = _noise(n, n) * 3 + 0.2
         x = (w - w.mean()) / np.sqrt(w.var() + 1e-7)

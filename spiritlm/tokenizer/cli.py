@@ -98,11 +98,10 @@ def _check_output_path(path: str) -> None:
         raise ValueError(f"--jsonl {p} is a directory: give a file path")
     if not p.parent.is_dir():
         raise ValueError(f"--jsonl {p}: folder {p.parent} does not exist (create it first)")
-    try:
-        with open(p, "a", encoding="utf-8"):
-            pass
-    except OSError as e:
-        raise ValueError(f"--jsonl {p}: cannot write there ({e.strerror})") from None
+    import os
+
+    if not os.access(p if p.exists() else p.parent, os.W_OK):  # checked without creating the file
+        raise ValueError(f"--jsonl {p}: no permission to write there")
 
 
 def _encode(args: argparse.Namespace) -> int:

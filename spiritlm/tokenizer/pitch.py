@@ -3,7 +3,9 @@
 ``extract_f0(wav, method)`` returns one value per 5 ms frame (0 = unvoiced), ``n_samples // 80``
 frames. ``f0_features`` turns that into the VQ-VAE input: log-F0 interpolated over unvoiced
 frames (edges take the nearest voiced value), minus a mean log-F0 (utterance or speaker
-normalisation), stacked with the voiced/unvoiced flag -> (2, T).
+normalisation), stacked with the voiced/unvoiced flag -> (2, T). This is our own pitch
+tokenizer's input, unchanged; the release's (F0 in Hz minus the mean voiced F0, its extractor's
+voicing flag, its pYAAPT settings) is in ``release_f0``.
 """
 
 from __future__ import annotations

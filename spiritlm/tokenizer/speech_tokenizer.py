@@ -5,6 +5,7 @@
     tok.to_string(units)             # "[St3][Pi12][Hu41][Hu7]..."  (spiritlm.vocab format)
     tok.to_ids(units)                # token ids on top of the 32000 LLaMA-2 pieces
     results = tok.encode_many(paths) # batched; a bad file yields its AudioError, the rest succeed
+    tok = SpeechTokenizer.from_release("checkpoints/speech_tokenizer", variant="expressive")  # Meta's files
 
 A tokenizer directory is self-describing: ``tokenizer.yaml`` (the resolved config, paths relative
 to the directory), ``hubert/`` (HF HubertModel, safetensors), the codebooks (``.npy`` /

@@ -9,6 +9,8 @@ Two kinds:
   local directory, run on each 1 s window; the token is the argmax over its (100) classes.
 
 A file of ``n`` samples gives ``ceil(n / 16000)`` style tokens (9.12 s -> 10, like the release).
+The release's own style encoder (whole-utterance normalisation, one wav2vec2 pass, 50-frame mean
+pooling) is ``release_style.ReleaseStyleEncoder``; these two kinds keep their behaviour.
 """
 
 from __future__ import annotations
