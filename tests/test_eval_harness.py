@@ -128,3 +128,22 @@ def test_harness_errors_say_what_to_set(tmp_path, offline):
     with pytest.raises(HarnessError, match="include_path"):
         run_harness(["x"], HarnessConfig(include_path=str(tmp_path / "absent")), tmp_path)
     assert run_harness([], HarnessConfig(), tmp_path) == {}
+
+
+def test_harness_results_groups_and_metrics():
+    """The harness's output dict -> our rows: metrics of the unfiltered run, acc as accuracy, a
+    group's n summed over its subtasks, per-document items with the per-choice log-likelihoods."""
+    from spiritlm.eval.harness import harness_results
+
+    out = {"results": {"grp": {"alias": "grp", "acc,none": 0.5, "acc_stderr,none": "N/A"},
+                       "a": {"alias": " - a", "acc,none": 1.0, "acc_norm,none": 0.5, "acc,other": 0.0},
+                       "b": {"alias": " - b", "acc,none": 0.0}},
+           "groups": {"grp": {}}, "group_subtasks": {"grp": ["a", "b"]},
+           "n-samples": {"a": {"original": 2, "effective": 2}, "b": {"original": 1, "effective": 1}},
+           "samples": {"a": [{"doc_id": 0, "target": 1, "resps": [[[-2.0, False]], [[-1.0, False]]],
+                              "filtered_resps": [[-2.0, False], [-1.0, False]], "acc": 1.0}]}}
+    r = harness_results(out)
+    assert r["grp"] == {"complete": True, "group": True, "source": "lm-eval", "acc": 0.5, "accuracy": 0.5, "n": 3}
+    assert r["a"]["acc"] == 1.0 and r["a"]["acc_norm"] == 0.5 and r["a"]["n"] == 2
+    assert r["a"]["items"] == [{"id": 0, "target": 1, "logliks": [-2.0, -1.0], "score": 1.0}]
+    assert "items" not in r["b"] and r["b"]["accuracy"] == 0.0

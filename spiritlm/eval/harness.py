@@ -157,4 +157,9 @@ def harness_results(out: dict) -> dict:
             r["items"] = items
             r.setdefault("n", len(items))
         res[task] = r
+    for group, subtasks in (out.get("group_subtasks") or {}).items():  # a group's n: its documents
+        if group in res and "n" not in res[group]:
+            ns = [res[t]["n"] for t in subtasks if isinstance(res.get(t, {}).get("n"), int)]
+            if ns:
+                res[group]["n"] = sum(ns)
     return res
