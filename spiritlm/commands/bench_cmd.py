@@ -74,6 +74,13 @@ def _bench_eval(args) -> int:
     return main(args)
 
 
+def _bench_continuous(args) -> int:
+    from spiritlm.models.continuous.bench import bench_continuous
+
+    bench_continuous()  # prints its own side-by-side report (spiritlm.bench_harness)
+    return 0
+
+
 # name -> (function, help). Each function runs the benchmark and prints its report; heavy
 # imports stay inside so `spiritlm --help` stays fast.
 BENCHES = {
@@ -85,4 +92,5 @@ BENCHES = {
     "precision": (_bench_precision, "the demo's model in fp32 vs bf16, time per step"),
     "eval": (_bench_eval, "pairs scored per second vs one at a time"),
     "synth": (_bench_synth, "espeak forks of a 2 GiB process: direct vs zygote"),
+    "continuous": (_bench_continuous, "continuous-input training step: frozen-encoder features cached vs recomputed"),
 }
