@@ -394,6 +394,12 @@ def test_pitch_token_counts_for_many_lengths(tmp_path):
         want = sum(release_f0_frames(c) // 16 for c in chunks if c >= 1280)
         assert tok.num_tokens(n) == want
     assert tok.num_tokens(146160) == 114
+    from spiritlm.tokenizer.release_f0 import release_pitch_tokens
+
+    for n in range(1280, 200000, 4111):  # every F0 method's rule, chunked like encode_units
+        assert release_pitch_tokens(n, "yaapt") == tok.num_tokens(n) == (n // 80) // 16
+        assert release_pitch_tokens(n, "fcpe") == (n // 80 + 1) // 16
+    assert release_pitch_tokens(146160, "fcpe") == 114
     with pytest.raises(ValueError, match="torchaudio"):
         ReleasePitchTokenizer(tmp_path / "vq", f0_method="fcpe")
 

@@ -150,7 +150,7 @@ def test_several_layers_from_one_pass_equal_each_layer_alone(tiny_model, pre_ln)
         assert type(model.encoder).__name__ == "HubertEncoderStableLayerNorm"
     rng = np.random.default_rng(2)
     wavs = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (40000, 5000, 23456)]
-    feat = HubertFeaturizer(model, layer=1, device="cpu", batch_samples=200_000)
+    feat = HubertFeaturizer(model, layer=1, device="cpu", batch_samples=200_000, padded_batches=True)
     calls = []
     hook = model.feature_extractor.conv_layers[0].conv.register_forward_hook(lambda *a: calls.append(1))
     try:
@@ -159,7 +159,8 @@ def test_several_layers_from_one_pass_equal_each_layer_alone(tiny_model, pre_ln)
         hook.remove()
     assert sorted(both) == [0, 1, 2] and len(calls) == 1  # one batch, one pass through the front end
     for layer in (0, 1, 2):  # bit for bit what a featurizer at that layer alone returns
-        alone = HubertFeaturizer(model, layer=layer, device="cpu", batch_samples=200_000).features_many(wavs)
+        alone = HubertFeaturizer(model, layer=layer, device="cpu", batch_samples=200_000,
+                                 padded_batches=True).features_many(wavs)
         for a, b in zip(both[layer], alone):
             np.testing.assert_array_equal(a, b)
     assert len(model.encoder.layers) == 2
@@ -308,6 +309,27 @@ def test_linear_quantizer_blank_rule(tmp_path):
     assert q2.size == 4 and q2(x).tolist() == [3, 2, 2, 2, 3]
     with pytest.raises(ValueError, match="3 Linear"):
         LinearQuantizer.from_state_dict({"w.weight": torch.zeros(2, 2)})
+
+
+@pytest.mark.parametrize("rule", ["wrap_left", "left_then_right"])
+def test_linear_quantizer_blank_rule_survives_a_tokenizer_directory(tmp_path, tiny_model, rule):
+    from spiritlm.tokenizer.config import TokenizerCfg
+    from spiritlm.tokenizer.hubert import HubertFeaturizer
+    from spiritlm.tokenizer.kmeans import LinearQuantizer
+    from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
+
+    torch.manual_seed(0)
+    q = LinearQuantizer(dim=32, hidden=24, hidden2=12, vocab=7, blank_rule=rule)  # non-square hidden layers
+    with torch.no_grad():
+        q.net[4].bias[-1] += 3.0  # mostly blanks: the rule decides
+    cfg = TokenizerCfg(name="lin")
+    cfg.hubert.layer = 2
+    tok = SpeechTokenizer(cfg, HubertFeaturizer(tiny_model, 2, device="cpu"), q)
+    w = 0.1 * np.random.default_rng(0).standard_normal(32000).astype(np.float32)
+    before = tok.encode(w)["hubert"]
+    again = SpeechTokenizer.load(tok.save(tmp_path / "tok"))
+    assert again.quantizer.blank_rule == rule
+    np.testing.assert_array_equal(again.encode(w)["hubert"], before)
 
 
 # ---- metrics -------------------------------------------------------------------------------

@@ -52,6 +52,14 @@ def release_f0_frames(n_samples: int, method: str = "yaapt") -> int:
     raise ValueError(f"F0 method {method!r}: the release has {F0_METHODS}")
 
 
+def release_pitch_tokens(n_samples: int, method: str = "yaapt", down: int = 16,
+                         max_chunk: int = 100 * 16000, min_chunk: int = 1280) -> int:
+    """Pitch tokens of a file under the release's rule: per <= 100 s chunk (shorter than 1280
+    samples: dropped), F0 frames of that extractor // 16 (the strided encoder floors)."""
+    return sum(release_f0_frames(min(max_chunk, n_samples - s), method) // down
+               for s in range(0, n_samples, max_chunk) if min(max_chunk, n_samples - s) >= min_chunk)
+
+
 # ---- F0 extraction with the release's settings ---------------------------------------------
 def release_yaapt(wav: np.ndarray, hop: int = HOP, sr: int = 16000) -> tuple[np.ndarray, np.ndarray]:
     """pYAAPT with the release's settings -> (F0 in Hz, 0 where unvoiced; voicing flag), ``n // hop`` frames."""
