@@ -12,12 +12,17 @@ Pipeline (deterministic at every step):
 3. **Shards.** The chunk files are streamed in order into ``<kind>/shard-NNNNN.parquet`` (one
    directory per record kind -- ``text``, ``speech``, ``aligned``, ``interleaved``, ``asr``,
    ``tts`` -- so that each is one trainer source; ``shards.split_by_kind=false`` puts all in
-   ``<out>``); atomic writes; boundaries depend on the rows only. Then ``index.json``, ``config.yaml`` and
-   ``report.json`` are written and the work directory is removed.
+   ``<out>``); atomic writes; boundaries depend on the rows only. Then ``config.yaml``,
+   ``drops.jsonl``, ``report.json`` and -- last -- ``index.json`` are written and the work
+   directory is removed.
 
-Killed at any point (``kill -9``) and restarted with the same config, the job ends with the
-same bytes as an uninterrupted run (tested). A work directory made under another config is
-wiped (its ``config.sha256`` differs).
+``index.json`` is removed when a run starts and written last, so a folder without one is
+unfinished: the trainer and the reader refuse it (``reader.verified_shard_files``, which also
+checks every shard's size and SHA-256 against it), saying to rerun this command. Killed at any
+point (``kill -9``) and restarted with the same config, the job ends with the same bytes as an
+uninterrupted run (tested, tests/test_faults.py). A work directory made under another config or
+other inputs is wiped (its ``config.sha256`` differs). A rerun of a finished run whose
+fingerprint (config, tokenizer, encoder, input contents) is in ``index.json`` is "up to date".
 """
 
 from __future__ import annotations
