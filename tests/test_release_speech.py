@@ -535,3 +535,20 @@ def test_cli_encode_release_and_failures(release_dir, tmp_path, capsys):
     assert main(["tokenizer", "encode", "--release", str(tmp_path / "nowhere"), "--jsonl",
                  str(tmp_path / "no" / "such" / "u.jsonl"), str(good)]) != 0
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_incomplete_release_folder_names_the_missing_file(release_dir, tmp_path):
+    import shutil
+
+    from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
+
+    d = tmp_path / "checkpoints" / "speech_tokenizer"
+    shutil.copytree(release_dir, d, ignore=shutil.ignore_patterns("model.pt"))
+    tok = SpeechTokenizer.from_release(d.parent, "base", device="cpu")  # checkpoints/ is accepted too
+    assert tok.available_streams == ("hubert",)
+    with pytest.raises(FileNotFoundError, match="vqvae_f0_quantizer/model.pt"):
+        SpeechTokenizer.from_release(d, "expressive", device="cpu")
+    with pytest.raises(FileNotFoundError, match="hubert_25hz"):
+        SpeechTokenizer.from_release(tmp_path, "base")
+    with pytest.raises(ValueError, match="variant"):
+        SpeechTokenizer.from_release(d, "large")
