@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ext.add_argument("sp_model", help="path to tokenizer.model or a directory holding it")
     ext.add_argument("--out", required=True, help="output directory (HF-loadable)")
     ext.add_argument("--no-legacy", action="store_true", help="HF legacy=False text splitting")
+    ext.add_argument("--layout", choices=("expressive", "base"), default="expressive",
+                     help="speech tokens to add: expressive ([Hu*], [Pi*], [St*]; 32768 rows released) "
+                          "or base ([Hu*] only; 32512 rows released)")
     ext.set_defaults(func=_extend)
 
 
@@ -71,8 +74,18 @@ def _extend(args) -> int:
 
     from spiritlm.text_tokenizer import SP_FILE, SpiritTokenizer
 
+    from dataclasses import replace
+
+    import sentencepiece as spm
+
+    from spiritlm.vocab import SPIRITLM, SPIRITLM_BASE
+
     src = Path(args.sp_model)
-    tok = SpiritTokenizer(src / SP_FILE if src.is_dir() else src, legacy=not args.no_legacy)
+    sp_file = src / SP_FILE if src.is_dir() else src
+    sp = spm.SentencePieceProcessor()
+    sp.load(str(sp_file))
+    layout = replace(SPIRITLM_BASE if args.layout == "base" else SPIRITLM, base_vocab_size=sp.get_piece_size())
+    tok = SpiritTokenizer(sp_file, layout=layout, legacy=not args.no_legacy)
     out = tok.save_pretrained(args.out)
     L = tok.layout
     print(f"wrote {out}: {L.base_vocab_size} pieces + {L.vocab_size - L.base_vocab_size} speech/marker "

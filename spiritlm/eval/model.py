@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Protocol, Union, runtime_checkable
 
 import numpy as np
 
-from spiritlm.text_tokenizer import LAYOUT_FILE, SP_FILE, SpiritTokenizer, hf_added_tokens
+from spiritlm.text_tokenizer import LAYOUT_FILE, SP_FILE, SpiritTokenizer, layout_of_hf_dir
 from spiritlm.vocab import LayoutMismatchError, describe_layout, expected_rows_text, layout_for_rows, rows_fit
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def load_tokenizer(model_dir: str | Path, rows: int | None = None) -> SpiritToke
         )
     try:
         tok = SpiritTokenizer.from_pretrained(d)
-        if not (d / LAYOUT_FILE).is_file() and not hf_added_tokens(d) and rows is not None:
+        if not (d / LAYOUT_FILE).is_file() and layout_of_hf_dir(d) is None and rows is not None:
             by_rows = layout_for_rows(rows, tok.sp.get_piece_size())
             if by_rows is not None and by_rows != tok.layout:
                 tok = SpiritTokenizer.from_pretrained(d, layout=by_rows)
