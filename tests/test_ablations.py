@@ -113,7 +113,8 @@ def test_pair_shards_from_the_data_stage_train(tmp_path):
                       prepare_overrides(c, out, "speech.encoder=hash", "speech.tokenizer_dir=", "workers=1"))
     prepare_shards(cfg)
     tcfg = tiny_config(str(tmp_path / "run"), [
-        "steps=2", f"model.tokenizer={c['tokenizer'].parent}",
+        "steps=2", f"model.tokenizer={c['tokenizer'].parent}", "eval_every=2",  # held-out = the pair rows
+        f"eval.heldout=[{{name = \"pairs\", path = \"{out / 'aligned'}\", kind = \"interleaved\"}}]",
         f"data.sources=[{{name = \"pairs\", path = \"{out / 'aligned'}\", kind = \"interleaved\"}}, "
         f"{{name = \"text\", path = \"{out / 'text'}\", kind = \"text\"}}]"])
     import pyarrow.parquet as pq
@@ -133,3 +134,7 @@ def test_pair_shards_from_the_data_stage_train(tmp_path):
     t = Trainer(tcfg)
     t.fit()
     assert len(t.history) == 2 and all(np.isfinite(r["loss"]) for r in t.history)
+    from spiritlm.train.metrics import read_metrics
+
+    ev = [r for r in read_metrics(tmp_path / "run") if "eval/loss" in r]
+    assert [r["step"] for r in ev] == [2] and np.isfinite(ev[0]["eval/loss/pairs"])

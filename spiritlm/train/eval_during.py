@@ -28,6 +28,7 @@ NumPy and ``random`` RNG states afterwards (tested: the same losses with and wit
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -41,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from spiritlm.config import ConfigError, load_config
-from spiritlm.train.data import KINDS, ParquetSource, SyntheticSource
+from spiritlm.train.data import KINDS, SyntheticSource, check_meta, make_sources
 from spiritlm.train.metrics import TYPES, token_losses
 from spiritlm.train.packing import IGNORE, Packer
 
@@ -67,9 +68,11 @@ def heldout_sources(trainer) -> list:
     """The configured held-out shard folders; with synthetic training data, synthetic held-out
     documents of each kind (other names, hence other documents than the training ones)."""
     cfg = trainer.cfg
-    if cfg.eval.heldout:
-        return [ParquetSource(s.path, name=s.name or f"heldout{i}", kind=s.kind)
-                for i, s in enumerate(cfg.eval.heldout)]
+    if cfg.eval.heldout:  # read like training sources (aligned records through the reader)
+        srcs, _ = make_sources(dataclasses.replace(cfg.data, sources=cfg.eval.heldout), trainer.layout,
+                               text_vocab=trainer.layout.base_vocab_size)
+        check_meta(srcs, trainer.layout, trainer.rows)
+        return srcs
     if not cfg.data.sources:
         return [SyntheticSource(k, trainer.layout, cfg.eval.heldout_docs, max_len=int(cfg.data.seq_len * 1.5),
                                 name=f"heldout-{k}", bos_id=cfg.data.bos_id,
@@ -193,7 +196,6 @@ class DuringTrainingEval:
 
     def suite(self, step: int) -> dict:
         """The light suite on the live model; accuracies as ``eval/<task>/<setting>``."""
-        import dataclasses
         import tempfile
 
         from spiritlm.eval.suite import run_suite
