@@ -55,7 +55,7 @@ SLOW_EVAL_S = 600.0
 def preserved_rng():
     """Run a block without moving any RNG training reads (torch CPU/CUDA, NumPy, random)."""
     py, npy = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []  # this rank's GPU
     with torch.random.fork_rng(devices=devices):
         try:
             yield
@@ -84,6 +84,8 @@ def heldout_rows(source, n_docs: int, seq_len: int, bos_id: int, eos_id: int, se
     """The first ``n_docs`` documents of ``source`` (file order, epoch 0) packed into rows: the
     same rows at every evaluation."""
     n = min(n_docs, len(source))
+    if n == 0:
+        return []
     docs = [source.read(i, seed, 0) for i in range(n)]
     tokens = sum(len(d["input_ids"]) for d in docs)
     packer = Packer(itertools.cycle(docs), seq_len, bos_id, eos_id)
