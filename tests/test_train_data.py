@@ -215,11 +215,22 @@ def test_base_layout_synthetic_documents():
 def test_shards_of_another_layout_refused(tmp_path):
     import dataclasses
 
-    d = _write_shards(tmp_path / "s", "speech", meta=False)
     base = VocabLayout(base_vocab_size=256, pitch_size=0, style_size=0)
-    (d / "metadata.json").write_text(json.dumps({"base_vocab_size": 256, "vocab_size": base.vocab_size,
-                                                 "vocab_layout": dataclasses.asdict(base)}))
-    src = ParquetSource(d)
-    check_meta([src], base, base.padded_vocab_size(64))  # the shards' own layout: fine
-    with pytest.raises(ConfigError, match=r"pitch 0 / style 0.*model.pitch_size=0 model.style_size=0"):
-        check_meta([src], LAYOUT, LAYOUT.padded_vocab_size(64))  # an Expressive model
+
+    def source(name, written_with, expressive):
+        d = _write_shards(tmp_path / name, "speech", meta=False)
+        (d / "metadata.json").write_text(json.dumps({
+            "base_vocab_size": 256, "vocab_size": written_with.vocab_size, "has_pitch": expressive,
+            "has_style": expressive, "vocab_layout": dataclasses.asdict(written_with)}))
+        return ParquetSource(d)
+
+    expressive_data = source("e", LAYOUT, True)
+    check_meta([expressive_data], LAYOUT, LAYOUT.padded_vocab_size(64))  # its own layout: fine
+    with pytest.raises(ConfigError, match=r"another vocabulary \(pitch 64, style 100\).*Base.*"
+                                          r"model.pitch_size=64 model.style_size=100"):
+        check_meta([expressive_data], base, base.padded_vocab_size(64))  # a Base model
+    # Base data written with the full layout (the data stage's default tokenizer) fits a Base model
+    check_meta([source("b", LAYOUT, False)], base, base.padded_vocab_size(64))
+    other_hubert = VocabLayout(base_vocab_size=256, hubert_size=200)
+    with pytest.raises(ConfigError, match=r"hubert 200.*model.hubert_size=200"):
+        check_meta([source("h", other_hubert, False)], LAYOUT, LAYOUT.padded_vocab_size(64))

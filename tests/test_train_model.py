@@ -85,3 +85,35 @@ def test_load_hf_checkpoint_dir_and_vocab_checks(tmp_path):
         build_model(ModelConfig(checkpoint=str(bad)))
     with pytest.raises(ConfigError, match="no config.json"):
         build_model(ModelConfig(checkpoint=str(tmp_path / "nowhere")))
+
+
+def test_hf_mean_resizing_option():
+    base = tiny_llama_config(TINY)
+    torch.manual_seed(0)
+    from transformers import LlamaForCausalLM
+
+    ref = LlamaForCausalLM(base).get_input_embeddings().weight.detach()
+    model, _, _ = build_model(ModelConfig(tiny=TINY, new_rows_init="hf_mean"))
+    w = model.get_input_embeddings().weight.detach()
+    torch.testing.assert_close(w[:32000], ref)
+    assert (w[32000:].mean(0) - ref.mean(0)).abs().max() < 0.01 and not torch.equal(w[32000], w[32001])
+    again, _, _ = build_model(ModelConfig(tiny=TINY, new_rows_init="hf_mean"))
+    torch.testing.assert_close(again.get_input_embeddings().weight, model.get_input_embeddings().weight)
+
+
+def test_base_layout_trains_on_synthetic_documents(tmp_path):
+    """``model.pitch_size=0 model.style_size=0`` (the Base layout) on the built-in synthetic
+    documents used to stop with ``ValueError: high <= 0``."""
+    from spiritlm.train.tiny import tiny_config
+    from spiritlm.train.trainer import Trainer
+
+    t = Trainer(tiny_config(str(tmp_path / "run"), ["model.pitch_size=0", "model.style_size=0", "steps=2"]))
+    assert t.layout.vocab_size == 256 + 2 + 501 and t.rows == 768
+    run = t.fit()
+    import json
+
+    summary = json.loads((run / "summary.json").read_text())
+    shares = summary["mixture_tokens"]
+    assert set(shares) == {"mix/synthetic-speech", "mix/synthetic-interleaved", "mix/synthetic-text"}
+    assert all(abs(v - 1 / 3) < 0.1 for v in shares.values()) and summary["mixture_unit"] == "tokens"
+    assert summary["attention_isolation"] == "position_ids"

@@ -206,23 +206,31 @@ def check_meta(sources: Sequence, layout: VocabLayout, rows: int) -> None:
                 f"model's text tokenizer has {layout.base_vocab_size} pieces; use the same "
                 "tokenizer.model for data prep and model.checkpoint/model.tokenizer (or model.tiny.base_vocab_size)"
             )
-        if vs is not None and int(vs) > rows:
+        named = meta.get("vocab_layout")
+        if named:  # the data stage records its layout and which streams its speech holds
+            _check_shard_layout(s.name, named, meta, layout)
+        elif vs is not None and int(vs) > rows:
             raise ConfigError(
                 f"data source {s.name}: shards use {vs} ids but the model has {rows} embedding rows; "
                 "set model.hubert_size/pitch_size/style_size to the data-prep layout"
             )
-        named = meta.get("vocab_layout")
-        if named:  # the data stage records its whole layout: the stream sizes must be the model's
-            got = {k: named.get(k) for k in ("hubert_size", "pitch_size", "style_size")}
-            want = {k: getattr(layout, k) for k in got}
-            if got != want:
-                raise ConfigError(
-                    f"data source {s.name}: shards were made with the vocabulary layout "
-                    f"hubert {got['hubert_size']} / pitch {got['pitch_size']} / style {got['style_size']}, "
-                    f"the model's is {describe_layout(layout)}; prepare the shards with the model's "
-                    f"tokenizer layout, or set model.hubert_size={got['hubert_size']} "
-                    f"model.pitch_size={got['pitch_size']} model.style_size={got['style_size']}"
-                )
+
+
+def _check_shard_layout(name: str, named: Mapping, meta: Mapping, layout: VocabLayout) -> None:
+    """The shards' ids must mean the same in the model: the same HuBERT stream, and the same
+    pitch/style streams when the shards hold them (``has_pitch``/``has_style``). Shards without
+    pitch/style (Base data, even when written with the full layout) fit a Base model."""
+    used = {"hubert_size": True,
+            "pitch_size": bool(meta.get("has_pitch", named.get("pitch_size", 0))),
+            "style_size": bool(meta.get("has_style", named.get("style_size", 0)))}
+    bad = [k for k, on in used.items() if on and named.get(k) != getattr(layout, k)]
+    if bad:
+        got = ", ".join(f"{k.split('_')[0]} {named.get(k)}" for k in bad)
+        fix = " ".join(f"model.{k}={named.get(k)}" for k in bad)
+        raise ConfigError(
+            f"data source {name}: shards hold speech tokens of another vocabulary ({got}); the model's "
+            f"is {describe_layout(layout)}. Prepare the shards with the model's layout, or set {fix}"
+        )
 
 
 MIXTURE_UNITS = ("tokens", "documents")
