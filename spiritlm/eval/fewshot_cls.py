@@ -2,7 +2,8 @@
 
 Prompt (k shots per class, shuffled with the seed; the test item is never among its shots)::
 
-    [Speech]<units of shot 1>[Text] label_1\\n[Speech]<units of shot 2>[Text] label_2\\n ... [Speech]<units of the item>[Text]
+    [Speech]<units of shot 1>[Text] label_1\\n[Speech]<units of shot 2>[Text] label_2\\n ...
+    [Speech]<units of the item>[Text]
 
 Each candidate label is then scored as the continuation ``label\\n`` (the newline closes the
 label, so "past" and "past event" are told apart) by the suite's :class:`Scorer` -- one

@@ -372,7 +372,8 @@ def check_submission(out: Path, root: Path, kinds=("lexical", "syntactic"), spli
         if not (out / f).is_file():
             problems.append(f"missing {out / f}")
     if (out / "meta.yaml").is_file():
-        problems += [f"{out / 'meta.yaml'}: {p}" for p in check_meta(yaml.safe_load((out / "meta.yaml").read_text()) or {})]
+        meta = yaml.safe_load((out / "meta.yaml").read_text()) or {}
+        problems += [f"{out / 'meta.yaml'}: {p}" for p in check_meta(meta)]
     for kind in kinds:
         for split in splits:
             sub, gold = out / kind / f"{split}.txt", root / kind / split / "gold.csv"
