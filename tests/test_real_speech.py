@@ -200,6 +200,20 @@ def test_malformed_wavs_get_a_clear_error_from_every_reader(bad, tools, tmp_path
     assert main(["tokenizer", "encode", "--tokenizer", str(tok), str(bad)]) != 0
     err = capsys.readouterr().err
     assert bad.name in err and re.search(why, err) and "Traceback" not in err
+    # tokenizer fit on a corpus of nothing else: each file skipped with its reason, then one error
+    assert main(["tokenizer", "fit", str(REPO / "tokenizers" / "base.toml"), "--corpus", str(bad_man),
+                 "--out", str(tmp_path / "fit"), "--set", f"hubert.path={tools['hubert']}",
+                 "--set", "hubert.layer=2", "--set", "hubert.device=cpu", "--set", "units.k=4",
+                 "--set", "fit.split="]) == 1
+    assert "no features were collected" in capsys.readouterr().err
+    # generate prompted with it
+    from spiritlm.eval.testing import make_tiny_model_dir
+
+    model = make_tiny_model_dir(tmp_path / "model", hidden=16, layers=1)
+    assert main(["generate", "--model", str(model), "--speech", str(bad), "--speech-encoder-arg",
+                 f"directory={tok}", "--max-new-tokens", "2", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert bad.name in err and re.search(why, err) and "Traceback" not in err
 
 
 def _tiny_tokenizer(tools, tmp_path) -> Path:
