@@ -225,16 +225,19 @@ def default_min_round_s() -> float:
 
 
 def matmul_peak(dtype=None, n: int = 1024, seconds: float = 0.5, device: str = "cpu",
-                clock: Callable[[], float] = time.perf_counter) -> tuple[float, str]:
-    """FLOP/s of ``torch.mm`` on (n, n) x (n, n) in ``dtype`` -> (FLOP/s, description).
+                clock: Callable[[], float] = time.perf_counter,
+                shape: tuple[int, int, int] | None = None) -> tuple[float, str]:
+    """FLOP/s of ``torch.mm`` on (n, n) x (n, n) -- or (m, k) x (k, n) for ``shape=(m, k, n)``,
+    the benchmark's representative matmul -- in ``dtype`` -> (FLOP/s, description).
 
     Timed for about ``seconds`` after one untimed call, with this process's torch threads: the
     ceiling dense compute reaches on this machine, under the load there is right now."""
     import torch
 
     dtype = dtype or torch.float32
-    x = torch.randn(n, n, device=device).to(dtype)
-    y = torch.randn(n, n, device=device).to(dtype)
+    m, k, n = shape or (n, n, n)
+    x = torch.randn(m, k, device=device).to(dtype)
+    y = torch.randn(k, n, device=device).to(dtype)
 
     def sync():
         if str(device).startswith("cuda"):
@@ -251,7 +254,8 @@ def matmul_peak(dtype=None, n: int = 1024, seconds: float = 0.5, device: str = "
             if clock() - t0 >= seconds:
                 break
     dt = clock() - t0
-    return 2.0 * n**3 * calls / dt, f"torch.mm {n}x{n} {str(dtype).replace('torch.', '')}, {device}"
+    size = f"{n}x{n}" if shape is None else f"({m}x{k})@({k}x{n})"
+    return 2.0 * m * k * n * calls / dt, f"torch.mm {size} {str(dtype).replace('torch.', '')}, {device}"
 
 
 def run_sides(sides: Sequence[Side], rounds: int | None = None, min_round_s: float | None = None,

@@ -1,17 +1,20 @@
-"""Tokenizer throughput: our batched path vs a naive loop, same units asserted.
+"""Tokenizer throughput: our path vs a naive loop, side by side with the benchmark harness.
 
 ``bench_tokenizer()`` builds a randomly initialised HuBERT (``size="base"``: the mHuBERT-base-25Hz
 shape, 12 x 768, 8 conv layers, hop 640; ``"tiny"`` for a smoke run), 500 centroids, and a set of
-files of varied length. It times
+files of varied length. The harness (:mod:`spiritlm.bench_harness`) alternates, for >= 5 rounds of
+>= 2 s each after warm-up,
 
-* batched: :class:`HubertFeaturizer` (length-bucketed, masked batches, only layers <= 11,
-  inference_mode, bf16 on GPU) + faiss assignment;
-* naive: one file at a time through ``HubertModel(output_hidden_states=True)`` (fp32, all
-  layers), then scikit-learn ``KMeans.predict``;
+* ours: :class:`HubertFeaturizer` as the data stage and evaluation run it (on CPU each chunk
+  alone and unpadded, cut after layer 11; on GPU length-bucketed masked batches) + faiss;
+* padded (``--padded``, on by default on CPU): the same with padded, masked batches -- the CPU
+  path before 2026-12-02, and the GPU path -- so that before/after is measured in one run;
+* naive: one file at a time through ``HubertModel(output_hidden_states=True)`` (all layers), then
+  scikit-learn ``KMeans.predict``;
 
-and prints audio-seconds per wall-second of each and their ratio. On GPU with bf16 the units are
-compared with tolerance (bf16 rounding flips near-tie frames); on CPU they must agree exactly up to
-float rounding ties (>= 99.9 %).
+and prints audio-seconds per wall-second of each, the median ratio with its min-max, the load,
+and the achieved FLOP/s against a matmul peak measured in the same run. The units of ours must
+equal the naive loop's on every frame on CPU (fp32; 99 % on GPU where bf16 may be chosen).
 """
 
 from __future__ import annotations
@@ -36,10 +39,28 @@ def _model(size: str):
     return HubertModel(cfg).eval()
 
 
+def hubert_flops(cfg, n_samples: int, layers: int) -> float:
+    """Multiply-adds x 2 of one unpadded HuBERT forward over ``n_samples``, up to ``layers``
+    transformer layers: convs, feature projection, positional conv, attention and MLP."""
+    flops, n, c_in = 0.0, n_samples, 1
+    for c_out, k, s in zip(cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride):
+        n = (n - k) // s + 1 if n >= k else 0
+        flops += 2.0 * c_in * c_out * k * n
+        c_in = c_out
+    t, d, f = n, cfg.hidden_size, cfg.intermediate_size
+    flops += 2.0 * c_in * d * t  # feature projection
+    flops += 2.0 * d * (d // cfg.num_conv_pos_embedding_groups) * cfg.num_conv_pos_embeddings * t
+    per_layer = 2.0 * t * (4 * d * d + 2 * d * f) + 4.0 * t * t * d  # projections + MLP, QK^T and AV
+    return flops + layers * per_layer
+
+
 def bench_tokenizer(seconds: float = 60.0, n_files: int = 12, size: str = "base", device: str = "auto",
-                    layer: int | None = None, k: int = 500, seed: int = 0, verbose: bool = True) -> dict:
+                    layer: int | None = None, k: int = 500, seed: int = 0, verbose: bool = True,
+                    rounds: int | None = None, min_round_s: float | None = None,
+                    padded: bool | None = None) -> dict:
     from sklearn.cluster import KMeans
 
+    from spiritlm.bench_harness import Side, matmul_peak, run_sides
     from spiritlm.tokenizer.hubert import HubertFeaturizer, resolve_device
     from spiritlm.tokenizer.kmeans import KMeansQuantizer
 
@@ -54,48 +75,70 @@ def bench_tokenizer(seconds: float = 60.0, n_files: int = 12, size: str = "base"
     t = np.arange(lens.max()) / 16000
     wavs = [(0.1 * np.sin(2 * np.pi * (200 + 50 * i) * t[:n]) + 0.05 * rng.standard_normal(n)).astype(np.float32)
             for i, n in enumerate(lens)]
-    total_s = lens.sum() / 16000
+    total_s = float(lens.sum() / 16000)
     feat = HubertFeaturizer(model, layer, device=dev)
-    warm = feat.features_many([wavs[0][:32000]])[0]
+    padded = (not feat.padded_batches) if padded is None else padded
+    feat_padded = HubertFeaturizer(model, layer, device=dev, padded_batches=True)
     # centroids: k frames of real features (+ noise) so that assignments are non-trivial
     sample = np.concatenate(feat.features_many(wavs[:2]))
     cents = sample[rng.choice(len(sample), k, replace=len(sample) < k)] + 0.01 * rng.standard_normal((k, sample.shape[1])).astype(np.float32)
     quant = KMeansQuantizer(cents)
     sk = KMeans(n_clusters=k, init=cents.astype(np.float64), n_init=1, max_iter=1).fit(cents.astype(np.float64))
-    del warm
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    sync()
-    t0 = time.perf_counter()
-    batched = [quant(f) for f in feat.features_many(wavs)]
-    sync()
-    t_batched = time.perf_counter() - t0
+    results: dict[str, list] = {}
 
-    model_naive = model.to(dev)
-    t0 = time.perf_counter()
-    naive = []
-    with torch.no_grad():
-        for w in wavs:
-            out = model_naive(torch.from_numpy(w)[None].to(dev), output_hidden_states=True)
-            h = out.hidden_states[layer][0].float().cpu().numpy()
-            naive.append(sk.predict(h.astype(np.float64)))
-    sync()
-    t_naive = time.perf_counter() - t0
-    agree = float(np.mean(np.concatenate([a == b for a, b in zip(batched, naive)])))
-    res = {"device": str(dev), "size": size, "audio_s": round(float(total_s), 1), "files": n_files,
-           "batched_audio_s_per_s": round(float(total_s / t_batched), 2), "naive_audio_s_per_s": round(float(total_s / t_naive), 2),
-           "speedup": round(float(t_naive / t_batched), 2), "unit_agreement": round(agree, 5)}
+    def ours():
+        results["ours"] = [quant(f) for f in feat.features_many(wavs)]
+        sync()
+
+    def ours_padded():
+        results["padded"] = [quant(f) for f in feat_padded.features_many(wavs)]
+        sync()
+
+    def naive():
+        out = []
+        with torch.no_grad():
+            for w in wavs:
+                hs = model(torch.from_numpy(w)[None].to(dev), output_hidden_states=True).hidden_states
+                out.append(sk.predict(hs[layer][0].float().cpu().numpy().astype(np.float64)))
+        results["naive"] = out
+        sync()
+
+    cfg = model.config
+    fl_ours = sum(hubert_flops(cfg, int(n), layer) for n in lens)
+    fl_naive = sum(hubert_flops(cfg, int(n), n_layers) for n in lens)
+    sides = [Side("ours", ours, work=total_s, unit="audio-s", flops=fl_ours)]
+    if padded:
+        sides.append(Side("padded", ours_padded, work=total_s, unit="audio-s", flops=fl_ours))
+    sides.append(Side("naive", naive, work=total_s, unit="audio-s", flops=fl_naive))
+    peak = matmul_peak(device=str(dev))  # fp32, like the forward
+    m = run_sides(sides, rounds, min_round_s, peak=peak,
+                  notes=["FLOP/s: the work each side needs (naive: all its layers; padded: the valid "
+                         "frames only, not the zeros); convolutions stay below the square-matmul peak"])
+    agree = {name: float(np.mean(np.concatenate([a == b for a, b in zip(results[name], results["naive"])])))
+             for name in results if name != "naive"}
+    pairs = [("ours", "naive")] + ([("ours", "padded"), ("padded", "naive")] if padded else [])
+    r = m.ratio("ours", "naive")
+    res = {"device": str(dev), "size": size, "audio_s": round(total_s, 1), "files": n_files, "layer": layer,
+           "ours_audio_s_per_s": m.rate("ours"), "naive_audio_s_per_s": m.rate("naive"),
+           "batched_audio_s_per_s": m.rate("ours"), "speedup": r.median, "ratio": r.as_dict(),
+           "unit_agreement": agree["ours"], "unit_agreement_padded": agree.get("padded"),
+           "measurement": m.as_dict(pairs)}
+    if padded:
+        res["padded_audio_s_per_s"] = m.rate("padded")
+        res["ratio_vs_padded"] = m.ratio("ours", "padded").as_dict()
     if verbose:
-        print(f"tokenizer bench ({size} HuBERT, layer {layer}, {dev}): {total_s:.0f} s of audio in {n_files} files")
-        print(f"  batched : {res['batched_audio_s_per_s']:8.1f} audio-s/s")
-        print(f"  naive   : {res['naive_audio_s_per_s']:8.1f} audio-s/s")
-        print(f"  ratio   : {res['speedup']:.2f}x   units identical on {100 * agree:.3f}% of frames")
-    need = 0.99 if dev.type == "cuda" else 0.999
-    if agree < need:
-        raise AssertionError(f"batched and naive units differ on {100 * (1 - agree):.3f}% of frames")
+        title = (f"tokenizer bench ({size} HuBERT, layer {layer} of {n_layers}, {dev}): {total_s:.0f} s of audio "
+                 f"in {n_files} files; ours vs naive, units identical on {100 * agree['ours']:.3f}% of frames")
+        print(m.report(pairs, title), flush=True)
+    for name, a in agree.items():  # exact on CPU; padded batches and bf16 may flip near-tie frames
+        need = 1.0 if (name == "ours" and dev.type == "cpu") else (0.999 if dev.type == "cpu" else 0.99)
+        if a < need:
+            raise AssertionError(f"{name} and naive units differ on {100 * (1 - a):.3f}% of frames")
     return res
 
 

@@ -4,8 +4,16 @@
 :mod:`spiritlm.tokenizer.fairseq_convert`, or built from a config) and returns the output of one
 transformer layer per 16 kHz waveform, frame by frame.
 
-Batched inference gives the same frames as running each file alone: files are bucketed by
-length, zero-padded, and the padding is masked everywhere it could leak --
+On CPU each chunk runs alone and unpadded (``padded_batches=False``): what HubertModel runs on
+one file, bit for bit, cut after the deepest layer read. Batching buys nothing there (the matmuls
+of one file already fill the cores) and padding costs: zero frames computed and thrown away,
+masked GroupNorm statistics (~8 passes over the largest activation), and batch-sized activations
+(~0.3 GB per conv layer for 8 files of 6 s) that page-fault into memory anew each call; measured
+with ``spiritlm bench tokenizer`` (2026-12-02).
+
+On GPU (``padded_batches=True``) batched inference gives the same frames as running each file
+alone: files are bucketed by length, zero-padded, and the padding is masked everywhere it could
+leak --
 
 * the first conv layer of base-sized models normalises each channel over *time* (GroupNorm); we
   compute those statistics over each file's valid frames only (``masked GroupNorm``),
@@ -58,7 +66,8 @@ def conv_out_length(n_samples: np.ndarray | int, kernels: Sequence[int], strides
 
 
 class HubertFeaturizer:
-    """Layer-``layer`` features of a HubertModel, batched with exact padding masks."""
+    """Layer-``layer`` features of a HubertModel: each chunk alone on CPU, padded batches with
+    exact padding masks on GPU (``padded_batches`` chooses; see the module docstring)."""
 
     def __init__(
         self,
@@ -69,6 +78,7 @@ class HubertFeaturizer:
         batch_samples: int = 1_600_000,
         device: str | torch.device = "auto",
         dtype: str = "float32",
+        padded_batches: bool | None = None,
     ):
         n_layers = model.config.num_hidden_layers
         if not 0 <= layer <= n_layers:
@@ -93,6 +103,8 @@ class HubertFeaturizer:
         self.dtype = dtype
         # fairseq task.normalize: each (<= 100 s) chunk is layer-normalised before the model (release)
         self.normalize = bool(getattr(model.config, "normalize_waveform", False))
+        # None: padded, masked batches on GPU only; on CPU every chunk alone (module docstring)
+        self.padded_batches = self.device.type != "cpu" if padded_batches is None else bool(padded_batches)
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
@@ -112,7 +124,7 @@ class HubertFeaturizer:
         """True when ``other`` reads another layer of the same model with the same chunking and
         batching: ``features_many_at`` then gives both from one pass, bit for bit."""
         return (other is not None and other.model is self.model and other.device == self.device
-                and other.dtype == self.dtype
+                and other.dtype == self.dtype and other.padded_batches == self.padded_batches
                 and (other.max_chunk, other.min_chunk, other.batch_samples)
                 == (self.max_chunk, self.min_chunk, self.batch_samples))
 
@@ -168,9 +180,10 @@ class HubertFeaturizer:
         out: dict[tuple[int, int], dict[int, np.ndarray]] = {}
         order = sorted(range(len(chunks)), key=lambda c: len(chunks[c][2]), reverse=True)
         batches, cur = [], []
+        limit = self.batch_samples if self.padded_batches else 0  # 0: every chunk alone, unpadded
         for c in order:  # length bucketing: neighbours in sorted order share a batch
             longest = len(chunks[cur[0]][2]) if cur else len(chunks[c][2])
-            if cur and longest * (len(cur) + 1) > self.batch_samples:
+            if cur and longest * (len(cur) + 1) > limit:
                 batches.append(cur)
                 cur = []
             cur.append(c)
@@ -196,23 +209,29 @@ class HubertFeaturizer:
     @torch.inference_mode()
     def _forward(self, wavs: list[np.ndarray], layers: Sequence[int]) -> dict[int, list[np.ndarray]]:
         lengths = np.array([len(w) for w in wavs])
-        x_BS = torch.zeros(len(wavs), int(lengths.max()), dtype=torch.float32)
-        for b, w in enumerate(wavs):
-            x_BS[b, : len(w)] = torch.from_numpy(w)
-        x_BS = x_BS.to(self.device)
+        if len(wavs) == 1:  # no padding: the model's own front end, no masks, no copy of the input
+            x_BS, lengths_B = torch.from_numpy(np.ascontiguousarray(wavs[0]))[None].to(self.device), None
+        else:
+            x_BS = torch.zeros(len(wavs), int(lengths.max()), dtype=torch.float32)
+            for b, w in enumerate(wavs):
+                x_BS[b, : len(w)] = torch.from_numpy(w)
+            x_BS, lengths_B = x_BS.to(self.device), torch.as_tensor(lengths)
         use_bf16 = self.dtype == "bfloat16"
         enc = self.model.encoder
         all_layers = enc.layers
         enc.layers = all_layers[: max(layers)]  # never run the layers above the ones we read
         try:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                h_by_layer, frames = masked_hidden(self.model, x_BS, torch.as_tensor(lengths), layers)
+                h_by_layer, frames = masked_hidden(self.model, x_BS, lengths_B, layers)
         finally:
             enc.layers = all_layers
         out = {}
         for x, h_BTD in h_by_layer.items():
             h = h_BTD.float().cpu().numpy()
-            out[x] = [h[b, : frames[b]].copy() for b in range(len(wavs))]
+            if len(wavs) == 1:  # all frames valid: the array itself, no copy
+                out[x] = [h[0]]
+            else:  # copies, so that the padded batch is freed
+                out[x] = [h[b, : frames[b]].copy() for b in range(len(wavs))]
         return out
 
 
@@ -241,22 +260,30 @@ def masked_conv_features(model, x_BS: torch.Tensor, lengths_B: torch.Tensor):
     return h.transpose(1, 2), n
 
 
-def masked_hidden(model, x_BS: torch.Tensor, lengths_B: torch.Tensor, layers: Sequence[int]):
+def masked_hidden(model, x_BS: torch.Tensor, lengths_B: torch.Tensor | None, layers: Sequence[int]):
     """Padded waveforms -> ({layer: h_BTD}, valid frames per item): each the output a model cut
     after that layer returns. The deepest of ``layers`` must be ``len(model.encoder.layers)``, the
-    last one computed; pre-LN models end in a LayerNorm.
+    last one computed; pre-LN models end in a LayerNorm. ``lengths_B=None``: nothing is padded,
+    so the model's own conv front end runs and the encoder gets no mask (HubertModel's ops).
     """
-    feats_BTC, frames = masked_conv_features(model, x_BS, lengths_B)
+    if lengths_B is None:
+        feats_BTC = model.feature_extractor(x_BS).transpose(1, 2)
+        frames = torch.full((x_BS.shape[0],), feats_BTC.shape[1])
+    else:
+        feats_BTC, frames = masked_conv_features(model, x_BS, lengths_B)
     h_BTD = model.feature_projection(feats_BTC)
     if isinstance(h_BTD, tuple):
         h_BTD = h_BTD[0]
-    mask_BT = torch.arange(h_BTD.shape[1], device=h_BTD.device)[None, :] < frames[:, None]
+    mask_BT = None
+    if lengths_B is not None:
+        mask_BT = torch.arange(h_BTD.shape[1], device=h_BTD.device)[None, :] < frames[:, None]
     enc = model.encoder
     top = len(enc.layers)
     if max(layers) != top:
         raise ValueError(f"layers {list(layers)}: the model is cut after layer {top}; the deepest must be {top}")
     if top == 0 and not model.config.do_stable_layer_norm:
-        h_BTD = h_BTD.masked_fill(~mask_BT[..., None], 0)  # layer 0 = input of the first layer
+        if mask_BT is not None:  # layer 0 = input of the first layer
+            h_BTD = h_BTD.masked_fill(~mask_BT[..., None], 0)
         return {0: enc.layer_norm(h_BTD + enc.pos_conv_embed(h_BTD))}, frames.cpu().numpy()
     # hooks catch the inputs of the layers: the input of layer x+1 is the output of layer x (for
     # x = 0, after the input LayerNorm of post-LN models); the encoder's own output is the last
