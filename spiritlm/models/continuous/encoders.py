@@ -83,8 +83,10 @@ class LogMel(nn.Module):
         return torch.where(n >= self.win, 1 + (n - self.win) // self.hop, torch.zeros_like(n))
 
     def forward(self, wav_BS: torch.Tensor, lens_B: torch.Tensor):
-        spec = torch.stft(wav_BS, self.win, self.hop, window=self.window, center=False, return_complex=True)
-        mel = torch.matmul(self.fb, spec.abs().pow(2))  # (B, n_mels, T)
+        # fp32 whatever the model's precision (bf16 STFT is not supported on every device)
+        spec = torch.stft(wav_BS.float(), self.win, self.hop, window=self.window.float(), center=False,
+                          return_complex=True)
+        mel = torch.matmul(self.fb.float(), spec.abs().pow(2))  # (B, n_mels, T)
         return torch.log(mel + 1e-6).transpose(1, 2), self.num_frames(lens_B)
 
 
@@ -178,12 +180,13 @@ class ConformerEncoder(nn.Module):
         # std floored at 1 (log-mel units): a steady tone has a near-zero std over time, and
         # dividing by it would blow float rounding (batched vs alone STFT) up to real differences
         std = (((x - mean) ** 2 * ok).sum(1, keepdim=True) / cnt).sqrt().clamp(min=1.0)
-        x = (x - mean) / std * ok
+        x = ((x - mean) / std * ok).to(self.inp.weight.dtype)
         for conv in self.convs:
             x = F.gelu(conv(x.transpose(1, 2))).transpose(1, 2)
             n = (n + 1) // 2
             x = x * valid_mask(n, x.shape[1])[..., None].to(x.dtype)
-        x = self.inp(x) + _sinusoids(x.shape[1], self.dim, x.device)
+        x = self.inp(x)
+        x = x + _sinusoids(x.shape[1], self.dim, x.device).to(x.dtype)
         ok_BT = valid_mask(n, x.shape[1])
         # rows with no frame keep one attendable key (their output is ignored: length 0)
         ok_attn = ok_BT | (~ok_BT.any(-1, keepdim=True) & (torch.arange(x.shape[1], device=x.device) == 0))
@@ -199,6 +202,14 @@ class ConformerEncoder(nn.Module):
 # ---- pretrained HF encoders (frozen) ---------------------------------------------------------
 def _hidden_at(hidden_states, layer: int):
     return hidden_states[layer] if layer > 0 else hidden_states[-1]
+
+
+def _keep_fp32(model: nn.Module) -> None:
+    """A frozen pretrained encoder runs in fp32 (the release's HuBERT numbers) even when the
+    trainer casts the whole module to bf16: it holds no optimizer state, so casting back is safe."""
+    p = next(model.parameters())
+    if p.dtype != torch.float32:
+        model.float()
 
 
 class HubertEncoder(nn.Module):
@@ -222,6 +233,7 @@ class HubertEncoder(nn.Module):
         return torch.as_tensor(self.feat.num_frames(int(n_samples)))
 
     def forward(self, wavs):
+        _keep_fp32(self.model)
         dev = next(self.model.parameters()).device
         self.feat.device = dev
         feats = self.feat.features_many([np.asarray(w, dtype=np.float32) for w in wavs])
@@ -263,6 +275,7 @@ class HFEncoder(nn.Module):
         return torch.as_tensor(conv_out_length(int(n_samples), self.kernels, self.strides))
 
     def forward(self, wavs):
+        _keep_fp32(self.model)
         dev = next(self.model.parameters()).device
         out = []
         for w in wavs:
