@@ -99,11 +99,28 @@ def test_suite_scores_storycloze_s2t_with_continuous_context(model_dir, tmp_path
         (cross / f"{k}_mutual.txt").write_text(text)
         (cross / f"{k}_correct.txt").write_text("one two")
         (cross / f"{k}_incorrect.txt").write_text("six six six")
+    import json
+
+    asr = tmp_path / "data" / "asr.jsonl"
+    asr.write_text("".join(json.dumps({"id": f"a{k}", "audio_path": f"sc/cross/{k}_mutual.wav", "text": "one two"})
+                           + "\n" for k in range(2)))
     cfg = load_config(EvalConfig, None, [f"model={model_dir}", f"output_dir={tmp_path / 'out'}",
                                          f"data_root={tmp_path / 'data'}", "storycloze.cross=sc/cross",
-                                         "storycloze.settings=[T, S, T2S, S2T]", "device=cpu"])
+                                         "storycloze.settings=[T, S, T2S, S2T]", "device=cpu",
+                                         "fewshot.asr_manifest=asr.jsonl", "fewshot.asr_max_new_tokens=3"])
     out = run_suite(cfg)
     sc = out["results"]["storycloze"]
     assert set(sc) == {"T", "S2T"}  # speech continuations are skipped for a continuous-input model
     assert sc["S2T"]["n_pairs"] == 3 and 0.0 <= sc["S2T"]["accuracy"] <= 1.0
     assert all(np.isfinite(it["good_sum"]) for it in sc["S2T"]["items"])
+    asr_res = out["results"]["asr"]["ASR"]
+    assert asr_res["n"] == 2 and asr_res["shots"] == 0 and asr_res["wer"] >= 0
+    # the comparison table reads the eval folder: WER and S->T accuracy with bootstrap CIs
+    from spiritlm.models.continuous.compare import summarize, table
+
+    row = summarize(tmp_path / "out")
+    assert row["storycloze"]["n"] == 3 and row["asr"]["n"] == 2
+    assert row["asr"]["wer"] == pytest.approx(asr_res["wer"])
+    lo, hi = row["storycloze"]["ci95"]
+    assert lo <= row["storycloze"]["accuracy"] <= hi
+    assert "| continuous |" in table({"continuous": row})

@@ -1,0 +1,144 @@
+"""The comparison table: continuous-input models beside the interleaved unit model.
+
+    python -m spiritlm.models.continuous.compare --out runs/compare.md \\
+        unit=runs/demo/eval_unit  projector=runs/eval_proj  lora=runs/eval_lora  full=runs/eval_full
+
+Each ``name=EVAL_DIR`` is a ``spiritlm eval`` output (``results.json`` + ``items.jsonl``) of one
+model; its training run is read from the model's ``spiritlm_train_config.yaml`` when present.
+Columns: ASR WER (continuous: zero-shot transcription; unit: the suite's few-shot ASR) with a
+bootstrap 95% CI over utterances (corpus WER of each resample), StoryCloze / Topic-StoryCloze
+S->T accuracy with a bootstrap 95% CI over items, trainable parameters (``param_counts.json``;
+a unit model trains all of them) and training tokens/s (mean of the logged rates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def _boot_ci(values_n: np.ndarray, stat, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    n = len(values_n)
+    if n == 0:
+        return float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    s = np.sort([stat(i) for i in idx])
+    return float(s[int(0.025 * n_boot)]), float(s[int(0.975 * n_boot) - 1])
+
+
+def wer_with_ci(items: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Corpus WER of ``items`` ({"ref", "hyp"}) and a bootstrap 95% CI over utterances."""
+    from spiritlm.eval.asr import wer
+
+    errs, words = [], []
+    for it in items:
+        r = wer([it["ref"]], [it["hyp"]])
+        errs.append(r["substitutions"] + r["deletions"] + r["insertions"])
+        words.append(r["words"])
+    e, w = np.asarray(errs, float), np.asarray(words, float)
+    if not w.sum():
+        return {"wer": float("nan"), "ci95": [float("nan")] * 2, "n": 0}
+    lo, hi = _boot_ci(e, lambda i: e[i].sum() / max(w[i].sum(), 1.0), n_boot, seed)
+    return {"wer": float(e.sum() / w.sum()), "ci95": [lo, hi], "n": len(items)}
+
+
+def acc_with_ci(scores: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict:
+    s = np.asarray(scores, float)
+    lo, hi = _boot_ci(s, lambda i: s[i].mean(), n_boot, seed)
+    return {"accuracy": float(s.mean()) if s.size else float("nan"), "ci95": [lo, hi], "n": int(s.size)}
+
+
+def _run_dir_of(model: str) -> Path | None:
+    f = Path(model) / "spiritlm_train_config.yaml" if model else None
+    if f is None or not f.is_file():
+        return None
+    import yaml
+
+    return Path(yaml.safe_load(f.read_text())["run_dir"])
+
+
+def summarize(eval_dir: str | Path) -> dict:
+    """One eval folder -> {asr, storycloze, topic_storycloze, trainable, total, tokens_per_s}."""
+    import yaml
+
+    d = Path(eval_dir)
+    items: dict[tuple[str, str], list[dict]] = {}
+    for line in (d / "items.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            it = json.loads(line)
+            items.setdefault((it["task"], it["setting"]), []).append(it)
+    out: dict = {}
+    if items.get(("asr", "ASR")):
+        out["asr"] = wer_with_ci(items[("asr", "ASR")])
+    for task in ("storycloze", "topic_storycloze"):
+        if items.get((task, "S2T")):
+            out[task] = acc_with_ci([it["score"] for it in items[(task, "S2T")]])
+    cfg = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
+    model = (cfg or {}).get("model", "")
+    weights = Path(model) / "model.safetensors" if model else None
+    if weights is not None and weights.is_file() and not (Path(model) / "continuous.json").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as f:  # a unit model trains every parameter
+            out["trainable"] = out["total"] = int(sum(np.prod(f.get_slice(k).get_shape()) for k in f.keys()))
+    run = _run_dir_of(model)
+    if run is not None and run.is_dir():
+        pc = run / "param_counts.json"
+        if pc.is_file():
+            counts = json.loads(pc.read_text())
+            out["trainable"] = sum(v["trainable"] for v in counts.values())
+            out["total"] = sum(v["total"] for v in counts.values())
+        m = run / "metrics.jsonl"
+        if m.is_file():
+            rates = [json.loads(x).get("tokens_per_s") for x in m.read_text().splitlines() if x.strip()]
+            rates = [r for r in rates if r]
+            if rates:
+                out["tokens_per_s"] = float(np.mean(rates))
+    return out
+
+
+def _cell(r: dict | None, key: str, pct: bool = True) -> str:
+    if not r or key not in r or r[key] != r[key]:
+        return "--"
+    f = 100.0 if pct else 1.0
+    lo, hi = r["ci95"]
+    return f"{f * r[key]:.1f} [{f * lo:.1f}, {f * hi:.1f}]"
+
+
+def table(rows: dict[str, dict]) -> str:
+    head = ("| model | ASR WER % [95% CI] | StoryCloze S→T % [95% CI] | Topic-StoryCloze S→T % [95% CI] "
+            "| trainable params | tokens/s |")
+    lines = [head, "|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        tr = f"{r['trainable']:,} / {r['total']:,}" if "trainable" in r else "--"
+        tps = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "--"
+        lines.append(f"| {name} | {_cell(r.get('asr'), 'wer')} | {_cell(r.get('storycloze'), 'accuracy')} | "
+                     f"{_cell(r.get('topic_storycloze'), 'accuracy')} | {tr} | {tps} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="name=EVAL_DIR (a `spiritlm eval` output folder)")
+    ap.add_argument("--out", default="", help="write the markdown table here too")
+    args = ap.parse_args(argv)
+    rows = {}
+    for item in args.runs:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{item!r}: give name=EVAL_DIR")
+        rows[name] = summarize(path)
+    text = table(rows)
+    print(text, end="")
+    if args.out:
+        Path(args.out).write_text(text)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
