@@ -449,7 +449,10 @@ def _print_summary(corpus, text_tok, speech_tok, aligned, shards, models, evals,
           f"-> {shards['dir']}")
     for v, mdls in models.items():
         for mdl in mdls:
-            print(f"model {v}: {mdl['hf']} (curves: {Path(mdl['run_dir']) / 'curves.png'})")
+            summary = Path(mdl["run_dir"]) / "summary.json"  # the realised token share of each source
+            mix = json.loads(summary.read_text()).get("mixture_tokens", {}) if summary.is_file() else {}
+            shares = "; tokens seen: " + ", ".join(f"{k[4:]} {100 * x:.1f}%" for k, x in mix.items()) if mix else ""
+            print(f"model {v}: {mdl['hf']} (curves: {Path(mdl['run_dir']) / 'curves.png'}){shares}")
     for v, es in evals.items():
         for i, e in enumerate(es):
             rep_md = Path(e["dir"]) / "report.md"
