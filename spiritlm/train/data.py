@@ -242,16 +242,17 @@ class MixtureStream:
     ``unit`` says what the weights share out:
 
     * ``"tokens"`` (default): each source gets its weight's share of the *tokens* read. The paper
-      (Spirit LM, Table 1 and section 3) gives each of its three data types a sampling proportion
-      of one third. Its training unit is the fixed 4096-token sequence (LLaMA-style packing per
-      data type), so one third of the sequences is one third of the tokens the model sees; with
-      its sizes (text 307B tokens, speech 28B, aligned 8B, ~100B tokens trained) only a token
-      share makes "seen about equally" true. Picking per document instead lets token shares follow
-      mean document length: long text documents would crowd out short utterances. The next
-      document comes from the source furthest below its token share (weight x tokens read -
-      its tokens), ties to the first: realised shares match the weights to within one document
-      at every point of the run. Which document of that source comes next stays the shuffled,
-      per-epoch order below.
+      has each of its three data kinds "sampled one third of the time" (REFERENCE.md; the search
+      tools here return only the first part of the paper's page, so the sentence could not be
+      re-read word for word). Its unit of training is the fixed 4096-token sequence (batch 4 x
+      4096 per GPU), so a kind sampled for a third of the sequences is a third of the tokens the
+      model sees; and with its sizes (text 307B tokens, speech-only 28B, aligned 8B, ~100B tokens
+      trained) only a token share makes the three "seen about equally": sampling per document
+      would let token shares follow mean document length, long text documents crowding out short
+      utterances. The next document comes from the source furthest below its token share (weight
+      x tokens read - its tokens; ties to the first), so realised shares match the weights to
+      within one document at every point of the run. Which document of that source comes next
+      stays the shuffled per-epoch order below.
     * ``"documents"``: a source drawn per document from the weights (the older behaviour).
     """
 
