@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import tempfile
-import time
 
 import numpy as np
 
@@ -47,16 +46,12 @@ def _synthetic_units(seconds: float, seed: int) -> dict:
             "style": runs(int(seconds), 100, 5.0)}
 
 
-def _best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def bench_vocab(seconds: float = 600.0, rounds: int | None = None, seed: int = 0,
+                min_round_s: float | None = None, verbose: bool = False) -> dict:
+    """All five paths alternate on the benchmark harness (>= 5 rounds of >= 2 s by default), per
+    variant; -> {variant: {"tokens", "tok_per_s": {path: median}, "ratios": {...}}}."""
+    from spiritlm.bench_harness import Side, run_sides
 
-
-def bench_vocab(seconds: float = 600.0, repeat: int = 5, seed: int = 0) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         rng = random.Random(seed)
         words = "the cat sat on a mat and ran far away".split()
@@ -74,24 +69,30 @@ def bench_vocab(seconds: float = 600.0, repeat: int = 5, seed: int = 0) -> dict:
         direct = ids_to_units(ids, L)
         assert all(via_string[k] == " ".join(map(str, direct[k].tolist())) for k in direct)
         listed = {k: v.tolist() for k, v in units.items()}
-        t = {
-            "naive units->ids": _best(lambda: _naive_units_to_ids(listed, L, hp, hs), repeat),
-            "string units->ids": _best(lambda: tok.encode(units_to_string(units, hp, hs, L), bos=False), repeat),
-            "direct units->ids": _best(lambda: units_to_ids(units, hp, hs, L), repeat),
-            "string ids->units": _best(lambda: string_to_units(tok.speech_ids_to_string(ids), L), repeat),
-            "direct ids->units": _best(lambda: ids_to_units(ids, L), repeat),
+        n = float(ids.size)
+        fns = {
+            "naive units->ids": lambda: _naive_units_to_ids(listed, L, hp, hs),
+            "string units->ids": lambda: tok.encode(units_to_string(units, hp, hs, L), bos=False),
+            "direct units->ids": lambda: units_to_ids(units, hp, hs, L),
+            "string ids->units": lambda: string_to_units(tok.speech_ids_to_string(ids), L),
+            "direct ids->units": lambda: ids_to_units(ids, L),
         }
-        results[variant] = {"tokens": int(ids.size), "seconds": t}
+        m = run_sides([Side(k, f, work=n, unit="tok") for k, f in fns.items()], rounds, min_round_s, peak=False)
+        pairs = [("direct units->ids", "string units->ids"), ("direct units->ids", "naive units->ids"),
+                 ("direct ids->units", "string ids->units")]
+        if verbose:
+            print(m.report(pairs, f"units <-> ids, {variant}: {ids.size} tokens for one {seconds / 60:g}-minute "
+                                  "utterance (one process)"), flush=True)
+        results[variant] = {"tokens": int(ids.size), "tok_per_s": {k: m.rate(k) for k in fns},
+                            "seconds": {k: n / m.rate(k) for k in fns},
+                            "ratios": {f"{a} / {b}": m.ratio(a, b).as_dict() for a, b in pairs},
+                            "measurement": m.as_dict(pairs)}
     return results
 
 
 def print_report(results: dict, seconds: float) -> None:
-    print(f"units <-> ids for one {seconds / 60:g}-minute utterance (best of N, one process)")
+    """A short summary after the harness reports (medians over the rounds)."""
+    print(f"units <-> ids for one {seconds / 60:g}-minute utterance: median ratios (min-max)")
     for variant, r in results.items():
-        t = r["seconds"]
-        print(f"\n{variant}: {r['tokens']} tokens")
-        for name, sec in t.items():
-            print(f"  {name:<20} {sec * 1e3:9.2f} ms   {r['tokens'] / sec / 1e6:7.2f} M tok/s")
-        print(f"  direct vs string, units->ids: {t['string units->ids'] / t['direct units->ids']:6.1f}x")
-        print(f"  direct vs naive,  units->ids: {t['naive units->ids'] / t['direct units->ids']:6.1f}x")
-        print(f"  direct vs string, ids->units: {t['string ids->units'] / t['direct ids->units']:6.1f}x")
+        for name, st in r["ratios"].items():
+            print(f"  {variant:<10} {name:<42} {st['median']:6.1f}x  ({st['min']:.1f}-{st['max']:.1f})")

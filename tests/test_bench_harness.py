@@ -123,3 +123,46 @@ def test_from_timings_and_bad_arguments():
         run_sides([Side("x", lambda: None), Side("x", lambda: None)], rounds=1, min_round_s=0.0)
     with pytest.raises(ValueError, match="at least 1"):
         run_sides([Side("x", lambda: None)], rounds=0)
+
+
+# ---- every `spiritlm bench` at toy size, through the CLI (rounds of a few ms: smoke runs) --------
+def _cli(*argv: str) -> int:
+    from spiritlm.cli import main
+
+    return main(["bench", *argv, "--rounds", "2", "--min-round-s", "0.01"])
+
+
+def test_bench_interleave_cli_reports_ratio(capsys):
+    assert _cli("interleave") == 0
+    out = capsys.readouterr().out
+    assert out.count("ratio vectorised / reference") == 2 and "smoke run" in out and "load avg" in out
+
+
+def test_bench_vocab_toy_size(capsys):
+    from spiritlm.vocab_bench import bench_vocab, print_report
+
+    r = bench_vocab(seconds=20.0, rounds=2, min_round_s=0.01, verbose=True)
+    assert set(r) == {"base", "expressive"} and r["base"]["tokens"] > 0
+    assert r["expressive"]["ratios"]["direct units->ids / naive units->ids"]["median"] > 0
+    print_report(r, 20.0)
+    assert "ratio direct units->ids / string units->ids" in capsys.readouterr().out
+
+
+def test_bench_eval_toy_size(tmp_path, capsys):
+    from spiritlm.eval.bench import bench_eval
+
+    r = bench_eval(n_pairs=2, context_len=10, ending_len=4, item_len=4, story_len=20, tmp_dir=tmp_path,
+                   tiny_hidden=32, tiny_layers=1, rounds=2, min_round_s=0.01, verbose=True)
+    assert r["max_abs_logprob_diff"] < 1e-3 and r["ratios"]["batched/one_at_a_time"]["median"] > 0
+    assert r["measurement"]["order"][:3] == ["batched", "one_at_a_time", "pack_all"]
+    assert "ratio batched / pack_all" in capsys.readouterr().out
+
+
+def test_bench_synth_toy_size(capsys):
+    pytest.importorskip("espeakng_loader")
+    from spiritlm.corpus.synth_bench import bench_synth, print_report
+
+    r = bench_synth(n_wavs=2, ballast_gib=0.01, repeat=2, min_round_s=0.01, verbose=True)
+    assert r["same_bytes"] and r["ratio"]["median"] > 0
+    print_report(r)
+    assert "ratio zygote / direct" in capsys.readouterr().out

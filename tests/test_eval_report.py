@@ -178,7 +178,7 @@ def test_bench_eval_small(tmp_path):
     from spiritlm.eval.bench import bench_eval
 
     r = bench_eval(n_pairs=3, context_len=12, ending_len=6, item_len=5, story_len=40, tmp_dir=tmp_path,
-                   tiny_hidden=32, tiny_layers=2)
+                   tiny_hidden=32, tiny_layers=2, rounds=2, min_round_s=0.01)  # harness smoke run
     assert r["pairs"] == 9 and r["max_abs_logprob_diff"] < 1e-3 and r["context_tokens_saved"] > 0
     assert r["max_abs_logprob_diff_pack_all"] < 1e-3 and r["pack_all_s"] > 0
     assert r["pairs_per_s_batched"] > 0 and r["pairs_per_s_one_at_a_time"] > 0

@@ -1,4 +1,13 @@
-"""``spiritlm bench NAME``: side-by-side benchmarks that print ratios measured in one run."""
+"""``spiritlm bench NAME``: side-by-side benchmarks that print ratios measured in one run.
+
+Every bench runs on :mod:`spiritlm.bench_harness`: its contenders alternate (A B A B ...) for
+``--rounds`` rounds (default 5) of at least ``--min-round-s`` seconds (default 2) after warm-up,
+and the report gives the median ratio with its min-max, the machine's load before and after, and
+a warning when the spread is over 20 %. ``--threads N`` sets torch's threads for the run (printed
+in the report): on a machine loaded by other processes, 1 thread per process avoids OpenMP
+barriers waiting on descheduled threads, which can slow small ops 10x and swamp the comparison.
+A new bench: add ``name: (function, help)`` to ``BENCHES``; its function reads ``args.rounds`` and
+``args.min_round_s`` (None = the harness's defaults) and prints the harness report."""
 
 from __future__ import annotations
 
@@ -8,71 +17,117 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (ratios measured side by side in one run)")
     p.add_argument("name", choices=sorted(BENCHES), help="; ".join(f"{k}: {v[1]}" for k, v in BENCHES.items()))
-    p.add_argument("--seconds", type=float, default=600.0, help="vocab: utterance length in seconds")
-    p.add_argument("--repeat", type=int, default=5)
-    p.set_defaults(func=lambda args: int(BENCHES[args.name][0](args) or 0))
+    p.add_argument("--seconds", type=float, default=None,
+                   help="vocab: utterance length (default 600); tokenizer: total audio (default 60)")
+    p.add_argument("--files", type=int, default=12, help="tokenizer: number of files (varied lengths)")
+    p.add_argument("--size", default=None,
+                   help="train: tiny | demo | 10x (default demo); tokenizer: base | tiny (default base)")
+    p.add_argument("--repeat", type=int, default=5, help="rounds, for benches without --rounds (mfu: steps)")
+    p.add_argument("--rounds", type=int, default=None, help="harness rounds (default 5; fewer = a smoke run)")
+    p.add_argument("--min-round-s", type=float, default=None,
+                   help="harness: seconds per side per round (default 2; shorter = a smoke run)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for this run (default: torch's)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return int(BENCHES[args.name][0](args) or 0)
+
+
+def _harness(args) -> dict:
+    return {"rounds": args.rounds, "min_round_s": args.min_round_s}
 
 
 def _bench_vocab(args) -> int:
     from spiritlm.vocab_bench import bench_vocab, print_report
 
-    print_report(bench_vocab(args.seconds, args.repeat), args.seconds)
+    seconds = args.seconds or 600.0
+    print_report(bench_vocab(seconds, verbose=True, **_harness(args)), seconds)
     return 0
 
 
 def _bench_interleave(args) -> int:
-    from spiritlm.data.interleave import bench_interleave
+    import os
 
-    print("interleaved ids from aligned records, one core: vectorised vs per-word Python reference")
-    for expressive in (False, True):
-        r = bench_interleave(expressive=expressive, seconds=2.0)
-        v, ref = r["vectorised"]["tokens_per_s"], r["reference"]["tokens_per_s"]
-        print(f"  {'expressive' if expressive else 'base':<11} vectorised {v / 1e6:6.2f} M tok/s   "
-              f"reference {ref / 1e6:6.2f} M tok/s   ratio {r['speedup']:5.1f}x   "
-              f"(target >= 1M tok/s: {'met' if r['target_met'] else 'NOT met'})")
+    import numpy as np
+
+    from spiritlm.bench_harness import Side, run_sides
+    from spiritlm.data.interleave import Interleaver, synthetic_records
+
+    saved = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else None
+    try:
+        if saved:  # one core, as the target (>= 1 M tok/s) is per core
+            os.sched_setaffinity(0, {min(saved)})
+        for expressive in (False, True):
+            recs = synthetic_records(300, 0, expressive=expressive)
+            il = Interleaver(has_pitch=expressive, has_style=expressive)
+            flat, off = il.batch(recs, 0, 7)
+            for i, rec in enumerate(recs):  # identical ids before anything is timed
+                if not np.array_equal(flat[off[i]:off[i + 1]], il.reference(rec, 0, 7)):
+                    raise AssertionError(f"implementations disagree on {rec.id}")
+            epoch = [0]
+
+            def vectorised():  # a new epoch per call: new span draws, as in training
+                epoch[0] += 1
+                for i in range(0, len(recs), 256):
+                    il.batch(recs[i:i + 256], 0, epoch[0])
+
+            def reference():
+                epoch[0] += 1
+                for rec in recs:
+                    il.reference(rec, 0, epoch[0])
+
+            sides = [Side("vectorised", vectorised, work=len(flat), unit="tok"),
+                     Side("reference", reference, work=len(flat), unit="tok")]
+            m = run_sides(sides, peak=False, **_harness(args))
+            v = m.rate("vectorised")
+            print(m.report([("vectorised", "reference")],
+                           f"interleaved ids from {len(recs)} aligned records ({'expressive' if expressive else 'base'}), "
+                           f"one core: vectorised vs per-word Python reference; target >= 1 M tok/s: "
+                           f"{'met' if v >= 1e6 else 'NOT met'} ({v / 1e6:.2f} M)"), flush=True)
+    finally:
+        if saved:
+            os.sched_setaffinity(0, saved)
     return 0
 
 
 def _bench_train(args) -> int:
     from spiritlm.train.bench import bench_train
 
-    bench_train()  # prints its own side-by-side report
+    bench_train(size=args.size or "demo", **_harness(args))  # prints the harness report
     return 0
 
 
 def _bench_side_by_side(args) -> int:
     from spiritlm.train.bench import bench_side_by_side
 
-    r = bench_side_by_side()  # prints its own report
+    r = bench_side_by_side(**_harness(args))  # prints the harness report
     return 0 if r["same_losses"] else 1
 
 
 def _bench_precision(args) -> int:
     from spiritlm.train.bench import bench_precision
 
-    bench_precision()  # prints its own report
+    bench_precision(**_harness(args))  # prints the harness report
     return 0
 
 
 def _bench_tokenizer(args) -> int:
     from spiritlm.tokenizer.bench import bench_tokenizer
 
-    bench_tokenizer()  # prints its own side-by-side report (see `spiritlm tokenizer bench`)
+    bench_tokenizer(seconds=args.seconds or 60.0, n_files=args.files, size=args.size or "base",
+                    **_harness(args))  # prints the harness report (also `spiritlm tokenizer bench`)
     return 0
 
 
 def _bench_synth(args) -> int:
     from spiritlm.corpus.synth_bench import bench_synth, print_report
 
-    print_report(bench_synth(repeat=max(1, min(args.repeat, 3))))
-    return 0
-
-
-def _bench_mfu(args) -> int:
-    from spiritlm.train.bench_mfu import bench_mfu
-
-    # ~1B at seq 4096 in bf16 on a GPU, a toy size on CPU; checkpointing off/on side by side
-    bench_mfu(rounds=getattr(args, "rounds", None), min_round_s=getattr(args, "min_round_s", None))
+    print_report(bench_synth(repeat=args.rounds, min_round_s=args.min_round_s, verbose=True))
     return 0
 
 
@@ -99,7 +154,6 @@ BENCHES = {
     "side-by-side": (_bench_side_by_side, "two trainings side by side vs in a row (the demo's models)"),
     "precision": (_bench_precision, "the demo's model in fp32 vs bf16, time per step"),
     "eval": (_bench_eval, "pairs scored per second vs one at a time"),
-    "mfu": (_bench_mfu, "tokens/s and MFU of a ~1B model, seq 4096, bf16, checkpointing off/on"),
     "synth": (_bench_synth, "espeak forks of a 2 GiB process: direct vs zygote"),
     "continuous": (_bench_continuous, "continuous-input training step: frozen-encoder features cached vs recomputed"),
 }

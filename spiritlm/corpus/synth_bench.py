@@ -33,7 +33,11 @@ def _timed(es, items, direct: bool, processes: int) -> tuple[float, list]:
     return time.perf_counter() - t0, out
 
 
-def bench_synth(n_wavs: int = 120, ballast_gib: float = 2.0, repeat: int = 2, processes: int = 2) -> dict:
+def bench_synth(n_wavs: int = 120, ballast_gib: float = 2.0, repeat: int | None = None, processes: int = 2,
+                min_round_s: float | None = None, verbose: bool = False) -> dict:
+    """Direct and zygote forks alternate on the benchmark harness for ``repeat`` rounds (default
+    5) of one synthesis of all ``n_wavs`` each (>= ``min_round_s``: more calls when faster)."""
+    from spiritlm.bench_harness import Side, run_sides
     from spiritlm.corpus.espeak import get_espeak
     from spiritlm.corpus.espeak_zygote import resident_bytes
 
@@ -43,23 +47,32 @@ def bench_synth(n_wavs: int = 120, ballast_gib: float = 2.0, repeat: int = 2, pr
     # ~2 objects of ~50 bytes each per entry: a heap of small objects like a trained-model process
     ballast = [[i, str(i)] for i in range(int(ballast_gib * 2**30 / 180))]
     rss = resident_bytes()
-    times: dict[str, list[float]] = {"direct": [], "zygote": []}
-    same = True
-    for _ in range(max(1, repeat)):
-        for name, direct in (("direct", True), ("zygote", False)):
-            s, out = _timed(es, items, direct, processes)
-            times[name].append(s)
-            same &= all(a[1].audio.tobytes() == b[1].audio.tobytes() for a, b in zip(reference, out))
+    same = [True]
+
+    def side(direct: bool):
+        def call():
+            _, out = _timed(es, items, direct, processes)
+            same[0] &= all(a[1].audio.tobytes() == b[1].audio.tobytes() for a, b in zip(reference, out))
+        return call
+
+    m = run_sides([Side("zygote", side(False), work=n_wavs, unit="wav", warmup=0),
+                   Side("direct", side(True), work=n_wavs, unit="wav", warmup=0)],
+                  rounds=repeat, min_round_s=min_round_s, peak=False)
     del ballast
-    best = {k: min(v) for k, v in times.items()}
-    return {"n_wavs": n_wavs, "rss_gib": rss / 2**30, "small_process_s": small_s, "direct_s": best["direct"],
-            "zygote_s": best["zygote"], "speedup": best["direct"] / best["zygote"], "same_bytes": same}
+    r = m.ratio("zygote", "direct")
+    out = {"n_wavs": n_wavs, "rss_gib": rss / 2**30, "small_process_s": small_s,
+           "direct_s": n_wavs / m.rate("direct"), "zygote_s": n_wavs / m.rate("zygote"), "speedup": r.median,
+           "ratio": r.as_dict(), "same_bytes": same[0], "measurement": m.as_dict([("zygote", "direct")])}
+    if verbose:
+        print(m.report([("zygote", "direct")], f"espeak synthesis of {n_wavs} wavs, {processes} forks at a time, "
+                                               f"from a process with {out['rss_gib']:.1f} GiB resident"), flush=True)
+    return out
 
 
 def print_report(r: dict) -> None:
     n = r["n_wavs"]
-    print(f"espeak synthesis of {n} wavs, 2 forks at a time, best of the runs:")
-    print(f"  small process ({'before ballast':>18})  {r['small_process_s']:6.2f} s  {n / r['small_process_s']:7.1f} wav/s")
-    print(f"  direct forks  ({r['rss_gib']:5.1f} GiB resident)  {r['direct_s']:6.2f} s  {n / r['direct_s']:7.1f} wav/s")
-    print(f"  zygote forks  ({r['rss_gib']:5.1f} GiB resident)  {r['zygote_s']:6.2f} s  {n / r['zygote_s']:7.1f} wav/s")
-    print(f"  zygote vs direct: {r['speedup']:.1f}x faster; same bytes on both paths: {r['same_bytes']}")
+    print(f"  small process (before the ballast, one run) {r['small_process_s']:6.2f} s  "
+          f"{n / r['small_process_s']:7.1f} wav/s")
+    st = r["ratio"]
+    print(f"  zygote vs direct: {st['median']:.1f}x faster (min {st['min']:.1f}, max {st['max']:.1f}); "
+          f"same bytes on both paths: {r['same_bytes']}")

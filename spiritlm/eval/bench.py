@@ -15,7 +15,6 @@ so whole stories shared rows behind a 2-token context).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +45,15 @@ def _workload(tok, n_pairs: int, context_len: int, ending_len: int, item_len: in
 def bench_eval(model_dir: str | Path | None = None, device: str = "cpu", dtype: str = "float32",
                n_pairs: int = 64, context_len: int = 200, ending_len: int = 40, item_len: int = 20,
                story_len: int = 500, batch_tokens: int = 16384, seed: int = 0,
-               tmp_dir: str | Path | None = None, tiny_hidden: int = 64, tiny_layers: int = 4) -> dict:
+               tmp_dir: str | Path | None = None, tiny_hidden: int = 64, tiny_layers: int = 4,
+               rounds: int | None = None, min_round_s: float | None = None, verbose: bool = False) -> dict:
+    """The three scorings alternate on the benchmark harness (batched, one at a time, the old
+    packing rule), >= 5 rounds of >= 2 s by default; ``verbose`` prints the harness report."""
     import tempfile
 
     import torch
 
+    from spiritlm.bench_harness import Side, run_sides
     from spiritlm.eval.model import load_model, resolve_device
     from spiritlm.eval.scoring import Scorer
 
@@ -67,41 +70,50 @@ def bench_eval(model_dir: str | Path | None = None, device: str = "cpu", dtype: 
     scorer.score_ids(pairs[:8])  # warm-up
     scorer.score_one_at_a_time(pairs=pairs[:4])
     scorer.stats = type(scorer.stats)()
+    outs: dict[str, list] = {}
 
-    def timed(fn):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return out, time.perf_counter() - t
+    def timed(name, fn):
+        def call():
+            outs[name] = fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+        return call
 
-    batched, tb = timed(lambda: scorer.score_ids(pairs))
-    single, ts = timed(lambda: scorer.score_one_at_a_time(pairs=pairs))
-    packed_all, tp = timed(lambda: old_rule.score_ids(pairs))
+    n = len(pairs) // 2
+    sides = [Side("batched", timed("batched", lambda: scorer.score_ids(pairs)), work=n, unit="pairs"),
+             Side("one_at_a_time", timed("single", lambda: scorer.score_one_at_a_time(pairs=pairs)), work=n,
+                  unit="pairs"),
+             Side("pack_all", timed("pack_all", lambda: old_rule.score_ids(pairs)), work=n, unit="pairs")]
+    m = run_sides(sides, rounds, min_round_s, peak=False)
+    calls = sum(m.reps["batched"]) + 2  # + its warm-up and calibration calls: stats are per pass
+    batched, single, packed_all = outs["batched"], outs["single"], outs["pack_all"]
     diff = max(abs(a.logprob - b.logprob) for a, b in zip(batched, single))
     diff_old = max(abs(a.logprob - b.logprob) for a, b in zip(batched, packed_all))
-    n = len(pairs) // 2
-    return {"device": device, "dtype": dtype, "model": str(model_dir), "pairs": n, "requests": len(pairs),
-            "batched_s": tb, "one_at_a_time_s": ts, "pairs_per_s_batched": n / tb,
-            "pairs_per_s_one_at_a_time": n / ts, "speedup": ts / tb, "max_abs_logprob_diff": diff,
-            "context_tokens_saved": scorer.stats.context_tokens_saved,
-            "tokens_forwarded_batched": scorer.stats.tokens_forwarded,
-            "pack_all_s": tp, "speedup_vs_pack_all": tp / tb, "max_abs_logprob_diff_pack_all": diff_old}
+    pairs_ratio = [("batched", "one_at_a_time"), ("batched", "pack_all")]
+    out = {"device": device, "dtype": dtype, "model": str(model_dir), "pairs": n, "requests": len(pairs),
+           "batched_s": n / m.rate("batched"), "one_at_a_time_s": n / m.rate("one_at_a_time"),
+           "pairs_per_s_batched": m.rate("batched"), "pairs_per_s_one_at_a_time": m.rate("one_at_a_time"),
+           "speedup": m.ratio("batched", "one_at_a_time").median, "max_abs_logprob_diff": diff,
+           "context_tokens_saved": scorer.stats.context_tokens_saved // max(calls, 1),
+           "tokens_forwarded_batched": scorer.stats.tokens_forwarded // max(calls, 1),
+           "pack_all_s": n / m.rate("pack_all"), "speedup_vs_pack_all": m.ratio("batched", "pack_all").median,
+           "max_abs_logprob_diff_pack_all": diff_old,
+           "ratios": {f"{a}/{b}": m.ratio(a, b).as_dict() for a, b in pairs_ratio},
+           "measurement": m.as_dict(pairs_ratio)}
+    if verbose:
+        print(m.report(pairs_ratio, f"eval scoring on {device} ({n} pairs, {len(pairs)} requests, tiny random "
+                                    "LLaMA): batched + shared-context packing vs one request at a time, and vs "
+                                    "the packing rule before 2026-11-29 (pack_all)"), flush=True)
+    return out
 
 
 def main(args=None) -> int:
     """``spiritlm bench eval``: tiny random model on this machine's default device."""
-    r = bench_eval(device="auto")
-    print(f"eval scoring on {r['device']} ({r['pairs']} pairs, {r['requests']} requests, tiny random LLaMA)")
-    print(f"  batched + shared-context packing: {r['pairs_per_s_batched']:8.1f} pairs/s ({r['batched_s']:.2f} s)")
-    print(f"  one request at a time:            {r['pairs_per_s_one_at_a_time']:8.1f} pairs/s ({r['one_at_a_time_s']:.2f} s)")
-    print(f"  speedup x{r['speedup']:.1f}; max |log-prob difference| {r['max_abs_logprob_diff']:.2e}; "
-          f"context tokens not recomputed: {r['context_tokens_saved']}")
-    print(f"  every continuation packed behind its context (the rule before 2026-11-29): "
-          f"{r['pack_all_s']:.2f} s; packing only those no longer than the context is "
-          f"x{r['speedup_vs_pack_all']:.2f} (max |log-prob difference| {r['max_abs_logprob_diff_pack_all']:.2e})")
+    r = bench_eval(device="auto", rounds=getattr(args, "rounds", None), min_round_s=getattr(args, "min_round_s", None),
+                   verbose=True)
+    print(f"  max |log-prob difference| batched vs one at a time {r['max_abs_logprob_diff']:.2e}, vs pack_all "
+          f"{r['max_abs_logprob_diff_pack_all']:.2e}; context tokens not recomputed per pass: "
+          f"{r['context_tokens_saved']}")
     return 0
 
 
@@ -109,4 +121,6 @@ if __name__ == "__main__":  # python -m spiritlm.eval.bench [model_dir] [device]
     import json
     import sys
 
-    print(json.dumps(bench_eval(*(sys.argv[1:3])), indent=2))
+    r = bench_eval(*(sys.argv[1:3]), verbose=True)
+    r.pop("measurement")
+    print(json.dumps(r, indent=2))

@@ -1,14 +1,21 @@
-"""``bench_train()``: tokens/s of our DeepSpeed loop against a plain HF ``Trainer``, same model, data.
+"""Training benchmarks on the benchmark harness (:mod:`spiritlm.bench_harness`): A and B alternate
+in rounds of >= 2 s, the median ratio with its min-max and the machine's load are printed.
 
-Both train the same tiny LLaMA (speech vocabulary added) on the same packed rows (our
-``Packer`` output; for HF the shifted ``targets`` become ``labels`` and ``position_ids`` keep
-documents apart the same way), same micro-batch, accumulation, optimizer (AdamW) and LR. The
-first ``warmup`` optimizer steps are not timed. On CUDA the MFU of our loop is reported too.
+* ``bench_train()``: tokens/s of our DeepSpeed loop (``Trainer.fit``) against a plain HF
+  ``Trainer`` on the same model, the same packed rows (our ``Packer``; for HF the shifted
+  ``targets`` become ``labels`` and ``position_ids`` keep documents apart the same way), same
+  micro-batch, accumulation, optimizer (AdamW), LR and clipping. Both real loops run in threads
+  paused after every optimizer step (HF by a callback, ours by wrapping ``train_step``), so that
+  their steps alternate in one process (``_PausedLoop``). ``size="demo"`` is the demo's model and batch,
+  ``"10x"`` a model with ~10x its non-embedding parameters. Achieved FLOP/s (6N + attention per
+  token) is printed against a matmul peak measured in the same run.
+* ``bench_side_by_side()``, ``bench_precision()``: see their docstrings.
 """
 
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from typing import Sequence
 
@@ -16,82 +23,185 @@ import torch
 
 from spiritlm.train.packing import IGNORE
 
+# the demo's model (DemoConfig.train_overrides) and one with ~10x its non-embedding parameters
+SIZES = {
+    "tiny": ["data.seq_len=128", "model.tiny.max_position_embeddings=256", "micro_batch_size=4",
+             "global_batch_size=8"],
+    "demo": [],  # demo_model() below
+    "10x": ["model.tiny.hidden_size=384", "model.tiny.intermediate_size=1056", "model.tiny.num_attention_heads=6",
+            "model.tiny.num_key_value_heads=6"],
+}
+
+
+def _hf_labels(b: dict) -> torch.Tensor:
+    tgt = b["targets_BT"]
+    return torch.cat([torch.full_like(tgt[:, :1], IGNORE), tgt[:, :-1]], dim=1)  # HF shifts back
+
 
 def _hf_rows(batches: list[dict]) -> list[dict]:
     rows = []
     for b in batches:
-        tgt = b["targets_BT"]
-        labels = torch.cat([torch.full_like(tgt[:, :1], IGNORE), tgt[:, :-1]], dim=1)  # HF shifts back
-        for i in range(tgt.shape[0]):
+        labels = _hf_labels(b)
+        for i in range(labels.shape[0]):
             rows.append({"input_ids": b["input_ids_BT"][i], "position_ids": b["position_ids_BT"][i],
                          "labels": labels[i]})
     return rows
 
 
-def bench_train(steps: int = 12, warmup: int = 2, overrides: Sequence[str] = (), verbose: bool = True) -> dict:
-    """Returns ``{"ours_tokens_per_s", "hf_tokens_per_s", "ratio", ...}`` and prints a summary."""
+class _PackedRows(torch.utils.data.IterableDataset):
+    """Our packer's rows, endlessly, as HF ``Trainer`` inputs (same order as ``Trainer`` reads)."""
+
+    def __init__(self, packer, micro_batch_size: int):
+        self.packer, self.micro = packer, micro_batch_size
+
+    def __iter__(self):
+        while True:
+            yield from _hf_rows([self.packer.next_batch(self.micro)])
+
+
+class _StopLoop(Exception):
+    """Raised inside a paused training loop to end it when the benchmark is over."""
+
+
+class _PausedLoop:
+    """A training loop (``run()``) in a thread that calls ``pause()`` after every optimizer step:
+    ``step()`` lets it run exactly one more step and returns when that step has ended. The loops
+    are the real ones (HF ``Trainer.train()``, our ``Trainer.fit()``), with their data loading,
+    logging and bookkeeping; only the pause is added (two semaphores)."""
+
+    def __init__(self, run):
+        self._go, self._done = threading.Semaphore(0), threading.Semaphore(0)
+        self._stop, self.error, self._run_fn = False, None, run
+        self._thread = threading.Thread(target=self._run, daemon=True, name="paused-loop")
+        self._thread.start()
+
+    def pause(self) -> bool:
+        """Called by the loop after a step; -> True when the loop must stop now."""
+        self._done.release()
+        self._go.acquire()
+        return self._stop
+
+    def _run(self):
+        try:
+            self._go.acquire()
+            if not self._stop:
+                self._run_fn()
+        except _StopLoop:
+            pass
+        except BaseException as e:  # noqa: BLE001 -- re-raised in the caller's thread
+            self.error = e
+        finally:
+            self._done.release()
+
+    def step(self) -> None:
+        self._go.release()
+        self._done.acquire()
+        if self.error is not None:
+            raise RuntimeError(f"training loop failed: {self.error!r}") from self.error
+
+    def close(self) -> None:
+        self._stop = True
+        self._go.release()
+        self._thread.join(timeout=600)
+
+
+def _paused_hf(make_trainer) -> _PausedLoop:
+    from transformers import TrainerCallback
+
+    loop: list[_PausedLoop] = []
+
+    class Pause(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if loop[0].pause():
+                control.should_training_stop = True
+
+    trainer = make_trainer([Pause()])
+    loop.append(_PausedLoop(trainer.train))
+    return loop[0]
+
+
+def _paused_ours(trainer) -> _PausedLoop:
+    """Our ``Trainer.fit()`` (logging, metrics.jsonl, progress bookkeeping), paused per step."""
+    step_fn = trainer.train_step
+    loop: list[_PausedLoop] = []
+
+    def train_step():
+        rec = step_fn()
+        if loop[0].pause():
+            raise _StopLoop
+        return rec
+
+    trainer.train_step = train_step  # the instance's loop calls this one
+    loop.append(_PausedLoop(trainer.fit))
+    return loop[0]
+
+
+def bench_train(size: str = "tiny", overrides: Sequence[str] = (), rounds: int | None = None,
+                min_round_s: float | None = None, warmup: int = 2, verbose: bool = True,
+                steps: int | None = None) -> dict:
+    """Ours vs HF ``Trainer`` at ``size`` (tiny | demo | 10x); fp32 both (like for like).
+    ``steps``: fixed optimizer steps per round (default: calibrated to ``min_round_s``).
+    Returns ``{"ours_tokens_per_s", "hf_tokens_per_s", "ratio", "ratio_stats", ...}``."""
+    from spiritlm.bench_harness import Side, matmul_peak, run_sides
+    from spiritlm.train.data import MixtureStream, make_sources
+    from spiritlm.train.model import build_model
+    from spiritlm.train.packing import Packer
     from spiritlm.train.tiny import tiny_config
     from spiritlm.train.trainer import Trainer
 
+    if size not in SIZES:
+        raise ValueError(f"size={size!r}: choose one of {sorted(SIZES)}")
+    base = [*demo_model(), *SIZES[size]] if size != "tiny" else SIZES["tiny"]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = tiny_config(f"{tmp}/ours", [f"steps={steps + warmup}", "data.seq_len=128",
-                                          "model.tiny.max_position_embeddings=256", "micro_batch_size=4",
-                                          "global_batch_size=8", "optim.schedule=constant",
-                                          "optim.warmup_steps=0", "checkpoint.resume=false", *overrides])
-        tokens_per_step = cfg.micro_batch_size * cfg.data.seq_len * (cfg.global_batch_size // cfg.micro_batch_size)
-
-        # ---- ours: Trainer.train_step on DeepSpeed --------------------------------------------
+        cfg = tiny_config(f"{tmp}/ours", [*base, "steps=1000000", "optim.schedule=constant", "optim.warmup_steps=0",
+                                          "deepspeed.precision=fp32", "checkpoint.resume=false", *overrides])
         ours = Trainer(cfg)
         gas = ours.gas
-        for _ in range(warmup):
-            ours.train_step()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            ours.train_step()
-        ours_tps = steps * tokens_per_step / (time.perf_counter() - t0)
-        mfu = None
-        if torch.cuda.is_available() and ours.peak_flops:
-            mfu = ours_tps * ours.flops_per_token / ours.peak_flops
-        # the same rows, replayed for HF from a fresh packer on the same seed
-        from spiritlm.train.data import MixtureStream, make_sources
-        from spiritlm.train.model import build_model
-        from spiritlm.train.packing import Packer
+        tokens_per_step = cfg.micro_batch_size * cfg.data.seq_len * gas * ours.world
+
+        # HF: the same rows from a fresh packer on the same seed, its own loop in a thread
+        from transformers import Trainer as HFTrainer
+        from transformers import TrainingArguments
 
         srcs, w = make_sources(cfg.data, ours.layout, text_vocab=ours.layout.base_vocab_size)
-        packer = Packer(MixtureStream(srcs, w, seed=cfg.seed), cfg.data.seq_len, cfg.data.bos_id)
-        batches = [packer.next_batch(cfg.micro_batch_size) for _ in range((steps + warmup) * gas)]
-        del ours
-
-        # ---- HF Trainer, plain PyTorch (no DeepSpeed) -------------------------------------------
-        from transformers import Trainer as HFTrainer
-        from transformers import TrainerCallback, TrainingArguments
-
+        packer = Packer(MixtureStream(srcs, w, seed=cfg.seed), cfg.data.seq_len,
+                        cfg.data.bos_id if cfg.data.add_bos else -1, cfg.data.eos_id)
+        torch.manual_seed(cfg.seed)
         model, _, _ = build_model(cfg.model)
-        stamps: list[float] = []
-
-        class Stamp(TrainerCallback):
-            def on_step_end(self, args, state, control, **kw):
-                stamps.append(time.perf_counter())
-
         args = TrainingArguments(
             output_dir=f"{tmp}/hf", per_device_train_batch_size=cfg.micro_batch_size,
-            gradient_accumulation_steps=gas, max_steps=steps + warmup, learning_rate=cfg.optim.lr,
+            gradient_accumulation_steps=gas, max_steps=10**9, learning_rate=cfg.optim.lr,
             lr_scheduler_type="constant", weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.grad_clip,
-            adam_beta1=cfg.optim.betas[0], adam_beta2=cfg.optim.betas[1], optim="adamw_torch",
-            report_to=[], save_strategy="no", logging_steps=10**9, dataloader_num_workers=0,
-            use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=cfg.seed,
+            adam_beta1=cfg.optim.betas[0], adam_beta2=cfg.optim.betas[1], adam_epsilon=cfg.optim.eps,
+            optim="adamw_torch", report_to=[], save_strategy="no", logging_steps=10**9,
+            dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=cfg.seed,
         )
-        hf = HFTrainer(model=model, args=args, train_dataset=_hf_rows(batches), callbacks=[Stamp()])
-        hf._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(hf.train_dataset)
-        hf.train()
-        hf_tps = steps * tokens_per_step / (stamps[-1] - stamps[warmup - 1])
-    out = {"ours_tokens_per_s": ours_tps, "hf_tokens_per_s": hf_tps, "ratio": ours_tps / hf_tps,
-           "steps": steps, "tokens_per_step": tokens_per_step, "mfu": mfu,
-           "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads()}
+        hf = _paused_hf(lambda cbs: HFTrainer(model=model, args=args, train_dataset=_PackedRows(
+            packer, cfg.micro_batch_size), callbacks=cbs))
+        ours_loop = _paused_ours(ours)
+        try:
+            fpt = ours.flops_per_token
+            sides = [Side("ours", ours_loop.step, work=tokens_per_step, unit="tok", flops=fpt * tokens_per_step,
+                          warmup=warmup, reps=steps),
+                     Side("hf_trainer", hf.step, work=tokens_per_step, unit="tok", flops=fpt * tokens_per_step,
+                          warmup=warmup, reps=steps)]
+            mt = cfg.model.tiny  # the MLP's up projection over one micro-batch: the model's typical matmul
+            peak = matmul_peak(shape=(cfg.micro_batch_size * cfg.data.seq_len, mt.hidden_size, mt.intermediate_size))
+            m = run_sides(sides, rounds, min_round_s, peak=peak)
+        finally:
+            hf.close()
+            ours_loop.close()
+        del ours
+    r = m.ratio("ours", "hf_trainer")
+    n_params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)
+    out = {"size": size, "ours_tokens_per_s": m.rate("ours"), "hf_tokens_per_s": m.rate("hf_trainer"),
+           "ratio": r.median, "ratio_stats": r.as_dict(), "tokens_per_step": tokens_per_step,
+           "non_embedding_params": n_params, "device": "cuda" if torch.cuda.is_available() else "cpu",
+           "threads": torch.get_num_threads(), "measurement": m.as_dict([("ours", "hf_trainer")])}
     if verbose:
-        print(f"train bench ({out['device']}, {steps} timed steps x {tokens_per_step} tokens): "
-              f"ours {ours_tps:,.0f} tok/s, HF Trainer {hf_tps:,.0f} tok/s, ratio {out['ratio']:.2f}"
-              + (f", MFU {mfu:.1%}" if mfu else ""))
+        title = (f"train bench, size {size} ({n_params / 1e6:.2f} M non-embedding params, {tokens_per_step} tokens "
+                 f"per optimizer step, fp32, {out['device']}): our loop vs HF Trainer")
+        print(m.report([("ours", "hf_trainer")], title), flush=True)
     return out
 
 
@@ -117,60 +227,77 @@ def _train_job(overrides: list[str], step_dir) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def bench_side_by_side(steps: int = 40, verbose: bool = True) -> dict:
+def bench_side_by_side(steps: int = 20, verbose: bool = True, rounds: int | None = None,
+                       min_round_s: float | None = None) -> dict:
     """Two demo-sized trainings (data seeds 0 and 1) one after the other in this process, then
     side by side in two processes with half the cores each (spiritlm.pipeline), as the demo
-    trains its two models. Prints the wall-time ratio and whether every loss is the same."""
+    trains its two models, alternating on the harness (one pair of trainings per call). Prints
+    the median wall-time ratio and whether every loss is the same."""
     from pathlib import Path
 
+    from spiritlm.bench_harness import Side, run_sides
     from spiritlm.pipeline import Job, Pipeline
 
     jobs = [Job(f"seed{s}", s, _train_job, ([*demo_model(), f"steps={steps}", f"seed={s}"],)) for s in (0, 1)]
+    outs: dict[str, list] = {"in_a_row": [], "side_by_side": []}
     with tempfile.TemporaryDirectory() as tmp:
-        walls, outs = {}, {}
-        for name, workers in (("in_a_row", 1), ("side_by_side", 2)):
-            t0 = time.perf_counter()
-            outs[name] = Pipeline(Path(tmp) / name, workers=workers).run_jobs(jobs)
-            walls[name] = time.perf_counter() - t0
-    same = all(a["losses"] == b["losses"] for a, b in zip(outs["in_a_row"], outs["side_by_side"]))
-    out = {"in_a_row_s": walls["in_a_row"], "side_by_side_s": walls["side_by_side"],
-           "speedup": walls["in_a_row"] / walls["side_by_side"], "same_losses": same, "steps": steps,
-           "threads": [o["threads"] for o in outs["in_a_row"]] + [o["threads"] for o in outs["side_by_side"]]}
+        def run(name: str, workers: int):
+            def call():
+                k = len(outs[name])
+                outs[name].append(Pipeline(Path(tmp) / f"{name}{k}", workers=workers).run_jobs(jobs))
+            return call
+
+        m = run_sides([Side("side_by_side", run("side_by_side", 2), work=2, unit="trainings", warmup=0, reps=1),
+                       Side("in_a_row", run("in_a_row", 1), work=2, unit="trainings", warmup=0, reps=1)],
+                      rounds, min_round_s, peak=False)
+    ref = outs["in_a_row"][0]
+    same = all(a["losses"] == b["losses"] for runs in outs.values() for o in runs for a, b in zip(ref, o))
+    r = m.ratio("side_by_side", "in_a_row")
+    out = {"in_a_row_s": 2 / m.rate("in_a_row"), "side_by_side_s": 2 / m.rate("side_by_side"),
+           "speedup": r.median, "ratio": r.as_dict(), "same_losses": same, "steps": steps,
+           "threads": [o["threads"] for o in outs["in_a_row"][0]] + [o["threads"] for o in outs["side_by_side"][0]],
+           "measurement": m.as_dict([("side_by_side", "in_a_row")])}
     if verbose:
         t = out["threads"]
-        print(f"side-by-side bench (2 demo-sized trainings x {steps} steps, CPU): in a row "
-              f"({t[0]} threads) {walls['in_a_row']:.1f} s, side by side ({t[2]} thread(s) each) "
-              f"{walls['side_by_side']:.1f} s, speedup {out['speedup']:.2f}x; "
-              f"same losses: {'yes' if same else 'NO'}")
+        print(m.report([("side_by_side", "in_a_row")],
+                       f"side-by-side bench (2 demo-sized trainings x {steps} steps, CPU): in a row ({t[0]} threads) "
+                       f"vs side by side ({t[2]} thread(s) each); same losses: {'yes' if same else 'NO'}"), flush=True)
     return out
 
 
-def bench_precision(steps: int = 30, warmup: int = 3, verbose: bool = True) -> dict:
+def bench_precision(steps: int | None = None, warmup: int = 3, verbose: bool = True, rounds: int | None = None,
+                    min_round_s: float | None = None) -> dict:
     """The demo's model and batch (synthetic documents) in fp32 and in bf16 (DeepSpeed bf16:
-    bf16 weights and activations, fp32 optimizer state), this process, same data: seconds per
-    optimizer step after ``warmup`` and the loss of the last step in each."""
+    bf16 weights and activations, fp32 optimizer state), this process, same data, optimizer steps
+    alternating on the harness after ``warmup``: seconds per step and the loss of the last step
+    of each. ``steps``: fixed steps per round (default: calibrated)."""
+    from spiritlm.bench_harness import Side, run_sides
     from spiritlm.train.tiny import tiny_config
     from spiritlm.train.trainer import Trainer
 
-    out: dict = {"steps": steps, "threads": torch.get_num_threads()}
+    out: dict = {"threads": torch.get_num_threads()}
+    last: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for precision in ("fp32", "bf16"):
-            t = Trainer(tiny_config(f"{tmp}/{precision}", [*demo_model(), f"steps={steps + warmup}",
-                                                             f"deepspeed.precision={precision}"]))
-            for _ in range(warmup):
-                t.train_step()
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                last = t.train_step()
-            out[f"{precision}_s_per_step"] = (time.perf_counter() - t0) / steps
-            out[f"{precision}_last_loss"] = float(last["loss"])
-            del t
-    out["speedup"] = out["fp32_s_per_step"] / out["bf16_s_per_step"]
+        trainers = {p: Trainer(tiny_config(f"{tmp}/{p}", [*demo_model(), "steps=1000000",
+                                                          f"deepspeed.precision={p}"])) for p in ("fp32", "bf16")}
+
+        def step(p):
+            return lambda: last.__setitem__(p, trainers[p].train_step())
+
+        m = run_sides([Side(p, step(p), work=1, unit="steps", warmup=warmup, reps=steps) for p in ("bf16", "fp32")],
+                      rounds, min_round_s, peak=False)
+        for p in ("fp32", "bf16"):
+            out[f"{p}_s_per_step"] = 1 / m.rate(p)
+            out[f"{p}_last_loss"] = float(last[p]["loss"])
+            out[f"{p}_steps"] = trainers[p].step
+        del trainers
+    r = m.ratio("bf16", "fp32")
+    out.update(speedup=r.median, ratio=r.as_dict(), measurement=m.as_dict([("bf16", "fp32")]))
     if verbose:
-        print(f"precision bench (demo model, {steps} timed steps, {out['threads']} threads): fp32 "
-              f"{out['fp32_s_per_step'] * 1000:.0f} ms/step, bf16 {out['bf16_s_per_step'] * 1000:.0f} ms/step, "
-              f"speedup {out['speedup']:.2f}x; last loss fp32 {out['fp32_last_loss']:.4f}, "
-              f"bf16 {out['bf16_last_loss']:.4f}")
+        print(m.report([("bf16", "fp32")], f"precision bench (demo model, {out['threads']} threads): optimizer "
+                                           f"steps, bf16 vs fp32; after {out['fp32_steps']} steps each the last "
+                                           f"loss is fp32 {out['fp32_last_loss']:.4f}, bf16 "
+                                           f"{out['bf16_last_loss']:.4f}"), flush=True)
     return out
 
 
