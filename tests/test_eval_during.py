@@ -91,9 +91,33 @@ def test_eval_rows_at_eval_every_and_identical_training(tmp_path):
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
     assert (tmp_path / "a" / "eval" / "step_0000002" / "report.md").is_file()
     assert (tmp_path / "a" / "curves.png").is_file()
-    # same held-out rows every time: an evaluation of the final model repeats its numbers
+    # same held-out rows every time: an evaluation of the final model repeats its numbers, and
+    # leaves every RNG where it was
+    import random
+
+    import numpy as np
+
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
     again = with_eval.evaluator(4)
+    assert torch.equal(torch.get_rng_state(), states[0]) and (np.random.get_state()[1] == states[1]).all()
+    assert random.getstate() == states[2]
     assert again["eval/loss"] == evals[1]["eval/loss"] and again["eval/swuggy/S"] == evals[1]["eval/swuggy/S"]
+
+
+def test_preserved_rng_restores_every_generator():
+    import random
+
+    import numpy as np
+
+    from spiritlm.train.eval_during import preserved_rng
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    expect = torch.rand(3), np.random.rand(3), random.random()
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    with preserved_rng():
+        torch.rand(5), np.random.rand(5), random.random()  # an evaluation that draws
+    got = torch.rand(3), np.random.rand(3), random.random()
+    assert torch.equal(got[0], expect[0]) and (got[1] == expect[1]).all() and got[2] == expect[2]
 
 
 def test_eval_suite_needs_the_tokenizer(tmp_path):
