@@ -234,3 +234,13 @@ def test_shards_of_another_layout_refused(tmp_path):
     other_hubert = VocabLayout(base_vocab_size=256, hubert_size=200)
     with pytest.raises(ConfigError, match=r"hubert 200.*model.hubert_size=200"):
         check_meta([source("h", other_hubert, False)], LAYOUT, LAYOUT.padded_vocab_size(64))
+
+
+def test_shards_of_another_tokenizer_refused(tmp_path):
+    d = _write_shards(tmp_path / "s", "text", meta=False)
+    (d / "metadata.json").write_text(json.dumps({"base_vocab_size": 256, "tokenizer_sha256": "ab" * 32}))
+    src = ParquetSource(d)
+    check_meta([src], LAYOUT, 1024, tokenizer_sha256="ab" * 32)
+    check_meta([src], LAYOUT, 1024)  # the run has no tokenizer.model: nothing to compare
+    with pytest.raises(ConfigError, match=r"another tokenizer.model \(sha256 ababababab"):
+        check_meta([src], LAYOUT, 1024, tokenizer_sha256="cd" * 32)

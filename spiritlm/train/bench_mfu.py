@@ -106,7 +106,7 @@ def bench_mfu(size: str = "auto", attn: Optional[str] = None, micro_batch: Optio
             results[0]["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if verbose:
         dev = torch.cuda.get_device_name() if device_type == "cuda" else "CPU"
-        title = (f"bench mfu: {size} LLaMA-architecture model ({params / 1e9:.2f}B parameters), seq {seq_len}, "
+        title = (f"bench mfu: {size} LLaMA-architecture model ({params / 1e6:,.1f}M parameters), seq {seq_len}, "
                  f"micro-batch {mb}, {precision}, attention {attn} (documents kept apart by "
                  f"{results[0]['isolation']}), on {dev}")
         pairs = [(sides[0].name, sides[1].name)] if len(sides) == 2 else []

@@ -195,10 +195,19 @@ class SyntheticSource:
         return {"input_ids": np.asarray(ids, dtype=np.int64), "kind": self.kind}
 
 
-def check_meta(sources: Sequence, layout: VocabLayout, rows: int) -> None:
-    """Shard metadata must match the model's vocabulary; the message says what to change."""
+def check_meta(sources: Sequence, layout: VocabLayout, rows: int, tokenizer_sha256: str | None = None) -> None:
+    """Shard metadata must match the model's vocabulary (and, when both are known, its
+    tokenizer.model byte for byte); the message says what was found, expected, and to change."""
     for s in sources:
         meta = getattr(s, "meta", {}) or {}
+        made_with = meta.get("tokenizer_sha256")
+        if tokenizer_sha256 and made_with and made_with != tokenizer_sha256:
+            raise ConfigError(
+                f"data source {s.name}: shards were tokenized with another tokenizer.model (sha256 "
+                f"{made_with[:12]}...) than the model's ({tokenizer_sha256[:12]}...): the same ids would "
+                "mean other pieces. Prepare the shards with the model's tokenizer, or point "
+                "model.tokenizer at the one the shards were made with"
+            )
         base, vs = meta.get("base_vocab_size"), meta.get("vocab_size")
         if base is not None and int(base) != layout.base_vocab_size:
             raise ConfigError(

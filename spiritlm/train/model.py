@@ -97,6 +97,18 @@ def tokenizer_size(cfg: ModelConfig) -> int | None:
     return sp.get_piece_size()
 
 
+def tokenizer_sha256(cfg: ModelConfig) -> str | None:
+    """SHA-256 of the run's tokenizer.model (``model.tokenizer``, else the checkpoint's), if any:
+    the data stage records the same hash in its shards' metadata."""
+    d = cfg.tokenizer or cfg.checkpoint
+    f = Path(d) / "tokenizer.model" if d else None
+    if f is None or not f.is_file():
+        return None
+    import hashlib
+
+    return hashlib.sha256(f.read_bytes()).hexdigest()
+
+
 def load_base_config(cfg: ModelConfig) -> LlamaConfig:
     if not cfg.checkpoint:
         # a tiny model takes its text vocabulary from the tokenizer when one is given

@@ -33,7 +33,7 @@ from spiritlm.train.data import InterleaveFn, MixtureStream, check_meta, make_so
 from spiritlm.train.engine import deepspeed_config, init_distributed, lr_lambda, setup_process
 from spiritlm.train.metrics import (TYPES, RunLog, guess_peak_flops, mixture_record, model_flops_per_token, plot_curves,
                                     token_losses)
-from spiritlm.train.model import build_model, plan_model
+from spiritlm.train.model import build_model, plan_model, tokenizer_sha256
 from spiritlm.train.packing import Packer, isolation_plan, packed_inputs
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class Trainer:
                 log.warning("no [[data.sources]] in the recipe: training on SYNTHETIC random documents "
                             "(a smoke test); list your shard folders under [[data.sources]] "
                             "(train/README.md, Data)")
-        check_meta(sources, self.layout, self.rows)
+        check_meta(sources, self.layout, self.rows, tokenizer_sha256(cfg.model))
         shares = list(weights) if weights is not None else [1.0] * len(sources)
         total = sum(shares)
         if rank0 and total > 0:  # MixtureStream rejects the rest
