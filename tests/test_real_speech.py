@@ -153,8 +153,18 @@ def test_a_transcript_missing_most_words_is_not_aligned(tmp_path):
     assert "s of speech lie outside the aligned words" in rep["failures"][0]["message"]
 
 
+@pytest.fixture(scope="module")
+def readers(tools):
+    """A speech tokenizer (k-means on random frames) and a tiny model, for the commands that
+    take them."""
+    from spiritlm.eval.testing import make_tiny_model_dir
+
+    return {"tok": _tiny_tokenizer(tools, tools["root"]),
+            "model": make_tiny_model_dir(tools["root"] / "model", hidden=16, layers=1)}
+
+
 @pytest.mark.parametrize("bad", MALFORMED, ids=[p.name for p in MALFORMED])
-def test_malformed_wavs_get_a_clear_error_from_every_reader(bad, tools, tmp_path, capsys):
+def test_malformed_wavs_get_a_clear_error_from_every_reader(bad, tools, readers, tmp_path, capsys):
     """bad.wav (no data), evil.wav (corrupt header), awful.wav (1,092,676 Hz): every command that
     reads audio names the file and why, in one line, and nothing crashes or hangs."""
     import shutil
@@ -182,11 +192,11 @@ def test_malformed_wavs_get_a_clear_error_from_every_reader(bad, tools, tmp_path
     # a manifest naming it anyway (written by hand): align, shards
     bad_man = tmp_path / "bad.jsonl"
     write_manifest(bad_man, [Utterance("x", str(bad), 1.0, 16000, "hello world", "s")])
-    if pytest.importorskip("pocketsphinx"):
-        _, arep = align_utterances([Utterance("x", str(bad), 1.0, 16000, "hello world", "s")], tmp_path,
-                                   PocketsphinxAligner())
-        assert arep["failed_reasons"] == {"audio_unreadable": 1}
-        assert re.search(why, arep["failures"][0]["message"])
+    pytest.importorskip("pocketsphinx")
+    _, arep = align_utterances([Utterance("x", str(bad), 1.0, 16000, "hello world", "s")], tmp_path,
+                               PocketsphinxAligner())
+    assert arep["failed_reasons"] == {"audio_unreadable": 1}
+    assert re.search(why, arep["failures"][0]["message"])
     (tmp_path / "p.toml").write_text("")
     capsys.readouterr()
     assert main(["prepare", "shards", str(tmp_path / "p.toml"), "--set", f"output_dir={tmp_path / 'sh'}",
@@ -195,8 +205,8 @@ def test_malformed_wavs_get_a_clear_error_from_every_reader(bad, tools, tmp_path
     err = capsys.readouterr().err
     assert "every speech item was dropped" in err and "Traceback" not in err
     assert re.search(why, (tmp_path / "sh" / "drops.jsonl").read_text())
-    # tokenizer encode (a tokenizer built like the other test's, k-means on random frames)
-    tok = _tiny_tokenizer(tools, tmp_path)
+    # tokenizer encode
+    tok = readers["tok"]
     assert main(["tokenizer", "encode", "--tokenizer", str(tok), str(bad)]) != 0
     err = capsys.readouterr().err
     assert bad.name in err and re.search(why, err) and "Traceback" not in err
@@ -207,10 +217,7 @@ def test_malformed_wavs_get_a_clear_error_from_every_reader(bad, tools, tmp_path
                  "--set", "fit.split="]) == 1
     assert "no features were collected" in capsys.readouterr().err
     # generate prompted with it
-    from spiritlm.eval.testing import make_tiny_model_dir
-
-    model = make_tiny_model_dir(tmp_path / "model", hidden=16, layers=1)
-    assert main(["generate", "--model", str(model), "--speech", str(bad), "--speech-encoder-arg",
+    assert main(["generate", "--model", str(readers["model"]), "--speech", str(bad), "--speech-encoder-arg",
                  f"directory={tok}", "--max-new-tokens", "2", "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert bad.name in err and re.search(why, err) and "Traceback" not in err
