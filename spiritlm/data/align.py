@@ -152,7 +152,8 @@ def letter_to_sound(word: str) -> str:
 # LibriVox utterances (tests/test_real_speech.py): correct transcripts leave <= 0.03 s of speech
 # outside the words and at most 0.29 s per phone; transcripts missing 3-14 words leave 0.36-2.4 s
 # uncovered or stretch a word to 0.49-0.55 s per phone. (pocketsphinx's FSG alignment reports no
-# per-word acoustic score -- Segment.ascore is 0 there -- so these two measures stand in for it.)
+# per-word acoustic score -- Segment.ascore is 0 there; its state-level pass does, but failed on a
+# third of the runs tried: data_prep/README.md -- so these two measures stand in for it.)
 MAX_UNCOVERED_SPEECH_S = 0.25
 MAX_SECONDS_PER_PHONE = 0.4
 MIN_SUSPECT_WORD_S = 0.5  # short words are never "too long", whatever their phone count
