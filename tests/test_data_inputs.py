@@ -95,6 +95,8 @@ def test_bad_audio_is_dropped_with_its_reason(corpus, tmp_path):
     assert rep["kept"]["aligned"] == 3
     kept_s = sum(u.duration for u in utts[3:])
     assert rep["hours_kept"] == pytest.approx(kept_s / 3600, abs=1e-6)
+    in_s = sum(u.duration for u in utts[:3]) - 100.0 + sf.info(utts[1].audio_path).duration + kept_s
+    assert rep["hours_in"] == pytest.approx(in_s / 3600, abs=1e-6)  # the file's 3 s, not 100 s
 
 
 def test_decoded_length_is_checked_too():

@@ -203,27 +203,32 @@ def _duration_off(declared: float, actual: float, slack_s: float = 0.0) -> bool:
     return abs(declared - actual) > DURATION_TOLERANCE_S + DURATION_TOLERANCE_REL * actual + slack_s
 
 
-def audio_problem(u, path: Path) -> tuple[str, str] | None:
-    """(drop reason, message) for an utterance whose audio must not become speech, else None:
-    the file is missing or unreadable (bad header, implausible sample rate, truncated), its
-    duration is not the manifest's, or it is digital silence. Reads the header, and samples
-    only until the first one that is not silent."""
+def audio_problem(u, path: Path) -> tuple[float, tuple[str, str] | None]:
+    """(seconds of audio, problem): the duration from the file's header (the manifest's when the
+    header is unreadable), and (drop reason, message) for an utterance whose audio must not
+    become speech, else None: the file is missing or unreadable (bad header, implausible sample
+    rate, truncated), its duration is not the manifest's, or it is digital silence. Reads the
+    header, and samples only until the first one that is not silent."""
     from spiritlm.tokenizer.audio import is_silent, probe_audio
 
     if not path.is_file():
-        return "audio_missing", f"audio file not found: {path}"
+        return u.duration, ("audio_missing", f"audio file not found: {path}")
     try:
         info = probe_audio(path)
-        if _duration_off(u.duration, info.duration):
-            return "duration_mismatch", (
-                f"{u.id}: the manifest says {u.duration:.3f} s but {path} holds {info.duration:.3f} s; "
-                "fix its 'duration' (`spiritlm prepare manifest` reads it from the file)")
-        if is_silent(path):
-            return "silent_audio", (f"{path}: digital silence (no sample above one 16-bit step); "
-                                    "remove the utterance from the manifest or replace the file")
     except AudioError as e:
-        return "audio_unreadable", str(e)
-    return None
+        return u.duration, ("audio_unreadable", str(e))
+    if _duration_off(u.duration, info.duration):
+        return info.duration, ("duration_mismatch", (
+            f"{u.id}: the manifest says {u.duration:.3f} s but {path} holds {info.duration:.3f} s; "
+            "fix its 'duration' (`spiritlm prepare manifest` reads it from the file)"))
+    try:
+        if is_silent(path):
+            return info.duration, ("silent_audio", (
+                f"{path}: digital silence (no sample above one 16-bit step); remove the utterance "
+                "from the manifest or replace the file"))
+    except AudioError as e:
+        return info.duration, ("audio_unreadable", str(e))
+    return info.duration, None
 
 
 def _decoded_duration_mismatch(declared: float, units: dict, rates) -> str:
@@ -248,9 +253,9 @@ def process_chunk(ctx: Context, items: list[dict]) -> tuple[list[dict], dict]:
     bs = cfg.speech.batch_size
     todo = []
     for it, u in utts:
-        st.d["seconds_in"] += u.duration
         path = u.audio_file(it["dir"])
-        problem = audio_problem(u, path)
+        seconds, problem = audio_problem(u, path)
+        st.d["seconds_in"] += seconds  # the file's, not a wrong manifest value
         if problem is not None:
             st.drop(u.id, *problem)
         else:
