@@ -105,3 +105,36 @@ def test_bad_sizes_and_output_paths_are_refused_before_any_work(corpus, tmp_path
         prepare_shards(_cfg(corpus, tmp_path / "file"))
     with pytest.raises(ValueError, match="cannot be created"):
         prepare_shards(_cfg(corpus, tmp_path / "file" / "sub"))
+
+
+def test_spiritlm_train_refuses_an_unfinished_folder_in_one_line(corpus, tmp_path, capsys):
+    """What the user sees: `spiritlm train` on the folder a killed `prepare shards` left."""
+    pytest.importorskip("deepspeed")
+    from spiritlm.cli import main
+
+    out = tmp_path / "out"
+    prepare_shards(_cfg(corpus, out))
+    (out / "index.json").unlink()  # as a run killed while writing leaves it
+    recipe = tmp_path / "train.toml"
+    recipe.write_text(f"""
+run_dir = "{tmp_path / 'run'}"
+steps = 1
+micro_batch_size = 1
+global_batch_size = 1
+[model]
+tokenizer = "{corpus['tokenizer'].parent}"
+[model.tiny]
+hidden_size = 32
+intermediate_size = 64
+num_hidden_layers = 1
+num_attention_heads = 2
+num_key_value_heads = 2
+[[data.sources]]
+name = "aligned"
+path = "{out / 'aligned'}"
+kind = "interleaved"
+""")
+    capsys.readouterr()
+    assert main(["train", str(recipe)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no index.json" in err[0] and "rerun `spiritlm prepare shards" in err[0]
