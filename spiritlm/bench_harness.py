@@ -27,8 +27,9 @@ API (everything a benchmark needs)::
   pair, ``m.report(pairs)`` the printed text.
 * ``compare(a, b, ...)``: ``run_sides`` for two sides + print; ``higher_is_better`` is implied:
   ratios are always rate(a)/rate(b), so ``> 1`` means ``a`` does more work per second.
-* ``matmul_peak(dtype, n)`` -> FLOP/s of a short timed ``torch.mm`` (n x n, this process's torch
-  threads), measured in the same run as the benchmark so that both see the same load.
+* ``matmul_peak(dtype, n, shape=(m, k, n))`` -> FLOP/s of a short timed ``torch.mm`` (this
+  process's torch threads); ``run_sides(peak=lambda: matmul_peak(...))`` times it after every
+  round, so that the peak sees the load the rounds saw (its median and range are printed).
 * ``machine_load()`` -> dict of the 1/5/15-min load averages, CPU count, usable CPUs, torch
   threads; printed before and after the rounds.
 
@@ -108,8 +109,9 @@ class Measurement:
     order: list[str]  # the order the timed rounds ran in (A B A B ...)
     load_before: dict
     load_after: dict
-    peak_flops: float | None = None
+    peak_flops: float | None = None  # median over the rounds when measured per round
     peak_desc: str = ""
+    peak_per_round: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def side(self, name: str) -> Side:
@@ -155,7 +157,9 @@ class Measurement:
                     line += f" = {f / self.peak_flops:.0%} of the matmul peak"
             lines.append(line)
         if self.peak_flops:
-            lines.append(f"  matmul peak, same run: {self.peak_flops / 1e9:.1f} GFLOP/s ({self.peak_desc})")
+            rng = (f", min {min(self.peak_per_round) / 1e9:.1f}, max {max(self.peak_per_round) / 1e9:.1f} over "
+                   f"{len(self.peak_per_round)} rounds" if len(self.peak_per_round) > 1 else "")
+            lines.append(f"  matmul peak, same run: {self.peak_flops / 1e9:.1f} GFLOP/s ({self.peak_desc}{rng})")
         for a, b in pairs:
             r = self.ratio(a, b)
             lines.append(f"  ratio {a} / {b}: {r.median:.2f}x  (min {r.lo:.2f}, max {r.hi:.2f} over "
@@ -175,7 +179,7 @@ class Measurement:
                                "flops_per_s": self.flops_per_s(s.name)} for s in self.sides},
             "ratios": {f"{a}/{b}": self.ratio(a, b).as_dict() for a, b in pairs},
             "load_before": self.load_before, "load_after": self.load_after,
-            "peak_flops": self.peak_flops, "notes": list(self.notes),
+            "peak_flops": self.peak_flops, "peak_per_round": list(self.peak_per_round), "notes": list(self.notes),
         }
 
 
@@ -224,7 +228,7 @@ def default_min_round_s() -> float:
     return float(os.environ.get("SPIRITLM_BENCH_MIN_ROUND_S", MIN_ROUND_S))
 
 
-def matmul_peak(dtype=None, n: int = 1024, seconds: float = 0.5, device: str = "cpu",
+def matmul_peak(dtype=None, n: int = 1024, seconds: float = 0.3, device: str = "cpu",
                 clock: Callable[[], float] = time.perf_counter,
                 shape: tuple[int, int, int] | None = None) -> tuple[float, str]:
     """FLOP/s of ``torch.mm`` on (n, n) x (n, n) -- or (m, k) x (k, n) for ``shape=(m, k, n)``,
@@ -259,13 +263,23 @@ def matmul_peak(dtype=None, n: int = 1024, seconds: float = 0.5, device: str = "
 
 
 def run_sides(sides: Sequence[Side], rounds: int | None = None, min_round_s: float | None = None,
-              peak: tuple[float, str] | None | bool = None, clock: Callable[[], float] = time.perf_counter,
-              notes: Sequence[str] = ()) -> Measurement:
+              peak: tuple[float, str] | Callable[[], tuple[float, str]] | None | bool = None,
+              clock: Callable[[], float] = time.perf_counter,
+              notes: Sequence[str] = (), agree: Callable[[int], int] | None = None) -> Measurement:
     """Warm up each side, calibrate its calls per round, then run the sides in turn for ``rounds``.
 
-    ``peak``: (FLOP/s, description) measured by the caller, True to measure the fp32 matmul peak
-    here (after the rounds), None to measure it only when a side declares ``flops``, False never.
+    ``peak``: a function -> (FLOP/s, description), e.g. ``lambda: matmul_peak(shape=...)``, timed
+    after every round (the median is the peak: it sees the load the rounds saw); True for the
+    fp32 1024^3 matmul; None for that only when a side declares ``flops``; False never; or a
+    (FLOP/s, description) the caller measured.
+    ``agree``: for sides that are collective across processes (each rank runs this function on
+    its own clock), maps this rank's calls-per-round to the one all ranks use (e.g. the max over
+    ranks), so that every rank makes the same calls in the same order.
     """
+    agree = agree or (lambda n: n)
+    if peak is True or (peak is None and any(s.flops is not None for s in sides)):
+        peak = lambda: matmul_peak(clock=clock)  # noqa: E731
+    peaks: list[tuple[float, str]] = []
     rounds = default_rounds() if rounds is None else int(rounds)
     min_round_s = default_min_round_s() if min_round_s is None else float(min_round_s)
     if rounds < 1:
@@ -284,7 +298,7 @@ def run_sides(sides: Sequence[Side], rounds: int | None = None, min_round_s: flo
         t0 = clock()
         s.fn()
         dt = clock() - t0
-        reps[s.name] = max(1, _ceil(min_round_s / dt)) if dt > 0 else 1
+        reps[s.name] = agree(max(1, _ceil(min_round_s / dt)) if dt > 0 else 1)
     seconds: dict[str, list[float]] = {s.name: [] for s in sides}
     done: dict[str, list[int]] = {s.name: [] for s in sides}
     order: list[str] = []
@@ -298,23 +312,26 @@ def run_sides(sides: Sequence[Side], rounds: int | None = None, min_round_s: flo
             seconds[s.name].append(dt)
             done[s.name].append(n)
             order.append(s.name)
-            if s.reps is None and 0 < dt < min_round_s * (1 - 1e-9):  # calibration call was slow
-                reps[s.name] = _ceil(n * min_round_s / dt)
+            if s.reps is None:  # a slow calibration call: lengthen the next rounds
+                reps[s.name] = agree(_ceil(n * min_round_s / dt) if 0 < dt < min_round_s * (1 - 1e-9) else n)
+        if callable(peak):
+            peaks.append(peak())
     short = [s.name for s in sides if min(seconds[s.name]) < 0.5 * min_round_s]
     notes = [*notes, *([f"rounds of {', '.join(short)} shorter than {min_round_s / 2:g} s "
                         f"(fixed calls per round)"] if short else [])]
     load_after = machine_load()
-    if peak is True or (peak is None and any(s.flops is not None for s in sides)):
-        peak = matmul_peak(clock=clock)
     m = Measurement(list(sides), rounds, min_round_s, done, seconds, order, load_before, load_after,
                     notes=list(notes))
     if isinstance(peak, tuple):
         m.peak_flops, m.peak_desc = peak
+    elif peaks:
+        m.peak_per_round = [f for f, _ in peaks]
+        m.peak_flops, m.peak_desc = statistics.median(m.peak_per_round), peaks[0][1]
     return m
 
 
 def compare(a: Side, b: Side, title: str = "", rounds: int | None = None, min_round_s: float | None = None,
-            peak: tuple[float, str] | None | bool = None, verbose: bool = True,
+            peak: tuple[float, str] | Callable[[], tuple[float, str]] | None | bool = None, verbose: bool = True,
             clock: Callable[[], float] = time.perf_counter, notes: Sequence[str] = ()) -> Comparison:
     """A and B alternating (A B A B ...): -> :class:`Comparison` with rate(a)/rate(b) per round."""
     m = run_sides([a, b], rounds, min_round_s, peak, clock, notes)

@@ -166,3 +166,14 @@ def test_bench_synth_toy_size(capsys):
     assert r["same_bytes"] and r["ratio"]["median"] > 0
     print_report(r)
     assert "ratio zygote / direct" in capsys.readouterr().out
+
+
+def test_peak_function_is_timed_after_every_round(capsys):
+    clock, log = FakeClock(), []
+    peaks = iter([4e9, 2e9, 8e9, 4e9, 4e9])
+    a = _side(clock, "A", lambda k: 0.5, log, flops=1e9, reps=1)
+    b = _side(clock, "B", lambda k: 1.0, log, flops=1e9, reps=1)
+    r = compare(a, b, rounds=5, min_round_s=0.1, clock=clock, peak=lambda: (next(peaks), "fake"))
+    m = r.measurement
+    assert m.peak_per_round == [4e9, 2e9, 8e9, 4e9, 4e9] and m.peak_flops == 4e9  # the median
+    assert "4.0 GFLOP/s (fake, min 2.0, max 8.0 over 5 rounds)" in capsys.readouterr().out

@@ -27,13 +27,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-round-s", type=float, default=None,
                    help="harness: seconds per side per round (default 2; shorter = a smoke run)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for this run (default: torch's)")
+    p.add_argument("--world", type=int, default=1,
+                   help="train: processes (2: ours on DeepSpeed ZeRO-1 vs HF Trainer's DDP, half the cores each)")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     if args.threads:
+        import os
+
         import torch
 
+        # the env too: accelerate (HF Trainer) resets torch's threads from it when it is unset
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
     return int(BENCHES[args.name][0](args) or 0)
 
@@ -98,7 +104,7 @@ def _bench_interleave(args) -> int:
 def _bench_train(args) -> int:
     from spiritlm.train.bench import bench_train
 
-    bench_train(size=args.size or "demo", **_harness(args))  # prints the harness report
+    bench_train(size=args.size or "demo", world=args.world, **_harness(args))  # prints the harness report
     return 0
 
 

@@ -115,7 +115,8 @@ def bench_tokenizer(seconds: float = 60.0, n_files: int = 12, size: str = "base"
     if padded:
         sides.append(Side("padded", ours_padded, work=total_s, unit="audio-s", flops=fl_ours))
     sides.append(Side("naive", naive, work=total_s, unit="audio-s", flops=fl_naive))
-    peak = matmul_peak(device=str(dev))  # fp32, like the forward
+    # fp32 like the forward; the MLP's up projection over 8 s of frames (25 Hz): (200 x 768) @ (768 x 3072)
+    peak = lambda: matmul_peak(device=str(dev), shape=(200, cfg.hidden_size, cfg.intermediate_size))  # noqa: E731
     m = run_sides(sides, rounds, min_round_s, peak=peak,
                   notes=["FLOP/s: the work each side needs (naive: all its layers; padded: the valid "
                          "frames only, not the zeros); convolutions stay below the square-matmul peak"])

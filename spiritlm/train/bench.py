@@ -138,10 +138,52 @@ def _paused_ours(trainer) -> _PausedLoop:
 
 def bench_train(size: str = "tiny", overrides: Sequence[str] = (), rounds: int | None = None,
                 min_round_s: float | None = None, warmup: int = 2, verbose: bool = True,
-                steps: int | None = None) -> dict:
+                steps: int | None = None, world: int = 1) -> dict:
     """Ours vs HF ``Trainer`` at ``size`` (tiny | demo | 10x); fp32 both (like for like).
     ``steps``: fixed optimizer steps per round (default: calibrated to ``min_round_s``).
+    ``world=2``: two processes (gloo; each with half the cores), ours on DeepSpeed ZeRO-1 against
+    HF Trainer's DDP; every rank runs the same rounds (calls per round agreed as the max).
     Returns ``{"ours_tokens_per_s", "hf_tokens_per_s", "ratio", "ratio_stats", ...}``."""
+    if world > 1:
+        return _bench_train_distributed(size, overrides, rounds, min_round_s, warmup, verbose, steps, world)
+    return _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, steps)
+
+
+def _bench_train_distributed(size, overrides, rounds, min_round_s, warmup, verbose, steps, world) -> dict:
+    import multiprocessing as mp
+    import os
+
+    from spiritlm.train.engine import free_port
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = free_port()
+    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // world)
+    procs = [ctx.Process(target=_train_rank, args=(r, world, port, threads, q, size, list(overrides), rounds,
+                                                   min_round_s, warmup, verbose, steps)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    if any(p.exitcode != 0 for p in procs):
+        raise RuntimeError(f"distributed train bench failed: exit codes {[p.exitcode for p in procs]}")
+    return q.get(timeout=10)
+
+
+def _train_rank(rank, world, port, threads, q, size, overrides, rounds, min_round_s, warmup, verbose, steps):
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))  # accelerate resets threads without it
+    torch.set_num_threads(threads)
+    out = _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose and rank == 0, steps)
+    if rank == 0:
+        q.put(out)
+
+
+def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, steps) -> dict:
+    import torch.distributed as dist
+
     from spiritlm.bench_harness import Side, matmul_peak, run_sides
     from spiritlm.train.data import MixtureStream, make_sources
     from spiritlm.train.model import build_model
@@ -168,7 +210,9 @@ def bench_train(size: str = "tiny", overrides: Sequence[str] = (), rounds: int |
                         cfg.data.bos_id if cfg.data.add_bos else -1, cfg.data.eos_id)
         torch.manual_seed(cfg.seed)
         model, _, _ = build_model(cfg.model)
+        distributed = ours.world > 1
         args = TrainingArguments(
+            ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
             output_dir=f"{tmp}/hf", per_device_train_batch_size=cfg.micro_batch_size,
             gradient_accumulation_steps=gas, max_steps=10**9, learning_rate=cfg.optim.lr,
             lr_scheduler_type="constant", weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.grad_clip,
@@ -186,21 +230,32 @@ def bench_train(size: str = "tiny", overrides: Sequence[str] = (), rounds: int |
                      Side("hf_trainer", hf.step, work=tokens_per_step, unit="tok", flops=fpt * tokens_per_step,
                           warmup=warmup, reps=steps)]
             mt = cfg.model.tiny  # the MLP's up projection over one micro-batch: the model's typical matmul
-            peak = matmul_peak(shape=(cfg.micro_batch_size * cfg.data.seq_len, mt.hidden_size, mt.intermediate_size))
-            m = run_sides(sides, rounds, min_round_s, peak=peak)
+            peak = lambda: matmul_peak(shape=(cfg.micro_batch_size * cfg.data.seq_len, max(256, mt.hidden_size),  # noqa: E731
+                                              max(256, mt.intermediate_size)))  # >= 256: a toy model's is all overhead
+            agree = None
+            if distributed:  # the same calls per round on every rank: the collectives pair up
+                def agree(n: int) -> int:
+                    t = torch.tensor([n], dtype=torch.int64)
+                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                    return int(t.item())
+            m = run_sides(sides, rounds, min_round_s, peak=peak, agree=agree)
         finally:
             hf.close()
             ours_loop.close()
+        world, zero_stage = ours.world, cfg.deepspeed.zero_stage
         del ours
     r = m.ratio("ours", "hf_trainer")
     n_params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)
     out = {"size": size, "ours_tokens_per_s": m.rate("ours"), "hf_tokens_per_s": m.rate("hf_trainer"),
            "ratio": r.median, "ratio_stats": r.as_dict(), "tokens_per_step": tokens_per_step,
            "non_embedding_params": n_params, "device": "cuda" if torch.cuda.is_available() else "cpu",
-           "threads": torch.get_num_threads(), "measurement": m.as_dict([("ours", "hf_trainer")])}
+           "threads": torch.get_num_threads(), "world": world, "zero_stage": zero_stage,
+           "measurement": m.as_dict([("ours", "hf_trainer")])}
     if verbose:
         title = (f"train bench, size {size} ({n_params / 1e6:.2f} M non-embedding params, {tokens_per_step} tokens "
-                 f"per optimizer step, fp32, {out['device']}): our loop vs HF Trainer")
+                 f"per optimizer step, fp32, {out['device']}): our loop vs HF Trainer"
+                 + (f"; {out['world']} processes: ours DeepSpeed ZeRO-{out['zero_stage']}, HF DDP, rates: "
+                    "tokens of both processes together, on rank 0's clock" if out["world"] > 1 else ""))
         print(m.report([("ours", "hf_trainer")], title), flush=True)
     return out
 

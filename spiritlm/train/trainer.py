@@ -197,7 +197,10 @@ class Trainer:
         return mixture_record(names, counts.tolist())
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
-        flag = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0], device=self.device)
+        finite = bool(torch.isfinite(loss).item())
+        if self.world == 1:  # nothing to agree on: no collective per micro-batch
+            return finite
+        flag = torch.tensor([1.0 if finite else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item() > 0)
 
@@ -227,11 +230,17 @@ class Trainer:
         self.step += 1
         tokens = self.cfg.micro_batch_size * self.cfg.data.seq_len * self.gas * self.world
         self.tokens_seen += tokens
-        dist.all_reduce(sums)
-        dist.all_reduce(counts)
-        out = {"step": self.step, "loss": (sums.sum() / counts.sum().clamp(min=1)).item()}
+        if self.world > 1:  # one collective for sums and counts
+            both = torch.cat([sums, counts])
+            dist.all_reduce(both)
+            sums, counts = both[: len(TYPES)], both[len(TYPES):]
+        # one device-to-host read for every logged value (each .item() is a sync on GPU)
+        n = len(TYPES)
+        vals = torch.cat([(sums.sum() / counts.sum().clamp(min=1)).reshape(1), sums / counts.clamp(min=1),
+                          counts]).tolist()
+        out = {"step": self.step, "loss": vals[0]}
         for k, name in enumerate(TYPES):
-            out[f"loss/{name}"] = (sums[k] / counts[k]).item() if counts[k] > 0 else None
+            out[f"loss/{name}"] = vals[1 + k] if vals[1 + n + k] > 0 else None
         out["lr"] = lr
         gn = self.engine.get_global_grad_norm()
         out["grad_norm"] = float(gn) if gn is not None else None
