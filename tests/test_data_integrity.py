@@ -5,6 +5,7 @@ folder a killed `prepare shards` left, naming the file and what to rerun; a fini
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -67,6 +68,14 @@ def test_missing_truncated_corrupt_and_unindexed_shards_are_refused(corpus, tmp_
                                              r"`spiritlm prepare shards .*config.yaml`"):
             read(out / "aligned")
     (out / "_work").rmdir()
+    restore()  # a finished run that kept its work folder (keep_work=true) reads as any other
+    (out / "_work").mkdir()
+    shutil.copy(files[0], out / "_work" / "chunk-000000.parquet")
+    from spiritlm.data.reader import verified_shard_files
+
+    assert len(verified_shard_files(out)) == len(json.loads((out / "index.json").read_text())["shards"])
+    shutil.rmtree(out / "_work")
+    (out / "index.json").unlink()
     with pytest.raises(ShardError, match="no index.json"):  # the data stage's metadata says so
         ParquetSource(out / "text")
 

@@ -77,8 +77,8 @@ def verified_shard_files(path: str | Path, pattern: str = "*.parquet", checksums
     p = Path(path)
     root = next((r for r in (p, p.parent) if (r / "index.json").is_file()), None)
     on_disk = sorted(p.glob(pattern))
-    if root == p:  # the output folder: its kinds' subfolders too
-        on_disk = sorted(set(on_disk) | set(p.glob(f"*/{pattern}")))
+    if root == p:  # the output folder: its kinds' subfolders too (not the work folder's chunks)
+        on_disk = sorted(set(on_disk) | {f for f in p.glob(f"*/{pattern}") if f.parent.name != "_work"})
     if root is None:
         work = next((r / "_work" for r in (p, p.parent) if (r / "_work").is_dir()), None)
         ours = [f for f in on_disk if _is_data_stage_shard(f)]
