@@ -280,3 +280,17 @@ def test_trainer_under_flash_attention_feeds_one_varlen_row(tmp_path, monkeypatc
         starts = (kw["position_ids"][0] == 0).nonzero().flatten().tolist()
         assert kw["cu_seq_lens_q"].tolist() == starts + [3 * T] and {0, T, 2 * T} <= set(starts)
     assert flash_losses == pytest.approx(sdpa_losses, rel=1e-5)
+
+
+def test_no_recipe_configures_a_backend_that_mixes_documents():
+    import tomllib
+    from pathlib import Path
+
+    from spiritlm.train.packing import isolation_plan
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "train").glob("*.toml"))
+    assert recipes
+    for recipe in recipes:
+        model = tomllib.loads(recipe.read_text()).get("model", {})
+        attn = model.get("attn_implementation", "sdpa")
+        isolation_plan(attn, model.get("packed_attention", "position_ids"), "cuda")  # raises if unsafe

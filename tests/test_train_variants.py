@@ -32,7 +32,7 @@ def test_engine_variants_train(tmp_path, overrides):
     assert t.step == 2 and all(math.isfinite(r["loss"]) for r in t.history)
     if "deepspeed.precision=bf16" in overrides:
         assert next(t.engine.module.parameters()).dtype == torch.bfloat16
-    ref = [6.87187, 6.85946]  # the fp32 ZeRO-1 golden losses (tests/test_train_loop.py)
+    ref = [6.87187, 6.86071]  # the fp32 ZeRO-1 golden losses (tests/test_train_loop.py)
     tol = 2e-2 if "deepspeed.precision=bf16" in overrides else 1e-4
     assert [r["loss"] for r in t.history] == pytest.approx(ref, abs=tol)
 
