@@ -52,6 +52,8 @@ def test_resume_gives_uninterrupted_losses(tok_dir, tmp_path):
     over = ["steps=6", "checkpoint.export_hf=false", "log.every=1"]
     _run(tok_dir, tmp_path / "full", over)
     _run(tok_dir, tmp_path / "part", over, until=3)
+    # the checkpoint holds the parts on their own too (projector, conformer, CTC head)
+    assert (tmp_path / "part" / "checkpoints" / "step_00000003" / "parts" / "projector.safetensors").is_file()
     _run(tok_dir, tmp_path / "part", over)  # resumes from its step-3 checkpoint
     assert len(_losses(tmp_path / "full")) == 6
     assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
@@ -75,3 +77,11 @@ def test_cached_features_same_losses_and_two_stage(tok_dir, tmp_path):
     assert counts["encoder"]["trainable"] == 0
     assert (tmp_path / "stage2" / "parts" / "adapter" / "adapter_model.safetensors").is_file()
     assert s2.history[0]["loss"] < cached.history[0]["loss"]  # it starts from the trained projector
+
+
+def test_cli_picks_the_recipe_model_type(capsys):
+    from spiritlm.cli import main
+
+    assert main(["train", RECIPE, "--print-config", "--set", "continuous.projector.kind=qformer"]) == 0
+    out = capsys.readouterr().out
+    assert "model_type: continuous" in out and "kind: qformer" in out

@@ -30,6 +30,7 @@ class ModelSpec:
     loss: Optional[Callable[..., Any]] = None  # (engine, batch, device) -> (loss, sums, counts)
     param_counts: Optional[Callable[[Any], dict]] = None  # model -> {part: {trainable, total}}
     export: Optional[Callable[..., Any]] = None  # (trainer, out_dir) -> out_dir
+    save_parts: Optional[Callable[..., Any]] = None  # (trainer, checkpoint_dir): parts beside a checkpoint
     description: str = ""
 
 

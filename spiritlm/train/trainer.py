@@ -166,9 +166,12 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
 
     def save(self) -> Path:
-        return ckpt.save_checkpoint(self.engine, self.ckpt_dir, self.step, self.state_dict(),
+        path = ckpt.save_checkpoint(self.engine, self.ckpt_dir, self.step, self.state_dict(),
                                     self.rank_state_dict(), keep=self.cfg.checkpoint.keep,
                                     extra_files={"config.yaml": dump_config(self.cfg)})
+        if self.spec.save_parts is not None:  # e.g. projector + LoRA adapters, readable on their own
+            self.spec.save_parts(self, path)
+        return path
 
     def resume(self, tag: str) -> None:
         trainer_state, rank_state = ckpt.load_checkpoint(self.engine, self.ckpt_dir, tag)

@@ -73,14 +73,12 @@ def utterance_sequence(n_slots: int, text_ids: Sequence[int], placement: str, bo
 
 # ---- reading the manifests ------------------------------------------------------------------
 def _n_samples(path: Path) -> int:
-    import soundfile as sf
-
-    info = sf.info(str(path))
-    if info.samplerate == SAMPLE_RATE:
-        return int(info.frames)
+    """Samples at 16 kHz through the project's one audio loader, which also rejects NaN, silent
+    or lying files: decoding every file once here (rather than reading its header) is what
+    keeps a bad file from stopping a run mid-way."""
     from spiritlm.data.encoders import read_audio
 
-    return int(read_audio(path).size)  # resampled length, exactly as the batches will read it
+    return int(read_audio(path).size)
 
 
 def synthetic_utterances(n: int, seed: int = 0) -> list[tuple[str, str, np.ndarray]]:
@@ -160,10 +158,13 @@ def load_wav(u: Utt) -> np.ndarray:
 
 
 # ---- the feature cache ---------------------------------------------------------------------------
-def encoder_identity(enc_cfg) -> dict:
-    """What the cached frames depend on: the encoder's kind, layer and files (size + mtime)."""
+def encoder_identity(enc_cfg, seed: int = 0) -> dict:
+    """What the cached frames depend on: the encoder's kind, layer and files (size + mtime); a
+    conformer without a checkpoint also its initialisation seed."""
     ident = {"kind": enc_cfg.kind, "layer": enc_cfg.layer, "path": str(enc_cfg.path),
              "checkpoint": str(enc_cfg.checkpoint)}
+    if enc_cfg.kind == "conformer" and not enc_cfg.checkpoint:
+        ident["seed"] = seed
     files = []
     for p in (enc_cfg.path, enc_cfg.checkpoint):
         if p and Path(p).exists():
@@ -240,10 +241,10 @@ class FeatureCache:
         return torch.from_numpy(self.feats[uid])
 
 
-def cache_dir_for(run_dir: str | Path, enc_cfg, features_dir: str = "") -> Path:
+def cache_dir_for(run_dir: str | Path, enc_cfg, features_dir: str = "", seed: int = 0) -> Path:
     if features_dir:
         return Path(features_dir)
-    h = hashlib.sha256(json.dumps(encoder_identity(enc_cfg), sort_keys=True).encode()).hexdigest()[:12]
+    h = hashlib.sha256(json.dumps(encoder_identity(enc_cfg, seed), sort_keys=True).encode()).hexdigest()[:12]
     return Path(run_dir) / "features" / h
 
 

@@ -113,6 +113,10 @@ class ContinuousSpeechLM(nn.Module):
         out = self.lm(inputs_embeds=x, position_ids=pos, attention_mask=mask, use_cache=False)
         return out.logits, aux
 
+    def gradient_checkpointing_enable(self, **kw):
+        """``model.activation_checkpointing``: the LM's layers (the trainer calls this)."""
+        self.lm.gradient_checkpointing_enable(**kw)
+
     # ---- parts: counts, saving, loading ---------------------------------------------------------
     def parts(self) -> dict[str, list[nn.Parameter]]:
         lora, lm = [], []
@@ -164,6 +168,8 @@ class ContinuousSpeechLM(nn.Module):
         cfg.projector.checkpoint = cfg.lora.checkpoint = ""
         if isinstance(self.encoder, ConformerEncoder):
             cfg.encoder.checkpoint = "encoder.safetensors"
+        elif cfg.encoder.path:  # a pretrained encoder is referenced, not copied: keep a path that
+            cfg.encoder.path = str(Path(cfg.encoder.path).resolve())  # works from any directory
         saved, self.cfg = self.cfg, cfg
         try:
             peft_lm, self.lm = self.lm, lm  # parts without the adapter: it is merged

@@ -62,7 +62,8 @@ def make_batches(cfg, model, rank: int = 0, world: int = 1, progress: bool = Tru
                                    chars=model.chars if model.ctc is not None else None, seed=cfg.seed)
     cache = None
     if encoder_frozen(c) and c.data.cache_features:
-        cache = FeatureCache(cache_dir_for(cfg.run_dir, c.encoder, c.data.features_dir), encoder_identity(c.encoder))
+        ident = encoder_identity(c.encoder, cfg.seed)
+        cache = FeatureCache(cache_dir_for(cfg.run_dir, c.encoder, c.data.features_dir, cfg.seed), ident)
         if rank == 0:
             cache.load()
             n = cache.build(utts, model.encoder, progress=progress)
@@ -106,6 +107,16 @@ def export(trainer, out_dir: Path) -> Path:
     return Path(out_dir)
 
 
+def save_parts(trainer, ckpt_path: Path) -> None:
+    """Every checkpoint also holds ``parts/``: the projector (+ CTC head, conformer) as
+    safetensors and the LoRA adapters in peft's layout, usable without DeepSpeed."""
+    from spiritlm.train import checkpoint as ckpt
+
+    if ckpt._rank() == 0:
+        trainer.engine.module.save_parts(Path(ckpt_path) / "parts")
+    ckpt._barrier()
+
+
 SPEC = ModelSpec("continuous", _config_cls, build, make_batches, loss,
-                 param_counts=lambda m: m.param_counts(), export=export,
+                 param_counts=lambda m: m.param_counts(), export=export, save_parts=save_parts,
                  description="continuous speech input: encoder -> stack -> projector -> LM (SpeechLLM, Tiny Audio)")
