@@ -34,6 +34,10 @@ def build(cfg, ds_config=None, dtype=torch.float32):
     if cfg.deepspeed.zero_stage == 3:
         raise ConfigError("the continuous-input model trains with deepspeed.zero_stage 0, 1 or 2 (its frozen "
                           "encoder and LM are not partitioned); set deepspeed.zero_stage=2")
+    if cfg.model.attn_implementation not in ("sdpa", "eager"):
+        raise ConfigError(f"model.attn_implementation={cfg.model.attn_implementation!r}: the continuous model keeps "
+                          "packed utterances apart with an explicit block mask, which flash attention drops; "
+                          "use 'sdpa' or 'eager'")
     model = build_continuous(cfg, dtype)
     counts = model.param_counts()
     if _rank() == 0:
