@@ -35,6 +35,8 @@ API (everything a benchmark needs)::
 
 Defaults can be changed without code for quick smoke runs: ``SPIRITLM_BENCH_ROUNDS`` and
 ``SPIRITLM_BENCH_MIN_ROUND_S`` (env), or ``--rounds`` / ``--min-round-s`` of ``spiritlm bench``.
+``SPIRITLM_BENCH_CLOCK=cpu`` (``--clock cpu``) times with this process's CPU time instead of the
+wall clock: on a loaded machine, with ``--threads 1``, it counts the work, not the waits.
 Fewer than 5 rounds or rounds under 2 s are marked "(smoke run)" in the report.
 """
 
@@ -224,6 +226,16 @@ def default_rounds() -> int:
     return int(os.environ.get("SPIRITLM_BENCH_ROUNDS", MIN_ROUNDS))
 
 
+def default_clock() -> str:
+    """``wall`` (default) or ``cpu``: this process's CPU time (all its threads). On a machine
+    loaded by others, CPU time of a 1-thread run counts the work and not the waits for a core;
+    with several threads it also counts OpenMP spin-waits, so use it with ``--threads 1``."""
+    name = os.environ.get("SPIRITLM_BENCH_CLOCK", "wall")
+    if name not in ("wall", "cpu"):
+        raise ValueError(f"SPIRITLM_BENCH_CLOCK={name!r}: use 'wall' or 'cpu'")
+    return name
+
+
 def default_min_round_s() -> float:
     return float(os.environ.get("SPIRITLM_BENCH_MIN_ROUND_S", MIN_ROUND_S))
 
@@ -264,7 +276,7 @@ def matmul_peak(dtype=None, n: int = 1024, seconds: float = 0.3, device: str = "
 
 def run_sides(sides: Sequence[Side], rounds: int | None = None, min_round_s: float | None = None,
               peak: tuple[float, str] | Callable[[], tuple[float, str]] | None | bool = None,
-              clock: Callable[[], float] = time.perf_counter,
+              clock: Callable[[], float] | None = None,
               notes: Sequence[str] = (), agree: Callable[[int], int] | None = None) -> Measurement:
     """Warm up each side, calibrate its calls per round, then run the sides in turn for ``rounds``.
 
@@ -277,6 +289,9 @@ def run_sides(sides: Sequence[Side], rounds: int | None = None, min_round_s: flo
     ranks), so that every rank makes the same calls in the same order.
     """
     agree = agree or (lambda n: n)
+    clock_name = "fake" if clock is not None else default_clock()
+    if clock is None:
+        clock = time.process_time if clock_name == "cpu" else time.perf_counter
     if peak is True or (peak is None and any(s.flops is not None for s in sides)):
         peak = lambda: matmul_peak(clock=clock)  # noqa: E731
     peaks: list[tuple[float, str]] = []
@@ -320,6 +335,9 @@ def run_sides(sides: Sequence[Side], rounds: int | None = None, min_round_s: flo
     notes = [*notes, *([f"rounds of {', '.join(short)} shorter than {min_round_s / 2:g} s "
                         f"(fixed calls per round)"] if short else [])]
     load_after = machine_load()
+    if clock_name == "cpu":
+        notes = [*notes, "clock: this process's CPU time (SPIRITLM_BENCH_CLOCK=cpu), not wall time; rates are "
+                         "work per CPU-second"]
     m = Measurement(list(sides), rounds, min_round_s, done, seconds, order, load_before, load_after,
                     notes=list(notes))
     if isinstance(peak, tuple):
@@ -332,7 +350,7 @@ def run_sides(sides: Sequence[Side], rounds: int | None = None, min_round_s: flo
 
 def compare(a: Side, b: Side, title: str = "", rounds: int | None = None, min_round_s: float | None = None,
             peak: tuple[float, str] | Callable[[], tuple[float, str]] | None | bool = None, verbose: bool = True,
-            clock: Callable[[], float] = time.perf_counter, notes: Sequence[str] = ()) -> Comparison:
+            clock: Callable[[], float] | None = None, notes: Sequence[str] = ()) -> Comparison:
     """A and B alternating (A B A B ...): -> :class:`Comparison` with rate(a)/rate(b) per round."""
     m = run_sides([a, b], rounds, min_round_s, peak, clock, notes)
     c = Comparison(m, m.ratio(a.name, b.name))

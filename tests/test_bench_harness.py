@@ -177,3 +177,22 @@ def test_peak_function_is_timed_after_every_round(capsys):
     m = r.measurement
     assert m.peak_per_round == [4e9, 2e9, 8e9, 4e9, 4e9] and m.peak_flops == 4e9  # the median
     assert "4.0 GFLOP/s (fake, min 2.0, max 8.0 over 5 rounds)" in capsys.readouterr().out
+
+
+def test_cpu_clock_counts_work_not_waits(monkeypatch):
+    import time
+
+    def busy(s):
+        t = time.process_time()
+        while time.process_time() - t < s:
+            pass
+
+    monkeypatch.setenv("SPIRITLM_BENCH_CLOCK", "cpu")
+    a = Side("busy", lambda: busy(0.01), reps=3)
+    b = Side("busy_then_sleep", lambda: (busy(0.01), time.sleep(0.03)), reps=3)
+    m = run_sides([a, b], rounds=3, min_round_s=0.01, peak=False)
+    assert 0.5 < m.ratio("busy", "busy_then_sleep").median < 1.5  # the sleep costs no CPU time
+    assert any("CPU time" in n for n in m.notes)
+    monkeypatch.setenv("SPIRITLM_BENCH_CLOCK", "gpu")
+    with pytest.raises(ValueError, match="wall"):
+        run_sides([a], rounds=1, min_round_s=0.0)

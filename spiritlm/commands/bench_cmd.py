@@ -27,12 +27,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-round-s", type=float, default=None,
                    help="harness: seconds per side per round (default 2; shorter = a smoke run)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for this run (default: torch's)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default=None,
+                   help="harness clock: wall (default) or this process's CPU time (with --threads 1 on a "
+                        "machine loaded by others: counts the work, not the waits for a core)")
     p.add_argument("--world", type=int, default=1,
                    help="train: processes (2: ours on DeepSpeed ZeRO-1 vs HF Trainer's DDP, half the cores each)")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
+    if args.clock:
+        import os
+
+        os.environ["SPIRITLM_BENCH_CLOCK"] = args.clock
     if args.threads:
         import os
 
