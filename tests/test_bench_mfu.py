@@ -11,6 +11,7 @@ def test_bench_mfu_toy_size_runs_both_checkpointing_settings(capsys):
     from spiritlm.train.bench_mfu import bench_mfu, fastest_safe_backend
 
     assert fastest_safe_backend("cpu") == "sdpa"  # flex has no backward on CPU
+    assert fastest_safe_backend("cuda") in ("flash_attention_2", "flex_attention")  # never plain sdpa
     results = bench_mfu(size="toy", rounds=2, min_round_s=0.05, peak_flops=1e12)  # no known CPU peak
     assert [r["activation_checkpointing"] for r in results] == [False, True]
     for r in results:

@@ -43,7 +43,9 @@ def fastest_safe_backend(device_type: str) -> str:
 
     if is_flash_attn_2_available():
         return "flash_attention_2"
-    if hasattr(torch.nn.attention, "flex_attention"):
+    import importlib.util
+
+    if importlib.util.find_spec("torch.nn.attention.flex_attention") is not None:
         return "flex_attention"
     return "sdpa"
 
