@@ -62,6 +62,17 @@ def test_asr_on_real_librivox_speech(model_dir):
     assert res["wer"] >= 0.9  # an untrained model: nearly every word wrong, counted by jiwer
 
 
+def test_asr_command_on_a_folder(model_dir, tmp_path, capsys):
+    from spiritlm.eval.asr import main
+
+    for k, (_, text, w) in enumerate(synthetic_utterances(2, seed=8)):
+        sf.write(tmp_path / f"u{k}.wav", w, 16000)
+        (tmp_path / f"u{k}.txt").write_text(text)
+    assert main(["--model", str(model_dir), "--dir", str(tmp_path), "--max-new-tokens", "3",
+                 "--out", str(tmp_path / "wer.json")]) == 0
+    assert "utterances" in capsys.readouterr().out and (tmp_path / "wer.json").is_file()
+
+
 def test_scorer_equals_a_plain_forward_per_request(model_dir, tmp_path):
     m = load_continuous(model_dir)
     wav = tmp_path / "ctx.wav"

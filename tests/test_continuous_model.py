@@ -237,3 +237,23 @@ def test_encoder_width_or_rate_mismatch_is_a_config_error(tok_dir, tmp_path):
         build_continuous(make_cfg(tok_dir, tmp_path, "continuous.encoder.dim=768"))
     with pytest.raises(ConfigError, match="runs at 25 Hz; set frame_rate=25"):
         build_continuous(make_cfg(tok_dir, tmp_path, "continuous.encoder.frame_rate=50"))
+
+
+def test_hf_tokenizer_directory(tmp_path):
+    """A HF tokenizer dir (tokenizer.json, e.g. Qwen3) instead of a SentencePiece model: BOS/EOS,
+    the <audio> piece as placeholder id, and a script it does not cover counts as uncovered."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from spiritlm.models.continuous.text import LMTokenizer
+
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<audio>", "one", "two", "three"])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                            additional_special_tokens=["<audio>"]).save_pretrained(tmp_path)
+    tok = LMTokenizer(tmp_path)
+    assert (tok.bos_id, tok.eos_id, tok.audio_id) == (1, 2, 3)
+    assert tok.encode("one two") == [4, 5] and tok.decode([1, 4, 5, 2]) == "one two"
+    assert tok.uncovered("one two", tok.encode("one two")) == 0.0
+    assert tok.uncovered("привет", tok.encode("привет")) == 1.0

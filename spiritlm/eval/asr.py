@@ -121,3 +121,35 @@ def evaluate_asr(model, items: Iterable[tuple[str, str, str]], batch_size: int =
     res.update(n=len(ids), skipped=skipped, num_beams=num_beams,
                items=[{"id": i, "ref": r, "hyp": h} for i, r, h in zip(ids, refs, hyps)])
     return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m spiritlm.eval.asr --model RUN/hf (--manifest M [--split heldout] | --dir D)``:
+    WER of a continuous-input model, written as JSON beside the printed summary."""
+    import argparse
+    import json
+
+    from spiritlm.models.continuous.model import load_continuous
+
+    ap = argparse.ArgumentParser(description="ASR WER of a continuous-input model (jiwer)")
+    ap.add_argument("--model", required=True, help="a continuous export (<run_dir>/hf)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help="a data-stage manifest (JSON Lines: audio_path + text + split)")
+    src.add_argument("--dir", help="a folder of <id>.wav + <id>.txt (e.g. ../shared/data/real_speech/librivox)")
+    ap.add_argument("--split", default="heldout", help="manifest split to score ('' = all)")
+    ap.add_argument("--beams", type=int, default=1, help="1 = greedy; > 1 = beam search")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--out", default="", help="write the result JSON (with every hypothesis) here")
+    args = ap.parse_args(argv)
+    items = manifest_items(args.manifest, args.split) if args.manifest else text_dir_items(args.dir)
+    res = evaluate_asr(load_continuous(args.model), items, args.batch_size, args.beams, args.max_new_tokens)
+    print(f"WER {100 * res['wer']:.2f}% over {res['words']} words, {res['n']} utterances "
+          f"({len(res['skipped'])} skipped), {'greedy' if args.beams == 1 else f'beam {args.beams}'}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
