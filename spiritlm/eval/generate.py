@@ -43,14 +43,24 @@ class GenerationOutput:
 def check_sampling(temperature: float, top_p: float, max_new_tokens: int | None) -> None:
     """Refuse sampling settings outside their valid ranges (they would sample garbage silently)."""
     import math
+    import operator
 
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+    def num(x) -> float:
+        try:
+            return float(x)
+        except (TypeError, ValueError):
+            return math.nan
+
+    if not (math.isfinite(num(temperature)) and num(temperature) >= 0):
         raise ValueError(f"temperature={temperature}: use a number >= 0 (0 or --greedy = argmax; the paper's "
                          "STSP uses 0.8)")
-    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    if not 0 < num(top_p) <= 1:
         raise ValueError(f"top_p={top_p}: use a number in (0, 1] (1 = no nucleus cut; the paper uses 0.95)")
-    if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
-                                       or max_new_tokens < 1):
+    try:
+        n_ok = max_new_tokens is None or (not isinstance(max_new_tokens, bool) and operator.index(max_new_tokens) >= 1)
+    except TypeError:
+        n_ok = False
+    if not n_ok:
         raise ValueError(f"max_new_tokens={max_new_tokens}: use an integer >= 1 (defaults: "
                          f"{DEFAULT_MAX_NEW['text']} text, {DEFAULT_MAX_NEW['speech']} speech tokens)")
 
