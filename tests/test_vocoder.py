@@ -374,3 +374,28 @@ def test_fit_config_errors(tiny_corpus, tmp_path):
         fit_vocoder(_fit_cfg(root, tok_dir, tmp_path / "x", 1, **{"data.pitch": "true"}))
     with pytest.raises(ConfigError, match="data.tokenizer is empty"):
         fit_vocoder(_fit_cfg(root, tok_dir, tmp_path / "x", 1, **{"data.tokenizer": "''"}))
+
+
+def test_fit_with_pitch_codes_expressive_path(tiny_corpus, tmp_path):
+    """data.pitch: the tokenizer's 12.5 Hz pitch codes condition the generator (4 unit frames per
+    code at 50 Hz); decode then needs pitch, from frame-level streams or a speech string."""
+    from spiritlm.tokenizer.f0_vqvae import F0VQVAE
+    from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
+    from spiritlm.vocoder import Vocoder
+    from spiritlm.vocoder.fit import fit_vocoder
+
+    root, tok_dir = tiny_corpus
+    base = SpeechTokenizer.load(tok_dir)
+    base.cfg.pitch.enabled, base.cfg.pitch.method = True, "praat"
+    torch.manual_seed(0)
+    tok = SpeechTokenizer(base.cfg, base.featurizer, base.quantizer, F0VQVAE(codebook=64).eval())
+    pdir = tok.save(tmp_path / "tok_pitch")
+    out = fit_vocoder(_fit_cfg(root, pdir, tmp_path / "p", 2, **{"data.pitch": "true"}), progress=False)
+    voc = Vocoder.load(out)
+    assert voc.cfg.num_f0_tokens == 64 and round(voc.cfg.f0_hop_size / voc.cfg.code_hop_size) == 4
+    units = tok.encode(root / "u0.wav")
+    wav, _ = voc.decode(units)
+    assert len(wav) == len(units["hubert"]) * 320
+    assert len(voc.decode(tok.to_string(units))[0]) % 320 == 0
+    with pytest.raises(ValueError, match="needs pitch"):
+        voc.decode({"hubert": units["hubert"]})
