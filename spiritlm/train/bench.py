@@ -230,8 +230,11 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
                      Side("hf_trainer", hf.step, work=tokens_per_step, unit="tok", flops=fpt * tokens_per_step,
                           warmup=warmup, reps=steps)]
             mt = cfg.model.tiny  # the MLP's up projection over one micro-batch: the model's typical matmul
-            peak = lambda: matmul_peak(shape=(cfg.micro_batch_size * cfg.data.seq_len, max(256, mt.hidden_size),  # noqa: E731
-                                              max(256, mt.intermediate_size)))  # >= 256: a toy model's is all overhead
+            shape = (cfg.micro_batch_size * cfg.data.seq_len, max(256, mt.hidden_size), max(256, mt.intermediate_size))
+
+            def peak():  # >= 256: a toy model's matmul is all overhead; every process can reach it
+                f, desc = matmul_peak(shape=shape)
+                return f * ours.world, desc + (f" x {ours.world} processes" if ours.world > 1 else "")
             agree = None
             if distributed:  # the same calls per round on every rank: the collectives pair up
                 def agree(n: int) -> int:
@@ -357,4 +360,4 @@ def bench_precision(steps: int | None = None, warmup: int = 3, verbose: bool = T
 
 
 if __name__ == "__main__":
-    bench_train()
+    bench_train(size="demo")
