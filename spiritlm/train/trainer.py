@@ -127,6 +127,10 @@ class Trainer:
         self.isolation = isolation_plan(cfg.model.attn_implementation, cfg.model.packed_attention,
                                         "cuda" if torch.cuda.is_available() else "cpu")
         mc, self.layout, self.rows = plan_model(cfg.model)
+        if int(os.environ.get("RANK", "0")) == 0:
+            log.info("attention %s: packed documents kept apart by %s", cfg.model.attn_implementation,
+                     {"varlen": "one varlen row per micro-batch (cu_seq_lens)", "block_mask": "an explicit block mask",
+                      "position_ids": "position ids restarting per document"}[self.isolation])
         if cfg.data.seq_len > mc.max_position_embeddings:
             raise ConfigError(
                 f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings="
