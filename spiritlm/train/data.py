@@ -323,7 +323,7 @@ class MixtureStream:
             )
         doc["source"] = src.name
         self.docs_read += 1
-        self.tokens_read[k] += ids.size
+        self.tokens_read[k] += max(ids.size, 1)  # an empty document still moves its source on
         return doc
 
     def state_dict(self) -> dict:
