@@ -299,25 +299,26 @@ class ContinuousBatches:
             n += L
             if not self.pack:
                 break
-        # padding: positions keep counting so it forms no segment of its own with real tokens
+        # padding gets positions from 0: a segment of its own that no real token attends to
         if n < self.T:
             pos[n:] = np.arange(self.T - n)
         return {"ids": ids, "tg": tg, "pos": pos}, members
 
     def next_batch(self, batch_size: int) -> dict:
-        rows, slots, audio, ctc = [], [], [], []
+        rows, slots, audio, ctc, which = [], [], [], [], []
         for b in range(batch_size):
             r, members = self.next_row()
             rows.append(r)
             for i, start in members:
                 u = self.utts[i]
+                which.append(i)
                 slots.append((b, start, u.n_slots))
                 audio.append(self.cache.get(u.id) if self.cache is not None else load_wav(u))
                 ctc.append(u.ctc_ids)
         return {"input_ids_BT": torch.from_numpy(np.stack([r["ids"] for r in rows])),
                 "targets_BT": torch.from_numpy(np.stack([r["tg"] for r in rows])),
                 "position_ids_BT": torch.from_numpy(np.stack([r["pos"] for r in rows])),
-                "slots": slots, "ctc_targets": ctc,
+                "slots": slots, "ctc_targets": ctc, "utt_index": which,
                 "audio": {"feats": audio} if self.cache is not None else {"wavs": audio}}
 
     def state_dict(self) -> dict:
