@@ -85,3 +85,13 @@ def test_cli_picks_the_recipe_model_type(capsys):
     assert main(["train", RECIPE, "--print-config", "--set", "continuous.projector.kind=qformer"]) == 0
     out = capsys.readouterr().out
     assert "model_type: continuous" in out and "kind: qformer" in out
+
+
+def test_seq_len_beyond_the_lm_is_a_config_error(tok_dir, tmp_path):
+    from spiritlm.config import ConfigError
+    from spiritlm.models.continuous.spec import build
+
+    cfg = load_config(ContinuousTrainConfig, RECIPE, [f"model.tokenizer={tok_dir}", f"run_dir={tmp_path}",
+                                                      "data.seq_len=200", "model.tiny.max_position_embeddings=128"])
+    with pytest.raises(ConfigError, match="exceeds the LM's max_position_embeddings=128"):
+        build(cfg)

@@ -39,6 +39,10 @@ def build(cfg, ds_config=None, dtype=torch.float32):
                           "packed utterances apart with an explicit block mask, which flash attention drops; "
                           "use 'sdpa' or 'eager'")
     model = build_continuous(cfg, dtype)
+    max_pos = getattr(model.lm_config, "max_position_embeddings", None)
+    if max_pos and cfg.data.seq_len > max_pos:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds the LM's max_position_embeddings={max_pos}; "
+                          "lower data.seq_len")
     counts = model.param_counts()
     if _rank() == 0:
         log.info("parameters by part (trainable / total): %s", ", ".join(
