@@ -153,7 +153,7 @@ def _bench_eval(args) -> int:
 def _bench_continuous(args) -> int:
     from spiritlm.models.continuous.bench import bench_continuous
 
-    bench_continuous()  # prints its own side-by-side report (spiritlm.bench_harness)
+    bench_continuous(rounds=getattr(args, "rounds", None), min_round_s=getattr(args, "min_round_s", None))
     return 0
 
 
