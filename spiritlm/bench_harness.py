@@ -30,6 +30,8 @@ API (everything a benchmark needs)::
 * ``matmul_peak(dtype, n, shape=(m, k, n))`` -> FLOP/s of a short timed ``torch.mm`` (this
   process's torch threads); ``run_sides(peak=lambda: matmul_peak(...))`` times it after every
   round, so that the peak sees the load the rounds saw (its median and range are printed).
+* ``from_timings(seconds, work)`` -> :class:`Measurement` from rounds timed elsewhere (e.g. in
+  other processes), for the same statistics and report.
 * ``machine_load()`` -> dict of the 1/5/15-min load averages, CPU count, usable CPUs, torch
   threads; printed before and after the rounds.
 
