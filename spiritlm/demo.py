@@ -81,9 +81,21 @@ class DemoConfig:
     eval_overrides: list[str] = field(default_factory=list)
     # 480 Topic-StoryCloze items: 120 resolve only ~10-point gaps (a seed's +6.7 on 120 items was
     # p = 0.2; +9.4 on 480, p < 0.01).
+    # These sizes make the *dev* draw (mini seed = ``seed``): every setting above was chosen
+    # while watching its items, so its numbers are reported, labelled dev, and never claimed.
     mini_sizes: dict[str, int] = field(default_factory=lambda: {
         "swuggy": 60, "sblimp": 60, "storycloze": 80, "topic_storycloze": 480, "stsp": 30,
         "stsp_fewshot": 15, "asr": 12, "asr_shots": 20, "voices": 2})
+    # *Test* draws (spiritlm.eval.protocol), the only source of claims: this many draws, fresh
+    # seeds per output directory (recorded in <out_dir>/test_draws.json and the report; give
+    # ``test_seeds`` to rerun recorded ones), disjoint from the dev draw and from each other. The
+    # comparison pools them x the training seeds. They hold the two-way tasks only (no STSP or
+    # few-shot ASR, which make no claim): 3 x 240 Topic-StoryCloze items.
+    test_draws: int = 3
+    test_seeds: list[int] = field(default_factory=list)
+    test_sizes: dict[str, int] = field(default_factory=lambda: {
+        "swuggy": 60, "sblimp": 60, "storycloze": 80, "topic_storycloze": 240, "stsp": 0,
+        "stsp_fewshot": 0, "asr": 0, "asr_shots": 0, "voices": 2})
 
 
 def _corpus_step(cfg: DemoConfig, step_dir: Path) -> dict[str, Any]:
@@ -251,50 +263,106 @@ def _train_step(tcfg, step_dir: Path | None = None) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "hf": str(Path(run_dir) / "hf")}
 
 
+def _build_draw(root: Path, seed: int, sizes: dict, exclude: set[str]) -> dict[str, Any]:
+    from spiritlm.eval.mini import build_mini_benchmarks, ending_length_balance
+
+    paths = build_mini_benchmarks(root, seed=seed, sizes=sizes, exclude=exclude)
+    complete = json.loads((root / "COMPLETE.json").read_text())
+    lengths = ending_length_balance(paths["root"] / "topic_storycloze") if sizes.get("topic_storycloze") else {}
+    return {"root": str(root), "seed": seed, "paths": {k: str(v) for k, v in paths.items()},
+            "swuggy_replaced": complete.get("swuggy_replaced", []), "ending_lengths": lengths}
+
+
 def _mini_step(cfg: DemoConfig, step_dir: Path) -> dict[str, Any]:
-    from spiritlm.eval.mini import build_mini_benchmarks
+    draw = _build_draw(step_dir / "mini", cfg.seed, cfg.mini_sizes, set())
+    cls = _speech_cls_build(cfg)
+    if cls is not None:
+        _build_speech_cls(Path(draw["root"]), *cls)
+    return {**draw, "label": "dev"}
 
-    paths = build_mini_benchmarks(step_dir / "mini", seed=cfg.seed, sizes=cfg.mini_sizes)
-    return {"root": str(step_dir / "mini"), "paths": {k: str(v) for k, v in paths.items()}}
+
+def _speech_cls_build(cfg: DemoConfig) -> tuple | None:
+    """The arguments with which the eval suite builds its mini few-shot speech classification set
+    into the dev draw on first use (``[speech_cls] mini = true``), or None. The demo builds it in
+    the mini step instead, so that ``bench_units`` encodes its audio too and the evaluations,
+    side by side, neither wait on one another's build nor encode it each."""
+    ecfg = _eval_config(cfg, {"root": "."}, {"dir": ""})
+    cc = getattr(ecfg, "speech_cls", None)
+    if cc is None or not (cc.manifest and cc.mini):
+        return None
+    return cc.manifest, ecfg.mini.seed, dict(cc.mini_sizes)
 
 
-def _eval_config(cfg: DemoConfig, mini: dict, speech_tok: dict, overrides: list[str] = ()):
+def _build_speech_cls(root: Path, manifest: str, seed: int, sizes: dict) -> None:
+    from spiritlm.eval.fewshot_cls import build_mini_speech_cls
+
+    # the same call as spiritlm.eval.suite.run_suite makes, so the suite finds it complete
+    held = root / "heldout_texts.txt"
+    build_mini_speech_cls((root / manifest).parent, seed, sizes or None,
+                          set(held.read_text().splitlines()) if held.is_file() else set())
+
+
+def _mini_test_step(cfg: DemoConfig, seeds: list[int], dev: dict, step_dir: Path) -> dict[str, Any]:
+    """The test draws, each kept off the texts of the dev draw and of the draws before it."""
+    exclude = set(Path(dev["paths"]["heldout_texts"]).read_text(encoding="utf-8").splitlines())
+    draws = []
+    for i, seed in enumerate(seeds):
+        d = _build_draw(step_dir / f"test{i + 1}", seed, cfg.test_sizes, exclude)
+        exclude |= set(Path(d["paths"]["heldout_texts"]).read_text(encoding="utf-8").splitlines())
+        draws.append({**d, "label": f"test{i + 1}"})
+    return {"draws": draws}
+
+
+def _eval_config(cfg: DemoConfig, mini: dict, speech_tok: dict, overrides: list[str] = (), last: tuple = ()):
+    """The suite config of one evaluation; ``last`` wins over the user's ``eval_overrides`` (a
+    test draw's tasks: it holds no audio for the others)."""
     from spiritlm.config import load_config
     from spiritlm.eval.suite import EvalConfig
 
     return load_config(EvalConfig, _recipe(cfg.eval_recipe), [
         f"data_root={mini['root']}", f"speech_encoder_args.directory={speech_tok['dir']}",
-        "mini.build=false", *overrides, *cfg.eval_overrides])
+        "mini.build=false", *overrides, *cfg.eval_overrides, *last])
 
 
-def _bench_units_step(ecfg, mini: dict, step_dir: Path) -> dict[str, Any]:
-    """Every benchmark audio file, encoded once with the evaluation's speech encoder (``ecfg``),
-    to a file that each model's evaluation reads (they run side by side, each in its own process)."""
+def _bench_units_step(ecfg, minis: list[dict], step_dir: Path) -> dict[str, Any]:
+    """Every benchmark audio file of each draw in ``minis``, encoded once with the evaluation's
+    speech encoder (``ecfg``), to one file per draw that each model's evaluation of that draw
+    reads (they run side by side, each in its own process). Outputs: ``file``/``files`` of the
+    first draw, and ``draws``: those of every draw."""
     from spiritlm.eval.model import encoder_identity, load_speech_encoder
 
     enc = load_speech_encoder(ecfg.speech_encoder, ecfg.speech_encoder_args)
     if enc is None:
-        return {"file": "", "files": 0}
-    root = Path(mini["root"])
-    wavs = sorted(root.rglob("*.wav"))
-    enc.prefetch(wavs)  # batched, when the encoder has encode_many
-    for w in wavs:  # the rest one by one (cached files cost nothing)
-        enc(w)
-    out = step_dir / "units.npz"
-    n = enc.save_units(out, root, encoder_identity(ecfg.speech_encoder, ecfg.speech_encoder_args))
-    if n != len(wavs):  # e.g. a wav linked from outside the benchmark folder
-        log.warning("bench_units: %d of %d wavs under %s written; the evaluations encode the rest "
-                    "themselves", n, len(wavs), root)
-    return {"file": str(out), "files": n}
+        return {"file": "", "files": 0, "draws": [{"file": "", "files": 0} for _ in minis]}
+    draws = []
+    for i, mini in enumerate(minis):
+        root = Path(mini["root"])
+        wavs = sorted(root.rglob("*.wav"))
+        enc.prefetch(wavs)  # batched, when the encoder has encode_many
+        for w in wavs:  # the rest one by one (cached files cost nothing)
+            enc(w)
+        out = step_dir / ("units.npz" if i == 0 else f"units_{i}.npz")
+        n = enc.save_units(out, root, encoder_identity(ecfg.speech_encoder, ecfg.speech_encoder_args))
+        if n != len(wavs):  # e.g. a wav linked from outside the benchmark folder
+            log.warning("bench_units: %d of %d wavs under %s written; the evaluations encode the rest "
+                        "themselves", n, len(wavs), root)
+        draws.append({"file": str(out), "files": n})
+    return {**draws[0], "draws": draws}
+
+
+# A test draw holds the two-way tasks only (``test_sizes``): no STSP, no few-shot ASR or speech
+# classification, no ZeroSpeech submission folder.
+TEST_EVAL_OVERRIDES = ('stsp.manifest=""', 'fewshot.asr_manifest=""', 'speech_cls.manifest=""',
+                       "zerospeech.submission=false")
 
 
 def _eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: dict, units: dict,
-               step_dir: Path) -> dict[str, Any]:
+               extra: tuple, step_dir: Path) -> dict[str, Any]:
     from spiritlm.eval.suite import run_suite
 
     # both models score the same units: the suite reads them from the bench_units file
     ecfg = _eval_config(cfg, mini, speech_tok, [f"model={model['hf']}", f"name={name}", f"output_dir={step_dir}",
-                                                 f"units_cache={units['file']}"])
+                                                 f"units_cache={units['file']}"], extra)
     out = run_suite(ecfg)
     return {"dir": str(step_dir), "paths": {k: str(v) for k, v in out.get("paths", {}).items()},
             "encoded_here": out["speech_files_encoded"]}  # audio files not found in the units file
@@ -304,21 +372,56 @@ def _eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: 
 # report reruns those steps instead of reporting cached results from the old code.
 EVAL_VERSION = "eval-v2: few-shot answers end at the other modality's marker"
 UNITS_VERSION = "units-v2: every benchmark wav, CachedEncoder.save_units with the encoder identity"
-COMPARE_FORMAT = "compare-v3: p vs chance, transfer check with Holm and per-seed accuracy"
+COMPARE_FORMAT = "compare-v4: claims from the test draws pooled x seeds; the dev draw labelled dev"
 
 
-def _compare_step(evals: dict[str, list[dict]], step_dir: Path) -> dict[str, Any]:
-    from spiritlm.eval.report import (comparison_markdown, paired_compare, plot_comparison, read_items,
-                                      transfer_check)
+def _compare_step(evals: dict[str, dict[str, list[dict]]], draws: dict[str, dict], seeds: list[int],
+                  step_dir: Path) -> dict[str, Any]:
+    """``evals[variant][draw label]``: one evaluation per training seed; ``draws[label]``: the
+    draw's mini step outputs (its seed). Writes comparison.md/json/png; the table, the check and
+    the chart are the test draws' pooled ones (the dev draw's when there is no test draw)."""
+    from spiritlm.eval.protocol import draws_markdown, pool_draws
+    from spiritlm.eval.report import comparison_markdown, paired_compare, plot_comparison, read_items, transfer_check
 
-    (a, ea), (b, eb) = evals.items()  # one evaluation per training seed
-    cmp = paired_compare([read_items(Path(e["dir"])) for e in ea], [read_items(Path(e["dir"])) for e in eb])
-    md = comparison_markdown(cmp, a, b)
-    check = transfer_check(cmp, a, b)
-    (step_dir / "comparison.md").write_text(md + "\n" + check)
-    (step_dir / "comparison.json").write_text(json.dumps(cmp, indent=1, default=float))
-    png = plot_comparison(cmp, step_dir / "comparison.png", a, b)
-    return {"markdown": md, "check": check, "png": str(png), "json": str(step_dir / "comparison.json")}
+    (a, ea), (b, eb) = evals.items()
+    items = {v: {label: [read_items(Path(e["dir"])) for e in es] for label, es in ev.items()}
+             for v, ev in (("a", ea), ("b", eb))}
+    per_draw = {label: paired_compare(items["a"][label], items["b"][label]) for label in ea}
+    tests = [label for label in ea if label != "dev"]
+    draw_seeds = {label: d["seed"] for label, d in draws.items()}
+    dev_n = per_draw["dev"].get("topic_storycloze/S", {}).get("n", 0)
+    dev_md = comparison_markdown(per_draw["dev"], a, b)
+    dev_check = transfer_check(per_draw["dev"], a, b)
+    if tests:
+        pooled = paired_compare(pool_draws({t: items["a"][t] for t in tests}),
+                                pool_draws({t: items["b"][t] for t in tests}))
+        md, check = comparison_markdown(pooled, a, b), transfer_check(pooled, a, b)
+        protocol = (f"Protocol: claims are read from {len(tests)} test draws (mini seeds "
+                    f"{', '.join(str(draw_seeds[t]) for t in tests)}, fresh for this output directory, no "
+                    f"sentence or story shared with the dev draw or each other) pooled with {len(seeds)} "
+                    f"training seed{'s' * (len(seeds) > 1)} ({', '.join(map(str, seeds))}); each item's score "
+                    f"is averaged over the seeds. The dev draw (mini seed {draw_seeds['dev']}, {dev_n} "
+                    "Topic-StoryCloze items) is the one every setting of the demo was chosen on: its numbers "
+                    "are reported below, labelled dev, and claim nothing.\n")
+    else:
+        pooled, md, check = per_draw["dev"], dev_md, dev_check
+        protocol = ("Protocol: NO TEST DRAW (test_draws = 0). Every number here comes from the dev draw, "
+                    "on which the demo's settings were chosen: read no claim from it.\n")
+    spread = draws_markdown(per_draw, draw_seeds, a, b)
+    text = [protocol, "## Test draws pooled" if tests else "## Dev draw (no test draw)", "", md, check,
+            "## Per draw (Topic-StoryCloze, pooled over training seeds)", "", spread]
+    if tests:
+        text += [f"## Dev draw (mini seed {draw_seeds['dev']}; settings were chosen on it: no claims)", "",
+                 dev_md, dev_check.replace("check (", "dev check (", 1)]
+    (step_dir / "comparison.md").write_text("\n".join(text))
+    full = {"protocol": {"test_draws": {t: draw_seeds[t] for t in tests}, "dev_seed": draw_seeds["dev"],
+                         "train_seeds": seeds},
+            "pooled": pooled, "draws": per_draw}
+    (step_dir / "comparison.json").write_text(json.dumps(full, indent=1, default=float))
+    png = plot_comparison(pooled, step_dir / "comparison.png", a, b)
+    return {"markdown": md, "check": check, "protocol": protocol, "per_draw": spread,
+            "dev_markdown": dev_md, "dev_check": dev_check, "png": str(png),
+            "json": str(step_dir / "comparison.json")}
 
 
 def run_demo(cfg: DemoConfig) -> Pipeline:
@@ -361,30 +464,52 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     models: dict[str, list[dict]] = {v: [] for v in MIXTURES}
     for (variant, _), model in zip(jobs, pipe.run_jobs([j for _, j in jobs])):
         models[variant].append(model)
-    mini = pipe.run("mini_benchmarks", [cfg.seed, cfg.mini_sizes], lambda d: _mini_step(cfg, d))
+    # the dev draw (settings were chosen on it), then the test draws (claims are read from them)
+    from spiritlm.eval.mini import MINI_VERSION
+    from spiritlm.eval.protocol import choose_test_seeds
+
+    mini = pipe.run("mini_benchmarks", [MINI_VERSION, cfg.seed, cfg.mini_sizes, _speech_cls_build(cfg)],
+                    lambda d: _mini_step(cfg, d))
+    draws = {"dev": mini}
+    if cfg.test_draws > 0 or cfg.test_seeds:
+        test_seeds = choose_test_seeds(out, cfg.test_draws, cfg.test_seeds, dev_seed=cfg.seed)
+        tests = pipe.run("mini_test", [MINI_VERSION, test_seeds, cfg.test_sizes,
+                                       _file_hash(Path(mini["paths"]["heldout_texts"]))],
+                         lambda d: _mini_test_step(cfg, test_seeds, mini, d))
+        draws.update((d["label"], d) for d in tests["draws"])
     ecfg = _eval_config(cfg, mini, speech_tok)  # the units depend on the encoder, not on the scoring
-    units = pipe.run("bench_units", [UNITS_VERSION, ecfg.speech_encoder, ecfg.speech_encoder_args, mini,
-                                     _file_hash(Path(mini["root"]) / "COMPLETE.json"),
-                                     _file_hash(Path(speech_tok["dir"]) / "manifest.json")],
-                     lambda d: _bench_units_step(ecfg, mini, d))
-    eval_jobs = []  # every model's evaluation is independent of the others: side by side
+    enc_deps = [UNITS_VERSION, ecfg.speech_encoder, ecfg.speech_encoder_args,
+                _file_hash(Path(speech_tok["dir"]) / "manifest.json")]
+    units = {"dev": pipe.run("bench_units", [*enc_deps, mini, _file_hash(Path(mini["root"]) / "COMPLETE.json")],
+                             lambda d: _bench_units_step(ecfg, [mini], d))}
+    test_labels = [label for label in draws if label != "dev"]
+    if test_labels:
+        tu = pipe.run("bench_units_test", [*enc_deps, *[[draws[t]["root"], _file_hash(
+            Path(draws[t]["root"]) / "COMPLETE.json")] for t in test_labels]],
+            lambda d: _bench_units_step(ecfg, [draws[t] for t in test_labels], d))
+        units.update(zip(test_labels, tu["draws"]))
+    eval_jobs = []  # every evaluation (model x draw) is independent of the others: side by side
     for variant in MIXTURES:
         for s, model in zip(seeds, models[variant]):
-            eval_jobs.append((variant, Job(
-                f"eval_{variant}{suffix[s]}",
-                [EVAL_VERSION, model, mini, _file_hash(Path(mini["root"]) / "COMPLETE.json"),  # items, not only paths
-                 cfg.eval_overrides, _file_hash(_recipe(cfg.eval_recipe)),
-                 _file_hash(Path(model["hf"]) / "model.safetensors"),
-                 _file_hash(Path(speech_tok["dir"]) / "manifest.json"), units["files"],
-                 _file_hash(Path(units["file"])) if units["file"] else ""],
-                _eval_step, (cfg, variant, model, mini, speech_tok, units))))
-    evals: dict[str, list[dict]] = {v: [] for v in MIXTURES}
-    for (variant, _), ev in zip(eval_jobs, pipe.run_jobs([j for _, j in eval_jobs])):
-        evals[variant].append(ev)
-    cmp_deps = [COMPARE_FORMAT, evals,
-                *(_file_hash(Path(e["dir"]) / "items.jsonl") for es in evals.values() for e in es)]
-    cmp = pipe.run("compare", cmp_deps, lambda d: _compare_step(evals, d))
-    _print_summary(corpus, text_tok, speech_tok, aligned if cfg.align else None, shards, models, evals, cmp)
+            for label, draw in draws.items():
+                extra = () if label == "dev" else TEST_EVAL_OVERRIDES
+                eval_jobs.append(((variant, label), Job(
+                    f"eval_{variant}{suffix[s]}{'' if label == 'dev' else '_' + label}",
+                    [EVAL_VERSION, model, draw, _file_hash(Path(draw["root"]) / "COMPLETE.json"),  # items, not only paths
+                     cfg.eval_overrides, extra, _file_hash(_recipe(cfg.eval_recipe)),
+                     _file_hash(Path(model["hf"]) / "model.safetensors"),
+                     _file_hash(Path(speech_tok["dir"]) / "manifest.json"), units[label]["files"],
+                     _file_hash(Path(units[label]["file"])) if units[label]["file"] else ""],
+                    _eval_step, (cfg, variant, model, draw, speech_tok, units[label], extra))))
+    evals: dict[str, dict[str, list[dict]]] = {v: {label: [] for label in draws} for v in MIXTURES}
+    for ((variant, label), _), ev in zip(eval_jobs, pipe.run_jobs([j for _, j in eval_jobs])):
+        evals[variant][label].append(ev)
+    cmp_deps = [COMPARE_FORMAT, evals, {k: d["seed"] for k, d in draws.items()}, seeds,
+                *(_file_hash(Path(e["dir"]) / "items.jsonl") for ev in evals.values()
+                  for es in ev.values() for e in es)]
+    cmp = pipe.run("compare", cmp_deps, lambda d: _compare_step(evals, draws, seeds, d))
+    _print_summary(corpus, text_tok, speech_tok, aligned if cfg.align else None, shards, models, evals, cmp,
+                   draws)
     print("\n" + pipe.report())
     (out / "timings.md").write_text(pipe.report() + "\n")
     print(f"\noutputs: {out}")
@@ -410,7 +535,7 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else f"missing:{p}"
 
 
-def _print_summary(corpus, text_tok, speech_tok, aligned, shards, models, evals, cmp) -> None:
+def _print_summary(corpus, text_tok, speech_tok, aligned, shards, models, evals, cmp, draws) -> None:
     st = corpus["stats"]
     print(f"\ncorpus: {st.get('n_utterances')} utterances, {st.get('total_minutes', 0):.1f} min of speech, "
           f"{st.get('n_text_documents')} text documents -> {corpus['root']}")
@@ -453,16 +578,34 @@ def _print_summary(corpus, text_tok, speech_tok, aligned, shards, models, evals,
             mix = json.loads(summary.read_text()).get("mixture_tokens", {}) if summary.is_file() else {}
             shares = "; tokens seen: " + ", ".join(f"{k[4:]} {100 * x:.1f}%" for k, x in mix.items()) if mix else ""
             print(f"model {v}: {mdl['hf']} (curves: {Path(mdl['run_dir']) / 'curves.png'}){shares}")
-    for v, es in evals.items():
-        for i, e in enumerate(es):
+    for label, d in draws.items():
+        n = (d.get("ending_lengths") or {}).get("n", 0)
+        w, sec = (d.get("ending_lengths") or {}).get("words"), (d.get("ending_lengths") or {}).get("seconds")
+        lengths = (f"; Topic-StoryCloze endings correct / incorrect {w['correct_mean']:.2f} / "
+                   f"{w['incorrect_mean']:.2f} words, {sec['correct_mean']:.2f} / {sec['incorrect_mean']:.2f} s, "
+                   f"'shorter is right' {100 * sec['shorter_is_right']:.1f}% (p = {sec['p']:.2g}) over {n} items"
+                   if w and sec else "")
+        print(f"mini benchmarks, {label} draw (seed {d['seed']}): sWUGGY pairs redrawn because the non-word "
+              f"sounds like its word: {len(d.get('swuggy_replaced', []))}{lengths} -> {d['root']}")
+    for v, ev in evals.items():
+        for i, e in enumerate(ev["dev"]):
             rep_md = Path(e["dir"]) / "report.md"
-            print(f"\n== {v}: {rep_md} ==")
+            print(f"\n== {v} (dev draw): {rep_md} ==")
             if rep_md.is_file() and i == 0:
                 print(rep_md.read_text())
-    n_seeds = len(next(iter(evals.values())))
-    print(f"\n== interleaved vs no interleaving (paired, same items{f', {n_seeds} seeds' if n_seeds > 1 else ''}) ==")
+    n_seeds = len(next(iter(evals.values()))["dev"])
+    n_tests = len(draws) - 1
+    what = (f"{n_tests} test draws pooled" if n_tests else "dev draw only") + \
+        (f", {n_seeds} seeds" if n_seeds > 1 else "")
+    print(f"\n== interleaved vs no interleaving (paired, same items; {what}) ==")
+    print(cmp["protocol"])
     print(cmp["markdown"])
     print(cmp["check"])
+    print(cmp["per_draw"])
+    if n_tests:
+        print("== dev draw (settings were chosen on it; no claims) ==")
+        print(cmp["dev_markdown"])
+        print(cmp["dev_check"].replace("check (", "dev check (", 1))
     rows = max(1, sum(1 for line in cmp["markdown"].splitlines() if line.startswith("| ")) - 1)
     if n_seeds == 1:  # what a single table can and cannot show (measured: docs/demo_output.md)
         print(f"One seed per model: with {rows} rows, at least one p < 0.05 by chance alone is "

@@ -23,7 +23,13 @@ TINY = [
     "micro_batch_size=2, global_batch_size=4, deepspeed.precision=bf16]",  # the demo's precision
     "mini_sizes={swuggy: 4, sblimp: 4, storycloze: 4, topic_storycloze: 4, stsp: 3, "
     "stsp_fewshot: 3, asr: 2, asr_shots: 2, voices: 1}",
-    "eval_overrides=['stsp.settings=[T2T]', 'fewshot.n_shots=2']",
+    # the few-shot speech classification set is built in the mini step, so its audio is encoded once
+    "eval_overrides=['stsp.settings=[T2T]', 'fewshot.n_shots=2', 'speech_cls.manifest=speech_cls/test.jsonl', "
+    "'speech_cls.mini_sizes={test: 1, shots: 2, voices: 1}']",
+    # two test draws (recorded seeds: a test may not draw fresh ones), disjoint from the dev draw
+    "test_seeds=[11, 12]",
+    "test_sizes={swuggy: 2, sblimp: 2, storycloze: 2, topic_storycloze: 3, stsp: 0, stsp_fewshot: 0, "
+    "asr: 0, asr_shots: 0, voices: 1}",
 ]
 
 
@@ -34,14 +40,28 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     pipe = run_demo(cfg)
     names = [r.name for r in pipe.results]
     assert names == ["corpus", "text_tokenizer", "speech_tokenizer", "align", "shards",
-                     "train_interleaved", "train_no_interleaving", "mini_benchmarks",
-                     "bench_units", "eval_interleaved", "eval_no_interleaving", "compare"]
+                     "train_interleaved", "train_no_interleaving", "mini_benchmarks", "mini_test",
+                     "bench_units", "bench_units_test", "eval_interleaved", "eval_interleaved_test1",
+                     "eval_interleaved_test2", "eval_no_interleaving", "eval_no_interleaving_test1",
+                     "eval_no_interleaving_test2", "compare"]
     out = {r.name: r.outputs for r in pipe.results}
     assert out["shards"]["report"]["kept"].get("aligned", 0) > 0
     # the benchmark audio is encoded once, for both evaluations (side by side, in other processes)
     wavs = list(Path(out["mini_benchmarks"]["root"]).rglob("*.wav"))
     assert wavs and out["bench_units"]["files"] == len(wavs)
-    assert out["eval_interleaved"]["encoded_here"] == out["eval_no_interleaving"]["encoded_here"] == 0
+    assert {n: o["encoded_here"] for n, o in out.items() if n.startswith("eval_") and o["encoded_here"]} == {}
+    # the test draws: the recorded seeds, no text shared with the dev draw, claims read from them
+    dev_texts = set(Path(out["mini_benchmarks"]["paths"]["heldout_texts"]).read_text().splitlines())
+    test_draws = out["mini_test"]["draws"]
+    assert [d["seed"] for d in test_draws] == [11, 12]
+    for d in test_draws:
+        texts = set(Path(d["paths"]["heldout_texts"]).read_text().splitlines())
+        assert texts and not texts & dev_texts
+    assert out["bench_units_test"]["draws"][1]["files"] == len(list(Path(test_draws[1]["root"]).rglob("*.wav")))
+    assert "claims are read from 2 test draws (mini seeds 11, 12" in out["compare"]["protocol"]
+    pooled = json.loads(Path(out["compare"]["json"]).read_text())["pooled"]
+    assert pooled["topic_storycloze/T"]["n"] == 2 * 3 and "stsp/T2T" not in pooled
+    assert list(Path(out["mini_benchmarks"]["root"]).glob("speech_cls/audio/*.wav"))
     from spiritlm.pipeline import available_cores
 
     if available_cores() > 1:  # one core: every step runs in this process
@@ -102,7 +122,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
         assert not res2[f"train_{v}_seed1"].cached and not res2[f"eval_{v}_seed1"].cached
         tcfg = (Path(res2[f"train_{v}_seed1"].outputs["hf"]) / "spiritlm_train_config.yaml").read_text()
         assert "seed: 1" in tcfg and start in tcfg
-    cmp = json.loads(Path(res2["compare"].outputs["json"]).read_text())
+    cmp = json.loads(Path(res2["compare"].outputs["json"]).read_text())["pooled"]
     assert all(r["runs"] == [2, 2] and len(r["per_run_diff"]) == 2 for r in cmp.values())
     assert "diff per seed" in res2["compare"].outputs["markdown"]
     # other benchmark sizes: same paths, other items -> every evaluation reruns, no training does
@@ -113,7 +133,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     assert all(r.cached for n, r in res3.items() if n.startswith("train"))
     assert not any(r.cached for n, r in res3.items() if n.startswith(("eval", "mini", "compare")))
     cmp3 = json.loads(Path(res3["compare"].outputs["json"]).read_text())
-    assert cmp3["topic_storycloze/T"]["n"] == 6
+    assert cmp3["draws"]["dev"]["topic_storycloze/T"]["n"] == 6 and cmp3["pooled"]["topic_storycloze/T"]["n"] == 6
     # more continued-training steps: the text start (whose own steps are text_pretrain_steps)
     # stays cached; both models retrain from it
     longer = [t.replace("train_overrides=[steps=6,", "train_overrides=[steps=8,") for t in more]
