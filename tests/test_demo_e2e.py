@@ -31,6 +31,7 @@ TINY = [
     "test_sizes={swuggy: 2, sblimp: 2, storycloze: 2, topic_storycloze: 3, stsp: 0, stsp_fewshot: 0, "
     "asr: 0, asr_shots: 0, voices: 1}",
 ]
+DEV_ONLY = ["test_seeds=[]", "test_draws=0"]
 
 
 def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
@@ -103,7 +104,8 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     again = run_demo(cfg)
     assert all(r.cached for r in again.results)
     # a shared text-only start: the data steps stay cached, both variants continue from it
-    pre = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *TINY,
+    # (no test draw here, nor in the later runs but one, to keep the test short)
+    pre = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *TINY, *DEV_ONLY,
                                                    "text_pretrain_steps=2", "side_by_side=1"]))  # later --set wins
     res = {r.name: r for r in pre.results}
     assert res["shards"].cached and not res["text_pretrain"].cached
@@ -113,7 +115,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
         tcfg = (Path(res[f"train_{v}"].outputs["hf"]) / "spiritlm_train_config.yaml").read_text()
         assert start in tcfg  # model.checkpoint points at the shared start
     # a second training seed: seed 0's models are reused, seed 1's are trained and evaluated,
-    # and the comparison pools both seeds and shows each seed's gap
+    # and the comparison pools both test draws x both seeds and shows each seed's gap
     two = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *TINY,
                                                    "text_pretrain_steps=2", "side_by_side=1", "train_seeds=[0, 1]"]))
     res2 = {r.name: r for r in two.results}
@@ -124,21 +126,23 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
         assert "seed: 1" in tcfg and start in tcfg
     cmp = json.loads(Path(res2["compare"].outputs["json"]).read_text())["pooled"]
     assert all(r["runs"] == [2, 2] and len(r["per_run_diff"]) == 2 for r in cmp.values())
+    assert cmp["topic_storycloze/T"]["n"] == 2 * 3
     assert "diff per seed" in res2["compare"].outputs["markdown"]
     # other benchmark sizes: same paths, other items -> every evaluation reruns, no training does
     more = [t.replace("topic_storycloze: 4", "topic_storycloze: 6") for t in TINY]
-    three = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *more,
+    three = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *more, *DEV_ONLY,
                                                      "text_pretrain_steps=2", "side_by_side=1", "train_seeds=[0, 1]"]))
     res3 = {r.name: r for r in three.results}
     assert all(r.cached for n, r in res3.items() if n.startswith("train"))
     assert not any(r.cached for n, r in res3.items() if n.startswith(("eval", "mini", "compare")))
     cmp3 = json.loads(Path(res3["compare"].outputs["json"]).read_text())
     assert cmp3["draws"]["dev"]["topic_storycloze/T"]["n"] == 6 and cmp3["pooled"]["topic_storycloze/T"]["n"] == 6
+    assert "NO TEST DRAW" in res3["compare"].outputs["protocol"]  # test_draws=0: the report says so
     # more continued-training steps: the text start (whose own steps are text_pretrain_steps)
     # stays cached; both models retrain from it
     longer = [t.replace("train_overrides=[steps=6,", "train_overrides=[steps=8,") for t in more]
     assert longer != more
-    four = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *longer,
+    four = run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'demo'}", *longer, *DEV_ONLY,
                                                     "text_pretrain_steps=2", "side_by_side=1"]))
     res4 = {r.name: r for r in four.results}
     assert res4["text_pretrain"].cached and res4["shards"].cached
