@@ -144,6 +144,14 @@ def _bench_synth(args) -> int:
     return 0
 
 
+def _bench_mfu(args) -> int:
+    from spiritlm.train.bench_mfu import bench_mfu
+
+    # ~1B at seq 4096 in bf16 on a GPU, a toy size on CPU; checkpointing off/on side by side
+    bench_mfu(rounds=getattr(args, "rounds", None), min_round_s=getattr(args, "min_round_s", None))
+    return 0
+
+
 def _bench_eval(args) -> int:
     from spiritlm.eval.bench import main
 
@@ -167,6 +175,7 @@ BENCHES = {
     "side-by-side": (_bench_side_by_side, "two trainings side by side vs in a row (the demo's models)"),
     "precision": (_bench_precision, "the demo's model in fp32 vs bf16, time per step"),
     "eval": (_bench_eval, "pairs scored per second vs one at a time"),
+    "mfu": (_bench_mfu, "tokens/s and MFU of a ~1B model, seq 4096, bf16, checkpointing off/on"),
     "synth": (_bench_synth, "espeak forks of a 2 GiB process: direct vs zygote"),
     "continuous": (_bench_continuous, "continuous-input training step: frozen-encoder features cached vs recomputed"),
 }
