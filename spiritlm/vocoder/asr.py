@@ -23,9 +23,8 @@ import numpy as np
 
 class PocketsphinxASR:
     def __init__(self, noise: float = 1e-4, seed: int = 0):
-        import pocketsphinx as ps
+        import pocketsphinx  # noqa: F401  (fail early with ImportError)
 
-        self._decoder = ps.Decoder(loglevel="FATAL")
         # a whisper of fixed noise: pocketsphinx's voice activity detection can stall on digital silence
         self.noise, self.seed = noise, seed
 
@@ -38,7 +37,11 @@ class PocketsphinxASR:
         x = np.concatenate([pad, wav, pad])
         x = x + rng.standard_normal(x.size).astype(np.float32) * self.noise
         pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
-        dec = self._decoder
+        import pocketsphinx as ps
+
+        # a fresh decoder per utterance (~0.5 s): one decoder adapts its cepstral mean across
+        # utterances, which made a transcript depend on what was decoded before it
+        dec = ps.Decoder(loglevel="FATAL")
         dec.start_utt()
         dec.process_raw(pcm, full_utt=True)
         dec.end_utt()
