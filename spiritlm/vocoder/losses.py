@@ -37,6 +37,17 @@ class LogMel(nn.Module):
         return torch.log(torch.clamp(mel_BMT, min=1e-5))
 
 
+def _run_stack(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor):
+    """A discriminator's conv stack: (flattened score, every layer's output for feature matching)."""
+    feats = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        feats.append(x)
+    x = post(x)
+    feats.append(x)
+    return x.flatten(1), feats
+
+
 class PeriodDiscriminator(nn.Module):
     """The waveform folded into (N / p, p) and seen by 2-D convs that never mix the p columns."""
 
@@ -54,14 +65,7 @@ class PeriodDiscriminator(nn.Module):
         B, N = x_BN.shape
         if N % self.period:
             x_BN = F.pad(x_BN, (0, self.period - N % self.period), mode="reflect")
-        x = x_BN.view(B, 1, -1, self.period)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _run_stack(self.convs, self.post, x_BN.view(B, 1, -1, self.period))
 
 
 class ScaleDiscriminator(nn.Module):
@@ -75,14 +79,7 @@ class ScaleDiscriminator(nn.Module):
         self.post = weight_norm(nn.Conv1d(4 * c, 1, 3, padding=1))
 
     def forward(self, x_BN: torch.Tensor):
-        x = x_BN.unsqueeze(1)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _run_stack(self.convs, self.post, x_BN.unsqueeze(1))
 
 
 class Discriminators(nn.Module):
