@@ -96,6 +96,10 @@ class DemoConfig:
     test_sizes: dict[str, int] = field(default_factory=lambda: {
         "swuggy": 60, "sblimp": 60, "storycloze": 80, "topic_storycloze": 240, "stsp": 0,
         "stsp_fewshot": 0, "asr": 0, "asr_shots": 0, "voices": 2})
+    # Named comparisons run after the main one on its cached steps (spiritlm.demo_parts.PARTS;
+    # `spiritlm demo --part NAME`), each with its own overrides under part_overrides.NAME.
+    parts: list[str] = field(default_factory=list)
+    part_overrides: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _corpus_step(cfg: DemoConfig, step_dir: Path) -> dict[str, Any]:
@@ -425,6 +429,9 @@ def _compare_step(evals: dict[str, dict[str, list[dict]]], draws: dict[str, dict
 
 
 def run_demo(cfg: DemoConfig) -> Pipeline:
+    from spiritlm.demo_parts import check_parts
+
+    check_parts(list(cfg.parts))
     out = Path(cfg.out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.resolved.yaml")
@@ -510,6 +517,14 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     cmp = pipe.run("compare", cmp_deps, lambda d: _compare_step(evals, draws, seeds, d))
     _print_summary(corpus, text_tok, speech_tok, aligned if cfg.align else None, shards, models, evals, cmp,
                    draws)
+    if cfg.parts:
+        from spiritlm.demo_parts import DemoContext, run_parts
+
+        ctx = DemoContext(cfg=cfg, out=out, pipe=pipe, corpus=corpus, text_tok=text_tok, speech_tok=speech_tok,
+                          manifest=manifest, shards=shards, start=start, seeds=seeds, models=models,
+                          draws=draws, units=units, evals=evals, comparison=cmp,
+                          part_overrides=dict(cfg.part_overrides))
+        pipe.parts = run_parts(ctx, list(cfg.parts))
     print("\n" + pipe.report())
     (out / "timings.md").write_text(pipe.report() + "\n")
     print(f"\noutputs: {out}")

@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the embedded demo corpus. Settings: spiritlm.demo.DemoConfig.",
     )
     add_recipe_args(p, out_key="out_dir")
+    p.add_argument("--part", dest="parts", action="append", default=[], metavar="NAME",
+                   help="also run this named comparison on the demo's cached steps (repeatable; "
+                   "see spiritlm.demo_parts.PARTS)")
     p.set_defaults(func=_run)
 
 
@@ -22,5 +25,8 @@ def _run(args) -> int:
     from spiritlm.config import load_config
     from spiritlm.demo import DemoConfig, run_demo
 
-    run_demo(load_config(DemoConfig, args.recipe, recipe_overrides(args)))
+    overrides = recipe_overrides(args)
+    if args.parts:  # --part A --part B is --set 'parts=[A, B]'
+        overrides.append("parts=[" + ", ".join(args.parts) + "]")
+    run_demo(load_config(DemoConfig, args.recipe, overrides))
     return 0
