@@ -25,7 +25,10 @@ from typing import Any, Callable
 from spiritlm.config import ConfigError
 
 # name -> "module:function"; the function takes a DemoContext and returns a dict for the report
-PARTS: dict[str, str] = {}
+PARTS: dict[str, str] = {
+    "ablations": "spiritlm.eval.ablations:run",
+    "over_steps": "spiritlm.eval.over_steps:run",
+}
 
 
 @dataclass
