@@ -25,6 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_recipe_args(f, recipe_required=True, out_key="output_dir")
     f.set_defaults(func=_fit)
 
+    g = vsub.add_parser("diagnose", help="no-training diagnosis of a tokenizer's units for vocoding: pocketsphinx "
+                                         "WER and MCD of the originals, Griffin-Lim of the true spectrogram and "
+                                         "per-unit mean spectra (spiritlm/vocoder/measure.py)",
+                        description="Settings: spiritlm.vocoder.fit.VocoderFitConfig (data.*, model.n_fft, "
+                                    "model.stft_hop, model.griffin_lim_iters, eval.n_files).")
+    add_recipe_args(g, recipe_required=True, out_key="output_dir")
+    g.set_defaults(func=_diagnose)
+
     d = vsub.add_parser("decode", help="units (speech string, token ids, or a JSON units dict) -> wav")
     src = d.add_mutually_exclusive_group(required=True)
     src.add_argument("--vocoder", help="a directory written by `spiritlm vocoder fit`")
@@ -58,7 +66,27 @@ def _fit(args) -> int:
     if "intelligibility" in m:
         i = m["intelligibility"]
         print(f"pocketsphinx WER on {i['n']} held-out utterances: original {i['wer_original']:.3f}, "
-              f"vocoded {i['wer_vocoded']:.3f}")
+              f"vocoded {i['wer_vocoded']:.3f}" + (f", deduplicated + predicted durations "
+                                                   f"{i['wer_vocoded_dedup']:.3f}" if "wer_vocoded_dedup" in i else "")
+              + f"; MCD {i['mcd_db_vocoded']:.2f} dB")
+    return 0
+
+
+def _diagnose(args) -> int:
+    from spiritlm.cli import recipe_overrides
+    from spiritlm.config import load_config
+    from spiritlm.vocoder.fit import VocoderFitConfig
+    from spiritlm.vocoder.measure import diagnose
+
+    cfg = load_config(VocoderFitConfig, args.recipe, recipe_overrides(args))
+    r = diagnose(cfg)
+    u = r["units"]
+    print(f"units: {u['frames_per_s']:.1f} frames/s, mean run {u['mean_run_length_frames']:.2f} frames, "
+          f"{u['deduplicated_units_per_s']:.1f} deduplicated units/s, {u['distinct_units']} distinct")
+    for name, c in r["intelligibility"]["conditions"].items():
+        extra = f", MCD {c['mcd_db']:.2f} dB, mel L1 {c['mel_l1']:.3f}" if "mcd_db" in c else ""
+        print(f"{name}: WER {c['wer']:.3f}{extra}")
+    print(f"wrote {cfg.output_dir}/diagnosis.json")
     return 0
 
 

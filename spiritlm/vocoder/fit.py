@@ -42,10 +42,16 @@ class VocoderDataCfg:
     pitch: bool = False  # condition on pitch codes (the tokenizer must have them)
     style: bool = False  # condition on style codes
     speakers: bool = True  # a speaker embedding per manifest speaker
+    # "units" (a vocoder) or "features": the spectral kind fed the tokenizer's continuous HuBERT
+    # features instead of their units -- a diagnosis of what quantisation loses, cannot decode units
+    condition: str = "units"
 
 
 @dataclass
 class VocoderModelCfg:
+    # "hifigan": the unit HiFi-GAN (the release's kind). "spectral": units -> log-magnitude STFT by a
+    # conv net + Griffin-Lim (spiritlm/vocoder/spectral.py): learns in CPU minutes, no learned phase
+    kind: str = "hifigan"
     embedding_dim: int = 64
     upsample_rates: list[int] = field(default_factory=lambda: [5, 4, 4, 4])  # product = the units' hop
     upsample_kernel_sizes: list[int] = field(default_factory=lambda: [11, 8, 8, 8])
@@ -56,6 +62,14 @@ class VocoderModelCfg:
     dur_hidden: int = 64
     dur_kernel: int = 3
     dur_dropout: float = 0.5
+    # kind = "spectral" only
+    spectral_channels: int = 256
+    spectral_kernel: int = 5
+    spectral_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 1, 2, 4])
+    spectral_dropout: float = 0.1
+    n_fft: int = 640
+    stft_hop: int = 80
+    griffin_lim_iters: int = 64
 
 
 @dataclass
@@ -82,6 +96,7 @@ class VocoderEvalCfg:
     n_files: int = 20  # held-out utterances vocoded and transcribed (0 = no intelligibility check)
     asr: bool = True  # pocketsphinx WER of vocoded vs original audio
     write_samples: int = 4  # vocoded wavs written to output_dir/samples
+    dedup: bool = True  # also vocode the deduplicated units with predicted durations (the LM path)
 
 
 @dataclass
@@ -181,6 +196,29 @@ def build_generator_cfg(cfg: VocoderFitConfig, tokenizer, n_speakers: int):
         if m.duration_predictor else None)
     try:
         return g.validate()
+    except ValueError as e:
+        raise ConfigError(f"vocoder model: {e}") from None
+
+
+def build_spectral_cfg(cfg: VocoderFitConfig, tokenizer, n_speakers: int, input_dim: int = 0):
+    from spiritlm.config import ConfigError
+    from spiritlm.vocoder.spectral import SpectralCfg
+
+    m = cfg.model
+    if cfg.data.pitch or cfg.data.style:
+        raise ConfigError("model.kind=spectral conditions on HuBERT units and speakers only: set data.pitch=false "
+                          "and data.style=false, or use model.kind=hifigan")
+    s = SpectralCfg(
+        num_embeddings=int(tokenizer.quantizer.size), embedding_dim=m.embedding_dim, input_dim=input_dim,
+        channels=m.spectral_channels, kernel_size=m.spectral_kernel, dilations=list(m.spectral_dilations),
+        dropout=m.spectral_dropout, n_fft=m.n_fft, win_length=m.n_fft, stft_hop=m.stft_hop,
+        griffin_lim_iters=m.griffin_lim_iters, code_hop_size=int(tokenizer.featurizer.hop),
+        multispkr=cfg.data.speakers and n_speakers > 0, num_speakers=max(1, n_speakers),
+        dur_predictor_params={"encoder_embed_dim": m.embedding_dim, "var_pred_hidden_dim": m.dur_hidden,
+                              "var_pred_kernel_size": m.dur_kernel, "var_pred_dropout": m.dur_dropout}
+        if m.duration_predictor else None)
+    try:
+        return s.validate()
     except ValueError as e:
         raise ConfigError(f"vocoder model: {e}") from None
 
@@ -343,31 +381,47 @@ def train_generator(cfg: VocoderFitConfig, gcfg, examples: list[Example], progre
 
 
 def intelligibility(vocoder, examples: list[Example], out_dir: Path | None = None, write_samples: int = 0,
-                    progress: bool = True) -> dict[str, Any]:
-    """pocketsphinx WER on the original audio and on its vocoded units (frame-level resynthesis)."""
-    import soundfile as sf
+                    progress: bool = True, dedup: bool = False, features: list[np.ndarray] | None = None,
+                    asr=None) -> dict[str, Any]:
+    """pocketsphinx WER of the original audio and of its vocoded units (frame-level resynthesis,
+    and with ``dedup`` the deduplicated units expanded by the duration predictor), with MCD and
+    log-mel L1 of the frame-level resynthesis (:mod:`spiritlm.vocoder.measure`). With
+    ``features`` (a ``data.condition=features`` fit) the continuous features are vocoded instead."""
+    from spiritlm.vocoder.measure import score
 
-    from spiritlm.eval.fewshot import wer
-    from spiritlm.vocoder.asr import PocketsphinxASR
+    def frame_level(ex):
+        return vocoder.decode(ex.units, speaker=ex.speaker, deduplicated=False)[0]
 
-    asr = PocketsphinxASR()
-    items = []
-    it = examples
-    if progress:
-        from tqdm import tqdm
+    def deduplicated(ex):
+        return vocoder.decode({"hubert": run_lengths(ex.units["hubert"])[0]}, speaker=ex.speaker,
+                              deduplicated=True)[0]
 
-        it = tqdm(examples, desc="pocketsphinx", unit="utt")
-    for k, ex in enumerate(it):
-        wav, sr = vocoder.decode(ex.units, speaker=ex.speaker, deduplicated=False)
-        if out_dir is not None and k < write_samples:
-            (out_dir / "samples").mkdir(parents=True, exist_ok=True)
-            sf.write(str(out_dir / "samples" / f"{ex.id}.vocoded.wav"), wav, sr)
-            sf.write(str(out_dir / "samples" / f"{ex.id}.original.wav"), ex.wav, 16000)
-        items.append({"id": ex.id, "ref": ex.text, "original": asr(ex.wav), "vocoded": asr(wav, sr)})
-    refs = [i["ref"] for i in items]
-    return {"n": len(items), "asr": "pocketsphinx (en-us, shipped LM)",
-            "wer_original": wer(refs, [i["original"] for i in items]),
-            "wer_vocoded": wer(refs, [i["vocoded"] for i in items]), "items": items}
+    synths = {"vocoded": frame_level}
+    if features is not None:
+        import torch
+
+        from spiritlm.vocoder.fit_spectral import predict_frames
+        from spiritlm.vocoder.spectral import griffin_lim
+
+        feats = {ex.id: f for ex, f in zip(examples, features)}
+
+        def from_features(ex):
+            with torch.inference_mode():
+                spec = predict_frames(vocoder.model, ex.units["hubert"], ex.speaker, feats[ex.id])
+                spec = torch.cat([spec[:1], spec])
+                return griffin_lim(spec[None], vocoder.model.cfg, length=len(ex.units["hubert"]) * vocoder.hop)[0].numpy()
+
+        synths = {"vocoded": from_features}
+    elif dedup and vocoder.model.dur_predictor is not None:
+        synths["vocoded_dedup"] = deduplicated
+    r = score(examples, synths, asr=asr, progress=progress, sample_dir=out_dir / "samples" if out_dir else None,
+              write_samples=write_samples, same_length=("vocoded",))
+    c = r["conditions"]
+    r["wer_original"], r["wer_vocoded"] = c["original"]["wer"], c["vocoded"]["wer"]
+    r["mcd_db_vocoded"] = c["vocoded"]["mcd_db"]
+    if "vocoded_dedup" in c:
+        r["wer_vocoded_dedup"] = c["vocoded_dedup"]["wer"]
+    return r
 
 
 def fit_vocoder(cfg: VocoderFitConfig, progress: bool = True) -> Path:
@@ -388,23 +442,44 @@ def fit_vocoder(cfg: VocoderFitConfig, progress: bool = True) -> Path:
     man = Path(cfg.data.corpus)
     all_utts = read_manifest(man) if man.is_file() else []
     speakers = sorted({u.speaker for u in all_utts}) if cfg.data.speakers else []
-    gcfg = build_generator_cfg(cfg, tok, len(speakers))  # config mistakes before any encoding
+    if cfg.model.kind not in ("hifigan", "spectral"):
+        raise ConfigError(f"model.kind={cfg.model.kind!r}: use 'hifigan' (the release's kind) or 'spectral' "
+                          "(units -> spectrogram + Griffin-Lim)")
+    if cfg.data.condition not in ("units", "features"):
+        raise ConfigError(f"data.condition={cfg.data.condition!r}: use 'units' or 'features'")
+    if cfg.data.condition == "features" and cfg.model.kind != "spectral":
+        raise ConfigError("data.condition=features (a diagnosis) is implemented for model.kind=spectral only")
+    spectral = cfg.model.kind == "spectral"
+    use_feats = cfg.data.condition == "features"
+    in_dim = int(tok.featurizer.dim) if use_feats else 0
+    # config mistakes before any encoding
+    gcfg = build_spectral_cfg(cfg, tok, len(speakers), in_dim) if spectral else build_generator_cfg(cfg, tok, len(speakers))
     examples = load_examples(cfg, tok, cfg.data.train_split, cfg.data.max_files, speakers, progress)
     ev = []
     if cfg.eval.n_files and cfg.data.eval_split:
         ev = load_examples(cfg, tok, cfg.data.eval_split, cfg.eval.n_files, speakers, progress)
-    gen, train_log, history = train_generator(cfg, gcfg, examples, progress, ev)
+    feats = ev_feats = None
+    if use_feats:
+        feats = [f.astype(np.float32) for f in tok.featurizer.features_many([e.wav for e in examples], progress)]
+        ev_feats = [f.astype(np.float32) for f in tok.featurizer.features_many([e.wav for e in ev], progress)]
+    if spectral:
+        from spiritlm.vocoder.fit_spectral import train_spectral
+
+        gen, train_log, history = train_spectral(cfg, gcfg, examples, progress, ev, feats, ev_feats)
+    else:
+        gen, train_log, history = train_generator(cfg, gcfg, examples, progress, ev)
     mean_run = float(np.mean(np.concatenate([run_lengths(e.units["hubert"])[1] for e in examples])))
     layout = tok.layout
     voc = Vocoder(gen, speakers, [], default_speaker=0, default_style=0, default_duration=round(mean_run),
                   layout=layout, source=str(out))
     out.mkdir(parents=True, exist_ok=True)
-    voc.save(out, extra={"tokenizer": str(cfg.data.tokenizer), "name": cfg.name})
+    voc.save(out, extra={"tokenizer": str(cfg.data.tokenizer), "name": cfg.name, "condition": cfg.data.condition})
     save_config(cfg, out / "fit_config.yaml")
     (out / "train_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     metrics: dict[str, Any] = {"train": train_log, "mean_run_length_frames": mean_run,
                                "train_files": len(examples), "heldout_files": len(ev)}
     if ev and cfg.eval.asr:
-        metrics["intelligibility"] = intelligibility(voc, ev, out, cfg.eval.write_samples, progress)
+        metrics["intelligibility"] = intelligibility(voc, ev, out, cfg.eval.write_samples, progress,
+                                                     dedup=cfg.eval.dedup, features=ev_feats)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return out

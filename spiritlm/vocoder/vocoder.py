@@ -27,7 +27,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from spiritlm.vocab import SPIRITLM, UnitError, VocabLayout, ids_to_units, strin
 from spiritlm.vocoder.model import GeneratorCfg, UnitHiFiGAN
 from spiritlm.vocoder.release import (RELEASE_DEFAULTS, VocoderFileError, read_generator_state, read_labels,
                                       read_release_config, release_dir)
+
+if TYPE_CHECKING:
+    from spiritlm.vocoder.spectral import SpectralUnitVocoder
 
 FORMAT = "spiritlm-vocoder"
 VERSION = 1
@@ -68,7 +71,7 @@ def _upsample(code: np.ndarray, n: int, ratio: int, name: str) -> np.ndarray:
 
 
 class Vocoder:
-    def __init__(self, model: UnitHiFiGAN, speakers: Sequence[str] = (), styles: Sequence[str] = (),
+    def __init__(self, model: "UnitHiFiGAN | SpectralUnitVocoder", speakers: Sequence[str] = (), styles: Sequence[str] = (),
                  default_speaker: int | None = 0, default_style: int | None = 0, default_duration: int = 1,
                  layout: VocabLayout = SPIRITLM, source: str = ""):
         self.model = model.eval()
@@ -137,8 +140,18 @@ class Vocoder:
         if verify and meta.get("sha256") and _sha256(w) != meta["sha256"]:
             raise VocoderFileError(f"{w} does not match its sha256 in config.json (modified or corrupt); "
                                    "re-train or pass verify=False if the change is intended")
-        cfg = GeneratorCfg(**meta["generator"])
-        model = UnitHiFiGAN(cfg)
+        kind = meta.get("kind", "hifigan")
+        if meta.get("condition", "units") != "units":
+            raise VocoderFileError(f"{d} was fitted on continuous features (data.condition="
+                                   f"{meta['condition']!r}, a diagnosis run): it cannot decode units")
+        if kind == "spectral":
+            from spiritlm.vocoder.spectral import SpectralCfg, SpectralUnitVocoder
+
+            model = SpectralUnitVocoder(SpectralCfg(**meta["spectral"]))
+        elif kind == "hifigan":
+            model = UnitHiFiGAN(GeneratorCfg(**meta["generator"]))
+        else:
+            raise VocoderFileError(f"{cp}: kind {kind!r} is not 'hifigan' or 'spectral'")
         _load_state(model, load_file(str(w)), w)
         layout = VocabLayout(**meta["layout"]) if meta.get("layout") else SPIRITLM
         voc = cls(model, meta.get("speakers", []), meta.get("styles", []), meta.get("default_speaker", 0),
@@ -152,7 +165,10 @@ class Vocoder:
         d.mkdir(parents=True, exist_ok=True)
         sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(sd, str(d / WEIGHTS))
-        meta = {"format": FORMAT, "version": VERSION, "generator": dataclasses.asdict(self.cfg),
+        # kind "spectral": units -> spectrogram + Griffin-Lim (spectral.py); else the unit HiFi-GAN
+        kind = "spectral" if type(self.model).__name__ == "SpectralUnitVocoder" else "hifigan"
+        meta = {"format": FORMAT, "version": VERSION, "kind": kind,
+                "spectral" if kind == "spectral" else "generator": dataclasses.asdict(self.cfg),
                 "speakers": self.speakers, "styles": self.styles, "default_speaker": self.default_speaker,
                 "default_style": self.default_style, "default_duration": self.default_duration,
                 "layout": dataclasses.asdict(self.layout), "sha256": _sha256(d / WEIGHTS), **(extra or {})}
