@@ -92,9 +92,15 @@ class EncoderStream:
     conv: list = field(default_factory=list)  # per block: last K - 1 frames into the depthwise conv
     closed: bool = False
 
+    def nbytes(self) -> int:
+        """Bytes of every tensor the stream holds between calls (flat in the audio's length)."""
+        ts = [self.pending, self.norm_sum, self.norm_sq, *self.sub_tail, *self.conv]
+        ts += [t for kv in self.kv if kv is not None for t in kv]
+        return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
     def cache_frames(self) -> int:
         """Encoder frames held in the key/value caches (per layer): bounded by left_chunks x chunk."""
-        return int(self.kv[0][0].shape[-2]) if self.kv else 0
+        return int(self.kv[0][0].shape[-2]) if self.kv and self.kv[0] is not None else 0
 
 
 class ChunkedConformerEncoder(ConformerEncoder):
