@@ -556,6 +556,11 @@ def _print_summary(corpus, text_tok, speech_tok, aligned, shards, models, evals,
           f"{st.get('n_text_documents')} text documents -> {corpus['root']}")
     print(f"text tokenizer: {text_tok['base_vocab_size']} BPE pieces + speech vocabulary = "
           f"{text_tok['vocab_size']} ids -> {text_tok['dir']}")
+    hub = (speech_tok.get("metrics") or {}).get("train") or {}
+    if hub.get("capped"):
+        print(f"WARNING: the tiny HuBERT stopped at step {hub['steps']} of {hub['steps_planned']} (demo.max_minutes "
+              "cap): its units, and every model trained on them, depend on this machine's speed; rerun with "
+              "--set 'tokenizer_overrides=[demo.max_minutes=0]' for the recipe's units")
     units = (speech_tok.get("metrics") or {}).get("units") or {}
     if units:
         print(f"speech tokenizer: k={units.get('k')}, PNMI vs phone labels on held-out speech "

@@ -41,7 +41,10 @@ class DemoHubertCfg:
     lr: float = 1e-3
     mask_prob: float = 0.08  # span starts (HuBERT: 8% starts x 10-frame spans ~ 50% masked)
     mask_length: int = 5
-    max_minutes: float = 3.5  # wall-clock cap for the training loop
+    # Wall-clock cap for the training loop; 0 = none. A cap that bites makes the units depend on
+    # the machine's load (it cut a 1800-step run to 37 steps on a loaded machine), so it is off
+    # by default and reported loudly when it stops a run.
+    max_minutes: float = 0.0
     threads: int = 0  # torch threads (0 = leave as is)
     eval_max_files: int = 0  # held-out files for the PNMI report (0 = all); bounds its time
 

@@ -133,15 +133,20 @@ def train_tiny_hubert(dc: DemoHubertCfg, rows, seed: int = 0, progress: bool = T
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if time.perf_counter() - t0 > dc.max_minutes * 60:
-            log.warning("demo HuBERT: stopping at step %d (max_minutes=%.1f)", step + 1, dc.max_minutes)
+        if dc.max_minutes > 0 and time.perf_counter() - t0 > dc.max_minutes * 60:
+            # A cap that bites makes the units (and everything trained on them) depend on the
+            # machine's load: say so loudly here, in the metrics and in the demo's summary.
+            log.warning("demo HuBERT: STOPPED EARLY at step %d of %d (demo.max_minutes=%.1f): the units now "
+                        "depend on this machine's speed; set demo.max_minutes=0 (no cap) for reproducible units",
+                        step + 1, dc.steps, dc.max_minutes)
             break
     if bar is not None:
         bar.close()
     log.info("tiny HuBERT: %d steps in %.0f s, loss %.3f -> %.3f", step + 1, time.perf_counter() - t0,
              np.mean(losses[:20]), np.mean(losses[-20:]))
     model.eval()
-    model.train_log = {"steps": step + 1, "seconds": round(time.perf_counter() - t0, 1),
+    model.train_log = {"steps": step + 1, "steps_planned": dc.steps, "capped": step + 1 < dc.steps,
+                       "seconds": round(time.perf_counter() - t0, 1),
                        "loss_first": float(np.mean(losses[:20])), "loss_last": float(np.mean(losses[-20:]))}
     return model
 
