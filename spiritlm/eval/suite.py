@@ -191,6 +191,10 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
             from spiritlm.models.continuous.model import load_continuous
 
             model, tokenizer = load_continuous(cfg.model, resolve_device(cfg.device)), None
+        elif (Path(cfg.model) / "hybrid.json").is_file():  # a hybrid-input model (spiritlm.models.hybrid)
+            from spiritlm.models.hybrid.model import load_hybrid
+
+            model, tokenizer = load_hybrid(cfg.model, resolve_device(cfg.device))
         else:
             model, tokenizer = load_model(cfg.model, resolve_device(cfg.device), cfg.dtype)
     if encoder is None:
@@ -218,6 +222,8 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
         from spiritlm.models.continuous.scoring import ContinuousScorer
 
         scorer = ContinuousScorer(model)
+    elif hasattr(model, "make_scorer"):
+        scorer = model.make_scorer(tokenizer, encoder, sc)  # hybrid input: its features at speech frames
     else:
         scorer = Scorer(model, tokenizer, encoder, cfg.has_pitch, cfg.has_style, sc.batch_tokens,
                         sc.max_row_tokens, sc.share_context)
@@ -264,7 +270,8 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                 results.setdefault(task, {})[s] = res
                 timings[f"{task}/{s}"] = time.perf_counter() - t
         st = cfg.stsp
-        if st.manifest and not continuous:
+        generates = not continuous and not hasattr(model, "make_scorer")  # hybrid: no generation yet
+        if st.manifest and generates:
             from spiritlm.eval.stsp import run_stsp
 
             tc = load_hook(st.text_classifier, st.hook_args.get("text_classifier"))
@@ -288,7 +295,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                                max_new_tokens=fc.asr_max_new_tokens)
             results["asr"] = {"ASR": {**res, "task": "asr", "shots": 0, "complete": True}}
             timings["asr"] = time.perf_counter() - t
-        elif fc.asr_manifest:
+        elif fc.asr_manifest and generates:
             from spiritlm.eval.fewshot import run_asr
 
             t = time.perf_counter()
@@ -296,7 +303,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                                              p(fc.shots_manifest), fc.n_shots, fc.asr_max_new_tokens, fc.seed,
                                              fc.max_items, cfg.has_pitch, cfg.has_style)}
             timings["asr"] = time.perf_counter() - t
-        if fc.tts_manifest and not continuous:
+        if fc.tts_manifest and generates:
             from spiritlm.eval.fewshot import run_tts
 
             results["tts"] = {"TTS": run_tts(p(fc.tts_manifest), model, tokenizer, encoder,

@@ -86,3 +86,5 @@ def _load_builtin() -> None:
         from spiritlm.models.continuous import SPEC
 
         register(SPEC)
+    if "hybrid" not in _REGISTRY:
+        register(__import__("spiritlm.models.hybrid.spec", fromlist=["SPEC"]).SPEC)
