@@ -61,8 +61,9 @@ def _fit(args) -> int:
     out = fit_vocoder(cfg)
     m = json.loads((out / "metrics.json").read_text())
     t = m["train"]
-    print(f"wrote {out} ({t['steps']} steps in {t['seconds']} s; held-out mel L1 "
-          f"{t['heldout_mel_l1_before']} -> {t['heldout_mel_l1_after']})")
+    what = "mel" if "heldout_mel_l1_before" in t else "spec"  # hifigan: log-mel L1; spectral: log-magnitude L1
+    print(f"wrote {out} ({t['steps']} steps in {t['seconds']} s; held-out {what} L1 "
+          f"{t[f'heldout_{what}_l1_before']} -> {t[f'heldout_{what}_l1_after']})")
     if "intelligibility" in m:
         i = m["intelligibility"]
         print(f"pocketsphinx WER on {i['n']} held-out utterances: original {i['wer_original']:.3f}, "
