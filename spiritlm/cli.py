@@ -21,6 +21,7 @@ STAGE_MODULES = [
     "spiritlm.data.cli",
     "spiritlm.train.cli",
     "spiritlm.eval.cli",
+    "spiritlm.commands.transcribe_cmd",
     "spiritlm.commands.bench_cmd",
     "spiritlm.commands.demo_cmd",
 ]

@@ -189,3 +189,56 @@ def test_malformed_wavs_refused_from_file_and_stdin(bad):
         list(audio_blocks(bad))
     with pytest.raises(AudioError, match=why):
         list(audio_blocks("-", stdin=io.BytesIO(bad.read_bytes())))
+
+
+# ---- spiritlm transcribe ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exported(tok_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stream_run")
+    model = tiny_model(tok_dir, root, "streaming.window=1")
+    model.export_merged(root / "hf")
+    rng = np.random.default_rng(1)
+    t = np.arange(int(16000 * 2.5)) / 16000
+    wav = (0.3 * np.sin(2 * np.pi * 180 * t * (1 + t)) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    import soundfile as sf
+
+    sf.write(root / "a.wav", wav, 16000, subtype="FLOAT")
+    return root, model, wav
+
+
+def test_transcribe_stream_prints_chunks_then_a_summary(exported, capsys, monkeypatch, tmp_path):
+    from spiritlm.cli import main
+
+    root, model, wav = exported
+    text, chunks = transcribe_offline(model, wav)
+    assert main(["transcribe", "--stream", str(root), str(root / "a.wav"), "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    lines = [x for x in out if x.startswith("[chunk")]
+    assert len(lines) == len(chunks) and "RTF" in lines[0] and " ms" in lines[0]
+    assert out[-2].startswith("summary:") and out[-1] == f"transcript: {text}"
+    import json
+
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["text"] == text and res["chunks"] == len(chunks) and len(res["per_chunk"]) == len(chunks)
+    # stdin, raw 16-bit PCM: the same chunks (the quantised audio may change a token: compare counts)
+    pcm = (np.clip(wav, -1, 1) * 32767).astype("<i2").tobytes()
+    monkeypatch.setattr("sys.stdin", type("S", (), {"buffer": io.BytesIO(pcm)})())
+    assert main(["transcribe", "--stream", str(root), "-"]) == 0
+    assert len([x for x in capsys.readouterr().out.splitlines() if x.startswith("[chunk")]) == len(chunks)
+    # whole-utterance mode: the same text
+    assert main(["transcribe", str(root / "hf"), str(root / "a.wav")]) == 0
+    assert capsys.readouterr().out.strip() == text.strip()
+
+
+@pytest.mark.skipif(not MALFORMED, reason="../shared/data/real_speech/malformed_audio is absent")
+def test_transcribe_refuses_bad_audio_and_bad_run_dirs_in_one_line(exported, capsys, tmp_path):
+    from spiritlm.cli import main
+
+    root, _, _ = exported
+    for bad in MALFORMED:
+        for extra in (["--stream"], []):
+            assert main(["transcribe", *extra, str(root), str(bad)]) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and str(bad) in err[0], err
+    assert main(["transcribe", str(tmp_path), str(root / "a.wav")]) == 1
+    assert "neither a streaming nor a continuous-input model" in capsys.readouterr().err
