@@ -99,14 +99,16 @@ def accuracies(results_json: str | Path, rows=ROWS) -> dict[str, float]:
     return out
 
 
-def _eval_checkpoint(ctx, ocfg: OverStepsConfig, ckpt: str, export: str, name: str, step_dir: Path) -> dict:
+def _eval_checkpoint(cfg, dev: dict, units: dict, speech_tok: dict, eval_overrides: list[str], ckpt: str,
+                     export: str, name: str, step_dir: Path) -> dict:
+    """A ``Job`` function: the demo's eval config (``cfg``: DemoConfig) with ``eval_overrides`` on
+    the dev draw ``dev`` and its units file, for checkpoint ``ckpt`` ("" = the HF dir ``export``)."""
     from spiritlm.demo import _eval_config
     from spiritlm.eval.suite import run_suite
 
     hf = checkpoint_to_hf(ckpt, export, step_dir / "hf") if ckpt else Path(export)
-    dev, units = ctx.draws["dev"], ctx.units["dev"]
-    ecfg = _eval_config(ctx.cfg, dev, ctx.speech_tok, [f"model={hf}", f"name={name}", f"output_dir={step_dir}",
-                                                       f"units_cache={units['file']}"], tuple(ocfg.eval_overrides))
+    ecfg = _eval_config(cfg, dev, speech_tok, [f"model={hf}", f"name={name}", f"output_dir={step_dir}",
+                                               f"units_cache={units['file']}"], tuple(eval_overrides))
     run_suite(ecfg)
     if ckpt:  # the weights are the checkpoint's; only the scores are kept
         shutil.rmtree(hf, ignore_errors=True)
@@ -124,10 +126,11 @@ def curves(ctx, ocfg: OverStepsConfig, runs: dict[str, list[dict]], one_at_a_tim
     base = [OVER_STEPS_VERSION, EVAL_VERSION, ocfg.eval_overrides, ctx.cfg.eval_overrides,
             _file_hash(_recipe(ctx.cfg.eval_recipe)), dev["root"], _file_hash(Path(dev["root"]) / "COMPLETE.json"),
             _file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json"), _file_hash(Path(units["file"]))]
+    common = (ctx.cfg, dev, units, ctx.speech_tok, list(ocfg.eval_overrides))
     jobs, where = [], []  # where[i] = (model name, seed index, step) of jobs[i]
     if ctx.start is not None and any(r["from_start"] for rs in runs.values() for r in rs):
         jobs.append(Job("over_steps_start", [*base, _file_hash(Path(ctx.start["hf"]) / "model.safetensors")],
-                        _eval_checkpoint, (ctx, ocfg, "", ctx.start["hf"], "text start (step 0)")))
+                        _eval_checkpoint, (*common, "", ctx.start["hf"], "text start (step 0)")))
         where.append(("start", 0, 0))
     for name, rs in runs.items():
         for i, r in enumerate(rs):
@@ -137,7 +140,7 @@ def curves(ctx, ocfg: OverStepsConfig, runs: dict[str, list[dict]], one_at_a_tim
                 ckpt = Path(r["run_dir"]) / "checkpoints" / f"step_{step:08d}"
                 jobs.append(Job(f"over_steps_{Path(r['run_dir']).parent.name}_{step:05d}",
                                 [*base, _file_hash(ckpt / MODEL_STATES), _file_hash(Path(r["hf"]) / "config.json")],
-                                _eval_checkpoint, (ctx, ocfg, str(ckpt), r["hf"], f"{name} step {step}")))
+                                _eval_checkpoint, (*common, str(ckpt), r["hf"], f"{name} step {step}")))
                 where.append((name, i, step))
     outs = ctx.pipe.run_jobs(jobs) if not one_at_a_time else [ctx.pipe.run_jobs([j])[0] for j in jobs]
     start = next((accuracies(o["results"]) for (n, _, _), o in zip(where, outs) if n == "start"), None)
@@ -194,7 +197,8 @@ def plot(table: dict[str, list[dict]], path: Path, rows=ROWS, title: str = "") -
                 ax.plot(*zip(*mean), color=c, marker="o", ms=3, label=f"{name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
         ax.axhline(50, color="grey", ls="--", lw=0.8)
         ax.set_title(row.replace("2", "→") if "/T2" in row or "/S2" in row else row, fontsize=9)
-        ax.set_ylim(30, 80)
+        vals = [100 * p[row] for seeds in table.values() for pts in seeds for p in pts.values() if row in p]
+        ax.set_ylim(min([30, *[v - 5 for v in vals]]), max([80, *[v + 5 for v in vals]]))
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("dev accuracy %", fontsize=8)
     for ax in list(axes.flat)[len(rows):]:
