@@ -28,6 +28,7 @@ from spiritlm.config import ConfigError
 PARTS: dict[str, str] = {
     "ablations": "spiritlm.eval.ablations:run",
     "over_steps": "spiritlm.eval.over_steps:run",
+    "full_report": "spiritlm.eval.full_report:run",
 }
 
 
