@@ -86,5 +86,9 @@ def _load_builtin() -> None:
         from spiritlm.models.continuous import SPEC
 
         register(SPEC)
+    if "streaming" not in _REGISTRY:
+        from spiritlm.models.streaming import SPEC as STREAMING_SPEC
+
+        register(STREAMING_SPEC)
     if "hybrid" not in _REGISTRY:
         register(__import__("spiritlm.models.hybrid.spec", fromlist=["SPEC"]).SPEC)
