@@ -79,7 +79,8 @@ def pair_shards(ctx) -> dict:
     """The demo's shard step with the pairs recipe: the same manifest, tokenizers and seed."""
     from spiritlm.demo import _shards_step
 
-    cfg = replace(ctx.cfg, prepare_recipe=PAIRS_RECIPE)
+    # one worker: the part runs in one CPU slot beside other work (workers do not change the bytes)
+    cfg = replace(ctx.cfg, prepare_recipe=PAIRS_RECIPE, prepare_overrides=[*ctx.cfg.prepare_overrides, "workers=1"])
     deps = [cfg.seed, ctx.manifest, ctx.file_hash(ctx.manifest), cfg.prepare_overrides,
             ctx.file_hash(ctx.recipe(PAIRS_RECIPE)), ctx.text_tok,
             ctx.file_hash(Path(ctx.text_tok["dir"]) / "tokenizer.model"),
