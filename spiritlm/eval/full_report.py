@@ -79,7 +79,8 @@ def _data_step(ctx, fcfg: FullReportConfig, step_dir: Path) -> dict[str, Any]:
     exclude: set[str] = set()
     for d in ctx.draws.values():  # no sentence any draw uses
         exclude |= set(Path(d["paths"]["heldout_texts"]).read_text(encoding="utf-8").splitlines())
-    cls = build_mini_speech_cls(step_dir / "speech_cls", ctx.cfg.seed, dict(fcfg.speech_cls_sizes), exclude)
+    cls = build_mini_speech_cls(step_dir / "speech_cls", ctx.cfg.seed, dict(fcfg.speech_cls_sizes), exclude,
+                                processes=1)  # the part runs in one CPU slot
     csvs = [ctx.draws[t]["paths"]["storycloze_text"] for t in labels]
     tasks = text_task_yaml(step_dir / "text_tasks", csvs)
     return {"speech_cls": {k: str(v) for k, v in cls.items()}, "text_tasks": str(tasks), "text_draws": labels}
