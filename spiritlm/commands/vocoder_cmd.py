@@ -66,7 +66,8 @@ def _fit(args) -> int:
           f"{t[f'heldout_{what}_l1_before']} -> {t[f'heldout_{what}_l1_after']})")
     if "intelligibility" in m:
         i = m["intelligibility"]
-        print(f"pocketsphinx WER on {i['n']} held-out utterances: original {i['wer_original']:.3f}, "
+        orig = "not measured" if i["wer_original"] is None else f"{i['wer_original']:.3f}"
+        print(f"pocketsphinx WER on {i['n']} held-out utterances: original {orig}, "
               f"vocoded {i['wer_vocoded']:.3f}" + (f", deduplicated + predicted durations "
                                                    f"{i['wer_vocoded_dedup']:.3f}" if "wer_vocoded_dedup" in i else "")
               + f"; MCD {i['mcd_db_vocoded']:.2f} dB")

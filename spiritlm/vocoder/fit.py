@@ -97,6 +97,7 @@ class VocoderEvalCfg:
     asr: bool = True  # pocketsphinx WER of vocoded vs original audio
     write_samples: int = 4  # vocoded wavs written to output_dir/samples
     dedup: bool = True  # also vocode the deduplicated units with predicted durations (the LM path)
+    original: bool = True  # also transcribe the original audio (deterministic: off when already measured)
 
 
 @dataclass
@@ -382,7 +383,7 @@ def train_generator(cfg: VocoderFitConfig, gcfg, examples: list[Example], progre
 
 def intelligibility(vocoder, examples: list[Example], out_dir: Path | None = None, write_samples: int = 0,
                     progress: bool = True, dedup: bool = False, features: list[np.ndarray] | None = None,
-                    asr=None) -> dict[str, Any]:
+                    asr=None, original: bool = True) -> dict[str, Any]:
     """pocketsphinx WER of the original audio and of its vocoded units (frame-level resynthesis,
     and with ``dedup`` the deduplicated units expanded by the duration predictor), with MCD and
     log-mel L1 of the frame-level resynthesis (:mod:`spiritlm.vocoder.measure`). With
@@ -415,9 +416,9 @@ def intelligibility(vocoder, examples: list[Example], out_dir: Path | None = Non
     elif dedup and vocoder.model.dur_predictor is not None:
         synths["vocoded_dedup"] = deduplicated
     r = score(examples, synths, asr=asr, progress=progress, sample_dir=out_dir / "samples" if out_dir else None,
-              write_samples=write_samples, same_length=("vocoded",))
+              write_samples=write_samples, same_length=("vocoded",), original=original)
     c = r["conditions"]
-    r["wer_original"], r["wer_vocoded"] = c["original"]["wer"], c["vocoded"]["wer"]
+    r["wer_original"], r["wer_vocoded"] = c.get("original", {}).get("wer"), c["vocoded"]["wer"]
     r["mcd_db_vocoded"] = c["vocoded"]["mcd_db"]
     if "vocoded_dedup" in c:
         r["wer_vocoded_dedup"] = c["vocoded_dedup"]["wer"]
@@ -480,6 +481,7 @@ def fit_vocoder(cfg: VocoderFitConfig, progress: bool = True) -> Path:
                                "train_files": len(examples), "heldout_files": len(ev)}
     if ev and cfg.eval.asr:
         metrics["intelligibility"] = intelligibility(voc, ev, out, cfg.eval.write_samples, progress,
-                                                     dedup=cfg.eval.dedup, features=ev_feats)
+                                                     dedup=cfg.eval.dedup, features=ev_feats,
+                                                     original=cfg.eval.original)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return out

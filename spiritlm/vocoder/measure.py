@@ -64,17 +64,18 @@ def spectral_distances(ref: np.ndarray, syn: np.ndarray, n_ceps: int = 13, floor
 
 def score(examples: list, synths: dict[str, Callable[[Any], np.ndarray]], asr: Callable | None = None,
           progress: bool = True, sample_dir: Path | None = None, write_samples: int = 0,
-          same_length: tuple[str, ...] | None = None) -> dict[str, Any]:
+          same_length: tuple[str, ...] | None = None, original: bool = True) -> dict[str, Any]:
     """Each condition ``name -> example -> 16 kHz waveform`` over ``examples``: WER (pocketsphinx
     unless ``asr``), and MCD / mel L1 against the original for conditions in ``same_length``
-    (default: every condition). ``"original"`` is always scored first."""
+    (default: every condition). ``"original"`` is scored first unless ``original=False`` (its
+    transcripts are deterministic: a run that scored them on the same files need not repeat it)."""
     import soundfile as sf
 
     from spiritlm.eval.fewshot import wer
     from spiritlm.vocoder.asr import PocketsphinxASR
 
     asr = asr or PocketsphinxASR()
-    conds = {"original": lambda ex: ex.wav, **synths}
+    conds = {**({"original": lambda ex: ex.wav} if original else {}), **synths}
     same_length = tuple(conds) if same_length is None else ("original", *same_length)
     it = examples
     if progress:
