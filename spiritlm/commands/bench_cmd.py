@@ -165,6 +165,12 @@ def _bench_continuous(args) -> int:
     return 0
 
 
+def _bench_stream(args) -> int:
+    from spiritlm.models.streaming.bench import main
+
+    return main(args)  # --size toy|demo, --seconds L (the training length)
+
+
 # name -> (function, help). Each function runs the benchmark and prints its report; heavy
 # imports stay inside so `spiritlm --help` stays fast.
 BENCHES = {
@@ -178,4 +184,5 @@ BENCHES = {
     "mfu": (_bench_mfu, "tokens/s and MFU of a ~1B model, seq 4096, bf16, checkpointing off/on"),
     "synth": (_bench_synth, "espeak forks of a 2 GiB process: direct vs zygote"),
     "continuous": (_bench_continuous, "continuous-input training step: frozen-encoder features cached vs recomputed"),
+    "stream": (_bench_stream, "streaming vs non-streaming speech LM: time and memory per chunk at 1-10x the training length"),
 }

@@ -268,8 +268,10 @@ class BoundedCacheDecoder:
         return self.table(torch.tensor([[t]], device=self.device))
 
     @torch.no_grad()
-    def feed_chunk(self, emb_NH: torch.Tensor) -> list[int]:
-        """One chunk's audio embeddings (N slots, projected) -> its text token ids (no ``$``)."""
+    def feed_chunk(self, emb_NH: torch.Tensor, n_tokens: int | None = None) -> list[int]:
+        """One chunk's audio embeddings (N slots, projected) -> its text token ids (no ``$``).
+        ``n_tokens``: generate exactly that many, whatever the model says (benchmarks: a fixed
+        amount of work per chunk)."""
         self._evict()
         self.chunk_lens.append(0)
         logits = self._step(emb_NH.to(self.device)[None])
@@ -278,7 +280,10 @@ class BoundedCacheDecoder:
         eoc = self.model.eoc_id
         while True:
             t = int(logits.argmax())
-            if t == eoc or len(toks) >= self.limit:
+            if n_tokens is not None:
+                if len(toks) >= n_tokens:
+                    break
+            elif t == eoc or len(toks) >= self.limit:
                 if self.model.scfg.eoc_input:
                     self._step(self._token(eoc))
                 break
