@@ -29,6 +29,7 @@ PARTS: dict[str, str] = {
     "ablations": "spiritlm.eval.ablations:run",
     "over_steps": "spiritlm.eval.over_steps:run",
     "full_report": "spiritlm.eval.full_report:run",
+    "streaming": "spiritlm.models.streaming.demo_part:run",
 }
 
 

@@ -100,3 +100,14 @@ def test_align_tokens_end_to_end_on_a_synthetic_posterior():
     assert out["token_end_frames"] == [1, 5]
     again = align_tokens(lp.log_softmax(-1), [1, 2], decode, chars)
     assert again == out  # deterministic
+
+
+def test_word_end_errors_against_reference_timings():
+    from spiritlm.models.streaming.align import word_end_errors
+
+    chars = CharVocab()
+    labels = chars.encode("ab c")  # a b ' ' c
+    # a ends on frame 0, b on 3, the space on 4, c on 9; at 25 Hz words end at 0.16 s and 0.40 s
+    err = word_end_errors([0, 3, 4, 9], labels, [0.10, 0.45], 25.0, chars.index[" "])
+    assert err == pytest.approx([0.06, -0.05])
+    assert word_end_errors([0, 3, 4, 9], labels, [0.1], 25.0, chars.index[" "]) is None  # word counts differ

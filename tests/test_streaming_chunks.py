@@ -100,3 +100,16 @@ def test_packed_rows_hold_whole_utterances_with_their_chunks():
         assert ids[row, start : start + L].tolist() == seq.ids  # the utterance lies whole in its row
         assert pos[row, start : start + L].tolist() == list(range(L))  # positions count from 0
         assert ch[row, start : start + L].tolist() == seq.chunk
+
+
+def test_paired_wer_bootstrap_and_part_overrides():
+    from spiritlm.models.streaming.demo_part import _split_overrides, paired_wer_bootstrap
+
+    a = [{"id": "1", "ref": "the cat sat", "hyp": "the cat sat"}, {"id": "2", "ref": "a dog", "hyp": "a dog"}]
+    b = [{"id": "2", "ref": "a dog", "hyp": "a hog"}, {"id": "1", "ref": "the cat sat", "hyp": "the sat"}]
+    r = paired_wer_bootstrap(a, b, n_boot=200)
+    assert r["n"] == 2 and r["words"] == 5 and r["wer_a"] == 0.0 and r["wer_b"] == pytest.approx(2 / 5)
+    assert r["diff_b_minus_a"] == pytest.approx(0.4) and r["ci95"][0] <= 0.4 <= r["ci95"][1]
+    assert r == paired_wer_bootstrap(a, b, n_boot=200)  # seeded
+    ov = _split_overrides(["ctc.steps=5", "steps=7", "chunked.streaming.window=2"])
+    assert ov == {"ctc": ["steps=5"], "chunked": ["steps=7", "streaming.window=2"], "baseline": ["steps=7"]}

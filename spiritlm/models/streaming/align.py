@@ -24,6 +24,7 @@ ends where the token before it ends (frame 0 if it is the first).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -129,3 +130,92 @@ def align_tokens(log_probs_TV: torch.Tensor, token_ids: Sequence[int], decode, c
     char_ends = label_end_frames(path, len(labels))
     return {"token_end_frames": token_end_frames(token_ids, decode, chars, char_ends),
             "char_end_frames": char_ends, "score": score}
+
+
+# ---- checking an alignment against reference word timings ----------------------------------------
+def word_end_errors(char_end_frames: Sequence[int], labels: Sequence[int], word_ends_s: Sequence[float],
+                    frame_rate: float, space_id: int) -> list[float] | None:
+    """Signed error (s) of each word's CTC end (the end of the frame its last character ends on)
+    against a reference word end; None when the transcript's words and the reference's differ in
+    number (e.g. a token with no letters)."""
+    ends, last = [], None
+    for j, lab in enumerate(labels):
+        if lab == space_id:
+            if last is not None:
+                ends.append(last)
+            last = None
+        else:
+            last = char_end_frames[j]
+    if last is not None:
+        ends.append(last)
+    if len(ends) != len(word_ends_s):
+        return None
+    return [(f + 1) / frame_rate - float(w) for f, w in zip(ends, word_ends_s)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m spiritlm.models.streaming.align --model DIR --manifest M [--split train] [--limit N]``:
+    CTC end times of words against the manifest's reference word timings (the demo corpus's
+    synthesiser gives them), e.g. to check an alignment model before chunking with it."""
+    import argparse
+    import json
+
+    import numpy as np
+
+    from spiritlm.data.encoders import read_audio
+    from spiritlm.manifest import read_manifest
+    from spiritlm.models.continuous.encoders import CharVocab
+    from spiritlm.models.streaming.spec import load_aligner
+
+    ap = argparse.ArgumentParser(description="CTC forced alignment vs reference word end times")
+    ap.add_argument("--model", required=True, help="a continuous export or checkpoint parts/ with ctc.safetensors")
+    ap.add_argument("--manifest", required=True)
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--limit", type=int, default=50)
+    ap.add_argument("--chunk-s", type=float, default=1.28, help="also report how many words land in another chunk")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args(argv)
+    enc, ctc = load_aligner(args.model)
+    chars = CharVocab()
+    m = Path(args.manifest)
+    errs, chunk_moves, n_utt, skipped = [], 0, 0, 0
+    with torch.no_grad():
+        for u in read_manifest(m):
+            if args.split and u.split != args.split:
+                continue
+            if n_utt >= args.limit:
+                break
+            words = u.words
+            if not words:
+                skipped += 1
+                continue
+            labels = chars.encode(u.text)
+            x, lens = enc([read_audio(u.audio_file(m.parent))])
+            lp = ctc.log_probs(x)[0, : int(lens[0])]
+            try:
+                path, _ = ctc_viterbi(lp, labels)
+            except ValueError:
+                skipped += 1
+                continue
+            e = word_end_errors(label_end_frames(path, len(labels)), labels, [w.end for w in words],
+                                enc.frame_rate, chars.index[" "])
+            if e is None:
+                skipped += 1
+                continue
+            n_utt += 1
+            errs += e
+            for err, w in zip(e, words):
+                chunk_moves += int((w.end + err) // args.chunk_s != w.end // args.chunk_s)
+    a = np.abs(np.array(errs))
+    res = {"utterances": n_utt, "words": len(errs), "skipped": skipped, "mean_signed_s": float(np.mean(errs)),
+           "median_abs_s": float(np.median(a)), "p90_abs_s": float(np.quantile(a, 0.9)),
+           "within_80ms": float((a <= 0.08).mean()), "other_chunk_share": chunk_moves / max(1, len(errs)),
+           "chunk_s": args.chunk_s}
+    print(json.dumps(res, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -56,20 +56,38 @@ def build(cfg, ds_config=None, dtype=torch.float32):
     return model, None
 
 
+def load_aligner(directory: str | Path):
+    """(encoder, CTC head) of a continuous model's parts: an export (``<run_dir>/hf``) or a
+    checkpoint's ``parts/`` (encoder.safetensors + ctc.safetensors + continuous.json); the LM is
+    not needed to align, so it is not loaded."""
+    from safetensors.torch import load_file
+
+    from spiritlm.models.continuous.encoders import CharVocab, CTCHead, build_encoder
+    from spiritlm.models.continuous.model import CONFIG_FILE, _continuous_from_dict
+
+    d = Path(directory)
+    if not (d / "ctc.safetensors").is_file() or not (d / CONFIG_FILE).is_file():
+        raise ConfigError(f"streaming.align_model={d} has no ctc.safetensors + {CONFIG_FILE}: point it at a "
+                          "continuous export or checkpoint parts/ trained with continuous.encoder.ctc_weight > 0 "
+                          "(train/streaming_ctc_demo.toml)")
+    c = _continuous_from_dict(json.loads((d / CONFIG_FILE).read_text())["continuous"])
+    if c.encoder.kind == "conformer":
+        c.encoder.checkpoint = str(d / "encoder.safetensors")
+    enc = build_encoder(c.encoder).eval()
+    ctc = CTCHead(enc.dim, len(CharVocab()))
+    ctc.load_state_dict(load_file(d / "ctc.safetensors"))
+    return enc, ctc.eval()
+
+
 def aligner(cfg, model):
-    """(encoder, ctc head, directory) giving the alignment posteriors."""
+    """(encoder, ctc head, source) giving the alignment posteriors."""
     s = cfg.streaming
     if s.align_model:
-        from spiritlm.models.continuous.model import load_continuous
-
-        am = load_continuous(s.align_model)
-        if am.ctc is None:
-            raise ConfigError(f"streaming.align_model={s.align_model} has no CTC head (ctc.safetensors): train it "
-                              "with continuous.encoder.ctc_weight > 0 (train/streaming_ctc_demo.toml)")
-        if abs(am.encoder.frame_rate - model.encoder.frame_rate) > 1e-6:
-            raise ConfigError(f"the alignment model's encoder runs at {am.encoder.frame_rate:g} Hz but this model's "
+        enc, ctc = load_aligner(s.align_model)
+        if abs(enc.frame_rate - model.encoder.frame_rate) > 1e-6:
+            raise ConfigError(f"the alignment model's encoder runs at {enc.frame_rate:g} Hz but this model's "
                               f"at {model.encoder.frame_rate:g} Hz: align with an encoder of the same frame rate")
-        return am.encoder, am.ctc, s.align_model
+        return enc, ctc, s.align_model
     if model.ctc is None:
         raise ConfigError("streaming.align_model is empty and the model has no CTC head: point align_model at a "
                           "continuous export with ctc.safetensors (train/streaming_ctc_demo.toml's <run_dir>/hf)")
