@@ -30,6 +30,7 @@ PARTS: dict[str, str] = {
     "over_steps": "spiritlm.eval.over_steps:run",
     "full_report": "spiritlm.eval.full_report:run",
     "streaming": "spiritlm.models.streaming.demo_part:run",
+    "hybrid": "spiritlm.models.hybrid.demo_part:run",
 }
 
 
