@@ -29,6 +29,7 @@ PARTS: dict[str, str] = {
     "ablations": "spiritlm.eval.ablations:run",
     "over_steps": "spiritlm.eval.over_steps:run",
     "full_report": "spiritlm.eval.full_report:run",
+    "continuous": "spiritlm.models.continuous.demo_part:run",
     "streaming": "spiritlm.models.streaming.demo_part:run",
     "hybrid": "spiritlm.models.hybrid.demo_part:run",
 }

@@ -46,6 +46,47 @@ def wer_with_ci(items: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> dic
     return {"wer": float(e.sum() / w.sum()), "ci95": [lo, hi], "n": len(items)}
 
 
+def _utterance_errors(runs: Sequence[Sequence[dict]]) -> dict[str, tuple[float, int]]:
+    """id -> (word errors averaged over the runs, reference words) of utterances every run scored."""
+    from spiritlm.eval.asr import wer
+
+    per: dict[str, list] = {}
+    for items in runs:
+        for it in items:
+            r = wer([it["ref"]], [it["hyp"]]) if it["ref"].strip() else None
+            if r is not None and r["words"]:
+                per.setdefault(str(it["id"]), []).append((r["substitutions"] + r["deletions"] + r["insertions"],
+                                                          r["words"]))
+    return {k: (float(np.mean([e for e, _ in v])), v[0][1]) for k, v in per.items() if len(v) == len(runs)}
+
+
+def paired_wer(runs_a: Sequence[Sequence[dict]], runs_b: Sequence[Sequence[dict]], n_boot: int = 2000,
+               seed: int = 0) -> dict:
+    """Corpus WER of A and B on the utterances both scored (each utterance's errors averaged over
+    a model's runs, e.g. training seeds), and a paired bootstrap 95% CI over utterances of each
+    WER and of A - B. ``runs_*``: one list of {"id", "ref", "hyp"} per run."""
+    ea, eb = _utterance_errors(runs_a), _utterance_errors(runs_b)
+    ids = sorted(set(ea) & set(eb))
+    if not ids:
+        nan = float("nan")
+        return {"n": 0, "wer_a": nan, "wer_b": nan, "diff": nan, "ci95": [nan, nan], "ci95_a": [nan, nan],
+                "ci95_b": [nan, nan]}
+    a = np.array([ea[i][0] for i in ids])
+    b = np.array([eb[i][0] for i in ids])
+    w = np.array([ea[i][1] for i in ids], float)
+    idx = np.random.default_rng(seed).integers(0, len(ids), size=(n_boot, len(ids)))
+    ws = w[idx].sum(1)
+    boot_a, boot_b = a[idx].sum(1) / ws, b[idx].sum(1) / ws
+
+    def ci(x):
+        s = np.sort(x)
+        return [float(s[int(0.025 * n_boot)]), float(s[int(0.975 * n_boot) - 1])]
+
+    return {"n": len(ids), "words": int(w.sum()), "wer_a": float(a.sum() / w.sum()), "wer_b": float(b.sum() / w.sum()),
+            "diff": float((a.sum() - b.sum()) / w.sum()), "ci95": ci(boot_a - boot_b), "ci95_a": ci(boot_a),
+            "ci95_b": ci(boot_b), "runs": [len(runs_a), len(runs_b)]}
+
+
 def acc_with_ci(scores: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict:
     s = np.asarray(scores, float)
     lo, hi = _boot_ci(s, lambda i: s[i].mean(), n_boot, seed)
