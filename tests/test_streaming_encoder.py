@@ -97,3 +97,40 @@ def test_flushed_stream_refuses_more_audio():
     enc.stream_flush(st)
     with pytest.raises(ValueError, match="flushed"):
         enc.stream_step(st, _wav(10))
+
+
+def test_distil_from_the_full_context_conformer(tmp_path):
+    """A few steps of frame distillation lower the held-out frame error of the chunked student
+    (started from the teacher's weights)."""
+    import json
+
+    import soundfile as sf
+    from safetensors.torch import save_file
+
+    from spiritlm.manifest import Utterance, write_manifest
+    from spiritlm.models.streaming.stream_encoder import DistillConfig, distill
+
+    c = ConformerConfig(n_mels=16, dim=32, layers=1, heads=4, ffn_mult=2, conv_kernel=5)
+    torch.manual_seed(0)
+    teacher = ConformerEncoder(c)
+    t_dir = tmp_path / "teacher"
+    t_dir.mkdir()
+    save_file(teacher.state_dict(), t_dir / "encoder.safetensors")
+    (t_dir / "continuous.json").write_text(json.dumps({"continuous": {"encoder": {
+        "kind": "conformer", "conformer": {"n_mels": 16, "dim": 32, "layers": 1, "heads": 4, "ffn_mult": 2,
+                                           "conv_kernel": 5}}}}))
+    (tmp_path / "audio").mkdir()
+    utts = []
+    for i in range(8):
+        sf.write(tmp_path / "audio" / f"{i}.wav", _wav(8000 + 1000 * i, seed=i), 16000)
+        utts.append(Utterance(f"u{i}", f"audio/{i}.wav", (8000 + 1000 * i) / 16000, 16000, "x", "s",
+                              split="heldout" if i >= 6 else "train"))
+    write_manifest(tmp_path / "m.jsonl", utts)
+    cfg = DistillConfig(teacher=str(t_dir), manifest=str(tmp_path / "m.jsonl"), out=str(tmp_path / "student"),
+                        chunk_frames=[4, 8], left_chunks=1, steps=12, batch=3, lr=3e-3)
+    rep = distill(cfg, progress=False)
+    for k in ("4", "8"):
+        b, a = rep["heldout_relative_error_before"][int(k)], rep["heldout_relative_error_after"][int(k)]
+        assert a < b, (k, b, a)
+    assert (tmp_path / "student" / "encoder.safetensors").is_file()
+    assert rep["train_utterances"] == 6 and rep["heldout_utterances"] == 2

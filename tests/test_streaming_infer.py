@@ -242,3 +242,26 @@ def test_transcribe_refuses_bad_audio_and_bad_run_dirs_in_one_line(exported, cap
             assert len(err) == 1 and str(bad) in err[0], err
     assert main(["transcribe", str(tmp_path), str(root / "a.wav")]) == 1
     assert "neither a streaming nor a continuous-input model" in capsys.readouterr().err
+
+
+def test_export_with_a_chunked_student_streams(exported, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from spiritlm.models.streaming.model import load_streaming
+    from spiritlm.models.streaming.stream_encoder import export_chunked
+
+    root, model, wav = exported
+    student = tmp_path / "student"
+    student.mkdir()
+    state = {k: v + 0.01 for k, v in model.encoder.state_dict().items()}
+    save_file(state, student / "encoder.safetensors")
+    (student / "distill.json").write_text(json.dumps({"config": {"left_chunks": 2}}))
+    out = export_chunked(root, student, tmp_path / "chunked")
+    m = load_streaming(out)
+    assert m.encoder.left_chunks == 2 and m.scfg.encoder == "chunked"
+    for k, v in load_file(student / "encoder.safetensors").items():
+        assert torch.equal(m.encoder.state_dict()[k], v)
+    tr = StreamingTranscriber(m)
+    assert [r.index for r in tr.push(wav) + tr.finish()] == list(range(len(transcribe_offline(m, wav)[1])))

@@ -32,7 +32,9 @@ Latency: a chunk's frames come out once the chunk's last sample arrived (plus th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -274,3 +276,183 @@ def full_frames(enc: ChunkedConformerEncoder, wav) -> torch.Tensor:
     with torch.no_grad():
         x, n = enc.forward_padded(*_pad_wavs([wav], next(enc.parameters()).device))
     return x[0, : int(n[0])]
+
+
+# ---- distillation from the full-context conformer ----------------------------------------------------
+@dataclass
+class DistillConfig:
+    """``python -m spiritlm.models.streaming.stream_encoder distill [RECIPE] --set key=value``.
+
+    The chunked student starts from the full-context teacher's weights (same parameters) and
+    learns to reproduce its output frames (MSE over valid frames, relative to the teacher's frame
+    variance) on the manifest's ``split``: a streaming model trained on the teacher's frames then
+    runs on the student unchanged, and the WER gap between the two is the chunked encoder's cost."""
+
+    teacher: str = ""  # an export dir with encoder.safetensors + continuous.json (its conformer settings)
+    manifest: str = ""  # data-stage manifest (JSON Lines: audio_path + split)
+    split: str = "train"
+    heldout_split: str = "heldout"  # the relative frame error reported on it before and after
+    out: str = ""  # student: encoder.safetensors + distill.json
+    chunk_frames: list[int] = field(default_factory=lambda: [32])  # one drawn per step (dynamic chunks)
+    left_chunks: int = 1
+    steps: int = 300
+    batch: int = 8
+    lr: float = 5e-4
+    max_audio_s: float = 20.0
+    heldout_max: int = 24  # held-out utterances scored (the first N)
+    seed: int = 0
+
+
+def _conformer_config(export: Path) -> ConformerConfig:
+    import json
+
+    from spiritlm.config import from_dict
+
+    f = export / "continuous.json"
+    if not f.is_file() or not (export / "encoder.safetensors").is_file():
+        raise ConfigError(f"{export}: needs continuous.json + encoder.safetensors (the export of a conformer "
+                          "model, e.g. runs/streaming_ctc_demo/hf)")
+    enc = json.loads(f.read_text())["continuous"]["encoder"]
+    if enc.get("kind", "conformer") != "conformer":
+        raise ConfigError(f"{export}: its encoder is {enc.get('kind')!r}, not the conformer")
+    return from_dict(ConformerConfig, enc.get("conformer", {}), "continuous.encoder.conformer")
+
+
+def _relative_error(student, teacher, wavs) -> float:
+    """sum |s - t|^2 / sum |t - mean t|^2 over every valid frame (0 = identical frames)."""
+    num = den = 0.0
+    with torch.no_grad():
+        for i in range(0, len(wavs), 8):
+            s, n = student(wavs[i:i + 8])
+            t, _ = teacher(wavs[i:i + 8])
+            ok = valid_mask(n, s.shape[1])[..., None]
+            tv = t[ok.expand_as(t)].reshape(-1, t.shape[-1])
+            num += float(((s - t) ** 2 * ok).sum())
+            den += float(((tv - tv.mean(0)) ** 2).sum())
+    return num / max(den, 1e-12)
+
+
+def distill(cfg: DistillConfig, progress: bool = True) -> dict:
+    import json
+    import random
+
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    from spiritlm.data.encoders import read_audio
+    from spiritlm.manifest import read_manifest
+
+    if not cfg.teacher or not cfg.manifest or not cfg.out:
+        raise ConfigError("distill needs teacher=<export dir>, manifest=<manifest.jsonl> and out=<dir>")
+    if not cfg.chunk_frames or min(cfg.chunk_frames) < 1:
+        raise ConfigError(f"chunk_frames={cfg.chunk_frames}: list one or more chunk sizes (encoder frames)")
+    teacher_dir, out = Path(cfg.teacher), Path(cfg.out)
+    c = _conformer_config(teacher_dir)
+    state = load_file(teacher_dir / "encoder.safetensors")
+    teacher = ConformerEncoder(c)
+    teacher.load_state_dict(state)
+    teacher.requires_grad_(False).eval()
+    torch.manual_seed(cfg.seed)
+    student = ChunkedConformerEncoder(c, chunk_frames=cfg.chunk_frames[0], left_chunks=cfg.left_chunks)
+    student.load_state_dict(state)
+    m = Path(cfg.manifest)
+    utts = [u for u in read_manifest(m) if u.duration <= cfg.max_audio_s]
+    train = [read_audio(u.audio_file(m.parent)) for u in utts if u.split == cfg.split]
+    held = [read_audio(u.audio_file(m.parent)) for u in utts if u.split == cfg.heldout_split][: cfg.heldout_max]
+    if not train:
+        raise ConfigError(f"{m}: no utterance of split {cfg.split!r} up to {cfg.max_audio_s} s")
+    before = {k: _relative_error(_at(student, k).eval(), teacher, held) for k in cfg.chunk_frames} if held else {}
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    rng = random.Random(cfg.seed)
+    losses = []
+    student.train()
+    for step in tqdm(range(cfg.steps), desc="distil chunked encoder", disable=not progress):
+        _at(student, rng.choice(cfg.chunk_frames))
+        batch = [train[rng.randrange(len(train))] for _ in range(cfg.batch)]
+        with torch.no_grad():
+            t, n = teacher(batch)
+        s, _ = student(batch)
+        ok = valid_mask(n, t.shape[1])[..., None].to(t.dtype)
+        var = (((t - (t * ok).sum((0, 1)) / ok.sum()) ** 2) * ok).sum() / ok.sum()
+        loss = (((s - t) ** 2) * ok).sum() / ok.sum() / var.clamp(min=1e-8)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    student.eval()
+    after = {k: _relative_error(_at(student, k), teacher, held) for k in cfg.chunk_frames} if held else {}
+    out.mkdir(parents=True, exist_ok=True)
+    _at(student, cfg.chunk_frames[0])
+    save_file({k: v.detach().contiguous() for k, v in student.state_dict().items()}, out / "encoder.safetensors")
+    from spiritlm.config import to_dict
+
+    report = {"config": to_dict(cfg), "heldout_relative_error_before": before, "heldout_relative_error_after": after,
+              "loss_first10": sum(losses[:10]) / max(len(losses[:10]), 1), "loss_last10": sum(losses[-10:]) / max(len(losses[-10:]), 1),
+              "train_utterances": len(train), "heldout_utterances": len(held)}
+    (out / "distill.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _at(enc: ChunkedConformerEncoder, chunk_frames: int) -> ChunkedConformerEncoder:
+    enc.chunk_frames = int(chunk_frames)
+    enc.chunk_s = chunk_frames / enc.frame_rate
+    return enc
+
+
+def export_chunked(model_dir: str | Path, student_dir: str | Path, out: str | Path, left_chunks: int | None = None) -> Path:
+    """A copy of a streaming model export whose encoder is the distilled chunked student
+    (``streaming.encoder = "chunked"``): ``load_streaming(out)`` streams end to end."""
+    import json
+    import shutil
+
+    from spiritlm.models.streaming.model import STREAMING_FILE, export_dir
+
+    src, student, out = export_dir(model_dir), Path(student_dir), Path(out)
+    info = json.loads((student / "distill.json").read_text())["config"]
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.copy(student / "encoder.safetensors", tmp / "encoder.safetensors")
+    s = json.loads((tmp / STREAMING_FILE).read_text())
+    s["streaming"]["encoder"] = "chunked"
+    s["streaming"]["encoder_left_chunks"] = int(info["left_chunks"] if left_chunks is None else left_chunks)
+    (tmp / STREAMING_FILE).write_text(json.dumps(s, indent=2) + "\n")
+    (tmp / "chunked_encoder.json").write_text(json.dumps({"from_model": str(src), "student": str(student),
+                                                          "distill": info}, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def main(argv=None) -> int:
+    """``distill [RECIPE] --set key=value ...`` | ``export MODEL_DIR STUDENT_DIR OUT [--left-chunks L]``"""
+    import argparse
+    import json
+
+    from spiritlm.config import load_config
+
+    ap = argparse.ArgumentParser(prog="python -m spiritlm.models.streaming.stream_encoder")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("distill", help="distil the full-context conformer into the chunked one")
+    d.add_argument("recipe", nargs="?")
+    d.add_argument("--set", dest="overrides", action="append", default=[])
+    e = sub.add_parser("export", help="a streaming export with the distilled chunked encoder")
+    e.add_argument("model_dir")
+    e.add_argument("student_dir")
+    e.add_argument("out")
+    e.add_argument("--left-chunks", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.cmd == "distill":
+        cfg = load_config(DistillConfig, args.recipe, args.overrides)
+        rep = distill(cfg)
+        print(json.dumps({k: v for k, v in rep.items() if k != "config"}, indent=1))
+    else:
+        print(export_chunked(args.model_dir, args.student_dir, args.out, args.left_chunks))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
