@@ -228,3 +228,27 @@ def test_scorer_equals_a_hand_computation_and_uses_features(prepared, tmp_path):
     nll = speech_nll(sc, [str(w1), str(w2)])
     assert math.isclose(nll["nll"], -(a.logprob + b.logprob) / (2 * len(units)), rel_tol=1e-9)
     assert math.isclose(nll["ppl"], math.exp(nll["nll"]))
+
+
+def test_hubert_features_are_the_tokenizer_s_own_frames(tmp_path):
+    from transformers import HubertModel
+
+    from spiritlm.models.continuous.encoders import HubertEncoder
+    from spiritlm.models.hybrid.config import HybridConfig
+    from spiritlm.models.hybrid.model import feature_dim
+    from spiritlm.tokenizer.hubert import tiny_hubert_config
+
+    torch.manual_seed(0)
+    HubertModel(tiny_hubert_config(hidden=32, layers=2, heads=2, ffn=64, conv_dim=16)).save_pretrained(tmp_path / "hubert")
+    cfg = FeatureConfig(kind="hubert", hubert=str(tmp_path), layer=1)
+    enc = HubertEncoder(str(tmp_path), 1)
+    fz = FrameFeaturizer(cfg, frame_rate=enc.frame_rate)
+    w = _wav(1.0)
+    x, lens = enc([w])
+    f = fz(w, int(lens[0]))
+    assert f.shape == (int(lens[0]), 32) and np.allclose(f, x[0, : int(lens[0])].numpy())
+    assert feature_dim(HybridConfig(features=cfg)) == 32
+    from spiritlm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="frames/s"):
+        FrameFeaturizer(cfg, frame_rate=enc.frame_rate / 2)
