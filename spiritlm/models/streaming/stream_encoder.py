@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from spiritlm.config import ConfigError
 from spiritlm.models.continuous.config import ConformerConfig
-from spiritlm.models.continuous.encoders import ConformerBlock, ConformerEncoder, _pad_wavs, _sinusoids
+from spiritlm.models.continuous.encoders import ConformerBlock, ConformerEncoder, _pad_wavs, _sinusoids, pad_frames
 from spiritlm.models.continuous.projectors import valid_mask
 
 
@@ -362,6 +362,15 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict:
     if not train:
         raise ConfigError(f"{m}: no utterance of split {cfg.split!r} up to {cfg.max_audio_s} s")
     before = {k: _relative_error(_at(student, k).eval(), teacher, held) for k in cfg.chunk_frames} if held else {}
+    # the teacher's frames once per utterance (a quarter of a step's cost otherwise), batched by length
+    targets: list[torch.Tensor] = [None] * len(train)  # type: ignore[list-item]
+    order = sorted(range(len(train)), key=lambda i: len(train[i]))
+    with torch.no_grad():
+        for j in tqdm(range(0, len(order), 8), desc="teacher frames", disable=not progress):
+            idx = order[j:j + 8]
+            t, n = teacher([train[i] for i in idx])
+            for i, row, k in zip(idx, t, n.tolist()):
+                targets[i] = row[:k].clone()
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     rng = random.Random(cfg.seed)
@@ -369,10 +378,9 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict:
     student.train()
     for step in tqdm(range(cfg.steps), desc="distil chunked encoder", disable=not progress):
         _at(student, rng.choice(cfg.chunk_frames))
-        batch = [train[rng.randrange(len(train))] for _ in range(cfg.batch)]
-        with torch.no_grad():
-            t, n = teacher(batch)
-        s, _ = student(batch)
+        pick = [rng.randrange(len(train)) for _ in range(cfg.batch)]
+        t, n = pad_frames([targets[i] for i in pick])
+        s, _ = student([train[i] for i in pick])
         ok = valid_mask(n, t.shape[1])[..., None].to(t.dtype)
         var = (((t - (t * ok).sum((0, 1)) / ok.sum()) ** 2) * ok).sum() / ok.sum()
         loss = (((s - t) ** 2) * ok).sum() / ok.sum() / var.clamp(min=1e-8)
