@@ -35,3 +35,58 @@ def test_bench_stream_is_registered():
     from spiritlm.commands.bench_cmd import BENCHES
 
     assert "stream" in BENCHES
+
+
+def _manifest(root, durations, split="heldout"):
+    import soundfile as sf
+
+    from spiritlm.manifest import Utterance, write_manifest
+
+    (root / "audio").mkdir(exist_ok=True)
+    utts = []
+    rng = np.random.default_rng(0)
+    for i, d in enumerate(durations):
+        sf.write(root / "audio" / f"{i}.wav", (0.1 * rng.standard_normal(int(d * 16000))).astype(np.float32), 16000)
+        utts.append(Utterance(f"u{i}", f"audio/{i}.wav", d, 16000, f"word{i} and more", "s", split=split))
+    write_manifest(root / "m.jsonl", utts)
+    return root / "m.jsonl"
+
+
+def test_longform_items_cover_the_same_words_at_every_length(tmp_path):
+    from spiritlm.models.streaming.bench import longform_items
+
+    m = _manifest(tmp_path, [0.5, 0.7, 0.4, 0.9, 0.6])
+    words = " ".join(f"word{i} and more" for i in range(5))
+    for target, n in ((0.6, 3), (1.5, 2), (10.0, 1)):
+        items = longform_items(m, target, gap_s=0.1)
+        assert " ".join(it["ref"] for it in items) == words
+        assert len(items) == n, [it["n_utts"] for it in items]
+        assert all(it["seconds"] >= min(target, 3.1) for it in items)
+        assert items[0]["wav"].size == int(16000 * sum([0.5, 0.7, 0.4, 0.9, 0.6][: items[0]["n_utts"]])) + 1600 * (items[0]["n_utts"] - 1)
+
+
+def test_longform_wer_and_chunk_table_run_on_toy_models(tmp_path):
+    from spiritlm.config import load_config
+    from spiritlm.models.continuous.config import ContinuousTrainConfig
+    from spiritlm.models.continuous.model import build_continuous
+    from spiritlm.models.streaming.bench import (chunk_table, format_chunk_table, format_longform, longform_wer,
+                                                 random_models)
+
+    stream, _ = random_models("toy", tmp_path, chunk_s=0.32)
+    stream.scfg.max_chunk_tokens = 2
+    stream.export_merged(tmp_path / "s")
+    cfg = load_config(ContinuousTrainConfig, None, [f"model.tokenizer={tmp_path / 'tok'}", f"run_dir={tmp_path / 'c'}",
+                                                   "continuous.encoder.kind=conformer", "continuous.encoder.conformer.dim=32",
+                                                   "continuous.encoder.conformer.layers=1", "continuous.encoder.conformer.heads=2",
+                                                   "model.tiny.hidden_size=32", "model.tiny.num_hidden_layers=1"])
+    build_continuous(cfg).export_merged(tmp_path / "c")
+    m = _manifest(tmp_path, [1.2, 0.7, 1.1, 2.5])  # 1x: [0] [1 2] [3]; 2x: [0 1] [2 3]
+    res = longform_wer({"stream": str(tmp_path / "s"), "full": str(tmp_path / "c")}, m, factors=(1, 2), train_s=1.0,
+                       progress=False)
+    assert [(r["model"], r["factor"], r["items"]) for r in res["rows"]] == [("stream", 1, 3), ("stream", 2, 2),
+                                                                             ("full", 1, 3), ("full", 2, 2)]
+    assert all(np.isfinite(r["wer"]) for r in res["rows"]) and res["rows"][2]["kind"] == "continuous"
+    assert "| stream |" in format_longform(res)
+    tab = chunk_table(tmp_path / "s", m, chunks_s=(0.32, 0.64), windows=(0, 1), progress=False)
+    assert [r["trained"] for r in tab["rows"]] == [False, True, False, False]
+    assert "(trained)" in format_chunk_table(tab)

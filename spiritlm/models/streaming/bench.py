@@ -270,3 +270,169 @@ def main(args) -> int:
     """``spiritlm bench stream [--size toy|demo] [--seconds L]``."""
     bench_stream(size=args.size or "toy", train_s=args.seconds, rounds=args.rounds, min_round_s=args.min_round_s)
     return 0
+
+
+# ---- quality on long inputs (the streaming demo part) ------------------------------------------------
+def training_length_s(manifest: str | Path, split: str = "train", max_audio_s: float = 20.0) -> float:
+    """The longest utterance a model saw in training (the x-axis unit of the long-form table)."""
+    from spiritlm.manifest import read_manifest
+
+    d = [u.duration for u in read_manifest(Path(manifest)) if u.split == split and u.duration <= max_audio_s]
+    if not d:
+        from spiritlm.config import ConfigError
+
+        raise ConfigError(f"{manifest}: no {split!r} utterance up to {max_audio_s} s")
+    return max(d)
+
+
+def longform_items(manifest: str | Path, seconds: float, split: str = "heldout", gap_s: float = 0.3) -> list[dict]:
+    """The ``split``'s utterances in manifest order, concatenated (``gap_s`` of silence between)
+    into recordings of at least ``seconds`` each; a short remainder joins the last recording, so
+    every length covers exactly the same words. -> [{"id", "wav", "ref", "seconds", "n_utts"}]."""
+    from spiritlm.data.encoders import read_audio
+    from spiritlm.manifest import read_manifest
+
+    m = Path(manifest)
+    utts = [u for u in read_manifest(m) if u.split == split]
+    groups: list[list] = [[]]
+    total = 0.0
+    for u in utts:
+        total += u.duration + (gap_s if groups[-1] else 0.0)
+        groups[-1].append(u)
+        if total >= seconds:
+            groups.append([])
+            total = 0.0
+    if not groups[-1]:
+        groups.pop()
+    elif len(groups) > 1:  # a remainder shorter than `seconds` joins the last recording
+        rest = groups.pop()
+        groups[-1] += rest
+    gap = np.zeros(int(gap_s * 16000), np.float32)
+    items = []
+    for g in groups:
+        parts = []
+        for u in g:
+            parts += [read_audio(u.audio_file(m.parent)), gap]
+        wav = np.concatenate(parts[:-1])
+        items.append({"id": "+".join(u.id for u in g), "wav": wav, "ref": " ".join(u.text for u in g),
+                      "seconds": wav.size / 16000, "n_utts": len(g)})
+    return items
+
+
+def load_any(path: str | Path):
+    """-> ("streaming" | "continuous", model) from a run dir or its export."""
+    from spiritlm.commands.transcribe_cmd import _load
+
+    return _load(str(path))
+
+
+@torch.no_grad()
+def transcribe_item(kind: str, model, wav: np.ndarray) -> str:
+    if kind == "streaming":
+        from spiritlm.models.streaming.infer import transcribe_offline
+
+        return transcribe_offline(model, wav)[0]  # the bounded-cache decoder == the reference decoder
+    from spiritlm.eval.asr import transcribe
+
+    # a budget the transcript never hits: 8 pieces per second (the demo speaks ~3 words/s)
+    return transcribe(model, [wav], batch_size=1, max_new_tokens=max(64, int(8 * wav.size / 16000)))[0]
+
+
+def score(items: list[dict], hyps: list[str]) -> dict:
+    from spiritlm.models.continuous.compare import wer_with_ci
+
+    r = wer_with_ci([{"ref": it["ref"], "hyp": h} for it, h in zip(items, hyps)])
+    return {"wer": r["wer"], "ci95": r["ci95"], "items": len(items),
+            "mean_s": float(np.mean([it["seconds"] for it in items])) if items else 0.0}
+
+
+def longform_wer(models: dict[str, str], manifest: str | Path, factors: Sequence[float] = (1, 2, 5, 10),
+                 split: str = "heldout", train_s: float | None = None, progress: bool = True) -> dict:
+    """Corpus WER (bootstrap 95% CI over recordings) of each model on the ``split`` concatenated
+    into recordings of f x the training length, for every f: {"train_s", "rows": [{model, factor,
+    wer, ci95, items, mean_s}], "hyps": {model: {factor: [...]}}}."""
+    from tqdm.auto import tqdm
+
+    L = train_s or training_length_s(manifest)
+    sets = {f: longform_items(manifest, f * L, split) for f in factors}
+    rows, hyps = [], {}
+    for name, path in models.items():
+        kind, model = load_any(path)
+        hyps[name] = {}
+        for f in factors:
+            hs = [transcribe_item(kind, model, it["wav"]) for it in tqdm(sets[f], desc=f"{name} {f:g}x", disable=not progress)]
+            hyps[name][f"{f:g}"] = [{"id": it["id"], "ref": it["ref"], "hyp": h} for it, h in zip(sets[f], hs)]
+            rows.append({"model": name, "kind": kind, "factor": f, **score(sets[f], hs)})
+            if progress:
+                print(f"  {name} at {f:g}x ({rows[-1]['mean_s']:.0f} s per recording): WER {100 * rows[-1]['wer']:.1f}%", flush=True)
+    return {"train_s": L, "split": split, "rows": rows, "hyps": hyps}
+
+
+def set_chunking(model, chunk_s: float, window: int) -> None:
+    """Decode ``model`` (a streaming model) with another chunk length / window at inference; the
+    chunked encoder's chunk follows the decoder's."""
+    from spiritlm.models.streaming.config import chunk_frames
+    from spiritlm.models.streaming.stream_encoder import ChunkedConformerEncoder, _at
+
+    model.scfg.chunk_s, model.scfg.window = float(chunk_s), int(window)
+    model.chunk_frames = chunk_frames(model.scfg, model.encoder.frame_rate, model.cfg.projector.stack)
+    model.slots_per_chunk = model.chunk_frames // model.cfg.projector.stack
+    if isinstance(model.encoder, ChunkedConformerEncoder):
+        _at(model.encoder, model.chunk_frames)
+
+
+def chunk_table(model_path: str | Path, manifest: str | Path, chunks_s: Sequence[float] = (0.64, 1.28, 2.56),
+                windows: Sequence[int] = (0, 1, 2), split: str = "heldout", progress: bool = True) -> dict:
+    """WER of one streaming model on the ``split``'s utterances for every (chunk length, window)
+    AT INFERENCE (the model trained at one setting: the others show how far it transfers)."""
+    from tqdm.auto import tqdm
+
+    from spiritlm.eval.asr import manifest_items
+    from spiritlm.data.encoders import read_audio
+
+    kind, model = load_any(model_path)
+    if kind != "streaming":
+        from spiritlm.config import ConfigError
+
+        raise ConfigError(f"{model_path}: the chunk table needs a streaming model")
+    trained = (model.scfg.chunk_s, model.scfg.window)
+    items = [{"id": i, "wav": read_audio(p), "ref": r, "seconds": 0.0} for i, p, r in manifest_items(manifest, split)]
+    for it in items:
+        it["seconds"] = it["wav"].size / 16000
+    rows = []
+    for c in chunks_s:
+        for b in windows:
+            set_chunking(model, c, b)
+            hs = [transcribe_item(kind, model, it["wav"]) for it in tqdm(items, desc=f"chunk {c:g} s, b={b}", disable=not progress)]
+            rows.append({"chunk_s": c, "window": b, "trained": (c, b) == trained, **score(items, hs)})
+            if progress:
+                print(f"  chunk {c:g} s, window {b}: WER {100 * rows[-1]['wer']:.1f}%", flush=True)
+    set_chunking(model, *trained)
+    return {"model": str(model_path), "trained_chunk_s": trained[0], "trained_window": trained[1], "rows": rows}
+
+
+def format_longform(res: dict) -> str:
+    names = list(dict.fromkeys(r["model"] for r in res["rows"]))
+    factors = list(dict.fromkeys(r["factor"] for r in res["rows"]))
+    cell = {(r["model"], r["factor"]): r for r in res["rows"]}
+    lines = ["| model | " + " | ".join(f"{f:g}x ({cell[(names[0], f)]['mean_s']:.0f} s)" for f in factors) + " |",
+             "|---|" + "---|" * len(factors)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(f"{100 * cell[(n, f)]['wer']:.1f} [{100 * cell[(n, f)]['ci95'][0]:.1f}, "
+                                               f"{100 * cell[(n, f)]['ci95'][1]:.1f}]" for f in factors) + " |")
+    lines.append(f"WER % [bootstrap 95% CI over recordings]; training length L = {res['train_s']:.2f} s (the longest "
+                 f"training utterance); recordings = held-out utterances concatenated to >= f x L")
+    return "\n".join(lines)
+
+
+def format_chunk_table(res: dict) -> str:
+    windows = list(dict.fromkeys(r["window"] for r in res["rows"]))
+    chunks = list(dict.fromkeys(r["chunk_s"] for r in res["rows"]))
+    cell = {(r["chunk_s"], r["window"]): r for r in res["rows"]}
+    lines = ["| chunk | " + " | ".join(f"b = {b}" for b in windows) + " |", "|---|" + "---|" * len(windows)]
+    for c in chunks:
+        lines.append(f"| {c:g} s | " + " | ".join(
+            f"{100 * cell[(c, b)]['wer']:.1f}{' (trained)' if cell[(c, b)]['trained'] else ''}" for b in windows) + " |")
+    lines.append(f"WER % on the held-out utterances; one model trained at chunk {res['trained_chunk_s']:g} s, b = "
+                 f"{res['trained_window']}, decoded at the other settings at inference")
+    return "\n".join(lines)
