@@ -90,3 +90,50 @@ def test_longform_wer_and_chunk_table_run_on_toy_models(tmp_path):
     tab = chunk_table(tmp_path / "s", m, chunks_s=(0.32, 0.64), windows=(0, 1), progress=False)
     assert [r["trained"] for r in tab["rows"]] == [False, True, False, False]
     assert "(trained)" in format_chunk_table(tab)
+
+
+def test_demo_tables_on_tiny_models(tmp_path, capsys):
+    """The streaming demo part's tables, end to end on tiny random models: distil + export the
+    chunked encoder, long-form WER for the three models, the chunk table; cached on a rerun."""
+    import types
+
+    from spiritlm.config import load_config
+    from spiritlm.demo_parts import DemoContext
+    from spiritlm.models.continuous.config import ContinuousTrainConfig
+    from spiritlm.models.continuous.model import build_continuous
+    from spiritlm.models.streaming.bench import _tokenizer, demo_tables
+    from spiritlm.models.streaming.config import StreamingTrainConfig
+    from spiritlm.models.streaming.model import build_streaming
+    from spiritlm.pipeline import Pipeline
+
+    tok = _tokenizer(tmp_path)
+    conf = ["continuous.encoder.kind=conformer", "continuous.encoder.conformer.n_mels=16",
+            "continuous.encoder.conformer.dim=32", "continuous.encoder.conformer.layers=1",
+            "continuous.encoder.conformer.heads=2", "continuous.projector.stack=2",
+            "model.tiny.hidden_size=32", "model.tiny.num_hidden_layers=1", f"model.tokenizer={tok}"]
+    ctc = tmp_path / "ctc"
+    build_continuous(load_config(ContinuousTrainConfig, None, conf + [f"run_dir={ctc}"])).export_merged(ctc / "hf")
+    ch = tmp_path / "chunked"
+    build_streaming(load_config(StreamingTrainConfig, None, conf + [f"run_dir={ch}", "streaming.max_chunk_tokens=2"])
+                    ).export_merged(ch / "hf")
+    m = _manifest(tmp_path, [1.3, 1.6, 1.4, 1.5, 2.9, 1.7])
+    import json
+
+    rows = [json.loads(x) for x in m.read_text().splitlines()]
+    for r in rows[:4]:
+        r["split"] = "train"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ctx = types.SimpleNamespace(out=tmp_path / "demo", manifest=str(m), pipe=Pipeline(tmp_path / "demo"),
+                                file_hash=DemoContext.file_hash)
+    runs = {k: {"run_dir": str(d), "hf": str(d / "hf")} for k, d in (("ctc", ctc), ("chunked", ch))}
+    out = demo_tables(ctx, chunked=runs["chunked"], baseline=runs["ctc"], ctc=runs["ctc"], factors=(1, 2),
+                      distil_steps=2)
+    assert (tmp_path / "demo" / "parts" / "streaming" / "chunked_stream" / "hf" / "streaming.json").is_file()
+    lf = out["longform"]["rows"]
+    assert {r["model"] for r in lf} == {"streaming, chunked encoder", "streaming, full-context encoder",
+                                       "non-streaming twin"} and len(lf) == 6
+    assert out["longform"]["train_s"] == 1.6 and len(out["chunk_table"]["rows"]) == 9
+    assert "| non-streaming twin |" in capsys.readouterr().out
+    again = demo_tables(ctx, chunked=runs["chunked"], baseline=runs["ctc"], ctc=runs["ctc"], factors=(1, 2),
+                        distil_steps=2)
+    assert again["longform"]["rows"] == lf  # cached steps

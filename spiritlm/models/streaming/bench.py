@@ -26,6 +26,7 @@ bench continuous``). Quality on long inputs is :func:`longform_wer` (the streami
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import tempfile
@@ -436,3 +437,90 @@ def format_chunk_table(res: dict) -> str:
     lines.append(f"WER % on the held-out utterances; one model trained at chunk {res['trained_chunk_s']:g} s, b = "
                  f"{res['trained_window']}, decoded at the other settings at inference")
     return "\n".join(lines)
+
+
+# ---- the streaming demo part's tables ----------------------------------------------------------------
+FACTORS = (1, 2, 5, 10)
+
+
+def demo_tables(ctx, chunked: dict, baseline: dict, ctc: dict, factors: Sequence[float] = FACTORS,
+                distil_steps: int = 240) -> dict:
+    """Called by ``demo_part.run`` after its WER step, every step cached through ``ctx.pipe``:
+
+    1. ``streaming_chunk_encoder``: the stage-1 conformer distilled into the chunked encoder
+       (chunk 1.28 s, 2 chunks of left context), and a copy of the chunked model that streams
+       end to end with it;
+    2. ``streaming_longform``: WER at 1x/2x/5x/10x the training length for the streaming model with
+       the chunked encoder, with the full-context encoder, and the non-streaming twin;
+    3. ``streaming_chunk_table``: WER vs chunk length and window at inference.
+    """
+    from spiritlm.models.streaming.stream_encoder import DistillConfig, distill, export_chunked
+
+    part = ctx.out / "parts" / "streaming"
+    manifest = str(ctx.manifest)
+    h = ctx.file_hash
+
+    def chunk_encoder(step_dir: Path) -> dict:
+        cfg = DistillConfig(teacher=ctc["hf"], manifest=manifest, out=str(step_dir / "student"), chunk_frames=[32],
+                            left_chunks=2, steps=distil_steps)
+        rep = distill(cfg)
+        hf = export_chunked(chunked["hf"], step_dir / "student", part / "chunked_stream" / "hf")
+        return {"hf": str(hf), "distill": {k: v for k, v in rep.items() if k != "config"}}
+
+    enc = ctx.pipe.run("streaming_chunk_encoder", [h(Path(ctc["hf"]) / "encoder.safetensors"),
+                                                   h(Path(chunked["hf"]) / "model.safetensors"), h(Path(manifest)),
+                                                   distil_steps], chunk_encoder)
+    models = {"streaming, chunked encoder": enc["hf"], "streaming, full-context encoder": chunked["hf"],
+              "non-streaming twin": baseline["hf"]}
+
+    def longform(step_dir: Path) -> dict:
+        res = longform_wer(models, manifest, factors)
+        (step_dir / "longform.json").write_text(json.dumps(res, indent=1) + "\n")
+        return {"markdown": format_longform(res), "rows": res["rows"], "train_s": res["train_s"]}
+
+    def chunks(step_dir: Path) -> dict:
+        res = chunk_table(chunked["hf"], manifest)
+        return {"markdown": format_chunk_table(res), "rows": res["rows"]}
+
+    deps = [h(Path(p) / "model.safetensors") for p in models.values()] + [h(Path(enc["hf"]) / "encoder.safetensors"),
+                                                                            h(Path(manifest)), list(factors)]
+    lf = ctx.pipe.run("streaming_longform", deps, longform)
+    ct = ctx.pipe.run("streaming_chunk_table", [h(Path(chunked["hf"]) / "model.safetensors"), h(Path(manifest))], chunks)
+    print("\n" + lf["markdown"] + "\n\n" + ct["markdown"], flush=True)
+    return {"chunk_encoder": enc, "longform": lf, "chunk_table": ct}
+
+
+def main_cli(argv=None) -> int:
+    """``python -m spiritlm.models.streaming.bench longform --model NAME=DIR ... --manifest M [--out J]``
+    | ``chunks --model DIR --manifest M [--chunks 0.64 1.28 2.56] [--windows 0 1 2] [--out J]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m spiritlm.models.streaming.bench")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    lf = sub.add_parser("longform", help="WER at f x the training length, several models")
+    lf.add_argument("--model", action="append", required=True, metavar="NAME=DIR")
+    lf.add_argument("--factors", type=float, nargs="+", default=list(FACTORS))
+    ch = sub.add_parser("chunks", help="WER vs chunk length and window at inference, one streaming model")
+    ch.add_argument("--model", required=True)
+    ch.add_argument("--chunks", type=float, nargs="+", default=[0.64, 1.28, 2.56])
+    ch.add_argument("--windows", type=int, nargs="+", default=[0, 1, 2])
+    for p in (lf, ch):
+        p.add_argument("--manifest", required=True)
+        p.add_argument("--split", default="heldout")
+        p.add_argument("--out", default="")
+    args = ap.parse_args(argv)
+    if args.cmd == "longform":
+        models = dict(m.split("=", 1) for m in args.model)
+        res = longform_wer(models, args.manifest, args.factors, args.split)
+        text = format_longform(res)
+    else:
+        res = chunk_table(args.model, args.manifest, args.chunks, args.windows, args.split)
+        text = format_chunk_table(res)
+    print(text, flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({**res, "markdown": text}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_cli())
