@@ -15,7 +15,6 @@ from spiritlm.models.streaming.config import StreamingTrainConfig
 from spiritlm.models.streaming.decode import greedy_decode_embeddings
 from spiritlm.models.streaming.infer import (BoundedCacheDecoder, StreamingTranscriber, audio_blocks,
                                             decode_embeddings, transcribe_offline)
-from spiritlm.models.streaming.mask import window_allowed_BTT
 from spiritlm.models.streaming.model import build_streaming
 from spiritlm.tokenizer.audio import AudioError
 
