@@ -357,6 +357,16 @@ class StreamingTranscriber:
         self.text = ""
         self.samples = 0
 
+    def _new_text(self, toks: list[int]) -> str:
+        """The text ``toks`` add after what was printed: decoded with the last few tokens before
+        them (a piece's leading space depends on its left neighbour), not the whole transcript."""
+        if not toks:
+            return ""
+        tail = self.tokens[-8:]
+        before = self.model.tok.decode(tail)
+        after = self.model.tok.decode(tail + toks)
+        return after[len(before):] if after.startswith(before) else after
+
     def push(self, samples) -> list[ChunkResult]:
         t0 = time.perf_counter()
         frames = self.enc.stream_step(self.enc_state, samples)
@@ -384,10 +394,9 @@ class StreamingTranscriber:
             y, _, _ = self.model.projector(x[None].to(next(self.model.projector.parameters()).dtype),
                                            torch.tensor([x.shape[0]], device=x.device))
             toks = self.dec.feed_chunk(y[0, :n])
+            new = self._new_text(toks)
             self.tokens += toks
-            text = self.model.tok.decode(self.tokens)
-            new = text[len(self.text):] if text.startswith(self.text) else text
-            self.text = text
+            self.text += new
             k = self.dec.chunks - 1
             compute = time.perf_counter() - t0 + self.carry_s / ready
             start = k * self.cf * self.frame_s
