@@ -109,3 +109,87 @@ def run_parts(ctx: DemoContext, names: list[str]) -> dict[str, dict]:
         print(f"=== demo part {name}: {seconds / 60:.1f} min ===", flush=True)
         results[name] = {"seconds": seconds, **out}
     return results
+
+
+def context_from_cache(out_dir: str | Path, part_overrides: dict[str, list[str]] | None = None) -> DemoContext:
+    """A :class:`DemoContext` read from the cached steps of a demo output folder (their
+    ``STEP_DONE.json`` outputs), without running the main demo: a part can then run beside the
+    main demo while it is still training or evaluating (every step it needs must be done; a part
+    that needs one that is not gets a ConfigError naming it), or beside another part. Models and
+    evaluations are those of the recorded training seeds whose steps are done."""
+    from spiritlm.config import load_config
+    from spiritlm.demo import MIXTURES, DemoConfig
+    from spiritlm.pipeline import Pipeline
+
+    r = Path(out_dir).absolute()
+    if not (r / "config.resolved.yaml").is_file():
+        raise ConfigError(f"{r / 'config.resolved.yaml'} not found: run `spiritlm demo --set out_dir={out_dir}` first")
+
+    def done(step: str) -> bool:
+        return (r / step / "STEP_DONE.json").is_file()
+
+    def o(step: str) -> dict:
+        if not done(step):
+            raise ConfigError(f"{r / step / 'STEP_DONE.json'} not found: the demo step {step!r} has not finished "
+                              f"in {r}; run (or let finish) `spiritlm demo --set out_dir={out_dir}` first")
+        return json.loads((r / step / "STEP_DONE.json").read_text())["outputs"]
+
+    cfg = load_config(DemoConfig, r / "config.resolved.yaml")
+    seeds = list(cfg.train_seeds) or [cfg.seed]
+    suffix = {s: "" if s == cfg.seed else f"_seed{s}" for s in seeds}
+    draws: dict[str, dict] = {}
+    units: dict[str, dict] = {}
+    if done("mini_benchmarks"):
+        draws["dev"] = o("mini_benchmarks")
+        if done("bench_units"):
+            units["dev"] = o("bench_units")
+    if done("mini_test"):
+        tests = o("mini_test")["draws"]
+        draws.update((d["label"], d) for d in tests)
+        if done("bench_units_test"):
+            units.update((d["label"], u) for d, u in zip(tests, o("bench_units_test")["draws"]))
+    # only the seeds every variant has finished, so models[v][i] and evals[v][label][i] stay paired
+    ready = [s for s in seeds if all(done(f"train_{v}{suffix[s]}") for v in MIXTURES)]
+    models = {v: [o(f"train_{v}{suffix[s]}") for s in ready] for v in MIXTURES}
+    evals: dict[str, dict[str, list[dict]]] = {}
+    if ready and draws and all(done(f"eval_{v}{suffix[s]}{'' if lab == 'dev' else '_' + lab}")
+                               for v in MIXTURES for s in ready for lab in draws):
+        evals = {v: {lab: [o(f"eval_{v}{suffix[s]}{'' if lab == 'dev' else '_' + lab}") for s in ready]
+                     for lab in draws} for v in MIXTURES}
+    manifest = o("align")["manifest"] if cfg.align else o("corpus")["manifest"]
+    return DemoContext(cfg=cfg, out=r, pipe=Pipeline(r, workers=cfg.side_by_side),
+                       corpus=o("corpus"), text_tok=o("text_tokenizer"), speech_tok=o("speech_tokenizer"),
+                       manifest=manifest, shards=o("shards"),
+                       start=o("text_pretrain") if cfg.text_pretrain_steps > 0 else None,
+                       seeds=ready, models=models, draws=draws, units=units, evals=evals,
+                       comparison=o("compare") if done("compare") else {},
+                       part_overrides=dict(part_overrides or {}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m spiritlm.demo_parts --out runs/demo --part streaming [--set streaming.steps=200]``:
+    named parts on a demo folder's cached steps, without running (or waiting for) the main demo."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="demo parts on a demo folder's cached steps (no main demo rerun)")
+    ap.add_argument("--out", required=True, help="the demo's output folder (out_dir)")
+    ap.add_argument("--part", action="append", required=True, help=f"a part: one of {sorted(PARTS)}")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="PART.key=value, an option of one part (as part_overrides.PART in the demo)")
+    a = ap.parse_args(argv)
+    check_parts(a.part)
+    po: dict[str, list[str]] = {}
+    for item in a.overrides:
+        part, dot, rest = item.partition(".")
+        if not dot or part not in PARTS:
+            raise ConfigError(f"--set {item!r}: write PART.key=value with PART one of {sorted(PARTS)}")
+        po.setdefault(part, []).append(rest)
+    run_parts(context_from_cache(a.out, po), a.part)
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    main()

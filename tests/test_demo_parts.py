@@ -61,3 +61,45 @@ def test_demo_cli_part_flag_becomes_the_parts_list(monkeypatch):
     args = build_parser().parse_args(["demo", "--part", "a", "--part", "b", "--out", "/tmp/x"])
     assert args.func(args) == 0
     assert seen["cfg"].parts == ["a", "b"] and seen["cfg"].out_dir == "/tmp/x"
+
+
+def _done(root, step, outputs):
+    (root / step).mkdir(parents=True, exist_ok=True)
+    (root / step / "STEP_DONE.json").write_text(json.dumps({"key": "k", "seconds": 1.0, "outputs": outputs}))
+
+
+def test_context_from_cache_reads_finished_steps_and_pairs_only_complete_seeds(tmp_path, monkeypatch):
+    from spiritlm.config import save_config
+    from spiritlm.demo_parts import context_from_cache
+
+    with pytest.raises(ConfigError, match="run `spiritlm demo"):
+        context_from_cache(tmp_path)
+    save_config(load_config(DemoConfig, None, [f"out_dir={tmp_path}", "train_seeds=[0, 1]"]),
+                tmp_path / "config.resolved.yaml")
+    for step in ("corpus", "text_tokenizer", "speech_tokenizer", "shards"):
+        _done(tmp_path, step, {"dir": step})
+    with pytest.raises(ConfigError, match="'align' has not finished"):
+        context_from_cache(tmp_path)
+    _done(tmp_path, "align", {"manifest": "aligned.jsonl"})
+    _done(tmp_path, "text_pretrain", {"hf": "start/hf"})
+    # seed 0 done for both variants, seed 1 only for one: seed 1 is left out of models
+    for step in ("train_interleaved", "train_no_interleaving", "train_interleaved_seed1"):
+        _done(tmp_path, step, {"hf": step})
+    _done(tmp_path, "mini_benchmarks", {"root": "mini", "label": "dev"})
+    _done(tmp_path, "bench_units", {"file": "u.npz"})
+    ctx = context_from_cache(tmp_path, {"toy": ["lr=1"]})
+    assert ctx.start == {"hf": "start/hf"} and ctx.manifest == "aligned.jsonl" and ctx.seeds == [0]
+    assert ctx.models == {"interleaved": [{"hf": "train_interleaved"}], "no_interleaving": [{"hf": "train_no_interleaving"}]}
+    assert list(ctx.draws) == ["dev"] and ctx.units["dev"] == {"file": "u.npz"}
+    assert ctx.evals == {} and ctx.comparison == {}  # no evaluation yet: a part needing them sees none
+    for step in ("eval_interleaved", "eval_no_interleaving"):
+        _done(tmp_path, step, {"dir": step})
+    ctx = context_from_cache(tmp_path)
+    assert ctx.evals == {"interleaved": {"dev": [{"dir": "eval_interleaved"}]},
+                         "no_interleaving": {"dev": [{"dir": "eval_no_interleaving"}]}}
+    monkeypatch.setitem(demo_parts.PARTS, "toy", f"{__name__}:toy_part")
+    CALLS.clear()
+    demo_parts.main(["--out", str(tmp_path), "--part", "toy", "--set", "toy.lr=3"])
+    assert json.loads((tmp_path / "toy_step" / "STEP_DONE.json").read_text())["outputs"]["overrides"] == ["lr=3"]
+    with pytest.raises(ConfigError, match="PART.key=value"):
+        demo_parts.main(["--out", str(tmp_path), "--part", "toy", "--set", "lr=3"])

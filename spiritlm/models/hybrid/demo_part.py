@@ -310,38 +310,10 @@ def run(ctx) -> dict:
 
 
 def context_from_cache(out_dir: str | Path, part_overrides: list[str] = ()):
-    """A :class:`~spiritlm.demo_parts.DemoContext` read from a finished demo's cached steps
-    (their ``STEP_DONE.json`` outputs), without running the main demo again: for running this part
-    beside another process that may be rerunning or extending the main demo in the same folder
-    (``spiritlm demo --part hybrid`` reruns the main demo first, which would recompute its
-    comparison with this process's settings)."""
-    from spiritlm.config import load_config
-    from spiritlm.demo import DemoConfig
-    from spiritlm.demo_parts import DemoContext
-    from spiritlm.pipeline import Pipeline
+    """The demo's cached steps as a context for this part (see ``spiritlm.demo_parts.context_from_cache``)."""
+    from spiritlm.demo_parts import context_from_cache as from_cache
 
-    r = Path(out_dir).absolute()
-
-    def o(step):
-        f = r / step / "STEP_DONE.json"
-        if not f.is_file():
-            from spiritlm.config import ConfigError
-
-            raise ConfigError(f"{f} not found: run `spiritlm demo --out {out_dir}` first")
-        return json.loads(f.read_text())["outputs"]
-
-    cfg = load_config(DemoConfig, r / "config.resolved.yaml")
-    draws = {"dev": {**o("mini_benchmarks"), "label": "dev"}}
-    units = {"dev": o("bench_units")}
-    if (r / "mini_test" / "STEP_DONE.json").is_file():
-        tests = o("mini_test")["draws"]
-        draws.update((d["label"], d) for d in tests)
-        units.update((d["label"], u) for d, u in zip(tests, o("bench_units_test")["draws"]))
-    manifest = o("align")["manifest"] if cfg.align else o("corpus")["manifest"]
-    return DemoContext(cfg=cfg, out=r, pipe=Pipeline(r, workers=1), corpus=o("corpus"),
-                       text_tok=o("text_tokenizer"), speech_tok=o("speech_tokenizer"), manifest=manifest,
-                       shards=o("shards"), start=None, seeds=[], models={}, draws=draws, units=units, evals={},
-                       comparison={}, part_overrides={PART: list(part_overrides)})
+    return from_cache(out_dir, {PART: list(part_overrides)})
 
 
 def main(argv=None) -> None:
