@@ -247,6 +247,12 @@ def run(ctx) -> dict:
 
     for m in models.values():  # training time of the model, its stages summed, as recorded when they ran
         m["train_s"] = sum(_recorded_seconds(Path(r).parent) for r in m["run_dirs"])
+    if not ctx.evals or not ctx.draws:
+        from spiritlm.config import ConfigError
+
+        raise ConfigError("the continuous models are trained and cached, but the demo's benchmark draws or its unit "
+                          "models' evaluations are not finished yet: run the part again when the main demo is done "
+                          "(the cached steps are reused)")
     unit = {label: [e["dir"] for e in es] for label, es in ctx.evals["interleaved"].items()}
     deps = [RESULT_VERSION, unit, {n: {k: ctx.file_hash(Path(e["dir"]) / "items.jsonl") for k, e in ev.items()}
                                    for n, ev in evals.items()},
