@@ -92,7 +92,12 @@ def _wer_step(ctx, chunked: dict, baseline: dict, step_dir: Path) -> dict[str, A
     from spiritlm.models.streaming.decode import evaluate_stream_asr
     from spiritlm.models.streaming.model import load_streaming
 
-    items = manifest_items(ctx.manifest, split="heldout")
+    # held-out utterances live in the corpus manifest: ctx.manifest (the aligned training records) has none
+    items = manifest_items(ctx.corpus["manifest"], split="heldout")
+    if not items:
+        from spiritlm.config import ConfigError
+
+        raise ConfigError(f"no 'heldout' utterances in {ctx.corpus['manifest']}: the WER needs held-out speech")
     s = evaluate_stream_asr(load_streaming(chunked["hf"]), items)
     b = evaluate_asr(load_continuous(baseline["hf"]), items, batch_size=8)
     cmp = paired_wer_bootstrap(b["items"], s["items"])
@@ -146,7 +151,7 @@ def run(ctx) -> dict:
         Job("streaming_baseline", base_deps + [enc_dep, ctx.file_hash(bl_rec), ov["baseline"]], _train, (bl_cfg,)),
     ])
     deps = [ctx.file_hash(Path(chunked["hf"]) / "model.safetensors"),
-            ctx.file_hash(Path(baseline["hf"]) / "model.safetensors"), ctx.file_hash(Path(ctx.manifest))]
+            ctx.file_hash(Path(baseline["hf"]) / "model.safetensors"), ctx.file_hash(Path(ctx.corpus["manifest"]))]
     w = ctx.pipe.run("streaming_wer", deps, lambda d: _wer_step(ctx, chunked, baseline, d))
     print("\n" + wer_markdown(w))
     out: dict[str, Any] = {"wer": w, "runs": {"ctc": ctc["run_dir"], "chunked": chunked["run_dir"],
