@@ -123,8 +123,11 @@ def test_demo_tables_on_tiny_models(tmp_path, capsys):
     for r in rows[:4]:
         r["split"] = "train"
     m.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ctx = types.SimpleNamespace(out=tmp_path / "demo", manifest=str(m), pipe=Pipeline(tmp_path / "demo"),
-                                file_hash=DemoContext.file_hash)
+    # as in the demo: ctx.manifest holds the aligned training records only, the corpus manifest the held-out split
+    train_only = tmp_path / "aligned_train.jsonl"
+    train_only.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    ctx = types.SimpleNamespace(out=tmp_path / "demo", manifest=str(train_only), corpus={"manifest": str(m)},
+                                pipe=Pipeline(tmp_path / "demo"), file_hash=DemoContext.file_hash)
     runs = {k: {"run_dir": str(d), "hf": str(d / "hf")} for k, d in (("ctc", ctc), ("chunked", ch))}
     out = demo_tables(ctx, chunked=runs["chunked"], baseline=runs["ctc"], ctc=runs["ctc"], factors=(1, 2),
                       distil_steps=2)
