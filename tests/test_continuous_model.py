@@ -258,3 +258,19 @@ def test_hf_tokenizer_directory(tmp_path):
     assert tok.encode("one two") == [4, 5] and tok.decode([1, 4, 5, 2]) == "one two"
     assert tok.uncovered("one two", tok.encode("one two")) == 0.0
     assert tok.uncovered("привет", tok.encode("привет")) == 1.0
+
+
+def test_decode_drops_ids_beyond_the_text_vocabulary(tmp_path):
+    """An LM whose rows extend past the SentencePiece model (speech vocabulary appended) may
+    generate such an id; decoding drops it instead of raising OUT_OF_RANGE."""
+    import sentencepiece as spm
+
+    from spiritlm.models.continuous.text import LMTokenizer
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(["the cat sat on the mat", "a dog ran in the park"] * 50))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "tokenizer"), vocab_size=20,
+                                   bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
+    tok = LMTokenizer(str(tmp_path))
+    ids = tok.encode("the cat")
+    assert tok.decode(ids + [tok.sp.get_piece_size() + 5]) == tok.decode(ids) == "the cat"

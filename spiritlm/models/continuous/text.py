@@ -49,7 +49,11 @@ class LMTokenizer:
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids if int(i) not in (self.bos_id, self.eos_id)]
         if self.sp is not None:
-            return self.sp.decode(ids)
+            # an LM with the speech vocabulary appended (the demo's text start) can generate a
+            # [Hu*]/[Text]/[Speech] row beyond the SentencePiece model: it is not text, so it is dropped
+            # (it counts as a deletion in the WER) instead of crashing the decoder
+            n = self.sp.get_piece_size()
+            return self.sp.decode([i for i in ids if 0 <= i < n])
         return self.hf.decode(ids, skip_special_tokens=True)
 
     def uncovered(self, text: str, ids: list[int]) -> float:
