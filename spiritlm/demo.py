@@ -277,6 +277,18 @@ def _build_draw(root: Path, seed: int, sizes: dict, exclude: set[str]) -> dict[s
             "swuggy_replaced": complete.get("swuggy_replaced", []), "ending_lengths": lengths}
 
 
+def model_step_name(cfg: DemoConfig, variant: str, seed: int) -> str:
+    """The pipeline step that trains ``variant`` with training seed ``seed`` (the config's own seed
+    keeps the unsuffixed name, so a one-seed run's cache holds when more seeds are added)."""
+    return f"train_{variant}{'' if seed == cfg.seed else f'_seed{seed}'}"
+
+
+def eval_step_name(cfg: DemoConfig, variant: str, seed: int, label: str) -> str:
+    """The pipeline step that evaluates that model on draw ``label`` ("dev" or "testN")."""
+    step = model_step_name(cfg, variant, seed).replace("train_", "eval_", 1)
+    return step if label == "dev" else f"{step}_{label}"
+
+
 def _mini_step(cfg: DemoConfig, step_dir: Path) -> dict[str, Any]:
     draw = _build_draw(step_dir / "mini", cfg.seed, cfg.mini_sizes, set())
     cls = _speech_cls_build(cfg)
@@ -465,9 +477,8 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     seeds = list(cfg.train_seeds) or [cfg.seed]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"train_seeds {seeds} repeats a seed; give distinct seeds, e.g. [0, 1, 2]")
-    suffix = {s: "" if s == cfg.seed else f"_seed{s}" for s in seeds}  # seed's own steps keep their names
     # every (variant, seed) model is independent of the others: side by side
-    jobs = [(v, train_job(f"train_{v}{suffix[s]}", v, s)) for v in MIXTURES for s in seeds]
+    jobs = [(v, train_job(model_step_name(cfg, v, s), v, s)) for v in MIXTURES for s in seeds]
     models: dict[str, list[dict]] = {v: [] for v in MIXTURES}
     for (variant, _), model in zip(jobs, pipe.run_jobs([j for _, j in jobs])):
         models[variant].append(model)
@@ -501,7 +512,7 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
             for label, draw in draws.items():
                 extra = () if label == "dev" else TEST_EVAL_OVERRIDES
                 eval_jobs.append(((variant, label), Job(
-                    f"eval_{variant}{suffix[s]}{'' if label == 'dev' else '_' + label}",
+                    eval_step_name(cfg, variant, s, label),
                     [EVAL_VERSION, model, draw, _file_hash(Path(draw["root"]) / "COMPLETE.json"),  # items, not only paths
                      cfg.eval_overrides, extra, _file_hash(_recipe(cfg.eval_recipe)),
                      _file_hash(Path(model["hf"]) / "model.safetensors"),

@@ -118,7 +118,7 @@ def context_from_cache(out_dir: str | Path, part_overrides: dict[str, list[str]]
     that needs one that is not gets a ConfigError naming it), or beside another part. Models and
     evaluations are those of the recorded training seeds whose steps are done."""
     from spiritlm.config import load_config
-    from spiritlm.demo import MIXTURES, DemoConfig
+    from spiritlm.demo import MIXTURES, DemoConfig, eval_step_name, model_step_name
     from spiritlm.pipeline import Pipeline
 
     r = Path(out_dir).absolute()
@@ -136,7 +136,6 @@ def context_from_cache(out_dir: str | Path, part_overrides: dict[str, list[str]]
 
     cfg = load_config(DemoConfig, r / "config.resolved.yaml")
     seeds = list(cfg.train_seeds) or [cfg.seed]
-    suffix = {s: "" if s == cfg.seed else f"_seed{s}" for s in seeds}
     draws: dict[str, dict] = {}
     units: dict[str, dict] = {}
     if done("mini_benchmarks"):
@@ -149,13 +148,11 @@ def context_from_cache(out_dir: str | Path, part_overrides: dict[str, list[str]]
         if done("bench_units_test"):
             units.update((d["label"], u) for d, u in zip(tests, o("bench_units_test")["draws"]))
     # only the seeds every variant has finished, so models[v][i] and evals[v][label][i] stay paired
-    ready = [s for s in seeds if all(done(f"train_{v}{suffix[s]}") for v in MIXTURES)]
-    models = {v: [o(f"train_{v}{suffix[s]}") for s in ready] for v in MIXTURES}
+    ready = [s for s in seeds if all(done(model_step_name(cfg, v, s)) for v in MIXTURES)]
+    models = {v: [o(model_step_name(cfg, v, s)) for s in ready] for v in MIXTURES}
     evals: dict[str, dict[str, list[dict]]] = {}
-    if ready and draws and all(done(f"eval_{v}{suffix[s]}{'' if lab == 'dev' else '_' + lab}")
-                               for v in MIXTURES for s in ready for lab in draws):
-        evals = {v: {lab: [o(f"eval_{v}{suffix[s]}{'' if lab == 'dev' else '_' + lab}") for s in ready]
-                     for lab in draws} for v in MIXTURES}
+    if ready and draws and all(done(eval_step_name(cfg, v, s, lab)) for v in MIXTURES for s in ready for lab in draws):
+        evals = {v: {lab: [o(eval_step_name(cfg, v, s, lab)) for s in ready] for lab in draws} for v in MIXTURES}
     manifest = o("align")["manifest"] if cfg.align else o("corpus")["manifest"]
     return DemoContext(cfg=cfg, out=r, pipe=Pipeline(r, workers=cfg.side_by_side),
                        corpus=o("corpus"), text_tok=o("text_tokenizer"), speech_tok=o("speech_tokenizer"),
