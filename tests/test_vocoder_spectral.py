@@ -99,3 +99,38 @@ def test_diagnose_scores_every_condition_with_pocketsphinx(tiny_corpus, tmp_path
     assert r["units"]["frames_per_s"] == pytest.approx(50, abs=3) and r["units"]["mean_run_length_frames"] >= 1
     assert (tmp_path / "d" / "diagnosis.json").is_file()
     assert len(list((tmp_path / "d" / "samples").glob("*.wav"))) == 3
+
+
+def test_eval_skip_measures_utterances_after_the_dev_set(tiny_corpus, tmp_path):  # noqa: F811
+    """Settings are chosen on the first held-out utterances; ``eval.skip`` measures the next ones."""
+    from spiritlm.config import ConfigError
+    from spiritlm.vocoder.fit import fit_vocoder
+
+    root, tok_dir = tiny_corpus
+    common = {**SPECTRAL, "data.eval_split": "train", "eval.n_files": 2}
+    a = fit_vocoder(_fit_cfg(root, tok_dir, tmp_path / "a", 2, **common), progress=False)
+    assert json.loads((a / "metrics.json").read_text())["heldout_ids"] == ["u0", "u1"]
+    b = fit_vocoder(_fit_cfg(root, tok_dir, tmp_path / "b", 2, **common, **{"eval.skip": 3}), progress=False)
+    assert json.loads((b / "metrics.json").read_text())["heldout_ids"] == ["u3", "u4"]
+    with pytest.raises(ConfigError, match="skip=5 passes over all 5"):
+        fit_vocoder(_fit_cfg(root, tok_dir, tmp_path / "c", 2, **common, **{"eval.skip": 5}), progress=False)
+    with pytest.raises(ConfigError, match="eval.skip=-1"):
+        fit_vocoder(_fit_cfg(root, tok_dir, tmp_path / "c", 2, **common, **{"eval.skip": -1}), progress=False)
+
+
+def test_spectral_recipe_validates_and_fits(tiny_corpus, tmp_path):  # noqa: F811
+    """tokenizers/vocoder_demo_spectral.toml (the CPU vocoder) loads, builds a valid model and fits,
+    shrunk to toy size by --set overrides; its eval.skip keeps the dev utterances out of the claim."""
+    from spiritlm.config import load_config
+    from spiritlm.vocoder.fit import VocoderFitConfig, fit_vocoder
+
+    root, tok_dir = tiny_corpus
+    cfg = load_config(VocoderFitConfig, "tokenizers/vocoder_demo_spectral.toml", [])
+    assert cfg.model.kind == "spectral" and cfg.eval.skip > 0 and not (cfg.data.pitch or cfg.data.style)
+    small = {k: v for k, v in SPECTRAL.items() if k != "model.kind"}
+    sets = [f"data.corpus={root / 'manifest.jsonl'}", f"data.tokenizer={tok_dir}", f"output_dir={tmp_path / 'v'}",
+            "train.steps=3", "train.threads=1", "model.dur_hidden=8", "data.eval_split=train", "eval.skip=4",
+            "eval.n_files=1", "eval.asr=false", "eval.write_samples=0", *[f"{k}={v}" for k, v in small.items()]]
+    out = fit_vocoder(load_config(VocoderFitConfig, "tokenizers/vocoder_demo_spectral.toml", sets), progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["train"]["steps"] == 3 and m["heldout_ids"] == ["u4"]

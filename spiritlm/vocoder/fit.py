@@ -94,6 +94,9 @@ class VocoderTrainCfg:
 @dataclass
 class VocoderEvalCfg:
     n_files: int = 20  # held-out utterances vocoded and transcribed (0 = no intelligibility check)
+    # held-out utterances passed over before those n_files: settings chosen on the first ones (a dev
+    # set) are then measured on utterances no decision has seen (skip = the dev set's size)
+    skip: int = 0
     asr: bool = True  # pocketsphinx WER of vocoded vs original audio
     write_samples: int = 4  # vocoded wavs written to output_dir/samples
     dedup: bool = True  # also vocode the deduplicated units with predicted durations (the LM path)
@@ -123,7 +126,7 @@ class Example:
 
 
 def load_examples(cfg: VocoderFitConfig, tokenizer, split: str, limit: int, speakers: list[str],
-                  progress: bool = True) -> list[Example]:
+                  progress: bool = True, skip: int = 0) -> list[Example]:
     from spiritlm.config import ConfigError
     from spiritlm.manifest import read_manifest
 
@@ -134,7 +137,10 @@ def load_examples(cfg: VocoderFitConfig, tokenizer, split: str, limit: int, spea
     utts = [u for u in read_manifest(man) if not split or u.split == split]
     if not utts:
         raise ConfigError(f"{man}: no utterances with split={split!r}")
-    utts = utts[:limit or None]
+    if skip >= len(utts):
+        raise ConfigError(f"{man}: skip={skip} passes over all {len(utts)} utterances with split={split!r}; "
+                          "lower eval.skip")
+    utts = utts[skip:skip + limit if limit else None]
     streams = ["hubert"] + (["pitch"] if cfg.data.pitch else []) + (["style"] if cfg.data.style else [])
     paths = [u.audio_file(man.parent) for u in utts]
     results = tokenizer.encode_many(paths, speakers=[u.speaker for u in utts], progress=progress,
@@ -436,6 +442,8 @@ def fit_vocoder(cfg: VocoderFitConfig, progress: bool = True) -> Path:
                           "tokenizers/demo.toml --corpus data/demo_corpus/manifest.jsonl --out out/tokenizer-demo`)")
     if cfg.train.steps < 1 or cfg.train.batch_size < 1 or cfg.train.segment_frames < 1:
         raise ConfigError("train.steps, train.batch_size and train.segment_frames must be >= 1")
+    if cfg.eval.skip < 0:
+        raise ConfigError(f"eval.skip={cfg.eval.skip}: give the number of held-out utterances to pass over (>= 0)")
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir={out} is a file")
@@ -458,7 +466,7 @@ def fit_vocoder(cfg: VocoderFitConfig, progress: bool = True) -> Path:
     examples = load_examples(cfg, tok, cfg.data.train_split, cfg.data.max_files, speakers, progress)
     ev = []
     if cfg.eval.n_files and cfg.data.eval_split:
-        ev = load_examples(cfg, tok, cfg.data.eval_split, cfg.eval.n_files, speakers, progress)
+        ev = load_examples(cfg, tok, cfg.data.eval_split, cfg.eval.n_files, speakers, progress, cfg.eval.skip)
     feats = ev_feats = None
     if use_feats:
         feats = [f.astype(np.float32) for f in tok.featurizer.features_many([e.wav for e in examples], progress)]
@@ -478,7 +486,8 @@ def fit_vocoder(cfg: VocoderFitConfig, progress: bool = True) -> Path:
     save_config(cfg, out / "fit_config.yaml")
     (out / "train_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     metrics: dict[str, Any] = {"train": train_log, "mean_run_length_frames": mean_run,
-                               "train_files": len(examples), "heldout_files": len(ev)}
+                               "train_files": len(examples), "heldout_files": len(ev),
+                               "heldout_ids": [e.id for e in ev]}
     if ev and cfg.eval.asr:
         metrics["intelligibility"] = intelligibility(voc, ev, out, cfg.eval.write_samples, progress,
                                                      dedup=cfg.eval.dedup, features=ev_feats,

@@ -143,7 +143,7 @@ def diagnose(cfg, progress: bool = True) -> dict[str, Any]:
     scfg = build_spectral_cfg(cfg, tok, len(speakers))
     cfg.data.pitch = cfg.data.style = False
     train = load_examples(cfg, tok, cfg.data.train_split, cfg.data.max_files, speakers, progress)
-    ev = load_examples(cfg, tok, cfg.data.eval_split, cfg.eval.n_files, speakers, progress)
+    ev = load_examples(cfg, tok, cfg.data.eval_split, cfg.eval.n_files, speakers, progress, cfg.eval.skip)
     cents = unit_centroids(train, scfg)
     global_mean = {}
     for (spk, u), c in cents.items():  # a unit never seen with this speaker: any speaker's mean
