@@ -3,7 +3,7 @@ Griffin-Lim (no learned phase).
 
 Why this exists beside the unit HiFi-GAN: on this project's 2-core CPU budget the HiFi-GAN
 generator, which must learn phase and waveform from scratch, stayed unintelligible after 25-50
-CPU minutes (its mel L1 plateaued near 1.0; docs/vocoder.md has the measurements). A net that
+CPU minutes (its mel L1 plateaued near 1.0; tokenizers/README.md has the measurements). A net that
 only predicts magnitudes learns in minutes, and Griffin-Lim (a fixed algorithm) supplies the
 phase. It is slower to decode and sounds phasier than a trained HiFi-GAN, but it carries what
 the units know. The release's vocoders stay HiFi-GAN (``model.py``); this kind is ours only.
