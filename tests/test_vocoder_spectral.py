@@ -73,17 +73,35 @@ def test_spectral_config_errors(tiny_corpus, tmp_path):  # noqa: F811
         fit_vocoder(_fit_cfg(root, tok_dir, tmp_path / "x", 1, **{"data.condition": "features"}))
 
 
-def test_features_condition_is_a_diagnosis_not_a_vocoder(tiny_corpus, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("condition", ["features", "logmel"])
+def test_diagnosis_conditions_are_not_vocoders(tiny_corpus, tmp_path, condition):  # noqa: F811
     from spiritlm.vocoder import Vocoder
     from spiritlm.vocoder.fit import fit_vocoder
     from spiritlm.vocoder.release import VocoderFileError
 
     root, tok_dir = tiny_corpus
-    out = fit_vocoder(_fit_cfg(root, tok_dir, tmp_path / "f", 3, **{**SPECTRAL, "data.condition": "features"}),
+    out = fit_vocoder(_fit_cfg(root, tok_dir, tmp_path / "f", 3, **{**SPECTRAL, "data.condition": condition}),
                       progress=False)
-    assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 3
+    m = json.loads((out / "metrics.json").read_text())["train"]
+    assert m["steps"] == 3 and m["heldout_spec_l1_after"] < m["heldout_spec_l1_before"]
     with pytest.raises(VocoderFileError, match="cannot decode units"):
         Vocoder.load(out)
+
+
+def test_logmel_features_sit_on_the_units_frames():
+    """Row i of the log-mel bound's input comes from the 400-sample window at sample 320 * i: a
+    tone switched on at unit 10 is silent before row 9 and loud from row 10 on."""
+    from types import SimpleNamespace
+
+    from spiritlm.vocoder.fit_spectral import LOGMEL_BANDS, logmel_features
+
+    wav = np.zeros(320 * 20, np.float32)
+    wav[3200:] = np.sin(2 * np.pi * 1000 * np.arange(len(wav) - 3200) / 16000)
+    ex = SimpleNamespace(wav=wav, units={"hubert": np.zeros(20, np.int64)})
+    (f,) = logmel_features([ex], 320)
+    assert f.shape == (20, LOGMEL_BANDS) and f.dtype == np.float32
+    energy = f.max(axis=1)
+    assert energy[:9].max() < -10 and energy[10:].min() > 0
 
 
 def test_diagnose_scores_every_condition_with_pocketsphinx(tiny_corpus, tmp_path):  # noqa: F811

@@ -44,6 +44,8 @@ class VocoderDataCfg:
     speakers: bool = True  # a speaker embedding per manifest speaker
     # "units" (a vocoder) or "features": the spectral kind fed the tokenizer's continuous HuBERT
     # features instead of their units -- a diagnosis of what quantisation loses, cannot decode units
+    # "logmel": fed the true 40-band log-mel at the units' rate -- the bound of the vocoder and
+    # Griffin-Lim when the input keeps the spectral envelope (what the units lose beyond it)
     condition: str = "units"
 
 
@@ -454,13 +456,15 @@ def fit_vocoder(cfg: VocoderFitConfig, progress: bool = True) -> Path:
     if cfg.model.kind not in ("hifigan", "spectral"):
         raise ConfigError(f"model.kind={cfg.model.kind!r}: use 'hifigan' (the release's kind) or 'spectral' "
                           "(units -> spectrogram + Griffin-Lim)")
-    if cfg.data.condition not in ("units", "features"):
-        raise ConfigError(f"data.condition={cfg.data.condition!r}: use 'units' or 'features'")
-    if cfg.data.condition == "features" and cfg.model.kind != "spectral":
-        raise ConfigError("data.condition=features (a diagnosis) is implemented for model.kind=spectral only")
+    if cfg.data.condition not in ("units", "features", "logmel"):
+        raise ConfigError(f"data.condition={cfg.data.condition!r}: use 'units', 'features' or 'logmel'")
+    if cfg.data.condition != "units" and cfg.model.kind != "spectral":
+        raise ConfigError(f"data.condition={cfg.data.condition} (a diagnosis) is implemented for model.kind=spectral only")
     spectral = cfg.model.kind == "spectral"
-    use_feats = cfg.data.condition == "features"
-    in_dim = int(tok.featurizer.dim) if use_feats else 0
+    use_feats = cfg.data.condition != "units"
+    from spiritlm.vocoder.fit_spectral import LOGMEL_BANDS, logmel_features
+
+    in_dim = {"units": 0, "features": int(tok.featurizer.dim), "logmel": LOGMEL_BANDS}[cfg.data.condition]
     # config mistakes before any encoding
     gcfg = build_spectral_cfg(cfg, tok, len(speakers), in_dim) if spectral else build_generator_cfg(cfg, tok, len(speakers))
     examples = load_examples(cfg, tok, cfg.data.train_split, cfg.data.max_files, speakers, progress)
@@ -468,7 +472,9 @@ def fit_vocoder(cfg: VocoderFitConfig, progress: bool = True) -> Path:
     if cfg.eval.n_files and cfg.data.eval_split:
         ev = load_examples(cfg, tok, cfg.data.eval_split, cfg.eval.n_files, speakers, progress, cfg.eval.skip)
     feats = ev_feats = None
-    if use_feats:
+    if cfg.data.condition == "logmel":
+        feats, ev_feats = logmel_features(examples, int(tok.featurizer.hop)), logmel_features(ev, int(tok.featurizer.hop))
+    elif use_feats:
         feats = [f.astype(np.float32) for f in tok.featurizer.features_many([e.wav for e in examples], progress)]
         ev_feats = [f.astype(np.float32) for f in tok.featurizer.features_many([e.wav for e in ev], progress)]
     if spectral:

@@ -37,6 +37,30 @@ def target_frames(wav: np.ndarray, n_units: int, scfg) -> np.ndarray:
     return lm[1: n_units * scfg.frames_per_unit + 1].numpy().astype(np.float16)  # float16: half the memory
 
 
+LOGMEL_BANDS = 40
+
+
+def logmel_features(examples: list, hop: int, n_mels: int = LOGMEL_BANDS) -> list[np.ndarray]:
+    """(n_units, n_mels) log mel per example at the units' rate (``data.condition = "logmel"``):
+    frame i from a 400-sample window at sample ``hop * i``, as the 50 Hz HuBERT's unit i."""
+    import torch
+    from transformers.audio_utils import mel_filter_bank  # librosa is not installed here
+
+    n_fft = win = 400  # frame i is exactly samples [hop * i, hop * i + 400), the 50 Hz HuBERT's unit i
+    fb_MF = torch.tensor(mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=0,
+                                         max_frequency=8000, sampling_rate=16000, norm="slaney",
+                                         mel_scale="slaney"), dtype=torch.float32).T
+    out = []
+    for e in examples:
+        n_units = len(e.units["hubert"])
+        w = np.zeros(max(len(e.wav), hop * (n_units - 1) + win), np.float32)
+        w[: len(e.wav)] = e.wav
+        mag_FT = torch.stft(torch.from_numpy(w), n_fft, hop, win, torch.hann_window(win), center=False,
+                            return_complex=True).abs()
+        out.append(torch.log(torch.clamp(fb_MF @ mag_FT, min=1e-5)).T[:n_units].numpy().astype(np.float32))
+    return out
+
+
 def predict_frames(model, ex_units: np.ndarray, speaker: int | None, features: np.ndarray | None = None):
     """Whole-utterance prediction -> (T * fpu, n_bins) torch tensor (no Griffin-Lim)."""
     import torch
