@@ -395,7 +395,7 @@ def intelligibility(vocoder, examples: list[Example], out_dir: Path | None = Non
     """pocketsphinx WER of the original audio and of its vocoded units (frame-level resynthesis,
     and with ``dedup`` the deduplicated units expanded by the duration predictor), with MCD and
     log-mel L1 of the frame-level resynthesis (:mod:`spiritlm.vocoder.measure`). With
-    ``features`` (a ``data.condition=features`` fit) the continuous features are vocoded instead."""
+    ``features`` (a ``data.condition=features`` or ``logmel`` fit) those continuous inputs are vocoded instead."""
     from spiritlm.vocoder.measure import score
 
     def frame_level(ex):
@@ -461,7 +461,6 @@ def fit_vocoder(cfg: VocoderFitConfig, progress: bool = True) -> Path:
     if cfg.data.condition != "units" and cfg.model.kind != "spectral":
         raise ConfigError(f"data.condition={cfg.data.condition} (a diagnosis) is implemented for model.kind=spectral only")
     spectral = cfg.model.kind == "spectral"
-    use_feats = cfg.data.condition != "units"
     from spiritlm.vocoder.fit_spectral import LOGMEL_BANDS, logmel_features
 
     in_dim = {"units": 0, "features": int(tok.featurizer.dim), "logmel": LOGMEL_BANDS}[cfg.data.condition]
@@ -474,7 +473,7 @@ def fit_vocoder(cfg: VocoderFitConfig, progress: bool = True) -> Path:
     feats = ev_feats = None
     if cfg.data.condition == "logmel":
         feats, ev_feats = logmel_features(examples, int(tok.featurizer.hop)), logmel_features(ev, int(tok.featurizer.hop))
-    elif use_feats:
+    elif cfg.data.condition == "features":
         feats = [f.astype(np.float32) for f in tok.featurizer.features_many([e.wav for e in examples], progress)]
         ev_feats = [f.astype(np.float32) for f in tok.featurizer.features_many([e.wav for e in ev], progress)]
     if spectral:

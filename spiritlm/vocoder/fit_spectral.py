@@ -44,12 +44,12 @@ def logmel_features(examples: list, hop: int, n_mels: int = LOGMEL_BANDS) -> lis
     """(n_units, n_mels) log mel per example at the units' rate (``data.condition = "logmel"``):
     frame i from a 400-sample window at sample ``hop * i``, as the 50 Hz HuBERT's unit i."""
     import torch
-    from transformers.audio_utils import mel_filter_bank  # librosa is not installed here
+
+    from spiritlm.vocoder.losses import LogMel
 
     n_fft = win = 400  # frame i is exactly samples [hop * i, hop * i + 400), the 50 Hz HuBERT's unit i
-    fb_MF = torch.tensor(mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=0,
-                                         max_frequency=8000, sampling_rate=16000, norm="slaney",
-                                         mel_scale="slaney"), dtype=torch.float32).T
+    # LogMel's filter bank; its own forward pads by (n_fft - hop) // 2, which would shift the frames
+    fb_MF = LogMel(n_fft=n_fft, hop=hop, win=win, n_mels=n_mels).fb_FM.T
     out = []
     for e in examples:
         n_units = len(e.units["hubert"])
