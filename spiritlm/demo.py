@@ -18,6 +18,7 @@ from typing import Any
 from spiritlm.config import save_config, to_dict
 from spiritlm.corpus.demo import DemoCorpusConfig
 from spiritlm.pipeline import Job, Pipeline
+from spiritlm.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class DemoConfig:
     prepare_recipe: str = "data_prep/demo.toml"
     prepare_overrides: list[str] = field(default_factory=list)
     train_recipe: str = "train/tiny_cpu.toml"
+    # Precision "auto": bf16 where the CPU runs it natively (AMX / AVX512_BF16), else fp32
+    # (spiritlm.precision): an AVX2-only CPU emulates bf16 and trained the text start 19x slower.
+    # The concrete value enters each model's config, and so its cache key.
     # 800 steps (~9 min for the pair, side by side on 2 cores, in bf16; 12.7 min in fp32).
     # Measured from the text start, 3 seeds x 480 Topic-StoryCloze items: 400 steps left T->S at
     # 52.3 vs 49.4% (n.s.); 800 steps give 57.8 vs 47.0% (+10.8, p = 5e-5, each seed above chance
@@ -58,7 +62,7 @@ class DemoConfig:
         "model.tiny.hidden_size=128", "model.tiny.intermediate_size=352",
         "model.tiny.num_hidden_layers=4", "model.tiny.num_attention_heads=4",
         "model.tiny.num_key_value_heads=4", "model.tiny.max_position_embeddings=1024",
-        "optim.lr=2e-3", "optim.warmup_steps=30", "checkpoint.every=200", "deepspeed.precision=bf16"])
+        "optim.lr=2e-3", "optim.warmup_steps=30", "checkpoint.every=200", "deepspeed.precision=auto"])
     # > 0: both variants start from one tiny LM first trained this many steps on the text corpus
     # alone, as the paper starts from LLaMA-2, and continue at ``continued_lr``. 0 = from scratch.
     # Measured (docs/demo_output.md): from scratch (one seed) both variants sit at chance on
@@ -236,11 +240,22 @@ def _train_config(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, s
     tcfg = load_config(TrainConfig, _recipe(cfg.train_recipe), [
         f"seed={cfg.seed}", f"run_dir={step_dir / 'run'}", f"model.tokenizer={text_tok['dir']}",
         *cfg.train_overrides, *extra])
+    # "auto" resolved here, so the step's key holds the precision the weights are trained in
+    tcfg.deepspeed.precision = resolve_precision(tcfg.deepspeed.precision, "cpu").precision
     shard_root = Path(shards["dir"])
     mixture = TEXT_PRETRAIN if variant == "text_pretrain" else MIXTURES[variant]
     tcfg.data.sources = [SourceConfig(name=name, path=str(shard_root / folder), weight=weight, kind=kind)
                          for name, folder, kind, weight in mixture]
     return tcfg
+
+
+def precision_choice(cfg: DemoConfig):
+    """The precision the demo's language models train in, and why (``spiritlm.precision``)."""
+    from spiritlm.config import load_config
+    from spiritlm.train import TrainConfig
+
+    requested = load_config(TrainConfig, _recipe(cfg.train_recipe), list(cfg.train_overrides)).deepspeed.precision
+    return resolve_precision(requested, "cpu")
 
 
 def _train_key(tcfg, shards: dict, start: dict | None) -> list:
@@ -448,6 +463,9 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.resolved.yaml")
     pipe = Pipeline(out, workers=cfg.side_by_side)
+    precision = precision_choice(cfg)
+    print(f"training precision: {precision.reason}", flush=True)
+    (out / "precision.json").write_text(json.dumps(precision.as_dict(), indent=2) + "\n")
     # identity() includes the grammar/corpus/espeak versions, not only the settings
     corpus = pipe.run("corpus", cfg.corpus.identity(), lambda d: _corpus_step(cfg, d))
     text_tok = pipe.run("text_tokenizer", [cfg.text_vocab_size, corpus["stats"]],
@@ -528,6 +546,7 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     cmp = pipe.run("compare", cmp_deps, lambda d: _compare_step(evals, draws, seeds, d))
     _print_summary(corpus, text_tok, speech_tok, aligned if cfg.align else None, shards, models, evals, cmp,
                    draws)
+    print(f"training precision: {precision.reason}")
     if cfg.parts:
         from spiritlm.demo_parts import DemoContext, run_parts
 

@@ -99,7 +99,9 @@ class OptimConfig:
 @dataclass
 class DeepSpeedConfig:
     zero_stage: int = 1
-    precision: Literal["bf16", "fp32"] = "bf16"
+    # "auto": bf16 only where the device runs it natively (spiritlm.precision), fp32 otherwise;
+    # the trainer resolves it at start, logs why and saves the concrete value in config.yaml
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     offload_optimizer: bool = False
     offload_params: bool = False  # ZeRO-3 only
     torch_adam: bool = True  # torch's AdamW: no DeepSpeed op to compile

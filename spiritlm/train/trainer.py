@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from spiritlm.config import ConfigError, dump_config, save_config
 from spiritlm.models import model_spec_of
+from spiritlm.precision import log_choice, resolve_precision
 from spiritlm.train import checkpoint as ckpt
 from spiritlm.train.config import TrainConfig, grad_accum_steps, validate_config
 from spiritlm.train.data import InterleaveFn, MixtureStream, check_meta, make_sources
@@ -61,6 +62,11 @@ class Trainer:
         init_distributed(cfg)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.gas = grad_accum_steps(cfg, self.world)
+        # precision follows the hardware ("auto"): resolved before the DeepSpeed config is made
+        self.precision = resolve_precision(cfg.deepspeed.precision, "cuda" if torch.cuda.is_available() else "cpu")
+        cfg.deepspeed.precision = self.precision.precision
+        if self.rank == 0:
+            log_choice(self.precision, log)
         self.ds_config = deepspeed_config(cfg, self.world)
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -299,7 +305,8 @@ class Trainer:
             self.save()
         self.runlog.write_summary({"step": self.step, "tokens_seen": self.tokens_seen,
                                    "attention_isolation": getattr(self, "isolation", None),
-                                   "mixture_unit": cfg.data.mixture_unit, "mixture_tokens": self.mixture()})
+                                   "mixture_unit": cfg.data.mixture_unit, "mixture_tokens": self.mixture(),
+                                   "precision": self.precision.as_dict()})
         if self.step >= cfg.steps:
             if cfg.checkpoint.export_hf:
                 self.export(self.run_dir / "hf")

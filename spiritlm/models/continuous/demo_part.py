@@ -125,13 +125,18 @@ def train_config(ctx, opts: ContinuousPartConfig, overrides: list[str], steps: i
     from spiritlm.config import load_config
     from spiritlm.models.continuous.config import ContinuousTrainConfig
 
-    return load_config(ContinuousTrainConfig, ctx.recipe(opts.recipe), [
+    from spiritlm.precision import resolve_precision
+
+    tcfg = load_config(ContinuousTrainConfig, ctx.recipe(opts.recipe), [
         f"seed={opts.seed}", f"run_dir={run_dir}", f"steps={steps}",
         f"model.checkpoint={ctx.start['hf']}", f"model.tokenizer={ctx.text_tok['dir']}",
         f"continuous.encoder.path={ctx.speech_tok['dir']}",
         f"continuous.data.manifests={json.dumps([str(ctx.manifest)])}", "continuous.data.split=train",
         f"continuous.data.features_dir={ctx.out / 'continuous_features' / 'features'}",
         *overrides, *opts.train_overrides])
+    # "auto" resolved here, so the step's key holds the precision the weights are trained in
+    tcfg.deepspeed.precision = resolve_precision(tcfg.deepspeed.precision, "cpu").precision
+    return tcfg
 
 
 def _inputs_hash(ctx) -> list[str]:

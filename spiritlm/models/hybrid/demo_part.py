@@ -52,7 +52,7 @@ class HybridPartConfig:
         "model.tiny.num_attention_heads=4", "model.tiny.num_key_value_heads=4"])
     match_params: bool = True  # widen the tokens-only FFN to the hybrid's parameter count
     train_overrides: list[str] = field(default_factory=lambda: [
-        "data.seq_len=1024", "micro_batch_size=2", "global_batch_size=2", "deepspeed.precision=bf16",
+        "data.seq_len=1024", "micro_batch_size=2", "global_batch_size=2", "deepspeed.precision=auto",
         "log.every=20", "log.progress_bar=false"])
     dev: bool = True  # also evaluate on the dev draw (reported, labelled dev)
     heldout_max: int = 0  # held-out utterances for NLL (0 = all)
@@ -79,6 +79,10 @@ def train_config(ctx, opts: HybridPartConfig, variant: str, seed: int, run_dir: 
         f"hybrid.features.kind={kind}", f"hybrid.data.manifests={json.dumps([str(ctx.manifest)])}",
         f"hybrid.data.features_dir={ctx.out / 'hybrid_features' / 'features'}",
         *opts.train_overrides, *(opts.big if variant == "tokens_big" else []), *extra])
+    from spiritlm.precision import resolve_precision
+
+    # "auto" resolved here, so the step's key holds the precision the weights are trained in
+    tcfg.deepspeed.precision = resolve_precision(tcfg.deepspeed.precision, "cpu").precision
     # the demo's own shards (the recipe's folder is where a default demo run puts them)
     tcfg.data.sources = [SourceConfig(name="speech", path=str(Path(ctx.shards["dir"]) / "aligned"), kind="speech")]
     return tcfg

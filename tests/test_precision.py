@@ -1,0 +1,95 @@
+"""Precision follows the hardware (issue 33, item 0): ``precision = "auto"`` trains in bf16 only
+where the device runs bf16 natively. A CPU that emulates bf16 (AVX2 only: 1 GFLOP/s bf16 against
+75 fp32, the demo 19x slower) must train the demo in fp32."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from spiritlm import precision as prec  # noqa: E402
+from spiritlm.demo import DemoConfig, precision_choice  # noqa: E402
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch):
+    """Replace the CPU probe (flags, bf16 GFLOP/s, fp32 GFLOP/s) with a given machine."""
+    def set_cpu(flags, bf16, fp32):
+        monkeypatch.setattr(prec, "_cpu_probe", lambda: (tuple(flags), bf16, fp32))
+    return set_cpu
+
+
+def test_avx2_only_cpu_resolves_auto_to_fp32(fake_cpu):
+    fake_cpu([], 1.0, 74.8)  # the AMD EPYC of the issue
+    c = prec.resolve_precision("auto", "cpu")
+    assert c.precision == "fp32" and not c.native_bf16
+    assert "no bf16 instructions" in c.reason and "1.0 vs fp32 74.8" in c.reason
+
+
+def test_flags_without_speed_still_fp32(fake_cpu):
+    # a CPU that reports AVX512_BF16 but runs the bf16 matmul slower than fp32
+    fake_cpu(["AVX512_BF16"], 40.0, 60.0)
+    assert prec.resolve_precision("auto", "cpu").precision == "fp32"
+
+
+def test_native_cpu_resolves_auto_to_bf16(fake_cpu):
+    fake_cpu(["AMX", "AVX512_BF16"], 420.0, 100.0)
+    c = prec.resolve_precision("auto", "cpu")
+    assert c.precision == "bf16" and c.native_bf16 and "AMX+AVX512_BF16" in c.reason
+
+
+def test_explicit_precision_is_honoured_with_a_warning(fake_cpu, caplog):
+    fake_cpu([], 1.0, 74.8)
+    c = prec.resolve_precision("bf16", "cpu")
+    assert c.precision == "bf16"
+    with caplog.at_level("WARNING"):
+        prec.log_choice(c)
+    assert "deepspeed.precision=auto" in caplog.text
+    assert prec.resolve_precision("fp32", "cpu").precision == "fp32"
+    with pytest.raises(ValueError, match="fp16"):
+        prec.resolve_precision("fp16", "cpu")
+
+
+def test_demo_is_fp32_where_bf16_matmul_is_slower(fake_cpu, tmp_path):
+    """The demo's resolved precision on a CPU whose bf16 matmul is slower than fp32: fp32, in the
+    report and in every model's config (hence its cache key)."""
+    from spiritlm.demo import _train_config
+
+    fake_cpu([], 1.0, 74.8)
+    cfg = DemoConfig(out_dir=str(tmp_path))
+    assert precision_choice(cfg).precision == "fp32"
+    shards = {"dir": str(tmp_path / "shards")}
+    tcfg = _train_config(cfg, "interleaved", shards, {"dir": str(tmp_path / "tok")}, tmp_path / "m")
+    assert tcfg.deepspeed.precision == "fp32"
+    fake_cpu(["AMX"], 420.0, 100.0)
+    tcfg = _train_config(cfg, "interleaved", shards, {"dir": str(tmp_path / "tok")}, tmp_path / "m")
+    assert tcfg.deepspeed.precision == "bf16"  # the earlier bf16 keys stay valid where bf16 is native
+
+
+def test_demo_precision_on_this_cpu_matches_its_measurement():
+    """On the machine running the tests: the demo trains in bf16 only if bf16 is measured faster."""
+    prec._cpu_probe.cache_clear()
+    c = precision_choice(DemoConfig())
+    flags, bf16, fp32 = prec._cpu_probe()
+    if c.precision == "bf16":
+        assert flags and bf16 > fp32, c.reason
+    else:
+        assert not flags or bf16 <= fp32, c.reason
+
+
+def test_trainer_records_the_resolved_precision(fake_cpu, tmp_path):
+    pytest.importorskip("deepspeed")
+    from spiritlm.train.tiny import tiny_config
+    from spiritlm.train.trainer import Trainer
+
+    fake_cpu([], 1.0, 74.8)
+    t = Trainer(tiny_config(str(tmp_path), ["steps=1", "deepspeed.precision=auto"]))
+    t.fit()
+    assert t.cfg.deepspeed.precision == "fp32"
+    assert next(p.dtype for p in t.model.parameters()) == torch.float32
+    assert "precision: fp32" in (tmp_path / "config.yaml").read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["precision"]["requested"] == "auto" and summary["precision"]["precision"] == "fp32"
