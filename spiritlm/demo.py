@@ -144,7 +144,7 @@ def _recipe(path: str) -> Path:
 def _speech_tokenizer_step(cfg: DemoConfig, corpus: dict, step_dir: Path) -> dict[str, Any]:
     from spiritlm.config import load_config
     from spiritlm.tokenizer.config import TokenizerCfg
-    from spiritlm.tokenizer.demo import fit_demo_tokenizer
+    from spiritlm.tokenizer.tiny_hubert import fit_demo_tokenizer
 
     tcfg = load_config(TokenizerCfg, _recipe(cfg.tokenizer_recipe), [f"seed={cfg.seed}", *cfg.tokenizer_overrides])
     out = fit_demo_tokenizer(tcfg, corpus["manifest"], step_dir / "tokenizer", evaluate=True, progress=True)

@@ -18,7 +18,7 @@ from test_data_fixtures import make_corpus, prepare_overrides
 from spiritlm.config import load_config
 from spiritlm.data.prepare import PrepareConfig, prepare_shards
 from spiritlm.manifest import read_manifest, write_manifest
-from spiritlm.tokenizer.audio import AudioError, is_silent, load_audio, probe_audio
+from spiritlm.audio import AudioError, is_silent, load_audio, probe_audio
 
 REPO = Path(__file__).resolve().parents[1]
 MALFORMED = REPO.parent / "shared" / "data" / "real_speech" / "malformed_audio"
@@ -108,7 +108,7 @@ def test_decoded_length_is_checked_too():
 
 
 def test_pnmi_without_phone_labels_is_not_available():
-    from spiritlm.tokenizer.demo import unit_metrics
+    from spiritlm.tokenizer.tiny_hubert import unit_metrics
     from spiritlm.tokenizer.metrics import pnmi
 
     units = np.array([0, 1, 2, 1, 0, 2])

@@ -172,7 +172,7 @@ def test_malformed_wavs_get_a_clear_error_from_every_reader(bad, tools, readers,
     from spiritlm.cli import main
     from spiritlm.data.align import PocketsphinxAligner, align_utterances
     from spiritlm.manifest import Utterance, write_manifest
-    from spiritlm.tokenizer.audio import AudioError, load_audio, probe_audio
+    from spiritlm.audio import AudioError, load_audio, probe_audio
 
     why = r"(unreadable or not a supported audio file|implausible sample rate 1092676 Hz)"
     for fn in (load_audio, probe_audio):

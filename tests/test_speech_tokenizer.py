@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from spiritlm.tokenizer.audio import AudioError, load_audio
+from spiritlm.audio import AudioError, load_audio
 
 SR = 16000
 

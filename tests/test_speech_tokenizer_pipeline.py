@@ -83,7 +83,7 @@ def test_base_units_from_an_expressive_tokenizer_skip_pitch_and_style(tiny_tok, 
 
 
 def test_encode_many_reports_bad_files_and_keeps_the_rest(tiny_tok, tmp_path):
-    from spiritlm.tokenizer.audio import AudioError
+    from spiritlm.audio import AudioError
 
     good = tmp_path / "good.wav"
     sf.write(good, _voiced(1.5), SR)
@@ -295,7 +295,7 @@ def test_demo_tokenizer_beats_random_init(tmp_path):
     """The demo recipe on a synthetic corpus: trained tiny HuBERT units beat random-init ones."""
     from spiritlm.config import load_config
     from spiritlm.tokenizer.config import TokenizerCfg
-    from spiritlm.tokenizer.demo import fit_demo_tokenizer
+    from spiritlm.tokenizer.tiny_hubert import fit_demo_tokenizer
     from spiritlm.tokenizer.synth import make_synthetic_corpus
 
     manifest = make_synthetic_corpus(tmp_path / "c", n_utts=60, seed=1, heldout=10)

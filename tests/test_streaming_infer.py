@@ -16,7 +16,7 @@ from spiritlm.models.streaming.decode import greedy_decode_embeddings
 from spiritlm.models.streaming.infer import (BoundedCacheDecoder, StreamingTranscriber, audio_blocks,
                                             decode_embeddings, transcribe_offline)
 from spiritlm.models.streaming.model import build_streaming
-from spiritlm.tokenizer.audio import AudioError
+from spiritlm.audio import AudioError
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_speech"
 MALFORMED = sorted((REAL / "malformed_audio").glob("*.wav"))

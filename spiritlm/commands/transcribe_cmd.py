@@ -56,7 +56,7 @@ def _load(run_dir: str):
 
 def _run(args) -> int:
     if args.audio != "-":  # a bad file fails before the model loads (stdin is checked as it streams)
-        from spiritlm.tokenizer.audio import AudioError, probe_audio
+        from spiritlm.audio import AudioError, probe_audio
 
         if not Path(args.audio).exists():
             raise AudioError(args.audio, "file not found")
@@ -116,7 +116,7 @@ def _offline(kind: str, model, args) -> dict:
 
     wav = np.concatenate(list(audio_blocks(args.audio, 1 << 16)))  # the same readers and checks as --stream
     if model.frames_for(wav.size) < 1:
-        from spiritlm.tokenizer.audio import AudioError
+        from spiritlm.audio import AudioError
 
         raise AudioError(str(args.audio), f"too short: {wav.size} samples give no projected frame")
     seconds = wav.size / 16000

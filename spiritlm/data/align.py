@@ -36,7 +36,7 @@ import numpy as np
 
 from spiritlm.data.textgrid import read_ctm, read_textgrid, textgrid_words
 from spiritlm.manifest import Utterance, Word
-from spiritlm.tokenizer.audio import AudioError, is_silent
+from spiritlm.audio import AudioError, is_silent
 
 log = logging.getLogger(__name__)
 

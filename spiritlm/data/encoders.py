@@ -22,7 +22,7 @@ import numpy as np
 
 # One audio error for the whole project: the data stage reads audio through the tokenizer's
 # loader (sample-rate, truncation, NaN/inf checks, with the file named in the message).
-from spiritlm.tokenizer.audio import AudioError  # noqa: F401  (re-exported)
+from spiritlm.audio import AudioError  # noqa: F401  (re-exported)
 
 DEFAULT_FRAME_RATES = {"hubert": 25.0, "pitch": 12.5, "style": 1.0}
 
@@ -37,9 +37,9 @@ class UnitEncoder(Protocol):
 
 def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     """Mono float32 audio at ``sample_rate``; raises :class:`AudioError` with the reason (the
-    speech tokenizer's :func:`~spiritlm.tokenizer.audio.load_audio`, so that every reader of
+    speech tokenizer's :func:`~spiritlm.audio.load_audio`, so that every reader of
     audio rejects the same files with the same messages)."""
-    from spiritlm.tokenizer.audio import load_audio
+    from spiritlm.audio import load_audio
 
     return load_audio(path, target_rate=sample_rate)
 

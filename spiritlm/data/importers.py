@@ -46,7 +46,7 @@ class ImportReport:
 def _audio_info(path: Path, rep: ImportReport, item: str):
     """(duration, sample rate) from the checked header (the tokenizer's probe_audio: readable,
     plausible sample rate, not empty, not truncated), or None with the drop recorded."""
-    from spiritlm.tokenizer.audio import AudioError, probe_audio
+    from spiritlm.audio import AudioError, probe_audio
 
     if not path.is_file():
         rep.drop(item, "audio_missing", f"audio file not found: {path}")

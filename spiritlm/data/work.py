@@ -209,7 +209,7 @@ def audio_problem(u, path: Path) -> tuple[float, tuple[str, str] | None]:
     become speech, else None: the file is missing or unreadable (bad header, implausible sample
     rate, truncated), its duration is not the manifest's, or it is digital silence. Reads the
     header, and samples only until the first one that is not silent."""
-    from spiritlm.tokenizer.audio import is_silent, probe_audio
+    from spiritlm.audio import is_silent, probe_audio
 
     if not path.is_file():
         return u.duration, ("audio_missing", f"audio file not found: {path}")

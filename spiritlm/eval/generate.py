@@ -74,7 +74,7 @@ def vocode_ids(vocoder: Callable, ids: Sequence[int], tok: SpiritTokenizer) -> n
     if hasattr(voc, "decode") and hasattr(voc, "sample_rate"):
         wav, sr = voc.decode(units, deduplicated=True)
         if sr != 16000:
-            from spiritlm.tokenizer.audio import resample
+            from spiritlm.audio import resample
 
             wav = resample(wav, sr, 16000)
         return wav

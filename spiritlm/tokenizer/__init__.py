@@ -19,11 +19,11 @@ def __getattr__(name: str):
 
         return SpeechTokenizer
     if name == "AudioError":
-        from spiritlm.tokenizer.audio import AudioError
+        from spiritlm.audio import AudioError
 
         return AudioError
     if name == "fit_demo_tokenizer":
-        from spiritlm.tokenizer.demo import fit_demo_tokenizer
+        from spiritlm.tokenizer.tiny_hubert import fit_demo_tokenizer
 
         return fit_demo_tokenizer
     if name == "fit_tokenizer":

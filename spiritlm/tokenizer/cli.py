@@ -75,7 +75,7 @@ def _fit(args: argparse.Namespace) -> int:
         raise ValueError("--corpus is required to fit a tokenizer (or set release.path in the recipe to use "
                          "the release's files)")
     if cfg.demo.enabled:
-        from spiritlm.tokenizer.demo import fit_demo_tokenizer
+        from spiritlm.tokenizer.tiny_hubert import fit_demo_tokenizer
 
         out = fit_demo_tokenizer(cfg, args.corpus, args.out, evaluate=not args.no_eval)
         metrics = out / "metrics.json"
@@ -162,7 +162,7 @@ def _consistency(args: argparse.Namespace) -> int:
     if args.mfcc_baseline:
         import numpy as np
 
-        from spiritlm.tokenizer.demo import mfcc
+        from spiritlm.tokenizer.tiny_hubert import mfcc
         from spiritlm.tokenizer.fit import iter_wavs
         from spiritlm.tokenizer.kmeans import KMeansQuantizer, train_kmeans
 

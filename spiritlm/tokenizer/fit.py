@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from spiritlm.config import save_config
-from spiritlm.tokenizer.audio import AudioError, load_audio
+from spiritlm.audio import AudioError, load_audio
 from spiritlm.tokenizer.config import TokenizerCfg
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def fit_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | Path, 
     rows = corpus_files(manifest, cfg.fit.split, cfg.fit.max_files)
     if model is None:
         if cfg.demo.enabled:
-            from spiritlm.tokenizer.demo import train_tiny_hubert
+            from spiritlm.tokenizer.tiny_hubert import train_tiny_hubert
 
             model = train_tiny_hubert(cfg.demo, rows, seed=cfg.seed, progress=progress)
         else:

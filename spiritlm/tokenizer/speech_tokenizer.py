@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from spiritlm.config import load_config, save_config
-from spiritlm.tokenizer.audio import AudioError, AudioInput, load_audio
+from spiritlm.audio import AudioError, AudioInput, load_audio
 from spiritlm.tokenizer.config import TokenizerCfg, preset_config
 from spiritlm.vocab import SPIRITLM, VocabLayout, units_to_ids, units_to_string
 

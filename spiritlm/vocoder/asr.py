@@ -29,7 +29,7 @@ class PocketsphinxASR:
         self.noise, self.seed = noise, seed
 
     def __call__(self, audio: Any, sample_rate: int = 16000) -> str:
-        from spiritlm.tokenizer.audio import load_audio
+        from spiritlm.audio import load_audio
 
         wav = load_audio(audio if isinstance(audio, (str, Path)) else np.asarray(audio, np.float32), sample_rate)
         rng = np.random.default_rng(self.seed)

@@ -279,7 +279,7 @@ class Vocoder:
         """The evaluation hook form: units -> 16 kHz waveform."""
         wav, sr = self.decode(units)
         if sr != 16000:
-            from spiritlm.tokenizer.audio import resample
+            from spiritlm.audio import resample
 
             wav = resample(wav, sr, 16000)
         return wav

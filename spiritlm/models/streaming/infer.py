@@ -2,7 +2,7 @@
 
 Audio sources (a WAV/FLAC file, or stdin: raw 16 kHz mono 16-bit PCM or a WAV stream) are read
 block by block -- :func:`audio_blocks` -- so that a long recording is never held in memory, and
-every malformed input is an :class:`~spiritlm.tokenizer.audio.AudioError` naming the reason.
+every malformed input is an :class:`~spiritlm.audio.AudioError` naming the reason.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from spiritlm.config import ConfigError
-from spiritlm.tokenizer.audio import SAMPLE_RATE, AudioError, check_sample_rate
+from spiritlm.audio import SAMPLE_RATE, AudioError, check_sample_rate
 
 STDIN = "<stdin>"
 
@@ -159,7 +159,7 @@ def _mono_checked(x_SC: np.ndarray, offset: int, source: str = STDIN) -> np.ndar
 def _file_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
     import soundfile as sf
 
-    from spiritlm.tokenizer.audio import probe_audio
+    from spiritlm.audio import probe_audio
 
     info = probe_audio(path)  # readable, plausible rate, not empty, not truncated: or AudioError
     resampler = None
