@@ -21,6 +21,7 @@ demo: setup
 	$(VENV)/bin/spiritlm demo
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: setup

@@ -1,7 +1,9 @@
-"""The ``spiritlm`` console script: one subcommand per stage.
+"""The ``spiritlm`` console script (also ``python -m spiritlm``): one subcommand per stage.
 
-Each stage contributes a module with ``register(subparsers)`` that adds its subcommand and sets
-``func`` on its parser; heavy imports (torch, transformers) stay inside the handlers so that
+Every command lives in ``spiritlm/commands/<name>_cmd.py``: a ``register(subparsers)`` that adds
+its argparse parser (with a one-line ``help``) and sets ``func`` to a thin handler, which calls a
+library function below it (library modules never import ``spiritlm.commands`` and keep no
+``__main__`` block). Heavy imports (torch, transformers) stay inside the handlers so that
 ``spiritlm --help`` answers at once. A stage whose module is not there yet is simply absent.
 """
 
@@ -16,42 +18,18 @@ import sys
 STAGE_MODULES = [
     "spiritlm.commands.vocab_cmd",
     "spiritlm.commands.corpus_cmd",
-    "spiritlm.tokenizer.cli",
+    "spiritlm.commands.tokenizer_cmd",
     "spiritlm.commands.vocoder_cmd",
-    "spiritlm.data.cli",
-    "spiritlm.train.cli",
-    "spiritlm.eval.cli",
+    "spiritlm.commands.prepare_cmd",
+    "spiritlm.commands.hybrid_cmd",
+    "spiritlm.commands.train_cmd",
+    "spiritlm.commands.eval_cmd",
     "spiritlm.commands.transcribe_cmd",
+    "spiritlm.commands.streaming_cmd",
+    "spiritlm.commands.continuous_cmd",
     "spiritlm.commands.bench_cmd",
     "spiritlm.commands.demo_cmd",
 ]
-
-
-def add_recipe_args(p: argparse.ArgumentParser, recipe_required: bool = False, out_key: str | None = None) -> None:
-    """The common ``RECIPE`` + ``--set key=value`` pair every configurable command takes; with
-    ``out_key``, also ``--out DIR`` as a shorthand for ``--set <out_key>=DIR``."""
-    p.add_argument(
-        "recipe",
-        nargs=None if recipe_required else "?",
-        help="recipe file (.toml/.yaml) mapping onto the command's config dataclass",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set seed=3 --set model.n_layers=2 (repeatable)",
-    )
-    if out_key:
-        p.add_argument("--out", help=f"output directory (same as --set {out_key}=...)")
-        p.set_defaults(out_key=out_key)
-
-
-def recipe_overrides(args: argparse.Namespace) -> list[str]:
-    """``--set`` overrides plus the one ``--out`` stands for, in that order."""
-    out = getattr(args, "out", None)
-    return list(args.overrides) + ([f"{args.out_key}={out}"] if out and getattr(args, "out_key", None) else [])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +76,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"spiritlm {args.command}: error: {e}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -206,7 +206,7 @@ def _shards_step(cfg: DemoConfig, manifest: str, corpus: dict, text_tok: dict, s
 # form of the aligned speech+text data differs: interleaved at word boundaries (resampled every
 # epoch) next to speech-only and text-only, or speech-only and text-only alone.
 # Entries: (source name, shard folder, source kind, weight); a source's kind says how the trainer
-# reads the aligned records (spiritlm.train.data.ALIGNED_AS).
+# reads the aligned records (spiritlm.components.mixture.ALIGNED_AS).
 MIXTURES = {
     "interleaved": [("interleaved", "aligned", "interleaved", 1.0), ("speech", "aligned", "speech", 1.0),
                     ("text", "text", "text", 1.0)],
@@ -228,7 +228,7 @@ def _train_config(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, s
     """
     from spiritlm.config import load_config
     from spiritlm.train import TrainConfig
-    from spiritlm.train.config import SourceConfig
+    from spiritlm.components.config import SourceConfig
 
     extra = []
     if variant == "text_pretrain":
@@ -278,7 +278,10 @@ def _train_step(tcfg, step_dir: Path | None = None) -> dict[str, Any]:
         if not any(Path(src.path).glob("*.parquet")):
             raise FileNotFoundError(f"no shards in {src.path}: the data-prep step produced no "
                                     f"{Path(src.path).name} rows")
-    run_dir = train(tcfg)
+    from spiritlm.eval.during_training import DuringTrainingEval
+
+    # evaluation while training, where the config asks for it, is a component handed to the trainer
+    run_dir = train(tcfg, evaluator=DuringTrainingEval if tcfg.eval_every else None)
     return {"run_dir": str(run_dir), "hf": str(Path(run_dir) / "hf")}
 
 

@@ -163,30 +163,15 @@ def context_from_cache(out_dir: str | Path, part_overrides: dict[str, list[str]]
                        part_overrides=dict(part_overrides or {}))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m spiritlm.demo_parts --out runs/demo --part streaming [--set streaming.steps=200]``:
-    named parts on a demo folder's cached steps, without running (or waiting for) the main demo."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description="demo parts on a demo folder's cached steps (no main demo rerun)")
-    ap.add_argument("--out", required=True, help="the demo's output folder (out_dir)")
-    ap.add_argument("--part", action="append", required=True, help=f"a part: one of {sorted(PARTS)}")
-    ap.add_argument("--set", dest="overrides", action="append", default=[],
-                    help="PART.key=value, an option of one part (as part_overrides.PART in the demo)")
-    a = ap.parse_args(argv)
-    check_parts(a.part)
+def run_cached_parts(out_dir: str | Path, parts: list[str], overrides: list[str] = ()) -> None:
+    """``spiritlm demo-parts --out runs/demo --part streaming [--set streaming.steps=200]``: named
+    parts on a demo folder's cached steps, without running (or waiting for) the main demo.
+    ``overrides`` are ``PART.key=value`` (as ``part_overrides.PART`` in the demo)."""
+    check_parts(parts)
     po: dict[str, list[str]] = {}
-    for item in a.overrides:
+    for item in overrides:
         part, dot, rest = item.partition(".")
         if not dot or part not in PARTS:
             raise ConfigError(f"--set {item!r}: write PART.key=value with PART one of {sorted(PARTS)}")
         po.setdefault(part, []).append(rest)
-    run_parts(context_from_cache(a.out, po), a.part)
-
-
-if __name__ == "__main__":
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    main()
+    run_parts(context_from_cache(out_dir, po), parts)

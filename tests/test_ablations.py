@@ -64,7 +64,8 @@ def test_ablation_recipes_change_only_what_the_ablation_says():
     from spiritlm.config import load_config, to_dict
     from spiritlm.data.prepare import PrepareConfig
     from spiritlm.demo import DemoConfig, _train_config
-    from spiritlm.train.config import TrainConfig, validate_config
+    from spiritlm.components.config import TrainConfig, validate_config
+    from spiritlm.precision import resolve_precision
 
     # data: the same records and settings, read as pairs
     base = load_config(PrepareConfig, REPO / "data_prep" / "demo.toml")
@@ -82,6 +83,9 @@ def test_ablation_recipes_change_only_what_the_ablation_says():
     prs = load_config(TrainConfig, REPO / "train" / "demo_ablation_pairs.toml")
     for c in (rnd, prs):
         validate_config(c)
+        # the recipes say precision "auto"; the demo resolves it before hashing: the same value here
+        assert c.deepspeed.precision == "auto"
+        c.deepspeed.precision = resolve_precision("auto", "cpu").precision
     assert _diff(demo, to_dict(rnd)) == {"run_dir", "model.checkpoint"} and rnd.model.checkpoint == ""
     assert _diff(demo, to_dict(prs)) == {"run_dir", "data.sources"}
     assert [s.path.replace("demo_shards_pairs", "demo_shards") for s in prs.data.sources] == \
@@ -103,7 +107,7 @@ def test_pair_shards_from_the_data_stage_train(tmp_path):
     from spiritlm.config import load_config
     from spiritlm.data.prepare import PrepareConfig, prepare_shards
     from spiritlm.data.reader import row_to_record
-    from spiritlm.train.data import make_sources
+    from spiritlm.components.mixture import make_sources
     from spiritlm.train.tiny import tiny_config
     from spiritlm.train.trainer import Trainer
 
@@ -119,7 +123,7 @@ def test_pair_shards_from_the_data_stage_train(tmp_path):
         f"{{name = \"text\", path = \"{out / 'text'}\", kind = \"text\"}}]"])
     import pyarrow.parquet as pq
 
-    from spiritlm.train.model import plan_model
+    from spiritlm.models.unit_lm.model import plan_model
 
     layout = plan_model(tcfg.model)[1]
     src = make_sources(tcfg.data, layout)[0][0]
@@ -131,10 +135,12 @@ def test_pair_shards_from_the_data_stage_train(tmp_path):
         rec = row_to_record(row)
         forms.append(_form(ids.astype(np.int32), rec, layout=layout))
     assert set(forms) == {"asr", "tts"} and len(forms) == 6
-    t = Trainer(tcfg)
+    from spiritlm.eval.during_training import DuringTrainingEval
+
+    t = Trainer(tcfg, evaluator=DuringTrainingEval)
     t.fit()
     assert len(t.history) == 2 and all(np.isfinite(r["loss"]) for r in t.history)
-    from spiritlm.train.metrics import read_metrics
+    from spiritlm.components.metrics import read_metrics
 
     ev = [r for r in read_metrics(tmp_path / "run") if "eval/loss" in r]
     assert [r["step"] for r in ev] == [2] and np.isfinite(ev[0]["eval/loss/pairs"])

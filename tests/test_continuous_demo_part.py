@@ -48,8 +48,8 @@ def ctx(tmp_path):
     from spiritlm.manifest import Utterance, write_manifest
     from spiritlm.text_tokenizer import train_sentencepiece
     from spiritlm.tokenizer.hubert import tiny_hubert_config
-    from spiritlm.train.config import TinyModelConfig
-    from spiritlm.train.model import tiny_llama_config
+    from spiritlm.components.config import TinyModelConfig
+    from spiritlm.models.unit_lm.model import tiny_llama_config
 
     utts = synthetic_utterances(16, seed=1)
     train_sentencepiece([t for _, t, _ in synthetic_utterances(60)] + ["one two three"] * 3, tmp_path / "tok",

@@ -10,7 +10,7 @@ import torch
 
 from spiritlm.config import load_config
 from spiritlm.eval.asr import evaluate_asr, text_dir_items, transcribe, wer
-from spiritlm.eval.scoring import Request
+from spiritlm.components.scoring import Request
 from spiritlm.models.continuous.config import ContinuousTrainConfig
 from spiritlm.models.continuous.data import synthetic_utterances
 from spiritlm.models.continuous.model import build_continuous, load_continuous
@@ -63,12 +63,12 @@ def test_asr_on_real_librivox_speech(model_dir):
 
 
 def test_asr_command_on_a_folder(model_dir, tmp_path, capsys):
-    from spiritlm.eval.asr import main
+    from spiritlm.cli import main
 
     for k, (_, text, w) in enumerate(synthetic_utterances(2, seed=8)):
         sf.write(tmp_path / f"u{k}.wav", w, 16000)
         (tmp_path / f"u{k}.txt").write_text(text)
-    assert main(["--model", str(model_dir), "--dir", str(tmp_path), "--max-new-tokens", "3",
+    assert main(["continuous", "wer", "--model", str(model_dir), "--dir", str(tmp_path), "--max-new-tokens", "3",
                  "--out", str(tmp_path / "wer.json")]) == 0
     assert "utterances" in capsys.readouterr().out and (tmp_path / "wer.json").is_file()
 

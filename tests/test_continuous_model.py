@@ -13,7 +13,7 @@ from spiritlm.models.continuous.encoders import CharVocab, ConformerEncoder, CTC
 from spiritlm.models.continuous.model import build_continuous
 from spiritlm.models.continuous.projectors import build_projector, stack_frames
 from spiritlm.models.continuous.spec import text_loss
-from spiritlm.train.packing import IGNORE
+from spiritlm.components.packing import IGNORE
 
 TINY = ["continuous.encoder.conformer.dim=32", "continuous.encoder.conformer.layers=1",
         "continuous.encoder.conformer.heads=2", "continuous.data.synthetic=12",

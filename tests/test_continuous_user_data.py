@@ -1,7 +1,7 @@
 """A user's own data: real read speech (LibriVox, ../shared/data/real_speech) imported with
 ``spiritlm prepare manifest folder``, then the SpeechLLM and the two Tiny-Audio recipes trained on
 that manifest with ``spiritlm train`` (sized down with ``--set``), and their WER read with
-``python -m spiritlm.eval.asr``. A broken file in the user's folder is a counted skip."""
+``spiritlm continuous wer``. A broken file in the user's folder is a counted skip."""
 
 import json
 import shutil
@@ -93,11 +93,9 @@ def test_tinyaudio_two_stages_and_speechllm_on_user_data(user, capsys, tmp_path)
     losses = [json.loads(x)["loss"] for x in (sl / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and all(x == x for x in losses)
     # WER of each on the user's utterances, from the command line
-    from spiritlm.eval.asr import main as asr_main
-
     for run in (s2, sl):
         out = tmp_path / f"{run.name}.json"
-        assert asr_main(["--model", str(run / "hf"), "--manifest", str(_manifest_path(user)), "--split", "train",
+        assert main(["continuous", "wer", "--model", str(run / "hf"), "--manifest", str(_manifest_path(user)), "--split", "train",
                          "--max-new-tokens", "4", "--out", str(out)]) == 0
         res = json.loads(out.read_text())
         assert res["n"] == 5 and res["words"] > 50 and res["wer"] >= 0.0

@@ -16,7 +16,7 @@ from spiritlm.data import work
 from spiritlm.data.prepare import PrepareConfig, prepare_shards
 from spiritlm.data.reader import ShardReader
 from spiritlm.data.shards import ShardError
-from spiritlm.train.data import ParquetSource
+from spiritlm.components.mixture import ParquetSource
 
 
 @pytest.fixture(scope="module")

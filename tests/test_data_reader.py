@@ -107,7 +107,7 @@ def test_reader_errors(shards, tmp_path):
 
 
 def test_trainer_parquet_source_reads_the_shards(shards):
-    data = pytest.importorskip("spiritlm.train.data")
+    data = pytest.importorskip("spiritlm.components.mixture")
     from spiritlm.data.reader import interleave_fn_for
 
     text = data.ParquetSource(shards / "text", name="text")

@@ -94,7 +94,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     from safetensors.torch import load_file
 
     from spiritlm.demo import _train_step
-    from spiritlm.train.config import TrainConfig
+    from spiritlm.components.config import TrainConfig
 
     run = Path(out["train_interleaved"]["run_dir"])
     here = _train_step(load_config(TrainConfig, run / "config.yaml", [f"run_dir={tmp_path / 'here'}"]))

@@ -99,7 +99,10 @@ def test_context_from_cache_reads_finished_steps_and_pairs_only_complete_seeds(t
                          "no_interleaving": {"dev": [{"dir": "eval_no_interleaving"}]}}
     monkeypatch.setitem(demo_parts.PARTS, "toy", f"{__name__}:toy_part")
     CALLS.clear()
-    demo_parts.main(["--out", str(tmp_path), "--part", "toy", "--set", "toy.lr=3"])
+    from spiritlm.cli import main
+
+    assert main(["demo-parts", "--out", str(tmp_path), "--part", "toy", "--set", "toy.lr=3"]) == 0
     assert json.loads((tmp_path / "toy_step" / "STEP_DONE.json").read_text())["outputs"]["overrides"] == ["lr=3"]
     with pytest.raises(ConfigError, match="PART.key=value"):
-        demo_parts.main(["--out", str(tmp_path), "--part", "toy", "--set", "lr=3"])
+        demo_parts.run_cached_parts(tmp_path, ["toy"], ["lr=3"])
+    assert main(["demo-parts", "--out", str(tmp_path), "--part", "toy", "--set", "lr=3"]) == 1

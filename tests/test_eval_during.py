@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("deepspeed")
 
 from spiritlm.config import ConfigError  # noqa: E402
+from spiritlm.eval.during_training import DuringTrainingEval  # noqa: E402
 from spiritlm.train.tiny import tiny_config  # noqa: E402
 
 
@@ -64,14 +65,15 @@ def _tokenizer(d: Path) -> Path:
 
 
 def test_eval_rows_at_eval_every_and_identical_training(tmp_path):
-    from spiritlm.train.metrics import read_metrics
+    from spiritlm.components.metrics import read_metrics
     from spiritlm.train.trainer import Trainer
 
     tok = _tokenizer(tmp_path / "tok")
     suite = _light_suite(tmp_path / "bench")
     common = ["steps=4", f"model.tokenizer={tok}", "model.tiny.base_vocab_size=300"]
     with_eval = Trainer(tiny_config(str(tmp_path / "a"), common + [
-        "eval_every=2", f"eval.suite={suite}", "eval.heldout_docs=8", "log.plots=true"]))
+        "eval_every=2", f"eval.suite={suite}", "eval.heldout_docs=8", "log.plots=true"]),
+        evaluator=DuringTrainingEval)
     with_eval.fit()
     plain = Trainer(tiny_config(str(tmp_path / "b"), common))
     plain.fit()
@@ -109,7 +111,7 @@ def test_preserved_rng_restores_every_generator():
 
     import numpy as np
 
-    from spiritlm.train.eval_during import preserved_rng
+    from spiritlm.eval.during_training import preserved_rng
 
     torch.manual_seed(1), np.random.seed(1), random.seed(1)
     expect = torch.rand(3), np.random.rand(3), random.random()
@@ -125,8 +127,11 @@ def test_eval_suite_needs_the_tokenizer(tmp_path):
 
     suite = _light_suite(tmp_path / "bench")
     with pytest.raises(ConfigError, match="model.tokenizer"):
-        Trainer(tiny_config(str(tmp_path / "a"), ["steps=2", "eval_every=1", f"eval.suite={suite}"]))
-    from spiritlm.train.config import validate_config
+        Trainer(tiny_config(str(tmp_path / "a"), ["steps=2", "eval_every=1", f"eval.suite={suite}"]),
+                evaluator=DuringTrainingEval)
+    with pytest.raises(ConfigError, match="needs an evaluator"):  # a component passed in, never imported
+        Trainer(tiny_config(str(tmp_path / "c"), ["steps=2", "eval_every=1"]))
+    from spiritlm.components.config import validate_config
 
     with pytest.raises(ConfigError, match="eval_every"):
         validate_config(tiny_config(str(tmp_path / "b"), ["eval_every=-1"]))
@@ -145,7 +150,7 @@ def _two_rank_worker(rank: int, world: int, port: int, out_dir: str, tok: str, s
         t = Trainer(tiny_config(os.path.join(out_dir, f"z{stage}"), [
             "steps=2", f"deepspeed.zero_stage={stage}", "micro_batch_size=2", "global_batch_size=4",
             f"model.tokenizer={tok}", "model.tiny.base_vocab_size=300", "eval_every=1",
-            f"eval.suite={suite}", "eval.heldout_docs=6"]))
+            f"eval.suite={suite}", "eval.heldout_docs=6"]), evaluator=DuringTrainingEval)
         t.fit()
         res[stage] = [r["loss"] for r in t.history]
     if rank == 0:
@@ -159,7 +164,7 @@ def test_two_ranks_zero2_and_zero3_evaluate_without_hanging(tmp_path):
     import torch.multiprocessing as mp
 
     from spiritlm.train.engine import free_port
-    from spiritlm.train.metrics import read_metrics
+    from spiritlm.components.metrics import read_metrics
 
     tok = _tokenizer(tmp_path / "tok")
     suite = _light_suite(tmp_path / "bench")

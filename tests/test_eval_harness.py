@@ -44,7 +44,7 @@ def offline(monkeypatch, tmp_path):
 def test_harness_acc_equals_our_scorer(tmp_path, offline):
     from spiritlm.config import load_config
     from spiritlm.eval.model import load_model
-    from spiritlm.eval.scoring import Scorer
+    from spiritlm.components.scoring import Scorer
     from spiritlm.eval.suite import EvalConfig, run_suite
     from spiritlm.eval.testing import make_tiny_model_dir
 

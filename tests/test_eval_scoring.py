@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from spiritlm.eval.model import CachedEncoder, ModelDirError, load_model  # noqa: E402
-from spiritlm.eval.scoring import Request, Score, Scorer, pair_score  # noqa: E402
+from spiritlm.components.scoring import Request, Score, Scorer, pair_score  # noqa: E402
 from spiritlm.eval.testing import FakeSpeechEncoder, make_tiny_model_dir, write_tone  # noqa: E402
 
 

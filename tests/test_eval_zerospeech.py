@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from spiritlm.eval.scoring import Score
+from spiritlm.components.scoring import Score
 from spiritlm.eval.storycloze import read_cross_dir, read_speech_dir, read_text_items, run_storycloze
 from spiritlm.eval.zerospeech import (LayoutError, check_submission, pair_rows, read_gold, run_zerospeech,
                                       write_submission_meta)

@@ -46,7 +46,7 @@ def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 # ---- checkpoints: latest, other model sizes -----------------------------------------------------
 def test_latest_falls_back_to_the_newest_complete_step(tmp_path, caplog):
-    from spiritlm.train.checkpoint import latest_tag
+    from spiritlm.components.checkpoint import latest_tag
 
     ck = tmp_path / "checkpoints"
     assert latest_tag(ck) is None
@@ -130,7 +130,7 @@ def _shard_kills(corpus, tmp_path, seed: int, n_kills: int):
     (naming the command to rerun) unless it is complete and equal to an uninterrupted run."""
     from spiritlm.data.prepare import PrepareConfig, prepare_shards
     from spiritlm.data.shards import ShardError
-    from spiritlm.train.data import ParquetSource
+    from spiritlm.components.mixture import ParquetSource
 
     ref = tmp_path / "ref"
     prepare_shards(load_config(PrepareConfig, None, prepare_overrides(corpus, ref, *SHARD_SET)))
@@ -309,8 +309,8 @@ def test_eval_killed_at_more_points(eval_setup, tmp_path):
 def test_a_checkpoint_without_its_tokenizer_says_so(tiny_run):
     """An export of `spiritlm train` made without a tokenizer: its rows include the speech
     vocabulary, so continuing from it needs the tokenizer, not a vocabulary-size guess."""
-    from spiritlm.train.config import ModelConfig
-    from spiritlm.train.model import plan_model
+    from spiritlm.components.config import ModelConfig
+    from spiritlm.models.unit_lm.model import plan_model
 
     assert not (tiny_run / "hf" / "tokenizer.model").exists()
     with pytest.raises(ConfigError, match=r"has no tokenizer.model and model.tokenizer is not set.*"

@@ -42,7 +42,7 @@ def test_shots_k_per_class_never_the_item(tmp_path):
 
 def test_prompt_format_and_label_ranking_on_a_tiny_model(tmp_path):
     from spiritlm.eval.model import CachedEncoder, load_model
-    from spiritlm.eval.scoring import Scorer
+    from spiritlm.components.scoring import Scorer
     from spiritlm.eval.testing import FakeSpeechEncoder, make_tiny_model_dir
 
     model, tok = load_model(make_tiny_model_dir(tmp_path / "model"))

@@ -128,7 +128,7 @@ def test_documents_are_undeduplicated_and_features_stay_aligned(prepared, tmp_pa
 def test_packed_batches_carry_each_position_s_feature(prepared, tmp_path):
     from spiritlm.models.hybrid.spec import feature_table
     from spiritlm.models.hybrid.data import make_hybrid_batches
-    from spiritlm.train.packing import IGNORE
+    from spiritlm.components.packing import IGNORE
 
     cfg = _cfg(prepared, tmp_path)
     table = feature_table(cfg, progress=False)
@@ -149,7 +149,7 @@ def test_packed_batches_carry_each_position_s_feature(prepared, tmp_path):
 def test_fresh_hybrid_is_the_tokens_only_model_and_learns_from_features(prepared, tmp_path, fusion):
     from spiritlm.models.hybrid.model import build_hybrid
     from spiritlm.models.hybrid.spec import feature_table, make_batches
-    from spiritlm.train.metrics import token_losses
+    from spiritlm.components.metrics import token_losses
 
     cfg = _cfg(prepared, tmp_path, f"hybrid.fusion={fusion}")
     hyb = build_hybrid(cfg)
@@ -186,7 +186,7 @@ class _Units:
 def test_scorer_equals_a_hand_computation_and_uses_features(prepared, tmp_path):
     import soundfile as sf
 
-    from spiritlm.eval.scoring import Request
+    from spiritlm.components.scoring import Request
     from spiritlm.models.hybrid.model import build_hybrid
     from spiritlm.models.hybrid.scoring import make_scorer, speech_nll
     from spiritlm.text_tokenizer import SpiritTokenizer

@@ -86,7 +86,7 @@ def _lexical_set(prepared, root):  # noqa: F811
 
 def test_suite_scores_a_hybrid_export_with_its_features(prepared, tmp_path):  # noqa: F811
     from spiritlm.eval.model import CachedEncoder
-    from spiritlm.eval.scoring import Request
+    from spiritlm.components.scoring import Request
     from spiritlm.eval.suite import EvalConfig, run_suite
     from spiritlm.eval.testing import FakeSpeechEncoder
     from spiritlm.models.hybrid.model import load_hybrid

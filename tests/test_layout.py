@@ -23,7 +23,7 @@ def test_repo_root_does_not_shadow_huggingface_tokenizers():
 
 
 def test_cli_help_lists_stages():
-    out = subprocess.run([sys.executable, "-m", "spiritlm.cli", "--help"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "spiritlm", "--help"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "vocab" in out.stdout

@@ -85,7 +85,7 @@ def test_readme_real_data_walkthrough_hands_each_output_to_the_next_step():
     shards (with the fitted tokenizer and a text corpus) -> training sources -> the evaluated model."""
     from spiritlm.config import load_config
     from spiritlm.data.prepare import PrepareConfig
-    from spiritlm.train.config import TrainConfig
+    from spiritlm.components.config import TrainConfig
 
     manifest = _opt(_line("spiritlm", "prepare", "manifest", "librispeech"), "-o")
     align = _line("spiritlm", "prepare", "align")

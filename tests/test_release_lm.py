@@ -70,7 +70,7 @@ def make_release_dir(out: Path, which: str, sp_proto: bytes, rows: int | None = 
 
 
 def _rope_theta(model) -> float:
-    from spiritlm.train.model import rope_theta_of
+    from spiritlm.models.unit_lm.model import rope_theta_of
 
     return rope_theta_of(model.config)
 
@@ -78,7 +78,7 @@ def _rope_theta(model) -> float:
 @pytest.mark.parametrize("which", ["base", "expressive"])
 def test_released_layout_evaluates_and_generates(which, sp_32000, tmp_path):
     from spiritlm.eval.generate import generate
-    from spiritlm.eval.scoring import Request, Scorer
+    from spiritlm.components.scoring import Request, Scorer
 
     d = make_release_dir(tmp_path / which, which, sp_32000)
     model, tok = load_model(d)
@@ -148,7 +148,7 @@ def test_training_continues_from_a_released_checkpoint_and_exports(which, sp_320
 
 
 def test_a_run_configured_for_the_other_layout_is_refused(sp_32000, tmp_path):
-    from spiritlm.train.model import plan_model
+    from spiritlm.models.unit_lm.model import plan_model
     from spiritlm.train.tiny import tiny_config
 
     base = make_release_dir(tmp_path / "base", "base", sp_32000)
@@ -171,7 +171,7 @@ def test_vocabularies_that_fit_no_layout_are_refused(sp_32000, tmp_path):
     d = make_release_dir(tmp_path / "mixed", "expressive", sp_32000, rows=32512)
     with pytest.raises(ModelDirError, match=r"vocab_size=32512 .*needs 32667 ids.*disagree"):
         load_model(d)
-    from spiritlm.train.model import plan_model
+    from spiritlm.models.unit_lm.model import plan_model
     from spiritlm.train.tiny import tiny_config
 
     with pytest.raises(ConfigError, match=r"32512 embedding rows .*expected"):

@@ -212,7 +212,11 @@ def test_bf16_is_explicit():
     assert HubertCfg().dtype == "float32"
     a = HubertFeaturizer(model, 2, device="cpu").features(_noise(16000))
     b = HubertFeaturizer(model, 2, device="cpu", dtype="bfloat16").features(_noise(16000))
-    assert a.shape == b.shape and 0 < np.abs(a - b).max() < 0.5  # bf16 only when asked for
+    # bf16 only when asked for. The bound is relative to the features' scale: on a CPU with native
+    # bf16 (AMX) autocast rounds differently than where bf16 is emulated, and the absolute
+    # difference reached 1.16 on features of a larger scale (measured 2026-12-07; the same on the
+    # commit before this session's changes), failing the former absolute bound of 0.5
+    assert a.shape == b.shape and 0 < np.abs(a - b).max() < 0.5 * max(1.0, float(np.abs(a).max()))
     with pytest.raises(ValueError, match="float32"):
         HubertFeaturizer(model, 2, device="cpu", dtype="float16")
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from spiritlm.models.streaming.data import StreamingBatches, StreamUtt, assign_chunks, chunked_sequence, n_chunks
-from spiritlm.train.packing import IGNORE
+from spiritlm.components.packing import IGNORE
 
 A, EOC = 99, 2  # audio placeholder id, `$`
 

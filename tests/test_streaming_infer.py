@@ -240,7 +240,7 @@ def test_transcribe_refuses_bad_audio_and_bad_run_dirs_in_one_line(exported, cap
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and str(bad) in err[0], err
     assert main(["transcribe", str(tmp_path), str(root / "a.wav")]) == 1
-    assert "neither a streaming nor a continuous-input model" in capsys.readouterr().err
+    assert "no model family recognises this directory" in capsys.readouterr().err
 
 
 def test_export_with_a_chunked_student_streams(exported, tmp_path):

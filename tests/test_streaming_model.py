@@ -48,7 +48,7 @@ def _chunks(sizes):
 def test_window_mask_predicate_and_flex_mask_mod_agree():
     from torch.nn.attention.flex_attention import create_mask
 
-    from spiritlm.train.packing import segment_ids_BT
+    from spiritlm.components.packing import segment_ids_BT
 
     # two packed utterances (positions restart) with chunks of 3, 2, 4 and 2, 3 positions
     pos = torch.tensor([list(range(9)) + list(range(5)) + [0, 1]])

@@ -13,7 +13,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 from spiritlm.config import ConfigError  # noqa: E402
-from spiritlm.train.data import (  # noqa: E402
+from spiritlm.components.mixture import (  # noqa: E402
     DataError,
     MixtureStream,
     ParquetSource,
@@ -124,7 +124,7 @@ def test_ids_outside_model_vocab_rejected(tmp_path):
 
 
 def test_aligned_rows_are_found_from_the_index_or_the_files(tmp_path, monkeypatch):
-    from spiritlm.train import data as data_mod
+    from spiritlm.components import mixture as data_mod
 
     out = tmp_path / "shards"
     _write_shards(out / "aligned", "aligned", n_files=2)

@@ -120,7 +120,7 @@ def test_nonfinite_skip_and_stop(tmp_path, monkeypatch):
 
 
 def test_crash_during_checkpoint_write_keeps_latest(tmp_path, monkeypatch):
-    from spiritlm.train import checkpoint as ckpt
+    from spiritlm.components import checkpoint as ckpt
     from spiritlm.train.trainer import Trainer
 
     t = Trainer(tiny_config(str(tmp_path / "crash"), ["steps=4"]))
@@ -185,7 +185,7 @@ def test_vocab_mismatch_with_shard_metadata(tmp_path):
     table = table.replace_schema_metadata({"spiritlm": json.dumps({"base_vocab_size": 32000, "vocab_size": 32667})})
     pq.write_table(table, d / "part-0.parquet")
     cfg = tiny_config(str(tmp_path / "mm"), [])
-    from spiritlm.train.config import SourceConfig
+    from spiritlm.components.config import SourceConfig
 
     cfg.data.sources = [SourceConfig(name="text", path=str(d))]
     with pytest.raises(ConfigError, match="base_vocab_size=32000"):
@@ -203,7 +203,7 @@ def test_trains_on_parquet_shards_with_interleave_hook(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from spiritlm.train.config import SourceConfig
+    from spiritlm.components.config import SourceConfig
     from spiritlm.train.trainer import Trainer
     from spiritlm.vocab import VocabLayout
 
@@ -251,8 +251,8 @@ def test_cli_trains_on_the_data_stage_aligned_shards(tmp_path):
     from spiritlm.cli import main
     from spiritlm.config import load_config
     from spiritlm.data.prepare import PrepareConfig, prepare_shards
-    from spiritlm.train.config import TrainConfig
-    from spiritlm.train.data import DataError, ParquetSource, make_sources
+    from spiritlm.components.config import TrainConfig
+    from spiritlm.components.mixture import DataError, ParquetSource, make_sources
     from spiritlm.vocab import VocabLayout
 
     c = make_corpus(tmp_path / "corpus", n=8)

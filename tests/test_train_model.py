@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from spiritlm.config import ConfigError  # noqa: E402
-from spiritlm.train.config import ModelConfig, TinyModelConfig  # noqa: E402
-from spiritlm.train.model import build_model, rope_theta_of, tiny_llama_config  # noqa: E402
+from spiritlm.components.config import ModelConfig, TinyModelConfig  # noqa: E402
+from spiritlm.models.unit_lm.model import build_model, rope_theta_of, tiny_llama_config  # noqa: E402
 from spiritlm.vocab import SPIRITLM, VocabLayout  # noqa: E402
 
 TINY = TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,

@@ -57,7 +57,7 @@ def test_two_process_zero_stages(tmp_path):
 
     from transformers import LlamaForCausalLM
 
-    from spiritlm.train.model import tiny_llama_config
+    from spiritlm.models.unit_lm.model import tiny_llama_config
     from spiritlm.train.tiny import tiny_config
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from spiritlm.train.packing import IGNORE, Packer, block_mask_B1TT, segment_ids_BT  # noqa: E402
+from spiritlm.components.packing import IGNORE, Packer, block_mask_B1TT, segment_ids_BT  # noqa: E402
 
 
 def _docs(lengths, start=10):
@@ -151,7 +151,7 @@ def test_each_document_sees_only_itself_on_every_backend(run_attn, recipe_attn, 
     same weights). Prints the max abs error per backend (run with -s to see it)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from spiritlm.train.packing import isolation_plan, packed_inputs
+    from spiritlm.components.packing import isolation_plan, packed_inputs
 
     if run_attn == "flex_attention":
         _eager_flex(monkeypatch)
@@ -195,7 +195,7 @@ def test_flash_attention_gets_one_varlen_row():
     """Under flash_attention_2 the model receives batch 1 (the micro-batch flattened), position
     ids restarting at every document and explicit sequence lengths -- the layout transformers'
     flash path unpacks into separate sequences (it would not split position-id packing at B > 1)."""
-    from spiritlm.train.packing import isolation_plan, packed_inputs
+    from spiritlm.components.packing import isolation_plan, packed_inputs
 
     docs = [{"input_ids": np.arange(10, 10 + n), "kind": "text"} for n in (7, 5, 12, 8, 3, 20, 6)]
     batch = Packer(iter(docs), seq_len=16).next_batch(3)
@@ -217,7 +217,7 @@ def test_flash_attention_gets_one_varlen_row():
 
 def test_backends_that_cannot_isolate_are_refused():
     from spiritlm.config import ConfigError
-    from spiritlm.train.packing import isolation_plan
+    from spiritlm.components.packing import isolation_plan
 
     assert isolation_plan("sdpa", "position_ids") == "position_ids"
     assert isolation_plan("eager", "block_mask") == "block_mask"
@@ -252,11 +252,12 @@ def test_trainer_under_flash_attention_feeds_one_varlen_row(tmp_path, monkeypatc
     installed here: the model runs the reference varlen kernel above): every forward receives a
     single flattened row with the document boundaries, and the losses equal those of the same
     run on sdpa with its block-diagonal mask."""
+    from spiritlm.models.unit_lm import spec as unit_spec
     from spiritlm.train import trainer as trainer_mod
     from spiritlm.train.tiny import tiny_config
 
     _register_varlen_reference()
-    real_build = trainer_mod.build_model
+    real_build = unit_spec.build_model
 
     def build_with_reference_kernel(model_cfg, *a, **k):
         return real_build(dataclasses.replace(model_cfg, attn_implementation=VARLEN_REF), *a, **k)
@@ -270,7 +271,7 @@ def test_trainer_under_flash_attention_feeds_one_varlen_row(tmp_path, monkeypatc
         return [t.train_step()["loss"] for _ in range(2)], seen, t
 
     sdpa_losses, sdpa_seen, _ = run("sdpa", "sdpa")
-    monkeypatch.setattr(trainer_mod, "build_model", build_with_reference_kernel)
+    monkeypatch.setattr(unit_spec, "build_model", build_with_reference_kernel)
     flash_losses, seen, t = run("flash", "flash_attention_2")
     assert t.isolation == "varlen" and len(seen) == 2
     T = t.cfg.data.seq_len
@@ -286,7 +287,7 @@ def test_no_recipe_configures_a_backend_that_mixes_documents():
     import tomllib
     from pathlib import Path
 
-    from spiritlm.train.packing import isolation_plan
+    from spiritlm.components.packing import isolation_plan
 
     recipes = sorted((Path(__file__).resolve().parents[1] / "train").glob("*.toml"))
     assert recipes

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("deepspeed")
 
 from spiritlm.config import load_config  # noqa: E402
-from spiritlm.train.config import TrainConfig, validate_config  # noqa: E402
+from spiritlm.components.config import TrainConfig, validate_config  # noqa: E402
 from spiritlm.train.tiny import tiny_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_zero3_loads_checkpoint_partitioned_and_matches_zero1(tmp_path):
     GatheredParameters; same losses as ZeRO-1 on the same checkpoint."""
     from transformers import LlamaForCausalLM
 
-    from spiritlm.train.model import tiny_llama_config
+    from spiritlm.models.unit_lm.model import tiny_llama_config
     from spiritlm.train.trainer import Trainer
 
     torch.manual_seed(0)

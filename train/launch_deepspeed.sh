@@ -10,6 +10,6 @@ if [[ "${1:-}" =~ ^[0-9]+$ ]]; then NPROC=$1; shift
 else NPROC=$(python -c "import torch; print(max(1, torch.cuda.device_count()))"); fi
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$(pwd)/.torch_extensions}
 if [[ -n "${HOSTFILE:-}" ]]; then
-  exec deepspeed --hostfile "$HOSTFILE" --no_local_rank --module spiritlm.cli train "$RECIPE" "$@"
+  exec deepspeed --hostfile "$HOSTFILE" --no_local_rank --module spiritlm train "$RECIPE" "$@"
 fi
-exec deepspeed --num_gpus "$NPROC" --no_local_rank --module spiritlm.cli train "$RECIPE" "$@"
+exec deepspeed --num_gpus "$NPROC" --no_local_rank --module spiritlm train "$RECIPE" "$@"

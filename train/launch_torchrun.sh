@@ -11,4 +11,4 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$(pwd)/.torch_extensions}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 exec torchrun --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" \
   --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
-  --nproc_per_node "$NPROC" -m spiritlm.cli train "$RECIPE" "$@"
+  --nproc_per_node "$NPROC" -m spiritlm train "$RECIPE" "$@"

@@ -1,1 +1,31 @@
-"""Small CLI commands that belong to no single stage (vocabulary, corpus, bench, demo)."""
+"""Every command of the ``spiritlm`` script: ``<name>_cmd.py`` with ``register(subparsers)``; the
+recipe arguments every configurable command shares (``add_recipe_args``, ``recipe_overrides``)."""
+
+import argparse  # noqa: E402
+
+
+def add_recipe_args(p: argparse.ArgumentParser, recipe_required: bool = False, out_key: str | None = None) -> None:
+    """The common ``RECIPE`` + ``--set key=value`` pair every configurable command takes; with
+    ``out_key``, also ``--out DIR`` as a shorthand for ``--set <out_key>=DIR``."""
+    p.add_argument(
+        "recipe",
+        nargs=None if recipe_required else "?",
+        help="recipe file (.toml/.yaml) mapping onto the command's config dataclass",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set seed=3 --set model.n_layers=2 (repeatable)",
+    )
+    if out_key:
+        p.add_argument("--out", help=f"output directory (same as --set {out_key}=...)")
+        p.set_defaults(out_key=out_key)
+
+
+def recipe_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides plus the one ``--out`` stands for, in that order."""
+    out = getattr(args, "out", None)
+    return list(args.overrides) + ([f"{args.out_key}={out}"] if out and getattr(args, "out_key", None) else [])

@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "machine loaded by others: counts the work, not the waits for a core)")
     p.add_argument("--world", type=int, default=1,
                    help="train: processes (2: ours on DeepSpeed ZeRO-1 vs HF Trainer's DDP, half the cores each)")
+    p.add_argument("--model", default=None, help="eval: a checkpoint dir (HF LLaMA) instead of the tiny random one")
+    p.add_argument("--device", default=None, help="eval: cpu | cuda | auto (default auto)")
     p.set_defaults(func=_run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from spiritlm.cli import add_recipe_args, recipe_overrides
+from spiritlm.commands import add_recipe_args, recipe_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:

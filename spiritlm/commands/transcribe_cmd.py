@@ -35,23 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(run_dir: str):
-    """-> ("streaming" | "continuous", model)."""
-    from spiritlm.config import ConfigError
-    from spiritlm.models.streaming.model import STREAMING_FILE, load_streaming
+    """-> (spec, model): the family from its own marker file, refused unless it transcribes."""
+    from spiritlm.models import locate_model, require
 
-    d = Path(run_dir)
-    if not d.exists():
-        raise FileNotFoundError(f"{d}: no such run dir")
-    if (d / STREAMING_FILE).is_file() or (d / "hf" / STREAMING_FILE).is_file():
-        return "streaming", load_streaming(d)
-    for e in (d, d / "hf"):
-        if (e / "continuous.json").is_file():
-            from spiritlm.models.continuous.model import load_continuous
-
-            return "continuous", load_continuous(e)
-    raise ConfigError(f"{d}: neither a streaming nor a continuous-input model (no {STREAMING_FILE} or "
-                      "continuous.json in it or its hf/); point at the run dir of a `spiritlm train` with a "
-                      "train/streaming_*.toml or train/continuous_*.toml recipe")
+    spec, d = locate_model(run_dir)
+    require(spec, "transcribe", run_dir)
+    model, _tokenizer = spec.load(d, "cpu", None)
+    return spec, model
 
 
 def _run(args) -> int:
@@ -61,35 +51,31 @@ def _run(args) -> int:
         if not Path(args.audio).exists():
             raise AudioError(args.audio, "file not found")
         probe_audio(args.audio)
-    kind, model = _load(args.run_dir)
-    if args.stream:
-        if kind != "streaming":
-            from spiritlm.config import ConfigError
+    if args.stream:  # refused before the model loads
+        from spiritlm.models import locate_model, require
 
-            raise ConfigError(f"{args.run_dir} is a continuous-input model: it reads the whole utterance before it "
-                              "writes; transcribe it without --stream, or train a streaming model (train/streaming_*.toml)")
-        res = _stream(model, args)
-    else:
-        res = _offline(kind, model, args)
+        require(locate_model(args.run_dir)[0], "stream", args.run_dir)
+    spec, model = _load(args.run_dir)
+    res = _stream(spec, model, args) if args.stream else _offline(spec, model, args)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0
 
 
-def _stream(model, args) -> dict:
-    from spiritlm.models.streaming.infer import audio_blocks, transcribe_blocks
+def _stream(spec, model, args) -> dict:
+    from spiritlm.audio_blocks import audio_blocks
 
     block = max(1, int(16000 * args.block_ms / 1000))
     rows, t0 = [], time.perf_counter()
-    print(f"streaming: chunks of {model.scfg.chunk_s:g} s, decoder window "
-          f"{model.scfg.window if args.window is None else args.window} chunk(s), encoder left context "
-          f"{model.encoder.left_chunks} chunk(s)", file=sys.stderr, flush=True)
-    for r in transcribe_blocks(model, audio_blocks(args.audio, block), args.window, args.max_chunk_tokens):
+    header, chunks, transcript = spec.stream(model, audio_blocks(args.audio, block), args.window,
+                                             args.max_chunk_tokens)
+    print(header, file=sys.stderr, flush=True)
+    for r in chunks:
         rows.append(r)
         print(f"[chunk {r.index:4d} {r.start_s:8.2f}-{r.end_s:7.2f} s | {1000 * r.compute_s:7.1f} ms, RTF "
               f"{r.rtf:5.3f}, state {r.state_bytes / 1024:7.1f} KiB] {r.text.strip()}", flush=True)
     wall = time.perf_counter() - t0
-    text = model.tok.decode([t for r in rows for t in r.tokens])
+    text = transcript(rows)
     audio_s = rows[-1].end_s if rows else 0.0
     compute = [r.compute_s for r in rows]
     summary = {"mode": "stream", "text": text, "chunks": len(rows), "audio_s": audio_s, "wall_s": wall,
@@ -109,10 +95,10 @@ def _stream(model, args) -> dict:
     return summary
 
 
-def _offline(kind: str, model, args) -> dict:
+def _offline(spec, model, args) -> dict:
     import numpy as np
 
-    from spiritlm.models.streaming.infer import audio_blocks
+    from spiritlm.audio_blocks import audio_blocks
 
     wav = np.concatenate(list(audio_blocks(args.audio, 1 << 16)))  # the same readers and checks as --stream
     if model.frames_for(wav.size) < 1:
@@ -121,20 +107,11 @@ def _offline(kind: str, model, args) -> dict:
         raise AudioError(str(args.audio), f"too short: {wav.size} samples give no projected frame")
     seconds = wav.size / 16000
     t0 = time.perf_counter()
-    if kind == "streaming":
-        from spiritlm.models.streaming.infer import transcribe_offline
-
-        text, chunks = transcribe_offline(model, wav, args.window, args.max_chunk_tokens)
-        extra = {"chunks": len(chunks)}
-    else:
-        from spiritlm.eval.asr import transcribe
-
-        budget = args.max_new_tokens or max(64, int(8 * seconds))
-        text = transcribe(model, [wav], batch_size=1, max_new_tokens=budget)[0]
-        extra = {"max_new_tokens": budget}
+    text, extra = spec.transcribe(model, wav, window=args.window, max_chunk_tokens=args.max_chunk_tokens,
+                                  max_new_tokens=args.max_new_tokens)
     dt = time.perf_counter() - t0
     print(text, flush=True)
-    print(f"summary: {seconds:.2f} s of audio, {kind} model, whole utterance; compute {dt:.2f} s (RTF "
+    print(f"summary: {seconds:.2f} s of audio, {spec.name} model, whole utterance; compute {dt:.2f} s (RTF "
           f"{dt / seconds:.3f})", file=sys.stderr, flush=True)
-    return {"mode": "offline", "model": kind, "text": text, "audio_s": seconds, "compute_s": dt,
+    return {"mode": "offline", "model": spec.name, "text": text, "audio_s": seconds, "compute_s": dt,
             "rtf": dt / seconds, **extra}

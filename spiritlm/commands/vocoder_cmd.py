@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from spiritlm.cli import add_recipe_args
+    from spiritlm.commands import add_recipe_args
 
     p = sub.add_parser("vocoder", help="unit HiFi-GAN vocoder: train one, or decode units to a wav")
     vsub = p.add_subparsers(dest="vocoder_command", metavar="ACTION", required=True)
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _fit(args) -> int:
-    from spiritlm.cli import recipe_overrides
+    from spiritlm.commands import recipe_overrides
     from spiritlm.config import load_config
     from spiritlm.vocoder.fit import VocoderFitConfig, fit_vocoder
 
@@ -75,7 +75,7 @@ def _fit(args) -> int:
 
 
 def _diagnose(args) -> int:
-    from spiritlm.cli import recipe_overrides
+    from spiritlm.commands import recipe_overrides
     from spiritlm.config import load_config
     from spiritlm.vocoder.fit import VocoderFitConfig
     from spiritlm.vocoder.measure import diagnose

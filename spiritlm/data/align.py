@@ -480,22 +480,17 @@ def _boundary_report(name: str, n: int, failed: dict, errs: list[float]) -> dict
             "within_50ms": round(float((e <= 50).mean()), 4) if e.size else None}
 
 
-def main_measure(manifest: str, limit: int = 200, out: str | None = None) -> dict:
-    """Script entry: ``python -m spiritlm.data.align MANIFEST [LIMIT]`` prints the JSON report."""
+def measure_manifest(manifest: str, limit: int = 200, out: str | None = None) -> dict:
+    """pocketsphinx's word boundary errors on the first ``limit`` utterances of ``manifest`` that
+    have reference word times (``spiritlm prepare measure-aligner MANIFEST [--limit N]``)."""
     from spiritlm.manifest import read_manifest
 
     rep = measure_aligner(read_manifest(manifest), Path(manifest).parent, PocketsphinxAligner(), limit)
     if rep["utterances"] == 0:
-        raise SystemExit(f"{manifest}: no utterance has reference word times, so there is nothing to "
+        raise ValueError(f"{manifest}: no utterance has reference word times, so there is nothing to "
                          "measure the aligner against; use a manifest with words (the demo corpus has "
                          "the synthesizer's exact times)")
     if out:
         Path(out).write_text(json.dumps(rep, indent=2) + "\n")
     return rep
 
-
-if __name__ == "__main__":
-    import sys
-
-    print(json.dumps(main_measure(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 200),
-                     indent=2))

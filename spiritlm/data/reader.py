@@ -154,7 +154,7 @@ def _is_data_stage_shard(f: Path) -> bool:
 
 def interleave_fn_for(source, interleave: InterleaveConfig | None = None,
                       aligned_as: str = "interleave"):
-    """``fn(record, seed, epoch) -> ids`` for ``spiritlm.train.data.ParquetSource``'s
+    """``fn(record, seed, epoch) -> ids`` for ``spiritlm.components.mixture.ParquetSource``'s
     ``interleave_fn``: rows of any kind; ``aligned`` rows are interleaved afresh (resampled per
     (record id, seed, epoch)) or, with ``aligned_as`` = "speech"/"text"/"asr"/"tts", turned into
     that single-modality or parallel form (the paper's no-interleaving ablation reads them as

@@ -4,7 +4,7 @@ Modules (import what you need; nothing heavy is imported here):
 
 * :mod:`spiritlm.eval.model` -- ``load_model(dir) -> (model, SpiritTokenizer)`` with the
   speech-vocabulary check; the ``SpeechEncoder`` protocol and ``CachedEncoder``.
-* :mod:`spiritlm.eval.scoring` -- ``Scorer(model, tok, encoder).score([Request(ctx, cont)])``:
+* :mod:`spiritlm.components.scoring` -- ``Scorer(model, tok, encoder).score([Request(ctx, cont)])``:
   batched, shared-context log-likelihoods (``Score.logprob``, ``n_tokens``, ``mean``).
 * :mod:`spiritlm.eval.zerospeech` -- sWUGGY / sBLIMP (+ text versions, submission writer).
 * :mod:`spiritlm.eval.storycloze` -- StoryCloze / Topic-StoryCloze in T, S, T->S, S->T.

@@ -9,8 +9,9 @@ Decoding runs HF ``generate`` on ``inputs_embeds``: the prompt is the utterance'
 embeddings placed as in training (``[audio] <BOS>`` or ``<BOS> [audio]``), left-padded with an
 attention mask so a batch decodes like each prompt alone (tested), and stops at ``<EOS>``.
 WER: references and hypotheses are normalised as the unit model's few-shot ASR does
-(``spiritlm.eval.fewshot.normalize_text``), then ``jiwer.process_words`` counts substitutions,
-deletions and insertions over the whole set (corpus WER, not a mean of utterance WERs).
+(``spiritlm.eval.fewshot.normalize_text``), then :func:`spiritlm.stats.wer` (jiwer) counts
+substitutions, deletions and insertions over the whole set (corpus WER, not a mean of utterance
+WERs; empty text by that module's one rule).
 """
 
 from __future__ import annotations
@@ -21,24 +22,17 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from spiritlm import stats
 from spiritlm.eval.fewshot import normalize_text  # the unit model's few-shot ASR normalises the same way
 
 
 def wer(refs: Sequence[str], hyps: Sequence[str]) -> dict:
-    """Corpus WER of normalised texts: {"wer", "substitutions", "deletions", "insertions", "words"}."""
-    import jiwer
-
+    """Corpus WER of normalised texts: {"wer", "substitutions", "deletions", "insertions", "words"}
+    (:func:`spiritlm.stats.wer`: an empty reference's hypothesis words count as insertions, an
+    empty hypothesis deletes its reference; no reference words at all: ``wer`` is NaN)."""
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    r = [normalize_text(x) for x in refs]
-    h = [normalize_text(x) for x in hyps]
-    keep = [i for i, x in enumerate(r) if x]  # jiwer rejects empty references
-    if not keep:
-        raise ValueError("every reference is empty after normalisation: nothing to score")
-    out = jiwer.process_words([r[i] for i in keep], [h[i] for i in keep])
-    n = out.hits + out.substitutions + out.deletions
-    return {"wer": out.wer, "substitutions": out.substitutions, "deletions": out.deletions,
-            "insertions": out.insertions, "words": n}
+    return stats.wer([normalize_text(x) for x in refs], [normalize_text(x) for x in hyps])
 
 
 def _prompt(model, emb_NH: torch.Tensor) -> torch.Tensor:
@@ -149,7 +143,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

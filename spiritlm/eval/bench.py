@@ -55,7 +55,7 @@ def bench_eval(model_dir: str | Path | None = None, device: str = "cpu", dtype: 
 
     from spiritlm.bench_harness import Side, run_sides
     from spiritlm.eval.model import load_model, resolve_device
-    from spiritlm.eval.scoring import Scorer
+    from spiritlm.components.scoring import Scorer
 
     device = resolve_device(device)
     if model_dir is None:
@@ -108,19 +108,12 @@ def bench_eval(model_dir: str | Path | None = None, device: str = "cpu", dtype: 
 
 
 def main(args=None) -> int:
-    """``spiritlm bench eval``: tiny random model on this machine's default device."""
-    r = bench_eval(device="auto", rounds=getattr(args, "rounds", None), min_round_s=getattr(args, "min_round_s", None),
-                   verbose=True)
+    """``spiritlm bench eval [--model DIR] [--device D]``: a tiny random model (or ``--model``) on
+    this machine's default device (or ``--device``)."""
+    r = bench_eval(model_dir=getattr(args, "model", None), device=getattr(args, "device", None) or "auto",
+                   rounds=getattr(args, "rounds", None), min_round_s=getattr(args, "min_round_s", None), verbose=True)
     print(f"  max |log-prob difference| batched vs one at a time {r['max_abs_logprob_diff']:.2e}, vs pack_all "
           f"{r['max_abs_logprob_diff_pack_all']:.2e}; context tokens not recomputed per pass: "
           f"{r['context_tokens_saved']}")
     return 0
 
-
-if __name__ == "__main__":  # python -m spiritlm.eval.bench [model_dir] [device]
-    import json
-    import sys
-
-    r = bench_eval(*(sys.argv[1:3]), verbose=True)
-    r.pop("measurement")
-    print(json.dumps(r, indent=2))

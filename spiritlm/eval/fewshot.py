@@ -7,7 +7,7 @@ Data: a JSONL manifest, one utterance per line with ``audio_path`` (or ``wav_pat
 * ASR prompt: ``[Speech]<units_1>[Text] transcript_1\\n ... [Speech]<units>[Text]`` -> greedy text
   (ended by EOS, by a ``[Speech]`` marker -- the next shot, as the prompt taught -- or cut at
   the first newline), scored by corpus WER after normalisation (lower-case, punctuation
-  removed, whitespace collapsed) with ``jiwer``.
+  removed, whitespace collapsed) with :func:`spiritlm.stats.wer` (``jiwer``; empty text by its rule).
 * TTS prompt: ``[Text] text_1[Speech]<units_1> ... [Text] text[Speech]`` -> speech tokens (ended
   by EOS or a ``[Text]`` marker) ->
   ``vocoder(units) -> wav`` -> ``asr(wav) -> text`` -> corpus CER and WER. Both hooks are
@@ -20,34 +20,25 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 from typing import Callable
 
+from spiritlm import stats
 from spiritlm.eval.generate import generate_batch, output_speech_ids, output_text, vocode_ids
 from spiritlm.eval.zerospeech import LayoutError
 
 
-def normalize_text(s: str) -> str:
-    s = s.lower().replace("’", "'")
-    s = re.sub(r"[^a-z0-9' ]+", " ", s)
-    return re.sub(r"\s+", " ", s).strip()
+normalize_text = stats.normalize_text  # the one ASR normalisation (spiritlm.stats)
 
 
 def wer(refs: list[str], hyps: list[str]) -> float:
-    import jiwer
-
-    refs = [normalize_text(r) for r in refs]
-    hyps = [normalize_text(h) or "<empty>" for h in hyps]
-    return float(jiwer.wer(refs, hyps))
+    """Corpus WER of normalised texts (:func:`spiritlm.stats.wer`; NaN with no reference words)."""
+    return float(stats.wer([normalize_text(r) for r in refs], [normalize_text(h) for h in hyps])["wer"])
 
 
 def cer(refs: list[str], hyps: list[str]) -> float:
-    import jiwer
-
-    refs = [normalize_text(r) for r in refs]
-    hyps = [normalize_text(h) or "_" for h in hyps]
-    return float(jiwer.cer(refs, hyps))
+    """Corpus CER of normalised texts (:func:`spiritlm.stats.cer`, the same empty-text rule)."""
+    return float(stats.cer([normalize_text(r) for r in refs], [normalize_text(h) for h in hyps])["cer"])
 
 
 def read_utterances(path: Path) -> list[dict]:

@@ -97,7 +97,7 @@ def pick_shots(pool: list[dict], item: dict, labels: list[str], k: int, rng: ran
 
 def run_speech_cls(cfg: SpeechClsConfig, manifest: Path, shots_manifest: Path | None, scorer) -> dict:
     """Accuracy of the label ranking over the test manifest (+ per class, chance, items)."""
-    from spiritlm.eval.scoring import Request
+    from spiritlm.components.scoring import Request
 
     test = read_cls_manifest(manifest)[: cfg.max_items or None]
     pool = read_cls_manifest(shots_manifest) if shots_manifest else read_cls_manifest(manifest)

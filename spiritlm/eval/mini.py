@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spiritlm import stats
 from spiritlm.eval.mini_synth import Job, SynthPool
 
 log = logging.getLogger(__name__)
@@ -293,8 +294,6 @@ def ending_length_balance(task_root: str | Path) -> dict:
     one, so none is expected."""
     import soundfile as sf
 
-    from spiritlm.eval.report import mcnemar_exact
-
     root = Path(task_root)
     with open(root / "text.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -314,5 +313,5 @@ def ending_length_balance(task_root: str | Path) -> dict:
         ties = len(pairs) - shorter_right - longer_right
         out[name] = {"correct_mean": float(pairs[:, 0].mean()), "incorrect_mean": float(pairs[:, 1].mean()),
                      "shorter_is_right": (shorter_right + 0.5 * ties) / len(pairs),
-                     "p": mcnemar_exact(shorter_right, longer_right)}
+                     "p": stats.binomial_test(shorter_right, shorter_right + longer_right, 0.5)}
     return out

@@ -18,6 +18,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from spiritlm import stats
+
 TABLE4 = [("swuggy", "WUGGY", ("T", "S")), ("sblimp", "BLIMP", ("T", "S")),
           ("topic_storycloze", "Topic-StoryCloze", ("T", "S", "T2S", "S2T")),
           ("storycloze", "StoryCloze", ("T", "S", "T2S", "S2T"))]
@@ -174,13 +176,9 @@ def read_items(path: Path) -> list[dict]:
 
 
 def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts b (A right only), c (B right only)."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-    return min(1.0, 2 * tail)
+    """Two-sided exact McNemar p-value from the discordant counts b (A right only), c (B right only)
+    (:func:`spiritlm.stats.mcnemar_exact`)."""
+    return stats.mcnemar_exact(b, c)
 
 
 def _as_runs(items: Sequence) -> list[list[dict]]:
@@ -188,15 +186,9 @@ def _as_runs(items: Sequence) -> list[list[dict]]:
 
 
 def sign_flip_p(diffs: np.ndarray, n_perm: int = 20000, seed: int = 0) -> float:
-    """Two-sided paired sign-flip (permutation) test of mean(diffs) = 0, Monte Carlo, seeded."""
-    d = np.asarray(diffs, dtype=np.float64)
-    d = d[d != 0]
-    if d.size == 0:
-        return 1.0
-    rng = np.random.default_rng(seed)
-    signs = rng.integers(0, 2, size=(n_perm, d.size), dtype=np.int8) * 2 - 1
-    null = np.abs(signs @ d)
-    return float((1 + np.count_nonzero(null >= abs(d.sum()) - 1e-9)) / (1 + n_perm))
+    """Two-sided paired sign-flip (permutation) test of mean(diffs) = 0, Monte Carlo, seeded
+    (:func:`spiritlm.stats.sign_flip_test`)."""
+    return stats.sign_flip_test(diffs, n_perm=n_perm, rng=seed)
 
 
 # Tasks scored as a choice between two candidates, where 50% is chance. (STSP is three-way.)
@@ -212,8 +204,7 @@ def chance_p(scores: np.ndarray, binary: bool, seed: int = 0) -> float:
     """
     s = np.asarray(scores, dtype=np.float64)
     if binary:
-        k = int(np.count_nonzero(s == 1.0))
-        return mcnemar_exact(k, s.size - k)
+        return stats.binomial_test(int(np.count_nonzero(s == 1.0)), s.size, 0.5)
     return sign_flip_p(s - 0.5, seed=seed)
 
 
@@ -244,11 +235,10 @@ def paired_compare(items_a: Sequence, items_b: Sequence, n_boot: int = 2000, see
         b_kr = np.array([[m[k] for m in maps_b] for k in keys], dtype=np.float64)
         a, b = a_kr.mean(1), b_kr.mean(1)
         d = a - b
-        boots = np.sort(d[rng.integers(0, n, size=(n_boot, n))].mean(1)).tolist()
         binary = single and set(np.unique(np.concatenate([a, b]))) <= {0.0, 1.0}
         bb, cc = int(np.count_nonzero(d > 0)), int(np.count_nonzero(d < 0))
         r = {"n": n, "runs": [len(runs_a), len(runs_b)], "acc_a": float(a.mean()), "acc_b": float(b.mean()),
-             "diff": float(d.mean()), "ci95": [boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]],
+             "diff": float(d.mean()), "ci95": list(stats.paired_bootstrap_ci(a, b, n_boot=n_boot, rng=rng)),
              "a_only": bb, "b_only": cc}
         if binary:
             r["p"] = r["mcnemar_p"] = mcnemar_exact(bb, cc)
@@ -297,13 +287,9 @@ def comparison_markdown(cmp: Mapping, name_a: str = "A", name_b: str = "B") -> s
 
 
 def holm(ps: Sequence[float]) -> list[float]:
-    """Holm-adjusted p-values (step-down, family-wise error) in the order given."""
-    order = sorted(range(len(ps)), key=lambda i: ps[i])
-    out, run = [0.0] * len(ps), 0.0
-    for rank, i in enumerate(order):
-        run = max(run, min(1.0, (len(ps) - rank) * ps[i]))
-        out[i] = run
-    return out
+    """Holm-adjusted p-values (step-down, family-wise error) in the order given
+    (:func:`spiritlm.stats.holm`)."""
+    return stats.holm(ps)
 
 
 def transfer_check(cmp: Mapping, name_a: str, name_b: str, task: str = "topic_storycloze",

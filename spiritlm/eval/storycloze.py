@@ -23,7 +23,7 @@ import json
 import re
 from pathlib import Path
 
-from spiritlm.eval.scoring import Request, pair_score
+from spiritlm.components.scoring import Request, pair_score
 from spiritlm.eval.zerospeech import LayoutError
 
 SPEECH_RE = re.compile(r"^(\d+)_(.+)_(correct|incorrect)\.wav$")

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from spiritlm.config import save_config
+from spiritlm.config import ConfigError, save_config
 from spiritlm.eval.fewshot_cls import SpeechClsConfig
 from spiritlm.eval.harness import HarnessConfig
 from spiritlm.eval.zerospeech import SubmissionMeta
+from spiritlm.models import locate_model, model_spec
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +168,21 @@ def mark_in_progress(out: Path) -> None:
         "rerun `spiritlm eval` with this config.yaml. An earlier run's results are in previous/\n")
 
 
-def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict:
-    """Run every configured task; write the report. ``model``/``tokenizer``/``encoder`` may be
-    passed in (the demo does) instead of being loaded from ``cfg.model``/``cfg.speech_encoder``."""
-    from spiritlm.eval.model import (CachedEncoder, StaleUnitsError, encoder_identity, load_model,
+class _NoScorer:
+    """Where a family scores nothing (it may still transcribe): the report's scorer fields stay empty."""
+
+    progress_desc = ""
+    stats = type("Stats", (), {})()
+
+
+def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None, spec=None) -> dict:
+    """Run every configured task the model's family can do; write the report. ``model`` /
+    ``tokenizer`` / ``encoder`` may be passed in (the demo does) instead of being loaded from
+    ``cfg.model`` / ``cfg.speech_encoder``; ``spec`` is then the model's family (default: the unit
+    LM). A task or setting the family's capabilities exclude is skipped, and the report says why."""
+    from spiritlm.eval.model import (CachedEncoder, StaleUnitsError, encoder_identity,
                                      load_speech_encoder, resolve_device)
     from spiritlm.eval.report import write_report
-    from spiritlm.eval.scoring import Scorer
 
     root = Path(cfg.data_root)
     name = cfg.name or (_model_name(Path(cfg.model)) if cfg.model else "model")
@@ -187,16 +196,14 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
     if model is None:
         if not cfg.model:
             raise ValueError("no model: pass --model DIR (a checkpoint directory) or set model= in the recipe")
-        if (Path(cfg.model) / "continuous.json").is_file():  # a continuous-input model (spiritlm.models)
-            from spiritlm.models.continuous.model import load_continuous
-
-            model, tokenizer = load_continuous(cfg.model, resolve_device(cfg.device)), None
-        elif (Path(cfg.model) / "hybrid.json").is_file():  # a hybrid-input model (spiritlm.models.hybrid)
-            from spiritlm.models.hybrid.model import load_hybrid
-
-            model, tokenizer = load_hybrid(cfg.model, resolve_device(cfg.device))
-        else:
-            model, tokenizer = load_model(cfg.model, resolve_device(cfg.device), cfg.dtype)
+        spec, model_dir = locate_model(cfg.model)  # the family, from its own marker file
+        if spec.scorer is None and spec.asr is None:
+            raise ConfigError(f"{cfg.model}: a {spec.name} model offers no evaluation task of this suite "
+                              f"({spec.description}); evaluate it with the commands its family offers")
+        model, tokenizer = spec.load(model_dir, resolve_device(cfg.device), cfg.dtype)
+    spec = spec or model_spec("unit_lm")
+    caps = spec.capabilities
+    skipped: dict[str, str] = {}  # "task/setting" -> why the family cannot run it
     if encoder is None:
         encoder = load_speech_encoder(cfg.speech_encoder, cfg.speech_encoder_args)
     elif not isinstance(encoder, CachedEncoder):
@@ -215,18 +222,15 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
             log.warning("units file %s unreadable (%s: %s): the audio is encoded again and the file "
                         "replaced", units_cache, type(e).__name__, e)
     sc = cfg.scoring
-    # a continuous-input model reads speech as audio embeddings and writes only text: the same
-    # items, scored through its own scorer; settings with a speech continuation are skipped
-    continuous = hasattr(model, "audio_embeddings")
-    if continuous:
-        from spiritlm.models.continuous.scoring import ContinuousScorer
+    # the family's scorer: the same items for every family (a continuous model reads speech as
+    # audio embeddings, a hybrid one adds its features at the speech frames)
+    scorer = spec.scorer(model, tokenizer, encoder, sc, cfg) if spec.scorer is not None else _NoScorer()
 
-        scorer = ContinuousScorer(model)
-    elif hasattr(model, "make_scorer"):
-        scorer = model.make_scorer(tokenizer, encoder, sc)  # hybrid input: its features at speech frames
-    else:
-        scorer = Scorer(model, tokenizer, encoder, cfg.has_pitch, cfg.has_style, sc.batch_tokens,
-                        sc.max_row_tokens, sc.share_context)
+    def allowed(task: str, setting: str) -> bool:
+        if caps.can_score(task, setting):
+            return True
+        skipped[f"{task}/{setting}"] = caps.why_not(spec.name, task, setting)
+        return False
     p = lambda s: (root / s) if s else None  # noqa: E731
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
@@ -242,7 +246,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                     continue
                 for split in zs.splits:
                     for mod in zs.modalities:
-                        if continuous and mod == "S":
+                        if not allowed(task, mod):
                             continue
                         t = time.perf_counter()
                         scorer.progress_desc = f"{task}/{mod}"
@@ -261,7 +265,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
 
             for s in c.settings:
                 src = {"T": c.text or c.cross, "S": c.speech, "T2S": c.cross, "S2T": c.cross}[s]
-                if not src or (continuous and s in ("S", "T2S")):
+                if not src or not allowed(task, s):
                     continue
                 t = time.perf_counter()
                 scorer.progress_desc = f"{task}/{s}"
@@ -270,7 +274,9 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                 results.setdefault(task, {})[s] = res
                 timings[f"{task}/{s}"] = time.perf_counter() - t
         st = cfg.stsp
-        generates = not continuous and not hasattr(model, "make_scorer")  # hybrid: no generation yet
+        generates = caps.generate and caps.speech_out  # STSP, few-shot ASR/TTS prompt the model to write
+        if st.manifest and not generates:
+            skipped["stsp"] = f"the {spec.name} family does not generate speech"
         if st.manifest and generates:
             from spiritlm.eval.stsp import run_stsp
 
@@ -285,16 +291,16 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                     voc, cfg.has_pitch, cfg.has_style, st.seed, max_items=st.max_items)
                 timings[f"stsp/{s}"] = time.perf_counter() - t
         fc = cfg.fewshot
-        if fc.asr_manifest and continuous:  # zero-shot: the model is trained to transcribe
-            from spiritlm.eval.asr import evaluate_asr
+        if fc.asr_manifest and not generates and spec.asr is not None:  # zero-shot: trained to transcribe
             from spiritlm.eval.fewshot import read_utterances
 
             t = time.perf_counter()
             test = read_utterances(p(fc.asr_manifest))[: fc.max_items or None]  # the unit model's items
-            res = evaluate_asr(model, [(u["id"], str(u["wav"]), u["text"]) for u in test],
-                               max_new_tokens=fc.asr_max_new_tokens)
+            res = spec.asr(model, [(u["id"], str(u["wav"]), u["text"]) for u in test], fc.asr_max_new_tokens)
             results["asr"] = {"ASR": {**res, "task": "asr", "shots": 0, "complete": True}}
             timings["asr"] = time.perf_counter() - t
+        elif fc.asr_manifest and not generates:
+            skipped["asr"] = f"the {spec.name} family neither generates nor transcribes"
         elif fc.asr_manifest and generates:
             from spiritlm.eval.fewshot import run_asr
 
@@ -303,6 +309,8 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                                              p(fc.shots_manifest), fc.n_shots, fc.asr_max_new_tokens, fc.seed,
                                              fc.max_items, cfg.has_pitch, cfg.has_style)}
             timings["asr"] = time.perf_counter() - t
+        if fc.tts_manifest and not generates:
+            skipped["tts"] = f"the {spec.name} family does not generate speech"
         if fc.tts_manifest and generates:
             from spiritlm.eval.fewshot import run_tts
 
@@ -312,7 +320,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
                                              fc.n_shots, seed=fc.seed, max_items=fc.max_items,
                                              has_pitch=cfg.has_pitch, has_style=cfg.has_style)}
         cc = cfg.speech_cls
-        if cc.manifest and not continuous:
+        if cc.manifest and allowed("speech_cls", "S"):
             from spiritlm.eval.fewshot_cls import build_mini_speech_cls, run_speech_cls
 
             t = time.perf_counter()
@@ -335,6 +343,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None) -> dict
         raise
     finally:
         extra = {"status": "complete" if error is None else f"INCOMPLETE ({error})", "timings_s": timings,
+                 "family": spec.name, "skipped": skipped,
                  "scorer": vars(scorer.stats), "normalize": sc.normalize,
                  "speech_files_encoded": encoder.calls if encoder is not None else 0}
         # what was encoded stays valid, even when a task failed; nothing new, nothing to write

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import yaml
 
-from spiritlm.eval.scoring import Request, Score, pair_score
+from spiritlm.components.scoring import Request, Score, pair_score
 
 LEXICAL_COLUMNS = ("id", "filename", "voice", "frequency", "word", "correct")
 SYNTACTIC_COLUMNS = ("id", "filename", "voice", "type", "subtype", "transcription", "correct")

@@ -4,13 +4,15 @@
     from spiritlm.train import TrainConfig, train
     run_dir = train(load_config(TrainConfig, "train/tiny_cpu.toml", ["steps=20"]))
 
-Modules: ``config`` (dataclasses), ``model`` (load/extend LLaMA), ``data`` (sources, mixture,
-Parquet schema), ``packing``, ``engine`` (DeepSpeed JSON, process setup, LR schedule),
-``trainer`` (the loop), ``checkpoint`` (atomic save/resume, HF export), ``metrics``, ``bench``,
-``cli``. Heavy imports (torch, deepspeed) happen only when ``train``/``Trainer`` are used.
+The trainer receives a model family's ``ModelSpec`` (``spiritlm.models``) and never names a
+family. Modules: ``engine`` (DeepSpeed JSON, process setup, LR schedule), ``trainer`` (the loop),
+``tiny`` (the tests' tiny config), ``bench``/``bench_mfu``. What every family shares (the recipe
+dataclasses, mixture, packing, checkpoints, metrics) is in ``spiritlm.components``; the unit LM is
+the family ``spiritlm.models.unit_lm``. Heavy imports (torch, deepspeed) happen only when
+``train``/``Trainer`` are used.
 """
 
-from spiritlm.train.config import TrainConfig
+from spiritlm.components.config import TrainConfig
 
 
 def train(cfg, **kwargs):

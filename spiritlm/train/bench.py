@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from spiritlm.train.packing import IGNORE
+from spiritlm.components.packing import IGNORE
 
 # the demo's model (DemoConfig.train_overrides) and one with ~10x its non-embedding parameters
 SIZES = {
@@ -185,9 +185,9 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
     import torch.distributed as dist
 
     from spiritlm.bench_harness import Side, matmul_peak, run_sides
-    from spiritlm.train.data import MixtureStream, make_sources
-    from spiritlm.train.model import build_model
-    from spiritlm.train.packing import Packer
+    from spiritlm.components.mixture import MixtureStream, make_sources
+    from spiritlm.models.unit_lm.model import build_model
+    from spiritlm.components.packing import Packer
     from spiritlm.train.tiny import tiny_config
     from spiritlm.train.trainer import Trainer
 
@@ -358,6 +358,3 @@ def bench_precision(steps: int | None = None, warmup: int = 3, verbose: bool = T
                                            f"{out['bf16_last_loss']:.4f}"), flush=True)
     return out
 
-
-if __name__ == "__main__":
-    bench_train(size="demo")

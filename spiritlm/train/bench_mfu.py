@@ -35,7 +35,7 @@ TOY = {"hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2, "num
 
 def fastest_safe_backend(device_type: str) -> str:
     """The fastest attention backend installed here that keeps packed documents apart
-    (``spiritlm.train.packing.isolation_plan``): flash-attn's varlen kernel, else FlexAttention
+    (``spiritlm.components.packing.isolation_plan``): flash-attn's varlen kernel, else FlexAttention
     with a document mask (CUDA only: no backward on CPU), else sdpa with the block mask."""
     if device_type != "cuda":
         return "sdpa"

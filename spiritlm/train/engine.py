@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from spiritlm.config import ConfigError
-from spiritlm.train.config import TrainConfig, grad_accum_steps
+from spiritlm.components.config import TrainConfig, grad_accum_steps
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from spiritlm.config import load_config
-from spiritlm.train.config import TrainConfig
+from spiritlm.components.config import TrainConfig
 
 TINY = {
     "steps": 8,

@@ -1,8 +1,13 @@
-"""The training loop: LLaMA + speech vocabulary on packed mixture data, driven by DeepSpeed.
+"""The training loop, driven by DeepSpeed, for any registered model family (``spiritlm.models``).
 
     from spiritlm.config import load_config
     from spiritlm.train import TrainConfig, train
     run_dir = train(load_config(TrainConfig, "train/tiny_cpu.toml"))
+
+The trainer receives the family's ``ModelSpec`` (from ``cfg.model_type``) and never names a
+family: the spec plans (checks before any weight is loaded), builds the model, makes the batches,
+computes the loss and exports. Evaluation while training is a component passed in
+(``evaluator=``: ``spiritlm train`` hands ``spiritlm.eval.during_training.DuringTrainingEval``).
 
 Read top to bottom: ``Trainer.__init__`` sets up process, model, data and engine (and resumes);
 ``train_step`` runs one optimizer step (grad-accumulation micro-batches, non-finite loss policy);
@@ -20,22 +25,19 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
+from spiritlm.components import checkpoint as ckpt
+from spiritlm.components.config import TrainConfig, grad_accum_steps, validate_config
+from spiritlm.components.metrics import TYPES, RunLog, guess_peak_flops, model_flops_per_token, plot_curves
+from spiritlm.components.mixture import InterleaveFn
 from spiritlm.config import ConfigError, dump_config, save_config
 from spiritlm.models import model_spec_of
 from spiritlm.precision import log_choice, resolve_precision
-from spiritlm.train import checkpoint as ckpt
-from spiritlm.train.config import TrainConfig, grad_accum_steps, validate_config
-from spiritlm.train.data import InterleaveFn, MixtureStream, check_meta, make_sources
 from spiritlm.train.engine import deepspeed_config, init_distributed, lr_lambda, setup_process
-from spiritlm.train.metrics import (TYPES, RunLog, guess_peak_flops, mixture_record, model_flops_per_token, plot_curves,
-                                    token_losses)
-from spiritlm.train.model import build_model, plan_model, tokenizer_sha256
-from spiritlm.train.packing import Packer, isolation_plan, packed_inputs
 
 log = logging.getLogger(__name__)
 
@@ -44,55 +46,54 @@ class NonFiniteLossError(RuntimeError):
     """Loss became NaN/inf and the policy is to stop (the last complete checkpoint is kept)."""
 
 
+# evaluation while training: a callable made from the trainer, called every cfg.eval_every steps
+EvaluatorFactory = Callable[["Trainer"], Callable[[int], dict]]
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, sources: Optional[Sequence] = None,
                  weights: Optional[Sequence[float]] = None,
-                 interleave_fns: Optional[Mapping[str, InterleaveFn]] = None):
+                 interleave_fns: Optional[Mapping[str, InterleaveFn]] = None,
+                 evaluator: Optional[EvaluatorFactory] = None):
         # ---- process + config checks (all before loading weights) ----------------------------
         self.cfg = cfg
         setup_process(cfg)
         validate_config(cfg, int(os.environ["WORLD_SIZE"]))
-        # the model family (spiritlm.models): "unit_lm" is the code of this file; another family
-        # brings its model, batches, loss and export through its ModelSpec (same engine and loop)
+        if cfg.eval_every and evaluator is None:
+            raise ConfigError(f"eval_every={cfg.eval_every} needs an evaluator: `spiritlm train` passes one; from "
+                              "Python pass Trainer(cfg, evaluator=spiritlm.eval.during_training.DuringTrainingEval) "
+                              "or set eval_every=0")
+        # precision follows the hardware ("auto"): resolved before the plan and the DeepSpeed config
+        self.precision = resolve_precision(cfg.deepspeed.precision, "cuda" if torch.cuda.is_available() else "cpu")
+        cfg.deepspeed.precision = self.precision.precision
+        if int(os.environ.get("RANK", "0")) == 0:
+            log_choice(self.precision, log)
+        # the model family (spiritlm.models) brings its model, batches, loss and export through its
+        # ModelSpec; a family with a plan checks and reads its data before any weight is loaded
         self.spec = model_spec_of(cfg)
-        if self.spec.name == "unit_lm":
-            sources, weights = self._plan_unit_data(cfg, sources, weights, interleave_fns)
+        self.plan = self.spec.plan(cfg, sources, weights, interleave_fns) if self.spec.plan else None
+        self._plan_kw = {"plan": self.plan} if self.spec.plan else {}
         import deepspeed
 
         init_distributed(cfg)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.gas = grad_accum_steps(cfg, self.world)
-        # precision follows the hardware ("auto"): resolved before the DeepSpeed config is made
-        self.precision = resolve_precision(cfg.deepspeed.precision, "cuda" if torch.cuda.is_available() else "cpu")
-        cfg.deepspeed.precision = self.precision.precision
-        if self.rank == 0:
-            log_choice(self.precision, log)
         self.ds_config = deepspeed_config(cfg, self.world)
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         torch.manual_seed(cfg.seed)
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
-        # ---- model with the speech vocabulary --------------------------------------------
+        # ---- the family's model ---------------------------------------------------------------
         dtype = torch.bfloat16 if cfg.deepspeed.precision == "bf16" else torch.float32
-        if self.spec.name == "unit_lm":
-            self.model, layout, self._hf_ds = build_model(
-                cfg.model, self.ds_config if cfg.deepspeed.zero_stage == 3 else None, dtype)
-            assert layout == self.layout and self.model.config.vocab_size == self.rows
-        else:
-            self.model, self._hf_ds = self.spec.build(cfg, self.ds_config, dtype)
+        self.model, self._hf_ds = self.spec.build(cfg, self.ds_config, dtype)
         mc = self.model.config
         if cfg.model.activation_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
-        # ---- data: mixture stream (this rank's share) -> packed rows -----------------------
-        if self.spec.name == "unit_lm":
-            self.stream = MixtureStream(sources, weights, seed=cfg.seed, rank=self.rank,
-                                        world_size=self.world, max_id=self.rows, unit=cfg.data.mixture_unit)
-            self.packer = Packer(self.stream, cfg.data.seq_len, cfg.data.bos_id if cfg.data.add_bos else -1,
-                                 cfg.data.eos_id)
-        else:  # one resumable batch maker is both stream and packer
-            self.stream = self.packer = self.spec.batches(cfg, self.model, self.rank, self.world)
+        # ---- data: this rank's batches (a packer over a stream, or one resumable batch maker) ---
+        self.packer = self.spec.batches(cfg, self.model, self.rank, self.world, **self._plan_kw)
+        self.stream = getattr(self.packer, "stream", self.packer)
 
         # ---- DeepSpeed engine: AdamW (no decay on 1-D params), LR schedule ------------------
         decay, no_decay = [], []
@@ -117,48 +118,25 @@ class Trainer:
         if self.rank == 0:
             save_config(cfg, self.run_dir / "config.yaml")
             (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
-        self.evaluator = None  # held-out loss + a light suite every cfg.eval_every steps
-        if cfg.eval_every:
-            from spiritlm.train.eval_during import DuringTrainingEval
-
-            self.evaluator = DuringTrainingEval(self)
+        # held-out loss + a light suite every cfg.eval_every steps (a component passed in)
+        self.evaluator = evaluator(self) if cfg.eval_every else None
         if cfg.checkpoint.resume:
             tag = ckpt.latest_tag(self.ckpt_dir)
             if tag is not None:
                 self.resume(tag)
 
-    def _plan_unit_data(self, cfg, sources, weights, interleave_fns):
-        """The unit LM's checks before any weight is loaded, and its document sources."""
-        # how packed documents are kept apart on this attention backend (refused if it cannot be)
-        self.isolation = isolation_plan(cfg.model.attn_implementation, cfg.model.packed_attention,
-                                        "cuda" if torch.cuda.is_available() else "cpu")
-        mc, self.layout, self.rows = plan_model(cfg.model)
-        if int(os.environ.get("RANK", "0")) == 0:
-            log.info("attention %s: packed documents kept apart by %s", cfg.model.attn_implementation,
-                     {"varlen": "one varlen row per micro-batch (cu_seq_lens)", "block_mask": "an explicit block mask",
-                      "position_ids": "position ids restarting per document"}[self.isolation])
-        if cfg.data.seq_len > mc.max_position_embeddings:
-            raise ConfigError(
-                f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings="
-                f"{mc.max_position_embeddings}; lower data.seq_len (paper: 4096 with LLaMA-2)"
-            )
-        rank0 = int(os.environ.get("RANK", "0")) == 0  # the process group starts below
-        if sources is None:
-            sources, weights = make_sources(cfg.data, self.layout, interleave_fns,
-                                            text_vocab=self.layout.base_vocab_size)
-            if not cfg.data.sources and rank0:
-                log.warning("no [[data.sources]] in the recipe: training on SYNTHETIC random documents "
-                            "(a smoke test); list your shard folders under [[data.sources]] "
-                            "(train/README.md, Data)")
-        check_meta(sources, self.layout, self.rows, tokenizer_sha256(cfg.model))
-        shares = list(weights) if weights is not None else [1.0] * len(sources)
-        total = sum(shares)
-        if rank0 and total > 0:  # MixtureStream rejects the rest
-            log.info("data: %s", ", ".join(
-                f"{getattr(s, 'name', '?')} ({len(s)} documents, weight {w / total:.2f}"
-                f"{', read through an interleave_fn' if getattr(s, 'interleave_fn', None) else ''})"
-                for s, w in zip(sources, shares)))
-        return sources, weights
+    # what the family's plan settled, read through (None where the family has no plan)
+    @property
+    def layout(self):
+        return getattr(self.plan, "layout", None)
+
+    @property
+    def rows(self):
+        return getattr(self.plan, "rows", None)
+
+    @property
+    def isolation(self):
+        return getattr(self.plan, "isolation", None)
 
     # ---- Stateful ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -192,22 +170,12 @@ class Trainer:
 
     # ---- one optimizer step ----------------------------------------------------------------------
     def forward_loss(self, batch: Mapping[str, torch.Tensor]):
-        if self.spec.loss is not None:  # another model family computes its own loss
-            return self.spec.loss(self.engine, batch, self.device)
-        dtype = torch.bfloat16 if self.cfg.deepspeed.precision == "bf16" else torch.float32
-        inputs = packed_inputs(batch, self.isolation, self.device, dtype)  # flash: one varlen row
-        out = self.engine(**inputs, use_cache=False)
-        return token_losses(out.logits, batch["targets_BT"].to(self.device), self.layout)
+        return self.spec.loss(self.engine, batch, self.device, **self._plan_kw)
 
     def mixture(self) -> dict:
-        """Realised token share of each source over the run so far, all ranks (``mix/<source>``)."""
-        if self.spec.name != "unit_lm":
-            return {}
-        names = [s.name for s in self.stream.sources]
-        counts = torch.tensor([float(self.packer.tokens_by_source.get(n, 0)) for n in names],
-                              dtype=torch.float64, device=self.device)
-        dist.all_reduce(counts)
-        return mixture_record(names, counts.tolist())
+        """Realised token share of each source over the run so far (``mix/<source>``), where the
+        family draws from a mixture."""
+        return self.spec.mixture(self) if self.spec.mixture is not None else {}
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         finite = bool(torch.isfinite(loss).item())
@@ -303,10 +271,10 @@ class Trainer:
             bar.close()
         if ckpt.latest_tag(self.ckpt_dir) != ckpt.tag_of(self.step):
             self.save()
-        self.runlog.write_summary({"step": self.step, "tokens_seen": self.tokens_seen,
-                                   "attention_isolation": getattr(self, "isolation", None),
-                                   "mixture_unit": cfg.data.mixture_unit, "mixture_tokens": self.mixture(),
-                                   "precision": self.precision.as_dict()})
+        family = self.spec.summary(self) if self.spec.summary is not None else {"attention_isolation": None,
+                                                                                "mixture_unit": cfg.data.mixture_unit}
+        self.runlog.write_summary({"step": self.step, "tokens_seen": self.tokens_seen, **family,
+                                   "mixture_tokens": self.mixture(), "precision": self.precision.as_dict()})
         if self.step >= cfg.steps:
             if cfg.checkpoint.export_hf:
                 self.export(self.run_dir / "hf")
@@ -316,21 +284,12 @@ class Trainer:
         return self.run_dir
 
     def export(self, out_dir: Path) -> Path:
-        if self.spec.export is not None:
-            return self.spec.export(self, out_dir)
-        tok = self.cfg.model.tokenizer or (self.cfg.model.checkpoint if self.cfg.model.checkpoint and
-                                           (Path(self.cfg.model.checkpoint) / "tokenizer.model").is_file() else "")
-        if not tok and ckpt._rank() == 0:
-            log.warning("%s gets no tokenizer.model: neither model.tokenizer nor model.checkpoint has one, so "
-                        "`spiritlm eval`/`generate` cannot load it; train with --set model.tokenizer=DIR "
-                        "(a tokenizer.model or a directory holding one), or copy one in", out_dir)
-        return ckpt.export_hf(self.engine, self.engine.module, out_dir, tok or None, self.layout,
-                              self.cfg.deepspeed.zero_stage,
-                              extra_files={"spiritlm_train_config.yaml": dump_config(self.cfg)})
+        return self.spec.export(self, out_dir)
 
 
 def train(cfg: TrainConfig, sources: Optional[Sequence] = None, weights: Optional[Sequence[float]] = None,
-          interleave_fns: Optional[Mapping[str, InterleaveFn]] = None) -> Path:
+          interleave_fns: Optional[Mapping[str, InterleaveFn]] = None,
+          evaluator: Optional[EvaluatorFactory] = None) -> Path:
     """Train (resuming if a checkpoint exists) and return the run directory."""
-    trainer = Trainer(cfg, sources=sources, weights=weights, interleave_fns=interleave_fns)
+    trainer = Trainer(cfg, sources=sources, weights=weights, interleave_fns=interleave_fns, evaluator=evaluator)
     return trainer.fit()

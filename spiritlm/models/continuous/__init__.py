@@ -6,6 +6,9 @@ Files: ``config.py`` (the recipe), ``encoders.py`` (HuBERT, HF encoders, the CTC
 ``bench.py`` (cached vs recomputed encoder features). ASR evaluation: ``spiritlm.eval.asr``.
 """
 
+from spiritlm.models.spec import register
 from spiritlm.models.continuous.spec import SPEC
+
+register(SPEC)
 
 __all__ = ["SPEC"]

@@ -20,43 +20,33 @@ from typing import Sequence
 
 import numpy as np
 
+from spiritlm import stats
+from spiritlm.stats import normalize_text  # the one ASR normalisation
 
-def _boot_ci(values_n: np.ndarray, stat, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    n = len(values_n)
-    if n == 0:
-        return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    s = np.sort([stat(i) for i in idx])
-    return float(s[int(0.025 * n_boot)]), float(s[int(0.975 * n_boot) - 1])
+
+def _errors_words(items: Sequence[dict]) -> list[stats.EditCounts]:
+    """Per-utterance word alignment counts of normalised ``ref`` / ``hyp`` (the ASR normalisation;
+    empty text by :mod:`spiritlm.stats`' rule)."""
+    return stats.word_errors([normalize_text(it["ref"]) for it in items], [normalize_text(it["hyp"]) for it in items])
 
 
 def wer_with_ci(items: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     """Corpus WER of ``items`` ({"ref", "hyp"}) and a bootstrap 95% CI over utterances."""
-    from spiritlm.eval.asr import wer
-
-    errs, words = [], []
-    for it in items:
-        r = wer([it["ref"]], [it["hyp"]])
-        errs.append(r["substitutions"] + r["deletions"] + r["insertions"])
-        words.append(r["words"])
-    e, w = np.asarray(errs, float), np.asarray(words, float)
+    counts = _errors_words(items)
+    e = np.asarray([c.errors for c in counts], float)
+    w = np.asarray([c.words for c in counts], float)
     if not w.sum():
         return {"wer": float("nan"), "ci95": [float("nan")] * 2, "n": 0}
-    lo, hi = _boot_ci(e, lambda i: e[i].sum() / max(w[i].sum(), 1.0), n_boot, seed)
+    lo, hi = stats.bootstrap_ci(e, w, n_boot=n_boot, rng=seed)
     return {"wer": float(e.sum() / w.sum()), "ci95": [lo, hi], "n": len(items)}
 
 
 def _utterance_errors(runs: Sequence[Sequence[dict]]) -> dict[str, tuple[float, int]]:
     """id -> (word errors averaged over the runs, reference words) of utterances every run scored."""
-    from spiritlm.eval.asr import wer
-
     per: dict[str, list] = {}
     for items in runs:
-        for it in items:
-            r = wer([it["ref"]], [it["hyp"]]) if it["ref"].strip() else None
-            if r is not None and r["words"]:
-                per.setdefault(str(it["id"]), []).append((r["substitutions"] + r["deletions"] + r["insertions"],
-                                                          r["words"]))
+        for it, c in zip(items, _errors_words(items)):
+            per.setdefault(str(it["id"]), []).append((c.errors, c.words))
     return {k: (float(np.mean([e for e, _ in v])), v[0][1]) for k, v in per.items() if len(v) == len(runs)}
 
 
@@ -67,29 +57,22 @@ def paired_wer(runs_a: Sequence[Sequence[dict]], runs_b: Sequence[Sequence[dict]
     WER and of A - B. ``runs_*``: one list of {"id", "ref", "hyp"} per run."""
     ea, eb = _utterance_errors(runs_a), _utterance_errors(runs_b)
     ids = sorted(set(ea) & set(eb))
-    if not ids:
+    if not ids or not sum(ea[i][1] for i in ids):  # no reference words: no WER
         nan = float("nan")
         return {"n": 0, "wer_a": nan, "wer_b": nan, "diff": nan, "ci95": [nan, nan], "ci95_a": [nan, nan],
                 "ci95_b": [nan, nan]}
     a = np.array([ea[i][0] for i in ids])
     b = np.array([eb[i][0] for i in ids])
     w = np.array([ea[i][1] for i in ids], float)
-    idx = np.random.default_rng(seed).integers(0, len(ids), size=(n_boot, len(ids)))
-    ws = w[idx].sum(1)
-    boot_a, boot_b = a[idx].sum(1) / ws, b[idx].sum(1) / ws
-
-    def ci(x):
-        s = np.sort(x)
-        return [float(s[int(0.025 * n_boot)]), float(s[int(0.975 * n_boot) - 1])]
-
+    ci = stats.paired_bootstrap(a, b, w, n_boot=n_boot, rng=seed)
     return {"n": len(ids), "words": int(w.sum()), "wer_a": float(a.sum() / w.sum()), "wer_b": float(b.sum() / w.sum()),
-            "diff": float((a.sum() - b.sum()) / w.sum()), "ci95": ci(boot_a - boot_b), "ci95_a": ci(boot_a),
-            "ci95_b": ci(boot_b), "runs": [len(runs_a), len(runs_b)]}
+            "diff": float((a.sum() - b.sum()) / w.sum()), "ci95": list(ci["diff"]), "ci95_a": list(ci["a"]),
+            "ci95_b": list(ci["b"]), "runs": [len(runs_a), len(runs_b)]}
 
 
 def acc_with_ci(scores: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict:
     s = np.asarray(scores, float)
-    lo, hi = _boot_ci(s, lambda i: s[i].mean(), n_boot, seed)
+    lo, hi = stats.bootstrap_ci(s, n_boot=n_boot, rng=seed)
     return {"accuracy": float(s.mean()) if s.size else float("nan"), "ci95": [lo, hi], "n": int(s.size)}
 
 
@@ -179,7 +162,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.out).write_text(text)
         Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

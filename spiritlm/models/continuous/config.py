@@ -1,6 +1,6 @@
 """Recipe of a continuous-input speech LM (``train/continuous_*.toml``): typed dataclasses.
 
-A continuous recipe is a :class:`~spiritlm.train.config.TrainConfig` (same trainer, DeepSpeed,
+A continuous recipe is a :class:`~spiritlm.components.config.TrainConfig` (same trainer, DeepSpeed,
 checkpoint and log sections; ``model`` names the LM: a local HF causal-LM directory, or the tiny
 LLaMA builder) plus ``model_type = "continuous"`` and a ``[continuous]`` section::
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from spiritlm.config import ConfigError
-from spiritlm.train.config import TrainConfig
+from spiritlm.components.config import TrainConfig
 
 
 @dataclass

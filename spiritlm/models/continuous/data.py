@@ -37,7 +37,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from spiritlm.train.packing import IGNORE
+from spiritlm.components.packing import IGNORE
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000

@@ -107,7 +107,7 @@ class ContinuousSpeechLM(nn.Module):
         pos = batch["position_ids_BT"].to(dev)
         mask = None
         if self.block_mask:
-            from spiritlm.train.packing import block_mask_B1TT
+            from spiritlm.components.packing import block_mask_B1TT
 
             mask = block_mask_B1TT(pos, x.dtype)
         out = self.lm(inputs_embeds=x, position_ids=pos, attention_mask=mask, use_cache=False)
@@ -192,7 +192,7 @@ def load_lm(model_cfg, dtype=torch.float32, vocab_size: int | None = None):
     """A local HF causal-LM directory (``model.checkpoint``), or the tiny LLaMA builder."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    from spiritlm.train.model import tiny_llama_config
+    from spiritlm.models.unit_lm.model import tiny_llama_config
 
     if model_cfg.checkpoint:
         d = Path(model_cfg.checkpoint)

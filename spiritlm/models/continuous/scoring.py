@@ -8,7 +8,7 @@ A request's context segments become embeddings in order: a speech segment (a wav
 first). The continuation must be text (a continuous-input model reads speech, it does not write
 it): ``score`` raises for a speech continuation and the suite skips those settings (S, T2S,
 sWUGGY/sBLIMP S). Rows are right-padded and batched; the continuation's summed log-prob and
-token count make the :class:`~spiritlm.eval.scoring.Score` as for the unit model.
+token count make the :class:`~spiritlm.components.scoring.Score` as for the unit model.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from spiritlm.eval.scoring import Request, Score, ScorerStats
+from spiritlm.components.scoring import Request, Score, ScorerStats
 
 
 class ContinuousScorer:

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from spiritlm.config import ConfigError
-from spiritlm.models import ModelSpec
-from spiritlm.train.packing import IGNORE
+from spiritlm.models.spec import Capabilities, ModelSpec
+from spiritlm.components.packing import IGNORE
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def loss(engine, batch, device):
 
 def export(trainer, out_dir: Path) -> Path:
     from spiritlm.config import dump_config
-    from spiritlm.train import checkpoint as ckpt
+    from spiritlm.components import checkpoint as ckpt
 
     model = trainer.engine.module
     if ckpt._rank() == 0:
@@ -118,13 +118,55 @@ def export(trainer, out_dir: Path) -> Path:
 def save_parts(trainer, ckpt_path: Path) -> None:
     """Every checkpoint also holds ``parts/``: the projector (+ CTC head, conformer) as
     safetensors and the LoRA adapters in peft's layout, usable without DeepSpeed."""
-    from spiritlm.train import checkpoint as ckpt
+    from spiritlm.components import checkpoint as ckpt
 
     if ckpt._rank() == 0:
         trainer.engine.module.save_parts(Path(ckpt_path) / "parts")
     ckpt._barrier()
 
 
+def detect(d: Path) -> bool:
+    from spiritlm.models.continuous.model import CONFIG_FILE
+
+    return (d / CONFIG_FILE).is_file()
+
+
+def load(directory, device: str = "cpu", dtype=None):
+    from spiritlm.models.continuous.model import load_continuous
+
+    return load_continuous(directory, device), None
+
+
+def make_scorer(model, tokenizer, encoder, scoring, eval_cfg):
+    from spiritlm.models.continuous.scoring import ContinuousScorer
+
+    return ContinuousScorer(model)
+
+
+def transcribe_items(model, items, max_new_tokens: int = 0) -> dict:
+    """Zero-shot ASR (the model is trained to transcribe): batched greedy decoding and WER."""
+    from spiritlm.eval.asr import evaluate_asr
+
+    return evaluate_asr(model, items, max_new_tokens=max_new_tokens)
+
+
+def transcribe(model, wav, window=None, max_chunk_tokens=None, max_new_tokens: int = 0):
+    """Greedy decoding of the whole utterance (default budget: 8 tokens per second, at least 64)."""
+    from spiritlm.eval.asr import transcribe as greedy
+
+    budget = max_new_tokens or max(64, int(8 * wav.size / 16000))
+    return greedy(model, [wav], batch_size=1, max_new_tokens=budget)[0], {"max_new_tokens": budget}
+
+
+# reads speech as audio embeddings and writes text only: speech continuations (S, T2S), STSP,
+# TTS and speech classification are not its tasks
+CAPABILITIES = Capabilities(speech_in=True, speech_out=False, text_out=True, generate=False, transcribe=True,
+                            settings=("T", "S2T"),
+                            tasks=("swuggy", "sblimp", "storycloze", "topic_storycloze", "asr", "lm_eval"))
+
 SPEC = ModelSpec("continuous", _config_cls, build, make_batches, loss,
                  param_counts=lambda m: m.param_counts(), export=export, save_parts=save_parts,
+                 detect=detect, detect_priority=10, load=load, scorer=make_scorer, asr=transcribe_items,
+                 transcribe=transcribe,
+                 capabilities=CAPABILITIES,
                  description="continuous speech input: encoder -> stack -> projector -> LM (SpeechLLM, Tiny Audio)")

@@ -9,6 +9,9 @@ speech position, packed with the unit LM's packer), ``model.py`` (the model, sav
 held-out NLL per unit), ``demo_part.py`` (the paper's comparison at demo scale).
 """
 
+from spiritlm.models.spec import register
 from spiritlm.models.hybrid.spec import SPEC
+
+register(SPEC)
 
 __all__ = ["SPEC"]

@@ -1,6 +1,6 @@
 """Recipe of a hybrid-input speech LM (Whisper-GPT style; ``train/hybrid_*.toml``): typed dataclasses.
 
-A hybrid recipe is a :class:`~spiritlm.train.config.TrainConfig` (same ``model``: the unit LM's
+A hybrid recipe is a :class:`~spiritlm.components.config.TrainConfig` (same ``model``: the unit LM's
 LLaMA with the speech vocabulary; same trainer, DeepSpeed, checkpoint and log sections) plus
 ``model_type = "hybrid"`` and a ``[hybrid]`` section. At every speech position ``t`` the input is
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from spiritlm.config import ConfigError
-from spiritlm.train.config import TrainConfig
+from spiritlm.components.config import TrainConfig
 
 
 @dataclass

@@ -28,7 +28,7 @@ import torch
 
 from spiritlm.config import ConfigError
 from spiritlm.data.interleave import SPEECH, Interleaver, _first_frame_at
-from spiritlm.train.packing import IGNORE, Packer
+from spiritlm.components.packing import IGNORE, Packer
 
 SHIFT = 32
 LOW = (1 << SHIFT) - 1
@@ -187,7 +187,7 @@ class HybridBatches:
 def make_hybrid_batches(sources_cfg: Sequence, seq_len: int, table: FeatureTable | None, seed: int = 0,
                         rank: int = 0, world: int = 1, bos_id: int = 1, eos_id: int = -1,
                         mixture_unit: str = "tokens", max_id: int | None = None) -> HybridBatches:
-    from spiritlm.train.data import MixtureStream, ParquetSource
+    from spiritlm.components.mixture import MixtureStream, ParquetSource
 
     srcs = []
     for i, s in enumerate(sources_cfg):
@@ -213,7 +213,7 @@ class _CheckedIds:
         doc = next(self.stream)
         ids, _ = split(np.asarray(doc["input_ids"], np.int64))
         if ids.size and (ids.min() < 0 or ids.max() >= self.max_id):
-            from spiritlm.train.data import DataError
+            from spiritlm.components.mixture import DataError
 
             raise DataError(f"data source {doc.get('source')}: id {int(ids.max())} outside [0, {self.max_id}); "
                             "the shards and the model use different vocabularies")

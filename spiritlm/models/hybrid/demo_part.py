@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spiritlm import stats
+
 log = logging.getLogger(__name__)
 
 PART = "hybrid"
@@ -71,7 +73,7 @@ def train_config(ctx, opts: HybridPartConfig, variant: str, seed: int, run_dir: 
     from spiritlm.config import load_config
     from spiritlm.models.hybrid.config import HybridTrainConfig
 
-    from spiritlm.train.config import SourceConfig
+    from spiritlm.components.config import SourceConfig
 
     kind = "logmel" if variant == "hybrid" else "none"
     tcfg = load_config(HybridTrainConfig, ctx.recipe(opts.recipe), [
@@ -176,12 +178,9 @@ def nll_compare(per_utt_a: list[list], per_utt_b: list[list], n_boot: int = 2000
     n = np.asarray([x[1] for x in per_utt_a[0]], dtype=np.float64)
     if not np.array_equal(n, [x[1] for x in per_utt_b[0]]):
         raise ValueError("the two models were scored on different units")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n.size, size=(n_boot, n.size))
-    boots = np.sort((a[idx].sum(1) - b[idx].sum(1)) / n[idx].sum(1))
     return {"nll_a": float(a.sum() / n.sum()), "nll_b": float(b.sum() / n.sum()),
             "diff": float((a.sum() - b.sum()) / n.sum()),
-            "ci95": [float(boots[int(0.025 * n_boot)]), float(boots[int(0.975 * n_boot) - 1])],
+            "ci95": list(stats.paired_bootstrap_ci(a, b, n, n_boot=n_boot, rng=seed)),
             "utterances": int(n.size), "units": int(n.sum())}
 
 
@@ -335,9 +334,3 @@ def main(argv=None) -> None:
 
     PARTS.setdefault(PART, "spiritlm.models.hybrid.demo_part:run")
     run_parts(ctx, [PART])
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    main()

@@ -18,8 +18,8 @@ The store (:func:`build_feature_store`) is the data stage's: every aligned recor
 folders gets its features computed once from its audio (looked up by record id in the aligned
 manifests) and written as Parquet shards through the continuous family's
 :class:`~spiritlm.models.continuous.data.FeatureCache` (``id, n_frames, dim, feats``), keyed by
-the feature settings; same inputs -> same bytes (tested). ``python -m spiritlm.models.hybrid.features``
-builds it from the command line.
+the feature settings; same inputs -> same bytes (tested). ``spiritlm hybrid features`` builds it
+from the command line.
 """
 
 from __future__ import annotations
@@ -193,24 +193,3 @@ def build_feature_store(shard_dirs: Sequence[str | Path], manifests: Sequence[st
     for uid, n in counts.items():  # aligned with the units from here on
         cache.feats[uid] = fit_frames(cache.feats[uid], n)
     return cache
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Per-frame features of the aligned records of prepared shards "
-                                             "(the hybrid family's data-stage step)")
-    ap.add_argument("--shards", nargs="+", required=True, help="shard folders holding aligned records")
-    ap.add_argument("--manifest", nargs="+", required=True, help="aligned manifests (audio_path per id)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--kind", default="logmel", choices=["logmel", "hubert"])
-    ap.add_argument("--n-mels", type=int, default=64)
-    ap.add_argument("--hubert", default="")
-    a = ap.parse_args(argv)
-    cache = build_feature_store(a.shards, a.manifest, a.out, FeatureConfig(kind=a.kind, n_mels=a.n_mels,
-                                                                           hubert=a.hubert))
-    print(f"{len(cache.feats)} records -> {cache.dir}")
-
-
-if __name__ == "__main__":
-    main()

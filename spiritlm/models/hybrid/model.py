@@ -5,7 +5,7 @@
 
 ``batch``: ``input_ids_BT``, ``position_ids_BT`` (restarting per packed document), ``feats_BTD``
 and ``feat_mask_BT`` (True where the position is a speech frame with a feature). The LM is the
-unit LM's (``spiritlm.train.model.build_model``: LLaMA + the speech vocabulary), so a hybrid and a
+unit LM's (``spiritlm.models.unit_lm.model.build_model``: LLaMA + the speech vocabulary), so a hybrid and a
 tokens-only model (``features.kind = "none"``) differ by the feature path only.
 
 Fusion at feature positions (elsewhere the plain token embedding):
@@ -106,7 +106,7 @@ class HybridLM(nn.Module):
                     use_cache=False).last_hidden_state
 
     def forward(self, batch: dict) -> torch.Tensor:
-        from spiritlm.train.packing import block_mask_B1TT
+        from spiritlm.components.packing import block_mask_B1TT
 
         dev = self.lm.get_input_embeddings().weight.device
         pos = batch["position_ids_BT"].to(dev)
@@ -140,7 +140,7 @@ class HybridLM(nn.Module):
         it), ``hybrid.json`` (settings, feature dim, frame rate) and the feature path's weights."""
         from safetensors.torch import save_file
 
-        from spiritlm.train.checkpoint import add_legacy_config_fields
+        from spiritlm.components.checkpoint import add_legacy_config_fields
 
         out = Path(out)
         tmp = out.with_name(out.name + ".tmp")
@@ -186,7 +186,7 @@ def feature_dim(cfg: HybridConfig) -> int:
 
 def build_hybrid(cfg: HybridTrainConfig, ds_config=None, dtype=torch.float32, frame_rate: float = 0.0) -> HybridLM:
     from spiritlm.models.hybrid.config import validate_hybrid
-    from spiritlm.train.model import build_model
+    from spiritlm.models.unit_lm.model import build_model
 
     validate_hybrid(cfg)
     lm, layout, _ = build_model(cfg.model, None, dtype)
@@ -199,7 +199,7 @@ def load_hybrid(directory: str | Path, device: str = "cpu", dtype=torch.float32)
     """A directory written by :meth:`HybridLM.save` -> (model in eval mode, SpiritTokenizer)."""
     from safetensors.torch import load_file
 
-    from spiritlm.eval.model import load_model
+    from spiritlm.models.unit_lm.load import load_model
 
     d = Path(directory)
     f = d / CONFIG_FILE

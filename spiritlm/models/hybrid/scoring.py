@@ -1,6 +1,6 @@
 """The evaluation suite's scorer for hybrid-input models, and held-out NLL per unit.
 
-:class:`HybridScorer` is the suite's :class:`~spiritlm.eval.scoring.Scorer` (same requests, same
+:class:`HybridScorer` is the suite's :class:`~spiritlm.components.scoring.Scorer` (same requests, same
 packing of shared contexts, same batching, same :class:`Score`) with two changes:
 
 * a speech segment (a wav) becomes ``[Speech]`` + one position per unit frame, **not
@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from spiritlm.eval.scoring import Request, Score, Scorer
+from spiritlm.components.scoring import Request, Score, Scorer
 
 VBASE = 1 << 30
 

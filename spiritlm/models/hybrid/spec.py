@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from spiritlm.config import ConfigError
-from spiritlm.models import ModelSpec
+from spiritlm.models.spec import Capabilities, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def make_batches(cfg, model, rank: int = 0, world: int = 1, progress: bool = Tru
 
 
 def loss(engine, batch, device):
-    from spiritlm.train.metrics import token_losses
+    from spiritlm.components.metrics import token_losses
 
     logits = engine(batch)
     return token_losses(logits, batch["targets_BT"].to(logits.device), getattr(engine, "module", engine).layout)
@@ -110,7 +110,7 @@ def loss(engine, batch, device):
 
 def export(trainer, out_dir: Path) -> Path:
     from spiritlm.config import dump_config
-    from spiritlm.train import checkpoint as ckpt
+    from spiritlm.components import checkpoint as ckpt
 
     model = trainer.engine.module
     if ckpt._rank() == 0:
@@ -120,7 +120,28 @@ def export(trainer, out_dir: Path) -> Path:
     return Path(out_dir)
 
 
+def detect(d: Path) -> bool:
+    from spiritlm.models.hybrid.model import CONFIG_FILE
+
+    return (d / CONFIG_FILE).is_file()
+
+
+def load(directory, device: str = "cpu", dtype=None):
+    from spiritlm.models.hybrid.model import load_hybrid
+
+    return load_hybrid(directory, device)
+
+
+def make_scorer(model, tokenizer, encoder, scoring, eval_cfg):
+    return model.make_scorer(tokenizer, encoder, scoring)  # its features at the speech frames
+
+
+# scores every setting with its features; generation (which would need features for the units
+# it writes) is not built, so no STSP, few-shot ASR/TTS or `generate`
+CAPABILITIES = Capabilities(speech_in=True, speech_out=False, text_out=True, generate=False)
+
 SPEC = ModelSpec("hybrid", _config_cls, build, make_batches, loss,
                  param_counts=lambda m: m.param_counts(), export=export,
+                 detect=detect, detect_priority=20, load=load, scorer=make_scorer, capabilities=CAPABILITIES,
                  description="hybrid speech input: unit embedding + projected continuous frame per step, "
                              "next-unit prediction (Whisper-GPT)")

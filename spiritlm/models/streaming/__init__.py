@@ -9,6 +9,9 @@ decoding and WER), ``demo_part.py`` (``spiritlm demo --part streaming``). The st
 the bounded-cache decoder and the benchmarks: ``stream_encoder.py``, ``infer.py``, ``bench.py``.
 """
 
+from spiritlm.models.spec import register
 from spiritlm.models.streaming.spec import SPEC
+
+register(SPEC)
 
 __all__ = ["SPEC"]

@@ -153,13 +153,12 @@ def word_end_errors(char_end_frames: Sequence[int], labels: Sequence[int], word_
     return [(f + 1) / frame_rate - float(w) for f, w in zip(ends, word_ends_s)]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m spiritlm.models.streaming.align --model DIR --manifest M [--split train] [--limit N]``:
-    CTC end times of words against the manifest's reference word timings (the demo corpus's
-    synthesiser gives them), e.g. to check an alignment model before chunking with it."""
-    import argparse
-    import json
-
+def measure_word_ends(model: str | Path, manifest: str | Path, split: str = "train", limit: int = 50,
+                      chunk_s: float = 1.28) -> dict:
+    """CTC end times of words against the manifest's reference word timings (the demo corpus's
+    synthesiser gives them), e.g. to check an alignment model before chunking with it: ``model`` is
+    a continuous export or checkpoint parts/ with ``ctc.safetensors``; the report also gives the
+    share of words whose CTC end lands in another ``chunk_s`` chunk (``spiritlm streaming align``)."""
     import numpy as np
 
     from spiritlm.data.encoders import read_audio
@@ -167,23 +166,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from spiritlm.models.continuous.encoders import CharVocab
     from spiritlm.models.streaming.spec import load_aligner
 
-    ap = argparse.ArgumentParser(description="CTC forced alignment vs reference word end times")
-    ap.add_argument("--model", required=True, help="a continuous export or checkpoint parts/ with ctc.safetensors")
-    ap.add_argument("--manifest", required=True)
-    ap.add_argument("--split", default="train")
-    ap.add_argument("--limit", type=int, default=50)
-    ap.add_argument("--chunk-s", type=float, default=1.28, help="also report how many words land in another chunk")
-    ap.add_argument("--out", default="")
-    args = ap.parse_args(argv)
-    enc, ctc = load_aligner(args.model)
+    enc, ctc = load_aligner(str(model))
     chars = CharVocab()
-    m = Path(args.manifest)
+    m = Path(manifest)
     errs, chunk_moves, n_utt, skipped = [], 0, 0, 0
     with torch.no_grad():
         for u in read_manifest(m):
-            if args.split and u.split != args.split:
+            if split and u.split != split:
                 continue
-            if n_utt >= args.limit:
+            if n_utt >= limit:
                 break
             words = u.words
             if not words:
@@ -205,17 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_utt += 1
             errs += e
             for err, w in zip(e, words):
-                chunk_moves += int((w.end + err) // args.chunk_s != w.end // args.chunk_s)
+                chunk_moves += int((w.end + err) // chunk_s != w.end // chunk_s)
+    if not errs:
+        raise ValueError(f"{manifest}: no {split!r} utterance with reference word times could be aligned "
+                         f"({skipped} skipped), so there is nothing to measure")
     a = np.abs(np.array(errs))
-    res = {"utterances": n_utt, "words": len(errs), "skipped": skipped, "mean_signed_s": float(np.mean(errs)),
-           "median_abs_s": float(np.median(a)), "p90_abs_s": float(np.quantile(a, 0.9)),
-           "within_80ms": float((a <= 0.08).mean()), "other_chunk_share": chunk_moves / max(1, len(errs)),
-           "chunk_s": args.chunk_s}
-    print(json.dumps(res, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return {"utterances": n_utt, "words": len(errs), "skipped": skipped, "mean_signed_s": float(np.mean(errs)),
+            "median_abs_s": float(np.median(a)), "p90_abs_s": float(np.quantile(a, 0.9)),
+            "within_80ms": float((a <= 0.08).mean()), "other_chunk_share": chunk_moves / max(1, len(errs)),
+            "chunk_s": chunk_s}

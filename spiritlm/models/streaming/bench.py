@@ -321,9 +321,21 @@ def longform_items(manifest: str | Path, seconds: float, split: str = "heldout",
 
 def load_any(path: str | Path):
     """-> ("streaming" | "continuous", model) from a run dir or its export."""
-    from spiritlm.commands.transcribe_cmd import _load
+    from spiritlm.config import ConfigError
+    from spiritlm.models.streaming.model import STREAMING_FILE, load_streaming
 
-    return _load(str(path))
+    d = Path(path)
+    if not d.exists():
+        raise FileNotFoundError(f"{d}: no such run dir")
+    if (d / STREAMING_FILE).is_file() or (d / "hf" / STREAMING_FILE).is_file():
+        return "streaming", load_streaming(d)
+    for e in (d, d / "hf"):
+        if (e / "continuous.json").is_file():
+            from spiritlm.models.continuous.model import load_continuous
+
+            return "continuous", load_continuous(e)
+    raise ConfigError(f"{d}: neither a streaming nor a continuous-input model (no {STREAMING_FILE} or "
+                      "continuous.json in it or its hf/)")
 
 
 @torch.no_grad()
@@ -488,39 +500,3 @@ def demo_tables(ctx, chunked: dict, baseline: dict, ctc: dict, factors: Sequence
     ct = ctx.pipe.run("streaming_chunk_table", [h(Path(chunked["hf"]) / "model.safetensors"), h(Path(heldout))], chunks)
     print("\n" + lf["markdown"] + "\n\n" + ct["markdown"], flush=True)
     return {"chunk_encoder": enc, "longform": lf, "chunk_table": ct}
-
-
-def main_cli(argv=None) -> int:
-    """``python -m spiritlm.models.streaming.bench longform --model NAME=DIR ... --manifest M [--out J]``
-    | ``chunks --model DIR --manifest M [--chunks 0.64 1.28 2.56] [--windows 0 1 2] [--out J]``."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m spiritlm.models.streaming.bench")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    lf = sub.add_parser("longform", help="WER at f x the training length, several models")
-    lf.add_argument("--model", action="append", required=True, metavar="NAME=DIR")
-    lf.add_argument("--factors", type=float, nargs="+", default=list(FACTORS))
-    ch = sub.add_parser("chunks", help="WER vs chunk length and window at inference, one streaming model")
-    ch.add_argument("--model", required=True)
-    ch.add_argument("--chunks", type=float, nargs="+", default=[0.64, 1.28, 2.56])
-    ch.add_argument("--windows", type=int, nargs="+", default=[0, 1, 2])
-    for p in (lf, ch):
-        p.add_argument("--manifest", required=True)
-        p.add_argument("--split", default="heldout")
-        p.add_argument("--out", default="")
-    args = ap.parse_args(argv)
-    if args.cmd == "longform":
-        models = dict(m.split("=", 1) for m in args.model)
-        res = longform_wer(models, args.manifest, args.factors, args.split)
-        text = format_longform(res)
-    else:
-        res = chunk_table(args.model, args.manifest, args.chunks, args.windows, args.split)
-        text = format_chunk_table(res)
-    print(text, flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps({**res, "markdown": text}, indent=1) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main_cli())

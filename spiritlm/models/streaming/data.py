@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from spiritlm.models.continuous.data import ContinuousBatches, Utt, load_wav
-from spiritlm.train.packing import IGNORE
+from spiritlm.components.packing import IGNORE
 
 log = logging.getLogger(__name__)
 

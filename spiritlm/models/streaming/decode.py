@@ -14,7 +14,6 @@ cache at all: slow (quadratic), but it is the definition the fast bounded-cache 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -75,7 +74,7 @@ def evaluate_stream_asr(model, items: Iterable[tuple[str, str, str]], max_chunk_
     """WER over (id, audio path, transcript) items; unreadable or too-short audio is counted and
     skipped, as :func:`spiritlm.eval.asr.evaluate_asr` does."""
     from spiritlm.data.encoders import read_audio
-    from spiritlm.eval.asr import wer
+    from spiritlm.stats import asr_wer as wer
 
     ids, wavs, refs, skipped = [], [], [], {}
     for uid, path, ref in items:
@@ -96,35 +95,3 @@ def evaluate_stream_asr(model, items: Iterable[tuple[str, str, str]], max_chunk_
                chunk_s=model.scfg.chunk_s, window=model.scfg.window,
                items=[{"id": i, "ref": r, "hyp": h} for i, r, h in zip(ids, refs, hyps)])
     return res
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m spiritlm.models.streaming.decode --model RUN (--manifest M [--split heldout] | --dir D)``"""
-    import argparse
-    import json
-
-    from spiritlm.eval.asr import manifest_items, text_dir_items
-    from spiritlm.models.streaming.model import load_streaming
-
-    ap = argparse.ArgumentParser(description="WER of a streaming (chunked) model, reference greedy decoder")
-    ap.add_argument("--model", required=True, help="a streaming run dir or its hf/ export")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--manifest")
-    src.add_argument("--dir")
-    ap.add_argument("--split", default="heldout")
-    ap.add_argument("--limit", type=int, default=0, help="first N utterances only (0 = all)")
-    ap.add_argument("--out", default="")
-    args = ap.parse_args(argv)
-    items = manifest_items(args.manifest, args.split) if args.manifest else text_dir_items(args.dir)
-    if args.limit:
-        items = items[: args.limit]
-    res = evaluate_stream_asr(load_streaming(args.model), items)
-    print(f"WER {100 * res['wer']:.2f}% over {res['words']} words, {res['n']} utterances "
-          f"({len(res['skipped'])} skipped), chunk {res['chunk_s']} s, window {res['window']}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from spiritlm import stats
+from spiritlm.eval.fewshot import normalize_text  # the ASR normalisation (spiritlm.eval.asr.wer's)
+
 CTC_RECIPE = "train/streaming_ctc_demo.toml"
 CHUNKED_RECIPE = "train/streaming_demo.toml"
 BASELINE_RECIPE = "train/streaming_baseline_demo.toml"
@@ -62,28 +65,21 @@ def _train(cfg, step_dir: Path) -> dict[str, Any]:
 
 def paired_wer_bootstrap(items_a: list[dict], items_b: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     """Corpus WER of A and B on the same utterances, and B - A with a 95% bootstrap CI over
-    utterances (resampled together, so the pairing is kept)."""
-    import jiwer
-
-    from spiritlm.eval.fewshot import normalize_text
-
+    utterances (resampled together, so the pairing is kept). Texts are normalised as the ASR
+    WER does; empty text and the CI follow :mod:`spiritlm.stats`' rules."""
     by_id = {it["id"]: it for it in items_b}
-    err_a, err_b, words = [], [], []
-    for it in items_a:
-        if it["id"] not in by_id or not normalize_text(it["ref"]):
-            continue
-        ref = normalize_text(it["ref"])
-        ea, eb = (jiwer.process_words(ref, normalize_text(h) or "") for h in (it["hyp"], by_id[it["id"]]["hyp"]))
-        err_a.append(ea.substitutions + ea.deletions + ea.insertions)
-        err_b.append(eb.substitutions + eb.deletions + eb.insertions)
-        words.append(ea.hits + ea.substitutions + ea.deletions)
-    a, b, n = np.array(err_a, float), np.array(err_b, float), np.array(words, float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(n), size=(n_boot, len(n)))
-    diff = (b[idx].sum(1) - a[idx].sum(1)) / n[idx].sum(1)
+    shared = [it for it in items_a if it["id"] in by_id]
+    refs = [normalize_text(it["ref"]) for it in shared]
+    ca = stats.word_errors(refs, [normalize_text(it["hyp"]) for it in shared])
+    cb = stats.word_errors(refs, [normalize_text(by_id[it["id"]]["hyp"]) for it in shared])
+    a, b = np.array([c.errors for c in ca], float), np.array([c.errors for c in cb], float)
+    n = np.array([c.words for c in ca], float)
+    nan = float("nan")
+    if not n.sum():  # no reference words: no WER
+        return {"n": len(n), "words": 0, "wer_a": nan, "wer_b": nan, "diff_b_minus_a": nan, "ci95": [nan, nan]}
     return {"n": int(len(n)), "words": int(n.sum()), "wer_a": float(a.sum() / n.sum()), "wer_b": float(b.sum() / n.sum()),
             "diff_b_minus_a": float((b.sum() - a.sum()) / n.sum()),
-            "ci95": [float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))]}
+            "ci95": list(stats.paired_bootstrap_ci(b, a, n, n_boot=n_boot, rng=seed))}
 
 
 def _wer_step(ctx, chunked: dict, baseline: dict, step_dir: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from spiritlm.train.packing import segment_ids_BT
+from spiritlm.components.packing import segment_ids_BT
 
 
 def window_allowed_BTT(position_ids_BT: torch.Tensor, chunk_BT: torch.Tensor, window: int) -> torch.Tensor:

@@ -281,7 +281,7 @@ def full_frames(enc: ChunkedConformerEncoder, wav) -> torch.Tensor:
 # ---- distillation from the full-context conformer ----------------------------------------------------
 @dataclass
 class DistillConfig:
-    """``python -m spiritlm.models.streaming.stream_encoder distill [RECIPE] --set key=value``.
+    """``spiritlm streaming distill [RECIPE] --set key=value``.
 
     The chunked student starts from the full-context teacher's weights (same parameters) and
     learns to reproduce its output frames (MSE over valid frames, relative to the teacher's frame
@@ -433,34 +433,3 @@ def export_chunked(model_dir: str | Path, student_dir: str | Path, out: str | Pa
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
-
-
-def main(argv=None) -> int:
-    """``distill [RECIPE] --set key=value ...`` | ``export MODEL_DIR STUDENT_DIR OUT [--left-chunks L]``"""
-    import argparse
-    import json
-
-    from spiritlm.config import load_config
-
-    ap = argparse.ArgumentParser(prog="python -m spiritlm.models.streaming.stream_encoder")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("distill", help="distil the full-context conformer into the chunked one")
-    d.add_argument("recipe", nargs="?")
-    d.add_argument("--set", dest="overrides", action="append", default=[])
-    e = sub.add_parser("export", help="a streaming export with the distilled chunked encoder")
-    e.add_argument("model_dir")
-    e.add_argument("student_dir")
-    e.add_argument("out")
-    e.add_argument("--left-chunks", type=int, default=None)
-    args = ap.parse_args(argv)
-    if args.cmd == "distill":
-        cfg = load_config(DistillConfig, args.recipe, args.overrides)
-        rep = distill(cfg)
-        print(json.dumps({k: v for k, v in rep.items() if k != "config"}, indent=1))
-    else:
-        print(export_chunked(args.model_dir, args.student_dir, args.out, args.left_chunks))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -37,7 +37,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from spiritlm.config import ConfigError
-from spiritlm.train.config import ModelConfig, TinyModelConfig
+from spiritlm.components.config import ModelConfig, TinyModelConfig
 from spiritlm.vocab import LayoutMismatchError, VocabLayout, describe_layout, expected_rows_text, rows_fit
 
 log = logging.getLogger(__name__)

@@ -42,9 +42,9 @@ import torch
 import torch.distributed as dist
 
 from spiritlm.config import ConfigError, load_config
-from spiritlm.train.data import KINDS, SyntheticSource, check_meta, make_sources
-from spiritlm.train.metrics import TYPES, token_losses
-from spiritlm.train.packing import IGNORE, Packer
+from spiritlm.components.mixture import KINDS, SyntheticSource, check_meta, make_sources
+from spiritlm.components.metrics import TYPES
+from spiritlm.components.packing import IGNORE, Packer
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,14 @@ def heldout_sources(trainer) -> list:
     documents of each kind (other names, hence other documents than the training ones)."""
     cfg = trainer.cfg
     if cfg.eval.heldout:  # read like training sources (aligned records through the reader)
-        srcs, _ = make_sources(dataclasses.replace(cfg.data, sources=cfg.eval.heldout), trainer.layout,
-                               text_vocab=trainer.layout.base_vocab_size)
-        check_meta(srcs, trainer.layout, trainer.rows)
+        srcs, _ = make_sources(dataclasses.replace(cfg.data, sources=cfg.eval.heldout), trainer.plan.layout,
+                               text_vocab=trainer.plan.layout.base_vocab_size)
+        check_meta(srcs, trainer.plan.layout, trainer.plan.rows)
         return srcs
     if not cfg.data.sources:
-        return [SyntheticSource(k, trainer.layout, cfg.eval.heldout_docs, max_len=int(cfg.data.seq_len * 1.5),
+        return [SyntheticSource(k, trainer.plan.layout, cfg.eval.heldout_docs, max_len=int(cfg.data.seq_len * 1.5),
                                 name=f"heldout-{k}", bos_id=cfg.data.bos_id,
-                                text_vocab=trainer.layout.base_vocab_size) for k in KINDS]
+                                text_vocab=trainer.plan.layout.base_vocab_size) for k in KINDS]
     return []
 
 
@@ -209,7 +209,8 @@ class DuringTrainingEval:
             out_dir = Path(tmp.name)
         cfg = dataclasses.replace(self.suite_cfg, output_dir=str(out_dir), name=f"step {step}")
         try:
-            res = run_suite(cfg, model=self.t.engine.module, tokenizer=self.tokenizer, encoder=self.encoder)
+            res = run_suite(cfg, model=self.t.engine.module, tokenizer=self.tokenizer, encoder=self.encoder,
+                                spec=self.t.spec)
         finally:
             if tmp is not None:
                 tmp.cleanup()
@@ -219,26 +220,3 @@ class DuringTrainingEval:
                 if isinstance(r, dict) and r.get("accuracy") is not None:
                     rec[f"eval/{task}/{setting}"] = float(r["accuracy"])
         return rec
-
-
-def eval_axes(rows: list[dict], ax_loss, ax_acc) -> bool:
-    """Draw held-out losses and suite accuracies of the ``eval/`` rows; False if there are none."""
-    rows = [r for r in rows if any(k.startswith("eval/") for k in r)]
-    if not rows:
-        return False
-    keys = sorted({k for r in rows for k in r if k.startswith("eval/") and k != "eval/seconds"})
-    for k in keys:
-        pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
-        if not pts:
-            continue
-        if k.startswith("eval/loss"):
-            ax_loss.plot(*zip(*pts), marker="o", label=k[5:])
-        else:
-            ax_acc.plot(*zip(*pts), marker="o", label=k[5:])
-    ax_loss.set_title("held-out loss"), ax_loss.set_ylabel("cross-entropy (nats)")
-    ax_acc.set_title("evaluation accuracy"), ax_acc.set_ylim(0, 1), ax_acc.axhline(0.5, color="grey", ls="--", lw=1)
-    for ax in (ax_loss, ax_acc):
-        ax.set_xlabel("step")
-        if ax.get_lines():
-            ax.legend(fontsize=7)
-    return True

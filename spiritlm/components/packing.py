@@ -55,6 +55,11 @@ class Packer:
         # tokens placed in rows, per source (its name, else its kind): the realised mixture
         self.tokens_by_source: dict[str, int] = {}
 
+    @property
+    def stream(self):
+        """The document stream this packer reads (its own state is saved beside the packer's)."""
+        return self.docs
+
     def _next_doc(self) -> np.ndarray:
         doc = next(self.docs)
         ids = np.asarray(doc["input_ids"], dtype=np.int64)

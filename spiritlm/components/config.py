@@ -47,7 +47,7 @@ class ModelConfig:
     pad_multiple: int = 256
     # New rows: "mean" = mean of existing rows + noise_std * N(0,1) (mean-resizing, Hewitt 2021);
     # "hf_mean" = HF's resize_token_embeddings(mean_resizing=True); "normal" = N(0, init_std), the
-    # paper's "randomly initialised" (see spiritlm/train/model.py).
+    # paper's "randomly initialised" (see spiritlm/models/unit_lm/model.py).
     new_rows_init: Literal["mean", "hf_mean", "normal"] = "mean"
     noise_std: float = 0.01
     init_std: float = 0.02
@@ -61,7 +61,7 @@ class ModelConfig:
 
 @dataclass
 class SourceConfig:
-    """One data source: a directory of Parquet shards (see ``spiritlm.train.data``)."""
+    """One data source: a directory of Parquet shards (see ``spiritlm.components.mixture``)."""
 
     name: str = ""
     path: str = ""
@@ -80,7 +80,7 @@ class DataConfig:
     eos_id: int = -1  # append EOS to every document if >= 0 (the release adds BOS only)
     # What the source weights share out: "tokens" (the paper: each kind a third of the tokens
     # seen) or "documents" (a source drawn per document; token shares then follow document
-    # lengths). See MixtureStream in spiritlm/train/data.py.
+    # lengths). See MixtureStream in spiritlm/components/mixture.py.
     mixture_unit: Literal["tokens", "documents"] = "tokens"
 
 
@@ -123,7 +123,7 @@ class CheckpointConfig:
 
 @dataclass
 class EvalDuringConfig:
-    """Evaluation while training (``spiritlm.train.eval_during``), every ``eval_every`` steps."""
+    """Evaluation while training (``spiritlm.eval.during_training``), every ``eval_every`` steps."""
 
     # held-out shard folders, one per modality (kind); [] with synthetic data = synthetic held-out
     heldout: list[SourceConfig] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """``spiritlm train RECIPE [--set key=value ...]``: continual pretraining (see train/README.md).
 
 One process: ``spiritlm train train/tiny_cpu.toml``. Several: ``torchrun --nproc_per_node=8 -m
-spiritlm.cli train RECIPE`` or ``deepspeed --num_gpus 8 --module spiritlm.cli train RECIPE``.
+spiritlm train RECIPE`` or ``deepspeed --num_gpus 8 --module spiritlm train RECIPE``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from spiritlm.cli import add_recipe_args
+    from spiritlm.commands import add_recipe_args
 
     p = subparsers.add_parser(
         "train",
@@ -45,9 +45,12 @@ def _run(args) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
+    from spiritlm.eval.during_training import DuringTrainingEval
     from spiritlm.train.trainer import train
 
-    run_dir = train(cfg)
+    # evaluation while training is a component the command hands to the trainer (train/ never
+    # imports eval/)
+    run_dir = train(cfg, evaluator=DuringTrainingEval if cfg.eval_every else None)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run directory: {run_dir}")
     return 0

@@ -14,7 +14,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from spiritlm.cli import add_recipe_args
+    from spiritlm.commands import add_recipe_args
 
     p = subparsers.add_parser("tokenizer", help="speech tokenizer: fit codebooks, encode audio, benchmark")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")

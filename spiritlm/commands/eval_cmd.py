@@ -7,7 +7,7 @@ import sys
 
 
 def register(sub) -> None:
-    from spiritlm.cli import add_recipe_args
+    from spiritlm.commands import add_recipe_args
 
     p = sub.add_parser("eval", help="zero-shot / few-shot evaluation suite -> report.md, results.json, "
                                     "items.jsonl, chart.png")
@@ -102,13 +102,18 @@ def _generate(args) -> int:
     from pathlib import Path
 
     from spiritlm.eval.generate import check_sampling, generate, output_speech_ids, vocode_ids
-    from spiritlm.eval.model import load_model, load_speech_encoder, resolve_device
+    from spiritlm.eval.model import load_speech_encoder, resolve_device
+    from spiritlm.models import locate_model, require
 
     if not args.inputs:
         print("spiritlm generate: give at least one --text or --speech input", file=sys.stderr)
         return 2
     # every check on the arguments before the model is loaded
     check_sampling(args.temperature, args.top_p, args.max_new_tokens)
+    spec, model_dir = locate_model(args.model)  # the family, from its own marker file
+    require(spec, "generate", args.model)  # e.g. a hybrid model: generation needs features it cannot make
+    if args.output_modality != "text":
+        require(spec, "speech_out", args.model)
     audio_out = Path(args.audio_out) if args.audio_out else None
     if (args.vocoder or args.vocoder_release) and not audio_out:
         raise ValueError("--vocoder/--vocoder-release given without --audio-out FILE.wav: say where to write the audio")
@@ -140,7 +145,7 @@ def _generate(args) -> int:
         voc = (Vocoder.load(args.vocoder) if args.vocoder else Vocoder.from_release(args.vocoder_release, variant))
         if args.speaker is not None:
             voc.default_speaker = args.speaker
-    model, tok = load_model(args.model, resolve_device(args.device))
+    model, tok = spec.load(model_dir, resolve_device(args.device), "float32")
     try:
         enc = load_speech_encoder(args.speech_encoder, enc_args) if wavs else None
     except TypeError as e:  # the factory's own signature: name it instead of a traceback

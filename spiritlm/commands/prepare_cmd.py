@@ -1,4 +1,4 @@
-"""``spiritlm prepare manifest|align|shards`` (thin wrappers over the library functions)."""
+"""``spiritlm prepare manifest|align|measure-aligner|shards`` (thin wrappers over the library functions)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from spiritlm.cli import add_recipe_args
+    from spiritlm.commands import add_recipe_args
 
-    p = subparsers.add_parser("prepare", help="data preparation: manifests, alignment, shards")
+    p = subparsers.add_parser("prepare", help="data preparation: manifests, alignment (and measuring it), shards")
     sub = p.add_subparsers(dest="prepare_command", metavar="STEP")
 
     m = sub.add_parser("manifest", help="import a corpus into a JSONL manifest")
@@ -34,6 +34,13 @@ def register(subparsers) -> None:
     a.add_argument("--failed", choices=["keep", "drop"], default="keep",
                    help="utterances that fail to align: keep without words (speech-only) or drop")
     a.set_defaults(func=_align)
+
+    ma = sub.add_parser("measure-aligner", help="pocketsphinx word boundary errors against a manifest's "
+                        "reference word times (JSON report)")
+    ma.add_argument("manifest", help="a manifest with word times (e.g. the demo corpus's)")
+    ma.add_argument("--limit", type=int, default=200, help="utterances with reference times to measure")
+    ma.add_argument("--out", help="also write the JSON report here")
+    ma.set_defaults(func=_measure_aligner)
 
     s = sub.add_parser("shards", help="manifests + text -> Parquet shards (restartable)")
     add_recipe_args(s, recipe_required=True)
@@ -84,6 +91,13 @@ def _align(args: argparse.Namespace) -> int:
     rpath = _write_report(Path(args.output), report)
     print(f"aligned {report['aligned']}, failed {report['failed']} ({report['failed_reasons']}); "
           f"details: {rpath}")
+    return 0
+
+
+def _measure_aligner(args: argparse.Namespace) -> int:
+    from spiritlm.data.align import measure_manifest
+
+    print(json.dumps(measure_manifest(args.manifest, args.limit, args.out), indent=2))
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spiritlm.train.packing import IGNORE
+from spiritlm.components.packing import IGNORE
 from spiritlm.vocab import VocabLayout
 
 TYPES = ("text", "speech", "switch")
@@ -135,9 +135,7 @@ def plot_curves(run_dir: Path) -> Path | None:
     axes[0].set_xlabel("step"), axes[0].set_ylabel("cross-entropy (nats)"), axes[0].legend()
     axes[1].plot(steps, [r.get("lr", 0) for r in rows]), axes[1].set_title("learning rate")
     axes[2].plot(steps, [r.get("tokens_per_s", 0) for r in rows]), axes[2].set_title("tokens/s")
-    if evals:  # evaluation while training (spiritlm.train.eval_during)
-        from spiritlm.train.eval_during import eval_axes
-
+    if evals:  # evaluation while training (spiritlm.eval.during_training)
         eval_axes(evals, axes[3], axes[4])
     for ax in axes:
         ax.set_xlabel("step")
@@ -146,3 +144,26 @@ def plot_curves(run_dir: Path) -> Path | None:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def eval_axes(rows: list[dict], ax_loss, ax_acc) -> bool:
+    """Draw held-out losses and suite accuracies of the ``eval/`` rows; False if there are none."""
+    rows = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    if not rows:
+        return False
+    keys = sorted({k for r in rows for k in r if k.startswith("eval/") and k != "eval/seconds"})
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
+        if not pts:
+            continue
+        if k.startswith("eval/loss"):
+            ax_loss.plot(*zip(*pts), marker="o", label=k[5:])
+        else:
+            ax_acc.plot(*zip(*pts), marker="o", label=k[5:])
+    ax_loss.set_title("held-out loss"), ax_loss.set_ylabel("cross-entropy (nats)")
+    ax_acc.set_title("evaluation accuracy"), ax_acc.set_ylim(0, 1), ax_acc.axhline(0.5, color="grey", ls="--", lw=1)
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("step")
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+    return True

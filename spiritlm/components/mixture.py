@@ -2,7 +2,7 @@
 
 The trainer reads **documents**: ``{"input_ids": 1-D int array, "kind": "speech"|"text"|"interleaved"}``
 (token ids of ``spiritlm.vocab``: ``[Speech][Hu12]...``, ``[Text]the cat``...). A document is one
-training sequence before packing; ``spiritlm.train.packing`` packs documents into ``seq_len`` rows.
+training sequence before packing; ``spiritlm.components.packing`` packs documents into ``seq_len`` rows.
 
 Parquet shards (what the data-prep stage writes, one directory per source)::
 
@@ -96,7 +96,7 @@ class ParquetSource:
         need = ["kind"] + ([] if interleave_fn else ["input_ids"])
         missing = [c for c in need if c not in schema.names]
         if missing:
-            raise DataError(f"{self.files[0]}: missing column(s) {missing}; the schema is in spiritlm/train/data.py")
+            raise DataError(f"{self.files[0]}: missing column(s) {missing}; the schema is in spiritlm/components/mixture.py")
         self.meta = self._read_meta(schema)
         self._cache: tuple[int, object] | None = None
 
