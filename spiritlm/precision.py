@@ -87,37 +87,27 @@ def resolve_precision(requested: str, device: str | None = None) -> PrecisionCho
     if requested not in PRECISIONS:
         raise ValueError(f"precision={requested!r}: use one of {', '.join(PRECISIONS)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = fp32 = None
     if device == "cuda":
         native = bool(torch.cuda.is_bf16_supported(including_emulation=False))
-        name = torch.cuda.get_device_name()
-        why = f"{name} {'supports' if native else 'does not support'} bf16 natively"
-        choice = PrecisionChoice(_pick(requested, native), requested, "", device, native)
+        why = f"{torch.cuda.get_device_name()} {'supports' if native else 'does not support'} bf16 natively"
     else:
         flags, bf16, fp32 = _cpu_probe()
         native = bool(flags) and bf16 > fp32
         rates = f"bf16 matmul {bf16:.1f} vs fp32 {fp32:.1f} GFLOP/s (1 thread, 256x256)"
-        if not flags:
-            why = f"this CPU has no bf16 instructions (no AMX/AVX512_BF16; torch reports " \
-                  f"{torch.backends.cpu.get_cpu_capability()}): {rates}"
-        else:
-            why = f"this CPU has {'+'.join(flags)}: {rates}"
-        choice = PrecisionChoice(_pick(requested, native), requested, "", device, native, round(bf16, 2),
-                                 round(fp32, 2))
+        bf16, fp32 = round(bf16, 2), round(fp32, 2)  # as recorded in summary.json
+        why = (f"this CPU has {'+'.join(flags)}: {rates}" if flags else
+               f"this CPU has no bf16 instructions (no AMX/AVX512_BF16; torch reports "
+               f"{torch.backends.cpu.get_cpu_capability()}): {rates}")
+    precision = requested if requested != "auto" else ("bf16" if native else "fp32")
     if requested == "auto":
-        reason = f"auto -> {choice.precision}: {why}"
+        reason = f"auto -> {precision}: {why}"
     elif requested == "bf16" and not native:
         reason = (f"bf16 as the recipe asks, although {why}; it will train far slower than fp32 "
                   "here: set deepspeed.precision=auto (or fp32)")
     else:
         reason = f"{requested} as the recipe asks ({why})"
-    return PrecisionChoice(choice.precision, requested, reason, device, native, choice.bf16_gflops,
-                           choice.fp32_gflops)
-
-
-def _pick(requested: str, native: bool) -> str:
-    if requested == "auto":
-        return "bf16" if native else "fp32"
-    return requested
+    return PrecisionChoice(precision, requested, reason, device, native, bf16, fp32)
 
 
 def log_choice(choice: PrecisionChoice, logger: logging.Logger = log) -> None:

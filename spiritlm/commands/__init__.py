@@ -25,6 +25,17 @@ def add_recipe_args(p: argparse.ArgumentParser, recipe_required: bool = False, o
         p.set_defaults(out_key=out_key)
 
 
+def named_paths(items, what: str = "NAME=DIR") -> dict[str, str]:
+    """``["a=DIR", ...]`` -> ``{"a": "DIR"}``; an item without ``=`` is refused naming the form."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r}: give {what}")
+        out[name] = path
+    return out
+
+
 def recipe_overrides(args: argparse.Namespace) -> list[str]:
     """``--set`` overrides plus the one ``--out`` stands for, in that order."""
     out = getattr(args, "out", None)

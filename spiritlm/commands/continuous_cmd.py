@@ -54,14 +54,10 @@ def _wer(args) -> int:
 
 
 def _compare(args) -> int:
+    from spiritlm.commands import named_paths
     from spiritlm.models.continuous.compare import summarize, table
 
-    rows = {}
-    for item in args.runs:
-        name, sep, path = item.partition("=")
-        if not sep:
-            raise ValueError(f"{item!r}: give NAME=EVAL_DIR")
-        rows[name] = summarize(path)
+    rows = {name: summarize(path) for name, path in named_paths(args.runs, "NAME=EVAL_DIR").items()}
     text = table(rows)
     print(text, end="")
     if args.out:

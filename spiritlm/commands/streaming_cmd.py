@@ -131,13 +131,9 @@ def _write_table(res: dict, text: str, out: str) -> int:
 def _longform(args) -> int:
     from spiritlm.models.streaming.bench import format_longform, longform_wer
 
-    models = {}
-    for m in args.model:
-        name, sep, path = m.partition("=")
-        if not sep:
-            raise ValueError(f"--model {m!r}: give NAME=DIR")
-        models[name] = path
-    res = longform_wer(models, args.manifest, args.factors, args.split)
+    from spiritlm.commands import named_paths
+
+    res = longform_wer(named_paths(args.model, "--model NAME=DIR"), args.manifest, args.factors, args.split)
     return _write_table(res, format_longform(res), args.out)
 
 

@@ -34,28 +34,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
-def _load(run_dir: str):
-    """-> (spec, model): the family from its own marker file, refused unless it transcribes."""
+def _run(args) -> int:
     from spiritlm.models import locate_model, require
 
-    spec, d = locate_model(run_dir)
-    require(spec, "transcribe", run_dir)
-    model, _tokenizer = spec.load(d, "cpu", None)
-    return spec, model
-
-
-def _run(args) -> int:
     if args.audio != "-":  # a bad file fails before the model loads (stdin is checked as it streams)
         from spiritlm.audio import AudioError, probe_audio
 
         if not Path(args.audio).exists():
             raise AudioError(args.audio, "file not found")
         probe_audio(args.audio)
-    if args.stream:  # refused before the model loads
-        from spiritlm.models import locate_model, require
-
-        require(locate_model(args.run_dir)[0], "stream", args.run_dir)
-    spec, model = _load(args.run_dir)
+    spec, model_dir = locate_model(args.run_dir)  # the family, from its own marker file
+    require(spec, "stream" if args.stream else "transcribe", args.run_dir)  # before the model loads
+    model, _tokenizer = spec.load(model_dir, "cpu", None)
     res = _stream(spec, model, args) if args.stream else _offline(spec, model, args)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")

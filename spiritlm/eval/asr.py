@@ -9,7 +9,7 @@ Decoding runs HF ``generate`` on ``inputs_embeds``: the prompt is the utterance'
 embeddings placed as in training (``[audio] <BOS>`` or ``<BOS> [audio]``), left-padded with an
 attention mask so a batch decodes like each prompt alone (tested), and stops at ``<EOS>``.
 WER: references and hypotheses are normalised as the unit model's few-shot ASR does
-(``spiritlm.eval.fewshot.normalize_text``), then :func:`spiritlm.stats.wer` (jiwer) counts
+(``spiritlm.stats.normalize_text``), then :func:`spiritlm.stats.wer` (jiwer) counts
 substitutions, deletions and insertions over the whole set (corpus WER, not a mean of utterance
 WERs; empty text by that module's one rule).
 """
@@ -23,16 +23,12 @@ import numpy as np
 import torch
 
 from spiritlm import stats
-from spiritlm.eval.fewshot import normalize_text  # the unit model's few-shot ASR normalises the same way
 
 
-def wer(refs: Sequence[str], hyps: Sequence[str]) -> dict:
-    """Corpus WER of normalised texts: {"wer", "substitutions", "deletions", "insertions", "words"}
-    (:func:`spiritlm.stats.wer`: an empty reference's hypothesis words count as insertions, an
-    empty hypothesis deletes its reference; no reference words at all: ``wer`` is NaN)."""
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    return stats.wer([normalize_text(x) for x in refs], [normalize_text(x) for x in hyps])
+# corpus WER of normalised texts: {"wer", "substitutions", "deletions", "insertions", "words"}
+# (an empty reference's hypothesis words count as insertions, an empty hypothesis deletes its
+# reference; no reference words at all: ``wer`` is NaN)
+wer = stats.asr_wer
 
 
 def _prompt(model, emb_NH: torch.Tensor) -> torch.Tensor:
@@ -115,31 +111,3 @@ def evaluate_asr(model, items: Iterable[tuple[str, str, str]], batch_size: int =
     res.update(n=len(ids), skipped=skipped, num_beams=num_beams,
                items=[{"id": i, "ref": r, "hyp": h} for i, r, h in zip(ids, refs, hyps)])
     return res
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m spiritlm.eval.asr --model RUN/hf (--manifest M [--split heldout] | --dir D)``:
-    WER of a continuous-input model, written as JSON beside the printed summary."""
-    import argparse
-    import json
-
-    from spiritlm.models.continuous.model import load_continuous
-
-    ap = argparse.ArgumentParser(description="ASR WER of a continuous-input model (jiwer)")
-    ap.add_argument("--model", required=True, help="a continuous export (<run_dir>/hf)")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--manifest", help="a data-stage manifest (JSON Lines: audio_path + text + split)")
-    src.add_argument("--dir", help="a folder of <id>.wav + <id>.txt (e.g. ../shared/data/real_speech/librivox)")
-    ap.add_argument("--split", default="heldout", help="manifest split to score ('' = all)")
-    ap.add_argument("--beams", type=int, default=1, help="1 = greedy; > 1 = beam search")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--out", default="", help="write the result JSON (with every hypothesis) here")
-    args = ap.parse_args(argv)
-    items = manifest_items(args.manifest, args.split) if args.manifest else text_dir_items(args.dir)
-    res = evaluate_asr(load_continuous(args.model), items, args.batch_size, args.beams, args.max_new_tokens)
-    print(f"WER {100 * res['wer']:.2f}% over {res['words']} words, {res['n']} utterances "
-          f"({len(res['skipped'])} skipped), {'greedy' if args.beams == 1 else f'beam {args.beams}'}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    return 0

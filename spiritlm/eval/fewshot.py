@@ -33,7 +33,7 @@ normalize_text = stats.normalize_text  # the one ASR normalisation (spiritlm.sta
 
 def wer(refs: list[str], hyps: list[str]) -> float:
     """Corpus WER of normalised texts (:func:`spiritlm.stats.wer`; NaN with no reference words)."""
-    return float(stats.wer([normalize_text(r) for r in refs], [normalize_text(h) for h in hyps])["wer"])
+    return float(stats.asr_wer(refs, hyps)["wer"])
 
 
 def cer(refs: list[str], hyps: list[str]) -> float:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from spiritlm.components.scoring import ScorerStats
 from spiritlm.config import ConfigError, save_config
 from spiritlm.eval.fewshot_cls import SpeechClsConfig
 from spiritlm.eval.harness import HarnessConfig
@@ -172,7 +173,9 @@ class _NoScorer:
     """Where a family scores nothing (it may still transcribe): the report's scorer fields stay empty."""
 
     progress_desc = ""
-    stats = type("Stats", (), {})()
+
+    def __init__(self):
+        self.stats = ScorerStats()  # nothing scored: every count stays 0
 
 
 def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None, spec=None) -> dict:

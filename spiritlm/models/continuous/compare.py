@@ -1,6 +1,6 @@
 """The comparison table: continuous-input models beside the interleaved unit model.
 
-    python -m spiritlm.models.continuous.compare --out runs/compare.md \\
+    spiritlm continuous compare --out runs/compare.md \\
         unit=runs/demo/eval_unit  projector=runs/eval_proj  lora=runs/eval_lora  full=runs/eval_full
 
 Each ``name=EVAL_DIR`` is a ``spiritlm eval`` output (``results.json`` + ``items.jsonl``) of one
@@ -13,7 +13,6 @@ a unit model trains all of them) and training tokens/s (mean of the logged rates
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Sequence
@@ -143,22 +142,3 @@ def table(rows: dict[str, dict]) -> str:
         lines.append(f"| {name} | {_cell(r.get('asr'), 'wer')} | {_cell(r.get('storycloze'), 'accuracy')} | "
                      f"{_cell(r.get('topic_storycloze'), 'accuracy')} | {tr} | {tps} |")
     return "\n".join(lines) + "\n"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="name=EVAL_DIR (a `spiritlm eval` output folder)")
-    ap.add_argument("--out", default="", help="write the markdown table here too")
-    args = ap.parse_args(argv)
-    rows = {}
-    for item in args.runs:
-        name, sep, path = item.partition("=")
-        if not sep:
-            raise SystemExit(f"{item!r}: give name=EVAL_DIR")
-        rows[name] = summarize(path)
-    text = table(rows)
-    print(text, end="")
-    if args.out:
-        Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    return 0

@@ -320,34 +320,22 @@ def longform_items(manifest: str | Path, seconds: float, split: str = "heldout",
 
 
 def load_any(path: str | Path):
-    """-> ("streaming" | "continuous", model) from a run dir or its export."""
-    from spiritlm.config import ConfigError
-    from spiritlm.models.streaming.model import STREAMING_FILE, load_streaming
+    """-> (family name, model) of a run dir or its export, for any family that transcribes."""
+    from spiritlm.models.spec import locate_model, require
 
-    d = Path(path)
-    if not d.exists():
-        raise FileNotFoundError(f"{d}: no such run dir")
-    if (d / STREAMING_FILE).is_file() or (d / "hf" / STREAMING_FILE).is_file():
-        return "streaming", load_streaming(d)
-    for e in (d, d / "hf"):
-        if (e / "continuous.json").is_file():
-            from spiritlm.models.continuous.model import load_continuous
-
-            return "continuous", load_continuous(e)
-    raise ConfigError(f"{d}: neither a streaming nor a continuous-input model (no {STREAMING_FILE} or "
-                      "continuous.json in it or its hf/)")
+    spec, d = locate_model(path)
+    require(spec, "transcribe", path)
+    return spec.name, spec.load(d, "cpu", None)[0]
 
 
 @torch.no_grad()
 def transcribe_item(kind: str, model, wav: np.ndarray) -> str:
-    if kind == "streaming":
-        from spiritlm.models.streaming.infer import transcribe_offline
+    """One utterance through its family's transcriber (``ModelSpec.transcribe``: the streaming
+    model's bounded-cache decoder, which equals the reference decoder; the continuous model's
+    greedy decoding with a budget the transcript never hits, 8 pieces per second)."""
+    from spiritlm.models.spec import model_spec
 
-        return transcribe_offline(model, wav)[0]  # the bounded-cache decoder == the reference decoder
-    from spiritlm.eval.asr import transcribe
-
-    # a budget the transcript never hits: 8 pieces per second (the demo speaks ~3 words/s)
-    return transcribe(model, [wav], batch_size=1, max_new_tokens=max(64, int(8 * wav.size / 16000)))[0]
+    return model_spec(kind).transcribe(model, wav)[0]
 
 
 def score(items: list[dict], hyps: list[str]) -> dict:
