@@ -96,8 +96,20 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     from spiritlm.demo import _train_step
     from spiritlm.components.config import TrainConfig
 
+    import torch
+
     run = Path(out["train_interleaved"]["run_dir"])
-    here = _train_step(load_config(TrainConfig, run / "config.yaml", [f"run_dir={tmp_path / 'here'}"]))
+    # at the thread count they used: oneDNN/MKL split a GEMM's reduction by thread (on an AMX Xeon a
+    # 2-thread fp32 weight gradient differs in the last bits from the 1-thread one), so bitwise
+    # equality is a claim about equal thread counts; the summary records the count
+    side_threads = json.loads((run / "summary.json").read_text())["torch_threads"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(side_threads)
+    try:
+        here = _train_step(load_config(TrainConfig, run / "config.yaml", [f"run_dir={tmp_path / 'here'}"]))
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((Path(here["run_dir"]) / "summary.json").read_text())["torch_threads"] == side_threads
     side, same = (load_file(Path(d) / "model.safetensors") for d in (out["train_interleaved"]["hf"], here["hf"]))
     assert side.keys() == same.keys() and all(side[k].equal(same[k]) for k in side)
     # a second run reuses every step

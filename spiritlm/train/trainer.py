@@ -274,7 +274,10 @@ class Trainer:
         family = self.spec.summary(self) if self.spec.summary is not None else {"attention_isolation": None,
                                                                                 "mixture_unit": cfg.data.mixture_unit}
         self.runlog.write_summary({"step": self.step, "tokens_seen": self.tokens_seen, **family,
-                                   "mixture_tokens": self.mixture(), "precision": self.precision.as_dict()})
+                                   "mixture_tokens": self.mixture(), "precision": self.precision.as_dict(),
+                                   # CPU GEMMs split their reductions by thread, so the weights'
+                                   # last bits depend on it: equal runs need equal thread counts
+                                   "torch_threads": torch.get_num_threads()})
         if self.step >= cfg.steps:
             if cfg.checkpoint.export_hf:
                 self.export(self.run_dir / "hf")
