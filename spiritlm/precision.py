@@ -116,3 +116,12 @@ def log_choice(choice: PrecisionChoice, logger: logging.Logger = log) -> None:
         logger.warning("precision: %s", choice.reason)
     else:
         logger.info("precision: %s", choice.reason)
+
+
+def pin_precision(tcfg, device: str = "cpu"):
+    """Replace ``deepspeed.precision = "auto"`` in a training config by the concrete choice on
+    ``device`` (and return the config). For callers that key a cache on the resolved config
+    (the demo's steps): the key then holds the precision the weights are trained in, so a bf16
+    machine and an fp32 one never share a cached model."""
+    tcfg.deepspeed.precision = resolve_precision(tcfg.deepspeed.precision, device).precision
+    return tcfg

@@ -63,7 +63,7 @@ def _diff(a: dict, b: dict) -> set:
 def test_ablation_recipes_change_only_what_the_ablation_says():
     from spiritlm.config import load_config, to_dict
     from spiritlm.data.prepare import PrepareConfig
-    from spiritlm.demo import DemoConfig, _train_config
+    from spiritlm.demo.main import DemoConfig, train_config
     from spiritlm.components.config import TrainConfig, validate_config
     from spiritlm.precision import resolve_precision
 
@@ -76,7 +76,7 @@ def test_ablation_recipes_change_only_what_the_ablation_says():
     assert _diff(*ls) == {"output_dir", "interleave.mode", "interleave.asr_fraction"}
 
     # training: the demo's interleaved model (its own config builder) vs each ablation
-    demo = to_dict(_train_config(DemoConfig(), "interleaved", {"dir": "data/demo_shards"},
+    demo = to_dict(train_config(DemoConfig(), "interleaved", {"dir": "data/demo_shards"},
                                  {"dir": "runs/demo/text_tokenizer/tokenizer"}, Path("runs/demo/x"),
                                  start={"hf": "runs/demo/text_pretrain/run/hf"}))
     rnd = load_config(TrainConfig, REPO / "train" / "demo_ablation_random_init.toml")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from spiritlm.config import ConfigError, to_dict
-from spiritlm.demo import DemoConfig
-from spiritlm.demo_parts import DemoContext
-from spiritlm.eval import ablations
+from spiritlm.demo.main import DemoConfig
+from spiritlm.demo.parts import DemoContext
+from spiritlm.demo import ablations
 
 
 def _ctx(tmp_path, overrides=(), start=True, seeds=(0,)):
@@ -28,10 +28,10 @@ def _flat(d, p=""):
 
 
 def test_each_ablation_changes_one_thing_of_the_interleaved_model(tmp_path):
-    from spiritlm.demo import _train_config
+    from spiritlm.demo.main import train_config
 
     ctx = _ctx(tmp_path)
-    ref = _flat(to_dict(_train_config(ctx.cfg, "interleaved", ctx.shards, ctx.text_tok, tmp_path / "x", ctx.start, 0)))
+    ref = _flat(to_dict(train_config(ctx.cfg, "interleaved", ctx.shards, ctx.text_tok, tmp_path / "x", ctx.start, 0)))
     for variant, shards, changed in (("pairs", {"dir": "shards_pairs"}, {"data.sources"}),
                                      ("random_init", ctx.shards, {"model.checkpoint"})):
         got = _flat(to_dict(ablations.train_config(ctx, variant, 0, shards, tmp_path / "x")))

@@ -11,11 +11,11 @@ import soundfile as sf
 import torch
 
 from spiritlm.config import ConfigError
-from spiritlm.demo import DemoConfig
-from spiritlm.demo_parts import DemoContext
+from spiritlm.demo.main import DemoConfig
+from spiritlm.demo.parts import DemoContext
 from spiritlm.models.continuous.compare import paired_wer
 from spiritlm.models.continuous.data import synthetic_utterances
-from spiritlm.models.continuous.demo_table import model_row
+from spiritlm.demo.continuous_table import model_row
 from spiritlm.pipeline import Pipeline
 
 
@@ -111,7 +111,7 @@ def ctx(tmp_path):
 @pytest.mark.slow
 def test_part_trains_evaluates_and_tables_both_styles(ctx):
     """~1 min on a loaded machine; the fast test below runs one single-stage style end to end."""
-    from spiritlm.models.continuous.demo_part import run
+    from spiritlm.demo.continuous import run
 
     res = run(ctx)
     assert set(res["models"]) == {"speechllm", "tinyaudio_stage1", "tinyaudio"}
@@ -143,7 +143,7 @@ def test_part_trains_evaluates_and_tables_both_styles(ctx):
 
 
 def test_part_one_style_end_to_end_and_cached(ctx):
-    from spiritlm.models.continuous.demo_part import run
+    from spiritlm.demo.continuous import run
 
     ctx.part_overrides["continuous"].append("styles=[speechllm_frozen]")
     del ctx.draws["test2"]
@@ -160,7 +160,7 @@ def test_part_one_style_end_to_end_and_cached(ctx):
 
 
 def test_bad_part_settings_say_the_fix(ctx):
-    from spiritlm.models.continuous.demo_part import run
+    from spiritlm.demo.continuous import run
 
     ctx.part_overrides = {"continuous": ["styles=[wav2vec]"]}
     with pytest.raises(ConfigError, match="styles"):

@@ -9,7 +9,9 @@ import soundfile as sf
 import torch
 
 from spiritlm.config import load_config
-from spiritlm.eval.asr import evaluate_asr, text_dir_items, transcribe, wer
+from spiritlm.models.continuous.asr import evaluate_asr, transcribe
+from spiritlm.stats import asr_wer as wer
+from spiritlm.transcripts import text_dir_items
 from spiritlm.components.scoring import Request
 from spiritlm.models.continuous.config import ContinuousTrainConfig
 from spiritlm.models.continuous.data import synthetic_utterances

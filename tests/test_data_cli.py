@@ -82,7 +82,7 @@ def test_prepare_demo_shards_with_a_speech_tokenizer_object(tmp_path):
             out = []
             for p in paths:
                 try:
-                    out.append({**fake_enc([p])[0], "duration": 1.0})
+                    out.append({**fake_enc.encode_many([p])[0], "duration": 1.0})
                 except ValueError as e:
                     out.append(e)
             return out

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from spiritlm.config import load_config
-from spiritlm.demo import DemoConfig, run_demo
+from spiritlm.demo.main import DemoConfig, run_demo
 
 TINY = [
     "corpus.target_minutes=1.5",
@@ -93,7 +93,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     # the two models trained side by side (1 thread each) equal the same training run here
     from safetensors.torch import load_file
 
-    from spiritlm.demo import _train_step
+    from spiritlm.demo.main import train_step
     from spiritlm.components.config import TrainConfig
 
     import torch
@@ -106,7 +106,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(side_threads)
     try:
-        here = _train_step(load_config(TrainConfig, run / "config.yaml", [f"run_dir={tmp_path / 'here'}"]))
+        here = train_step(load_config(TrainConfig, run / "config.yaml", [f"run_dir={tmp_path / 'here'}"]))
     finally:
         torch.set_num_threads(threads)
     assert json.loads((Path(here["run_dir"]) / "summary.json").read_text())["torch_threads"] == side_threads

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from spiritlm import demo_parts
+from spiritlm.demo import cached as demo_cached, parts as demo_parts
 from spiritlm.config import ConfigError, load_config
-from spiritlm.demo import DemoConfig
-from spiritlm.demo_parts import DemoContext, check_parts, run_parts
+from spiritlm.demo.main import DemoConfig
+from spiritlm.demo.parts import DemoContext, check_parts, run_parts
 from spiritlm.pipeline import Pipeline
 
 CALLS = []
@@ -48,7 +48,7 @@ def test_unknown_part_fails_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="not known"):
         check_parts(["no_such_part"])
     with pytest.raises(ConfigError, match="not known"):
-        from spiritlm.demo import run_demo
+        from spiritlm.demo.main import run_demo
         run_demo(load_config(DemoConfig, None, [f"out_dir={tmp_path / 'x'}", "parts=[no_such_part]"]))
     assert not (tmp_path / "x").exists()
 
@@ -57,7 +57,7 @@ def test_demo_cli_part_flag_becomes_the_parts_list(monkeypatch):
     from spiritlm.cli import build_parser
 
     seen = {}
-    monkeypatch.setattr("spiritlm.demo.run_demo", lambda cfg: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr("spiritlm.demo.main.run_demo", lambda cfg: seen.setdefault("cfg", cfg))
     args = build_parser().parse_args(["demo", "--part", "a", "--part", "b", "--out", "/tmp/x"])
     assert args.func(args) == 0
     assert seen["cfg"].parts == ["a", "b"] and seen["cfg"].out_dir == "/tmp/x"
@@ -70,7 +70,7 @@ def _done(root, step, outputs):
 
 def test_context_from_cache_reads_finished_steps_and_pairs_only_complete_seeds(tmp_path, monkeypatch):
     from spiritlm.config import save_config
-    from spiritlm.demo_parts import context_from_cache
+    from spiritlm.demo.cached import context_from_cache
 
     with pytest.raises(ConfigError, match="run `spiritlm demo"):
         context_from_cache(tmp_path)
@@ -104,5 +104,5 @@ def test_context_from_cache_reads_finished_steps_and_pairs_only_complete_seeds(t
     assert main(["demo-parts", "--out", str(tmp_path), "--part", "toy", "--set", "toy.lr=3"]) == 0
     assert json.loads((tmp_path / "toy_step" / "STEP_DONE.json").read_text())["outputs"]["overrides"] == ["lr=3"]
     with pytest.raises(ConfigError, match="PART.key=value"):
-        demo_parts.run_cached_parts(tmp_path, ["toy"], ["lr=3"])
+        demo_cached.run_cached_parts(tmp_path, ["toy"], ["lr=3"])
     assert main(["demo-parts", "--out", str(tmp_path), "--part", "toy", "--set", "lr=3"]) == 1

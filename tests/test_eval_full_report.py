@@ -28,7 +28,7 @@ def test_harness_runs_the_local_storycloze_task_offline_over_every_draw(tmp_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
     from spiritlm.config import load_config
-    from spiritlm.eval.full_report import TEXT_TASK, text_task_yaml
+    from spiritlm.demo.full_report import TEXT_TASK, text_task_yaml
     from spiritlm.eval.suite import EvalConfig, run_suite
     from spiritlm.eval.testing import make_tiny_model_dir
 
@@ -60,7 +60,7 @@ def test_harness_runs_the_local_storycloze_task_offline_over_every_draw(tmp_path
 
 
 def test_pooled_rows_and_joined_report():
-    from spiritlm.eval.full_report import model_report, pooled_accuracy
+    from spiritlm.demo.full_report import model_report, pooled_accuracy
 
     d1 = [{"task": "swuggy", "setting": "S", "score": 1.0}, {"task": "swuggy", "setting": "S", "score": 0.0}]
     d2 = [{"task": "swuggy", "setting": "S", "score": 1.0}, {"task": "speech_cls", "setting": "S", "score": 0.0}]

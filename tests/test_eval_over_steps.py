@@ -25,7 +25,7 @@ def _tiny_run(tmp_path):
 def test_checkpoint_to_hf_holds_the_exported_weights(tmp_path):
     from safetensors.numpy import load_file
 
-    from spiritlm.eval.over_steps import checkpoint_to_hf, saved_steps
+    from spiritlm.demo.over_steps import checkpoint_to_hf, saved_steps
 
     run = _tiny_run(tmp_path)
     assert saved_steps(run) == [2, 4]
@@ -52,7 +52,7 @@ def test_checkpoint_to_hf_holds_the_exported_weights(tmp_path):
 
 
 def test_table_and_chart_over_steps(tmp_path):
-    from spiritlm.eval.over_steps import ROWS, accuracies, markdown, plot
+    from spiritlm.demo.over_steps import ROWS, accuracies, markdown, plot
 
     res = {"results": {"swuggy": {"S": {"accuracy": 0.6}, "T": {"accuracy": 0.9}},
                        "topic_storycloze": {"T2S": {"accuracy": 0.55}, "S2T": {"accuracy": None}}}}
@@ -70,9 +70,9 @@ def test_table_and_chart_over_steps(tmp_path):
 
 
 def test_part_config_names_the_seeds_it_can_use(tmp_path):
-    from spiritlm.demo import DemoConfig
-    from spiritlm.demo_parts import DemoContext
-    from spiritlm.eval.over_steps import part_config
+    from spiritlm.demo.main import DemoConfig
+    from spiritlm.demo.parts import DemoContext
+    from spiritlm.demo.over_steps import part_config
 
     ctx = DemoContext(cfg=DemoConfig(), out=tmp_path, pipe=None, corpus={}, text_tok={}, speech_tok={},
                       manifest="", shards={}, start=None, seeds=[0, 1], models={}, draws={}, units={}, evals={},

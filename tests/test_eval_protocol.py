@@ -47,7 +47,7 @@ def test_pooling_keeps_same_named_items_of_two_draws_apart():
 def test_demo_comparison_reads_claims_from_the_test_draws_only(tmp_path):
     """The interleaved model is far ahead on the dev draw and at chance on the test draws: the
     check must come from the test draws (no claim holds) and the dev table must be labelled dev."""
-    from spiritlm.demo import _compare_step
+    from spiritlm.demo.main import compare_step
 
     rng = np.random.default_rng(1)
     evals, draws = {"interleaved": {}, "no_interleaving": {}}, {}
@@ -61,7 +61,7 @@ def test_demo_comparison_reads_claims_from_the_test_draws_only(tmp_path):
             evals[v][label] = [{"dir": str(d)}]
     out = tmp_path / "compare"
     out.mkdir()
-    res = _compare_step(evals, draws, [0], out)
+    res = compare_step(evals, draws, [0], out)
     assert "3 test draws (mini seeds 11, 12, 13" in res["protocol"]
     assert "Holm-adjusted over these 5 tests, 0 hold" in res["check"]
     assert "5 hold" in res["dev_check"]

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from spiritlm.models.hybrid.demo_part import comparison_table, nll_compare
+from spiritlm.demo.hybrid import comparison_table, nll_compare
 
 
 def test_nll_compare_is_a_ratio_of_sums_averaged_over_seeds():
@@ -41,11 +41,11 @@ def test_comparison_table_rows():
 
 
 def test_matched_ffn_gives_the_tokens_only_model_the_hybrid_s_parameters(tmp_path):
-    from spiritlm.models.hybrid.demo_part import HybridPartConfig, matched_ffn, train_config
+    from spiritlm.demo.hybrid import HybridPartConfig, matched_ffn, train_config
     from spiritlm.models.hybrid.model import FrameProjector, feature_dim
 
     ctx = SimpleNamespace(out=tmp_path, text_tok={"dir": "tok"}, manifest="m.jsonl", shards={"dir": str(tmp_path)},
-                          recipe=lambda p: __import__("spiritlm.demo", fromlist=["_recipe"])._recipe(p))
+                          recipe=lambda p: __import__("spiritlm.demo.main", fromlist=["recipe"]).recipe(p))
     opts = HybridPartConfig()
     ffn = matched_ffn(ctx, opts)
     cfg = train_config(ctx, opts, "hybrid", 0, tmp_path / "r")

@@ -105,13 +105,13 @@ def test_sigterm_to_the_parent_stops_the_side_processes(tmp_path):
 def test_demo_reads_training_progress_and_names_exports(tmp_path):
     from pathlib import Path
 
-    from spiritlm.demo import _last_logged_step
+    from spiritlm.demo.main import last_logged_step
     from spiritlm.eval.suite import _model_name
 
     m = tmp_path / "metrics.jsonl"
-    assert _last_logged_step(m) == 0  # not written yet
+    assert last_logged_step(m) == 0  # not written yet
     m.write_text('{"step": 5, "loss": 1.0}\n{"step": 10, "loss": 0.9}\n{"step": 1')  # last line half written
-    assert _last_logged_step(m) == 10
+    assert last_logged_step(m) == 10
     assert _model_name(Path("runs/demo/train_interleaved/run/hf")) == "train_interleaved"
     assert _model_name(Path("runs/spiritlm_base_7b/hf")) == "spiritlm_base_7b"
     assert _model_name(Path("/ckpt/spirit-lm-base-7b")) == "spirit-lm-base-7b"

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from spiritlm import precision as prec  # noqa: E402
-from spiritlm.demo import DemoConfig, precision_choice  # noqa: E402
+from spiritlm.demo.main import DemoConfig, precision_choice  # noqa: E402
 
 
 @pytest.fixture
@@ -56,16 +56,16 @@ def test_explicit_precision_is_honoured_with_a_warning(fake_cpu, caplog):
 def test_demo_is_fp32_where_bf16_matmul_is_slower(fake_cpu, tmp_path):
     """The demo's resolved precision on a CPU whose bf16 matmul is slower than fp32: fp32, in the
     report and in every model's config (hence its cache key)."""
-    from spiritlm.demo import _train_config
+    from spiritlm.demo.main import train_config
 
     fake_cpu([], 1.0, 74.8)
     cfg = DemoConfig(out_dir=str(tmp_path))
     assert precision_choice(cfg).precision == "fp32"
     shards = {"dir": str(tmp_path / "shards")}
-    tcfg = _train_config(cfg, "interleaved", shards, {"dir": str(tmp_path / "tok")}, tmp_path / "m")
+    tcfg = train_config(cfg, "interleaved", shards, {"dir": str(tmp_path / "tok")}, tmp_path / "m")
     assert tcfg.deepspeed.precision == "fp32"
     fake_cpu(["AMX"], 420.0, 100.0)
-    tcfg = _train_config(cfg, "interleaved", shards, {"dir": str(tmp_path / "tok")}, tmp_path / "m")
+    tcfg = train_config(cfg, "interleaved", shards, {"dir": str(tmp_path / "tok")}, tmp_path / "m")
     assert tcfg.deepspeed.precision == "bf16"  # the earlier bf16 keys stay valid where bf16 is native
 
 

@@ -281,7 +281,7 @@ def test_fit_and_cli_encode(syn_corpus, tmp_path, capsys, one_thread):
 
 def test_fit_errors_are_actionable(syn_corpus, tmp_path):
     from spiritlm.tokenizer.config import TokenizerCfg
-    from spiritlm.tokenizer.fit import corpus_files
+    from spiritlm.tokenizer.corpus_audio import corpus_files
 
     with pytest.raises(FileNotFoundError, match="manifest"):
         corpus_files(tmp_path / "none.jsonl")

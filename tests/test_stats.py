@@ -153,10 +153,10 @@ def test_cer_follows_the_same_empty_rule():
 
 
 def test_every_caller_uses_the_one_wer_rule():
-    from spiritlm.eval.asr import wer as asr_wer
+    from spiritlm.stats import asr_wer
     from spiritlm.eval.fewshot import wer as fewshot_wer
     from spiritlm.models.continuous.compare import paired_wer, wer_with_ci
-    from spiritlm.models.streaming.demo_part import paired_wer_bootstrap
+    from spiritlm.demo.streaming import paired_wer_bootstrap
 
     refs = ["The cat sat.", "", "a b", "..."]
     hyps = ["the cat sit", "extra words", "", ""]

@@ -98,7 +98,7 @@ def test_demo_tables_on_tiny_models(tmp_path, capsys):
     import types
 
     from spiritlm.config import load_config
-    from spiritlm.demo_parts import DemoContext
+    from spiritlm.demo.parts import DemoContext
     from spiritlm.models.continuous.config import ContinuousTrainConfig
     from spiritlm.models.continuous.model import build_continuous
     from spiritlm.models.streaming.bench import _tokenizer, demo_tables

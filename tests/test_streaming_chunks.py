@@ -103,7 +103,7 @@ def test_packed_rows_hold_whole_utterances_with_their_chunks():
 
 
 def test_paired_wer_bootstrap_and_part_overrides():
-    from spiritlm.models.streaming.demo_part import _split_overrides, paired_wer_bootstrap
+    from spiritlm.demo.streaming import _split_overrides, paired_wer_bootstrap
 
     a = [{"id": "1", "ref": "the cat sat", "hyp": "the cat sat"}, {"id": "2", "ref": "a dog", "hyp": "a dog"}]
     b = [{"id": "2", "ref": "a dog", "hyp": "a hog"}, {"id": "1", "ref": "the cat sat", "hyp": "the sat"}]

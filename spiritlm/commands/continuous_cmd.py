@@ -3,7 +3,7 @@
     spiritlm continuous wer --model RUN/hf (--manifest M [--split heldout] | --dir D) [--beams 4]
     spiritlm continuous compare unit=runs/demo/eval_unit projector=runs/eval_proj --out runs/compare.md
 
-Thin wrappers over :func:`spiritlm.eval.asr.evaluate_asr` and
+Thin wrappers over :func:`spiritlm.models.continuous.asr.evaluate_asr` and
 :func:`spiritlm.models.continuous.compare.summarize` / ``table``.
 """
 
@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _wer(args) -> int:
-    from spiritlm.eval.asr import evaluate_asr, manifest_items, text_dir_items
+    from spiritlm.models.continuous.asr import evaluate_asr
+    from spiritlm.transcripts import manifest_items, text_dir_items
     from spiritlm.models.continuous.model import load_continuous
 
     items = manifest_items(args.manifest, args.split) if args.manifest else text_dir_items(args.dir)

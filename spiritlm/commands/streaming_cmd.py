@@ -106,7 +106,7 @@ def _align(args) -> int:
 
 
 def _decode(args) -> int:
-    from spiritlm.eval.asr import manifest_items, text_dir_items
+    from spiritlm.transcripts import manifest_items, text_dir_items
     from spiritlm.models.streaming.decode import evaluate_stream_asr
     from spiritlm.models.streaming.model import load_streaming
 

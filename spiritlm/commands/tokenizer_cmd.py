@@ -146,7 +146,7 @@ def _encode(args: argparse.Namespace) -> int:
 def _consistency(args: argparse.Namespace) -> int:
     import json
 
-    from spiritlm.tokenizer.fit import corpus_files
+    from spiritlm.tokenizer.corpus_audio import corpus_files
     from spiritlm.tokenizer.metrics import word_unit_consistency
     from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
 
@@ -162,8 +162,8 @@ def _consistency(args: argparse.Namespace) -> int:
     if args.mfcc_baseline:
         import numpy as np
 
-        from spiritlm.tokenizer.tiny_hubert import mfcc
-        from spiritlm.tokenizer.fit import iter_wavs
+        from spiritlm.tokenizer.corpus_audio import iter_wavs
+        from spiritlm.tokenizer.tiny_hubert_train import mfcc
         from spiritlm.tokenizer.kmeans import KMeansQuantizer, train_kmeans
 
         wavs = list(iter_wavs([(u, p) for (u, p), r in zip(rows, res) if not isinstance(r, Exception)], 1280))

@@ -1,7 +1,7 @@
 """Batched log-likelihood of continuations given contexts, for zero-shot comparisons.
 
 A :class:`Request` is (context segments, continuation segments); a segment is ``("text", str)``
-or ``("speech", x)`` with ``x`` a wav path / 16 kHz array (through the :class:`SpeechEncoder`),
+or ``("speech", x)`` with ``x`` a wav path / 16 kHz array (through a speech unit encoder, :class:`spiritlm.unit_encoder.UnitEncoder`),
 a units dict, or a speech string ``"[Hu3][Hu7]..."``. The context ends with the marker of the
 continuation's first modality (``[Text] story [Speech]``), so the continuation's score counts
 only its own tokens. :class:`Score` carries the summed log-prob and the token count; ``mean`` is

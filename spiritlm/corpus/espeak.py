@@ -47,6 +47,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import numpy.ctypeslib  # noqa: F401 - imported here, not lazily in every forked child
 
+from spiritlm.corpus import espeak_zygote as zy
+
 # --- constants of speak_lib.h (API revision 12, espeak-ng 1.52) --------------------------------
 AUDIO_OUTPUT_SYNCHRONOUS = 2
 espeakINITIALIZE_PHONEME_EVENTS = 0x0001
@@ -281,8 +283,6 @@ class ESpeak:
         ``direct=None``: a process larger than ``ZYGOTE_RSS_BYTES`` forks from a small helper
         process instead (same bytes, much cheaper forks; see :mod:`spiritlm.corpus.espeak_zygote`);
         then ``fn`` and the items must be picklable. ``True``/``False`` force either path."""
-        from spiritlm.corpus import espeak_zygote as zy
-
         if os.getpid() != self._pid:
             raise RuntimeError("ESpeak instance used after fork; use get_espeak() in each process")
         if direct is None:

@@ -8,9 +8,12 @@ milliseconds; in the demo's process after it has trained two models (~2.5 GB res
 process.
 
 So a parent above :data:`ZYGOTE_RSS_BYTES` hands the whole ``map_forked`` call to a *zygote*: a
-fresh ``python`` that imports only this module and espeak, initialises espeak the same way and
-forks the children itself. The children are forks of a pristine, initialised espeak either way,
-so the output bytes are the same on both paths (``tests/test_corpus.py`` checks this).
+fresh ``python`` that imports only espeak and the zygote's two modules, initialises espeak the
+same way and forks the children itself. The children are forks of a pristine, initialised espeak
+either way, so the output bytes are the same on both paths (``tests/test_corpus.py`` checks this).
+
+This module is the parent's side and the pipe's framing; the zygote's loop is
+:func:`spiritlm.corpus.espeak_zygote_main.main`, apart so that this module imports nothing of espeak.
 
 Protocol (stdin/stdout of the zygote, pickles behind an 8-byte length): the parent sends
 ``(fn, items, processes)``; the zygote answers ``(True, results)`` or ``(False, message)``.
@@ -41,14 +44,14 @@ def resident_bytes() -> int:
         return 0
 
 
-def _send(f: BinaryIO, obj: Any) -> None:
+def send(f: BinaryIO, obj: Any) -> None:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     f.write(struct.pack("<Q", len(data)))
     f.write(data)
     f.flush()
 
 
-def _recv(f: BinaryIO) -> Any:
+def recv(f: BinaryIO) -> Any:
     head = f.read(8)
     if len(head) < 8:
         raise EOFError("zygote pipe closed")
@@ -71,15 +74,15 @@ class Zygote:
         pkg_root = str(Path(__file__).resolve().parents[2])  # so an uninstalled checkout works too
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
         return subprocess.Popen(
-            [sys.executable, "-c", "from spiritlm.corpus.espeak_zygote import main; main()"],
+            [sys.executable, "-c", "from spiritlm.corpus.espeak_zygote_main import main; main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
     def map(self, fn: Callable, items: Sequence[Any], processes: int) -> list[Any]:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = self._start()
         try:
-            _send(self._proc.stdin, (fn, list(items), processes))
-            ok, payload = _recv(self._proc.stdout)
+            send(self._proc.stdin, (fn, list(items), processes))
+            ok, payload = recv(self._proc.stdout)
         except BaseException:
             # Interrupted or broken mid-call: the pipe is out of step, so the zygote goes.
             self.close()
@@ -100,23 +103,3 @@ class Zygote:
             proc.wait()
         finally:
             proc.stdout.close()
-
-
-def main() -> None:
-    """The zygote's loop: read a call, run it with direct forks, answer; stop at EOF."""
-    from spiritlm.corpus.espeak import get_espeak
-
-    # The protocol owns stdout; anything a library prints goes to stderr instead.
-    inp, out = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    es = get_espeak()
-    while True:
-        try:
-            fn, items, processes = _recv(inp)
-        except EOFError:
-            return
-        try:
-            reply = (True, es.map_forked(fn, items, processes, direct=True))
-        except Exception as e:  # noqa: BLE001 - sent back and raised in the parent
-            reply = (False, str(e) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {e}")
-        _send(out, reply)

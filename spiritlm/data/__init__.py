@@ -9,5 +9,5 @@ Modules (each importable on its own; heavy imports stay inside functions):
 * :mod:`spiritlm.data.reader`     -- streaming, rank/worker-aware, resumable shard reader
 * :mod:`spiritlm.data.importers`  -- LibriSpeech / folder / lhotse / demo / text-only importers
 * :mod:`spiritlm.data.align`      -- word aligners (pocketsphinx, MFA) and alignment import
-* :mod:`spiritlm.data.encoders`   -- the ``UnitEncoder`` protocol and a deterministic fake
+* :mod:`spiritlm.data.encoders`   -- speech unit encoders (``spiritlm.unit_encoder.UnitEncoder``) and a deterministic fake
 """

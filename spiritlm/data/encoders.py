@@ -1,14 +1,13 @@
-"""Speech unit encoders as the data stage sees them.
+"""The data stage's speech unit encoders (the protocol: :class:`spiritlm.unit_encoder.UnitEncoder`).
 
-A :class:`UnitEncoder` is called on a batch of audio paths and returns, per path, a dict of
-frame-level unit streams (``{"hubert": int array at 25 Hz, "pitch": ..., "style": ...}``; Base
-models need only ``hubert``). ``frame_rates`` gives the true frame rate of every stream (used to
-place frames in time; the merge order of the speech string uses the vocabulary's rates), and
-``name`` identifies the encoder in shard metadata.
+The data stage calls ``encode_many`` on batches of audio paths; every encoder here also has
+``encode`` (one file or waveform), so the same object serves the evaluation. ``frame_rates``
+gives the true frame rate of every stream (used to place frames in time; the merge order of the
+speech string uses the vocabulary's rates), and ``name`` identifies the encoder in shard metadata.
 
 :class:`HashUnitEncoder` is a deterministic stand-in for tests and demos (a hash of the audio
-samples of each frame); :class:`TokenizerEncoder` adapts ``spiritlm.tokenizer``'s
-``SpeechTokenizer.encode(path)``.
+samples of each frame); :class:`SpeechTokenizerEncoder` is a saved ``spiritlm tokenizer fit``
+directory; :class:`TokenizerEncoder` adapts any object with ``encode(path)``.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import Sequence
 
 import numpy as np
 
@@ -24,15 +23,7 @@ import numpy as np
 # loader (sample-rate, truncation, NaN/inf checks, with the file named in the message).
 from spiritlm.audio import AudioError  # noqa: F401  (re-exported)
 
-DEFAULT_FRAME_RATES = {"hubert": 25.0, "pitch": 12.5, "style": 1.0}
-
-
-@runtime_checkable
-class UnitEncoder(Protocol):
-    name: str
-    frame_rates: Mapping[str, float]
-
-    def __call__(self, paths: Sequence[str | Path]) -> list[dict[str, np.ndarray]]: ...
+from spiritlm.unit_encoder import DEFAULT_FRAME_RATES, AudioInput
 
 
 def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
@@ -79,7 +70,12 @@ class HashUnitEncoder:
             out[s] = self._stream(pcm, hop, sizes[s], n, self.runs if s == "hubert" else 3)
         return out
 
-    def __call__(self, paths: Sequence[str | Path]) -> list[dict[str, np.ndarray]]:
+    def encode(self, audio: AudioInput) -> dict[str, np.ndarray]:
+        wav = audio if isinstance(audio, np.ndarray) else read_audio(audio, self.sample_rate)
+        return self.encode_array(np.asarray(wav, dtype=np.float32))
+
+    def encode_many(self, paths: Sequence[str | Path]) -> list[dict[str, np.ndarray]]:
+        # a bad file raises for the whole batch; the data stage's workers then retry one by one
         return [self.encode_array(read_audio(p, self.sample_rate)) for p in paths]
 
 
@@ -116,7 +112,11 @@ class SpeechTokenizerEncoder:
         self.name = name or f"speech-tokenizer:{getattr(getattr(tok, 'cfg', None), 'name', 'custom')}"
         return self
 
-    def __call__(self, paths):
+    def encode(self, audio: AudioInput) -> dict[str, np.ndarray]:
+        units = self.tok.encode(audio if isinstance(audio, np.ndarray) else str(audio))
+        return {s: np.asarray(units[s], dtype=np.int64) for s in self.frame_rates}
+
+    def encode_many(self, paths):
         out = []
         # Ask only for the streams we keep when the tokenizer can skip the others (ours can; a
         # duck-typed one with a plain encode_many(paths) still works).
@@ -149,9 +149,9 @@ class TokenizerEncoder:
         rates = dict(frame_rates or getattr(tokenizer, "frame_rates", None) or DEFAULT_FRAME_RATES)
         self.frame_rates = {s: float(rates[s]) for s in streams}
 
-    def __call__(self, paths):
-        out = []
-        for p in paths:
-            units = self.tokenizer.encode(str(p))
-            out.append({s: np.asarray(units[s], dtype=np.int64) for s in self.frame_rates})
-        return out
+    def encode(self, audio: AudioInput) -> dict[str, np.ndarray]:
+        units = self.tokenizer.encode(audio if isinstance(audio, np.ndarray) else str(audio))
+        return {s: np.asarray(units[s], dtype=np.int64) for s in self.frame_rates}
+
+    def encode_many(self, paths):
+        return [self.encode(p) for p in paths]

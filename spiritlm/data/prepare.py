@@ -195,7 +195,7 @@ def _out_config(cfg: PrepareConfig) -> dict:
 def prepare_shards(cfg: PrepareConfig, encoder=None, text_tokenizer=None) -> dict:
     """Run the pipeline; returns the report (also written to ``report.json``).
 
-    ``encoder`` (a :class:`~spiritlm.data.encoders.UnitEncoder`) and ``text_tokenizer`` (a
+    ``encoder`` (a :class:`~spiritlm.unit_encoder.UnitEncoder`) and ``text_tokenizer`` (a
     ``SpiritTokenizer``) override ``cfg.speech.encoder`` / ``cfg.text_tokenizer`` when given.
     """
     from spiritlm.data import work
@@ -262,14 +262,15 @@ def prepare_demo_shards(cfg: PrepareConfig | None, manifest, speech_tokenizer=No
                         text_tokenizer=None, text_corpus=None, output_dir=None) -> Path:
     """End-to-end demo: a manifest (+ optional text corpus) -> shard directory (returned).
 
-    ``speech_tokenizer``: a :class:`~spiritlm.data.encoders.UnitEncoder`, a loaded
+    ``speech_tokenizer``: a :class:`~spiritlm.unit_encoder.UnitEncoder`, a loaded
     ``SpeechTokenizer``, or None (use ``cfg.speech``). ``text_tokenizer``: a ``SpiritTokenizer``,
     a path, or None (use ``cfg.text_tokenizer``). The report is in ``<shard_dir>/report.json``.
     """
     import copy
 
-    from spiritlm.data.encoders import SpeechTokenizerEncoder, UnitEncoder
+    from spiritlm.data.encoders import SpeechTokenizerEncoder
     from spiritlm.data.work import load_text_tokenizer
+    from spiritlm.unit_encoder import UnitEncoder
 
     cfg = copy.deepcopy(cfg) if cfg is not None else PrepareConfig(progress=False)
     cfg.inputs.manifests = [str(manifest)]

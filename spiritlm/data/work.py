@@ -19,6 +19,7 @@ from spiritlm.data.encoders import AudioError, HashUnitEncoder
 from spiritlm.data.interleave import Interleaver
 from spiritlm.data.records import (AlignedRecord, RecordError, asr_ids, check_alignment,
                                    encode_words, speech_ids, text_ids, tts_ids, written_forms)
+from spiritlm.unit_encoder import UnitEncoder
 from spiritlm.vocab import UnitError
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,17 @@ def make_encoder(spec: str, speech_cfg):
         factory = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"speech.encoder {spec!r}: cannot import it ({e})") from None
-    return factory(speech_cfg)
+    return checked_encoder(factory(speech_cfg), f"speech.encoder {spec!r}")
+
+
+def checked_encoder(enc, where: str) -> UnitEncoder:
+    """The data stage needs the whole protocol: a name for the shards' metadata and the frame
+    rates to place frames in time, not guessed defaults."""
+    if not isinstance(enc, UnitEncoder):
+        missing = [m for m in ("name", "frame_rates", "encode", "encode_many") if not hasattr(enc, m)]
+        raise ConfigError(f"{where} gave {type(enc).__name__}, which lacks {missing}: a speech encoder for the "
+                          "data stage implements spiritlm.unit_encoder.UnitEncoder (see spiritlm/data/encoders.py)")
+    return enc
 
 
 class Context:
@@ -98,7 +109,8 @@ class Context:
     def create(cls, cfg, encoder=None, tokenizer=None) -> "Context":
         tokenizer = tokenizer or load_text_tokenizer(cfg.text_tokenizer)
         spec = None if encoder is not None else cfg.speech.encoder
-        encoder = encoder or make_encoder(cfg.speech.encoder, cfg.speech)
+        encoder = (checked_encoder(encoder, "the encoder given to prepare_shards") if encoder is not None
+                   else make_encoder(cfg.speech.encoder, cfg.speech))
         ctx = cls(cfg, encoder, tokenizer)
         ctx.encoder_spec = spec
         return ctx
@@ -264,12 +276,12 @@ def process_chunk(ctx: Context, items: list[dict]) -> tuple[list[dict], dict]:
         batch = todo[i:i + bs]
         t0 = time.perf_counter()
         try:
-            outs = list(zip(batch, ctx.encoder([p for _, p in batch])))
+            outs = list(zip(batch, ctx.encoder.encode_many([p for _, p in batch])))
         except Exception:  # find the culprit(s) one by one
             outs = []
             for rid, p in batch:
                 try:
-                    outs.append(((rid, p), ctx.encoder([p])[0]))
+                    outs.append(((rid, p), ctx.encoder.encode_many([p])[0]))
                 except (AudioError, RuntimeError, ValueError, OSError) as e:
                     st.drop(rid, "audio_unreadable", str(e))
         st.d["encode_seconds"] += time.perf_counter() - t0

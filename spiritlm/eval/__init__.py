@@ -3,7 +3,7 @@
 Modules (import what you need; nothing heavy is imported here):
 
 * :mod:`spiritlm.eval.model` -- ``load_model(dir) -> (model, SpiritTokenizer)`` with the
-  speech-vocabulary check; the ``SpeechEncoder`` protocol and ``CachedEncoder``.
+  speech-vocabulary check; ``CachedEncoder`` over the speech unit encoder (``spiritlm.unit_encoder``).
 * :mod:`spiritlm.components.scoring` -- ``Scorer(model, tok, encoder).score([Request(ctx, cont)])``:
   batched, shared-context log-likelihoods (``Score.logprob``, ``n_tokens``, ``mean``).
 * :mod:`spiritlm.eval.zerospeech` -- sWUGGY / sBLIMP (+ text versions, submission writer).

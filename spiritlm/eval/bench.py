@@ -105,15 +105,3 @@ def bench_eval(model_dir: str | Path | None = None, device: str = "cpu", dtype: 
                                     "LLaMA): batched + shared-context packing vs one request at a time, and vs "
                                     "the packing rule before 2026-11-29 (pack_all)"), flush=True)
     return out
-
-
-def main(args=None) -> int:
-    """``spiritlm bench eval [--model DIR] [--device D]``: a tiny random model (or ``--model``) on
-    this machine's default device (or ``--device``)."""
-    r = bench_eval(model_dir=getattr(args, "model", None), device=getattr(args, "device", None) or "auto",
-                   rounds=getattr(args, "rounds", None), min_round_s=getattr(args, "min_round_s", None), verbose=True)
-    print(f"  max |log-prob difference| batched vs one at a time {r['max_abs_logprob_diff']:.2e}, vs pack_all "
-          f"{r['max_abs_logprob_diff_pack_all']:.2e}; context tokens not recomputed per pass: "
-          f"{r['context_tokens_saved']}")
-    return 0
-

@@ -4,9 +4,11 @@ The unit LM's loader (``load_model``, ``load_tokenizer``, ``ModelDirError``) is 
 (``spiritlm.models.unit_lm.load``); it is re-exported here, where evaluation code has always found
 it. A model of any family loads through the registry: ``spiritlm.models.load_model_dir``.
 
-Speech enters the evaluation as a wav (path or 16 kHz array) turned into units by a
-:class:`SpeechEncoder` -- any callable ``wav_or_path -> {"hubert": array, "pitch": ..., "style":
-...}`` (``spiritlm.tokenizer.SpeechTokenizer.encode`` fits) -- or as precomputed units.
+Speech enters the evaluation as a wav (path or 16 kHz array) turned into units by a speech unit
+encoder -- the project's one protocol, :class:`spiritlm.unit_encoder.UnitEncoder` (the data
+stage's encoders fit; so do ``spiritlm.tokenizer.SpeechTokenizer`` and any function
+``wav_or_path -> {"hubert": array, "pitch": ..., "style": ...}``, through
+:func:`~spiritlm.unit_encoder.as_unit_encoder`) -- or as precomputed units.
 """
 
 from __future__ import annotations
@@ -16,37 +18,27 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Union, runtime_checkable
+from typing import Any, Mapping
 
 import numpy as np
 
 from spiritlm.models.unit_lm.load import ModelDirError, check_speech_vocab, load_model, load_tokenizer
+from spiritlm.unit_encoder import AudioInput, Units, UnitEncoder, as_unit_encoder
 
-__all__ = ["CachedEncoder", "ModelDirError", "SpeechEncoder", "StaleUnitsError", "check_speech_vocab",
-           "encoder_identity", "load_model", "load_speech_encoder", "load_tokenizer", "resolve_device"]
+__all__ = ["CachedEncoder", "ModelDirError", "StaleUnitsError", "UnitEncoder", "check_speech_vocab",
+           "build_from_spec", "encoder_identity", "load_model", "load_speech_encoder", "load_tokenizer", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
-Units = Mapping[str, np.ndarray]
-WavInput = Union[str, Path, np.ndarray]
-
-
-@runtime_checkable
-class SpeechEncoder(Protocol):
-    """wav path or 16 kHz float waveform -> unit streams ``{"hubert": ..., ["pitch", "style"]}``."""
-
-    def __call__(self, wav: WavInput) -> Units: ...
+WavInput = AudioInput
 
 
 class CachedEncoder:
-    """Wraps an encoder (a callable or an object with ``encode``); memoises file inputs by path."""
+    """Wraps a speech unit encoder (anything :func:`as_unit_encoder` takes); memoises file inputs
+    by path."""
 
     def __init__(self, encoder: Any):
-        fn = encoder if callable(encoder) and not hasattr(encoder, "encode") else getattr(encoder, "encode", None)
-        if fn is None:
-            raise TypeError(f"{encoder!r} is neither callable nor has an .encode method")
-        self._fn: Callable = fn
-        self._owner = encoder
+        self.encoder: UnitEncoder = as_unit_encoder(encoder)
         self._cache: dict[str, Units] = {}
         self.calls = 0
 
@@ -71,9 +63,10 @@ class CachedEncoder:
                     raise FileNotFoundError(f"audio file not found: {p}")
                 seen.add(key)
                 todo.append((key, p))
-        many = getattr(self._owner, "encode_many", None)
-        if not todo or many is None:
+        # only an encoder that batches gains from it (a function adapted file by file does not)
+        if not todo or not getattr(self.encoder, "batched", True):
             return
+        many = self.encoder.encode_many
         from tqdm.auto import tqdm
 
         for i in tqdm(range(0, len(todo), 64), desc=f"encode {len(todo)} audio files", unit="batch",
@@ -146,7 +139,7 @@ class CachedEncoder:
     def _encode(self, wav: WavInput) -> Units:
         self.calls += 1
         try:
-            out = self._fn(wav)
+            out = self.encoder.encode(wav)
         except FileNotFoundError:
             raise
         except Exception as e:  # audio that fails to load: name the file
@@ -176,18 +169,23 @@ def encoder_identity(spec: str, args: Mapping[str, Any] | None = None) -> str:
     return json.dumps({"encoder": spec, "args": dict(args or {}), "files": files}, sort_keys=True, default=str)
 
 
-def load_speech_encoder(spec: str, args: Mapping[str, Any] | None = None) -> CachedEncoder | None:
-    """``""``/``"none"`` -> None; ``"pkg.module:factory"`` -> ``factory(**args)`` (a class, a
-    ``from_pretrained`` classmethod written ``Cls.from_pretrained``, or any function)."""
-    if not spec or spec == "none":
-        return None
+def build_from_spec(spec: str, args: Mapping[str, Any] | None = None, setting: str = "speech_encoder") -> Any:
+    """``"pkg.module:factory"`` -> ``factory(**args)`` (a class, a ``from_pretrained`` classmethod
+    written ``Cls.from_pretrained``, or any function); the recipe's hooks are named this way."""
     mod_name, sep, attr = spec.partition(":")
     if not sep:
-        raise ModelDirError(f"speech_encoder={spec!r}: write it as 'package.module:factory'")
+        raise ModelDirError(f"{setting}={spec!r}: write it as 'package.module:factory'")
     obj: Any = importlib.import_module(mod_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
-    return CachedEncoder(obj(**dict(args or {})))
+    return obj(**dict(args or {}))
+
+
+def load_speech_encoder(spec: str, args: Mapping[str, Any] | None = None) -> CachedEncoder | None:
+    """``""``/``"none"`` -> None; else the factory's encoder (:func:`build_from_spec`), cached."""
+    if not spec or spec == "none":
+        return None
+    return CachedEncoder(build_from_spec(spec, args))
 
 
 def resolve_device(device: str) -> str:

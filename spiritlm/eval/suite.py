@@ -98,7 +98,7 @@ class EvalConfig:
     data_root: str = "."
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    speech_encoder: str = ""  # "package.module:factory" returning a SpeechEncoder
+    speech_encoder: str = ""  # "package.module:factory" returning a speech unit encoder (spiritlm.unit_encoder)
     speech_encoder_args: dict[str, Any] = field(default_factory=dict)
     # A .npz of the benchmark audio's units (files under data_root): read before the run and
     # written after it, so evaluating several models with one speech encoder encodes the audio
@@ -131,9 +131,10 @@ def load_hook(spec: str, args: dict | None = None, task: str = "text-classificat
         from spiritlm.eval.stsp import HFClassifier
 
         return HFClassifier(spec[3:], task=task)
-    from spiritlm.eval.model import load_speech_encoder
+    from spiritlm.eval.model import build_from_spec
 
-    return load_speech_encoder(spec, args)._fn
+    hook = build_from_spec(spec, args, setting="hook")  # a function, or an object with .encode
+    return hook if callable(hook) and not hasattr(hook, "encode") else hook.encode
 
 
 def _model_name(model_dir: Path) -> str:

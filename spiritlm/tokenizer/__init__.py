@@ -3,7 +3,8 @@
 Modules: ``audio`` (loading/validation), ``hubert`` (dense features), ``fairseq_convert``
 (fairseq checkpoint -> HF HubertModel without running pickled code), ``kmeans`` (faiss k-means,
 LinearQuantizer), ``pitch`` + ``f0_vqvae``, ``style``, ``speech_tokenizer`` (the
-``SpeechTokenizer`` API and tokenizer directories), ``fit`` / ``demo`` (training), ``metrics``
+``SpeechTokenizer`` API and tokenizer directories), ``fit`` / ``tiny_hubert`` /
+``tiny_hubert_train`` (training; ``corpus_audio`` reads a manifest split's audio), ``metrics``
 (PNMI, perplexity, bitrate), ``bench`` and ``cli``. Imports are lazy so that
 ``spiritlm --help`` stays fast.
 """

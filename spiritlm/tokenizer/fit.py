@@ -19,33 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from spiritlm.config import save_config
-from spiritlm.audio import AudioError, load_audio
 from spiritlm.tokenizer.config import TokenizerCfg
+from spiritlm.tokenizer.corpus_audio import corpus_files, iter_wavs
 
 log = logging.getLogger(__name__)
-
-
-def corpus_files(manifest: str | Path, split: str = "train", max_files: int = 0):
-    """[(utterance, audio file)] of a manifest split ('' = every row)."""
-    from spiritlm.manifest import read_manifest
-
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise FileNotFoundError(f"corpus manifest not found: {manifest} (build one with `spiritlm corpus ...`)")
-    utts = read_manifest(manifest)
-    rows = [(u, u.audio_file(manifest.parent)) for u in utts if not split or u.split == split]
-    if not rows:
-        raise ValueError(f"{manifest}: no utterances in split {split!r}; set fit.split (\"\" = all rows)")
-    return rows[:max_files] if max_files else rows
-
-
-def iter_wavs(rows, min_samples: int = 1):
-    """Yield (utterance, waveform) for loadable rows; bad files are logged and skipped."""
-    for u, path in rows:
-        try:
-            yield u, load_audio(path, min_samples=min_samples)
-        except AudioError as e:
-            log.warning("skipping %s", e)
 
 
 def _batches(items, seconds: float):
@@ -72,7 +49,7 @@ def fit_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | Path, 
     rows = corpus_files(manifest, cfg.fit.split, cfg.fit.max_files)
     if model is None:
         if cfg.demo.enabled:
-            from spiritlm.tokenizer.tiny_hubert import train_tiny_hubert
+            from spiritlm.tokenizer.tiny_hubert_train import train_tiny_hubert
 
             model = train_tiny_hubert(cfg.demo, rows, seed=cfg.seed, progress=progress)
         else:

@@ -22,6 +22,8 @@ from typing import Sequence
 import torch
 
 from spiritlm.components.packing import IGNORE
+from spiritlm.models.unit_lm import sizes as unit_lm_sizes
+from spiritlm.models.unit_lm.sizes import tiny_size
 
 # the demo's model (DemoConfig.train_overrides) and one with ~10x its non-embedding parameters
 SIZES = {
@@ -186,8 +188,8 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
 
     from spiritlm.bench_harness import Side, matmul_peak, run_sides
     from spiritlm.components.mixture import MixtureStream, make_sources
-    from spiritlm.models.unit_lm.model import build_model
     from spiritlm.components.packing import Packer
+    from spiritlm.models.unit_lm.model import build_model
     from spiritlm.train.tiny import tiny_config
     from spiritlm.train.trainer import Trainer
 
@@ -264,13 +266,11 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
 
 
 def demo_model() -> list[str]:
-    """The demo's language model and batch (``DemoConfig.train_overrides`` less its step count,
-    optimizer and checkpoints) on synthetic documents over the demo's text vocabulary."""
-    from spiritlm.demo import DemoConfig
-
-    cfg = DemoConfig()
-    own = [o for o in cfg.train_overrides if not o.startswith(("steps=", "optim.", "checkpoint."))]
-    return [*own, f"model.tiny.base_vocab_size={cfg.text_vocab_size}", "data.synthetic_docs=2000", "log.every=5"]
+    """The demo's language model and batch (the unit LM's named size "demo", which the demo's
+    ``train_overrides`` use) on synthetic documents over the demo's text vocabulary."""
+    size = tiny_size("demo")
+    return [*unit_lm_sizes.overrides("demo"), "deepspeed.precision=auto",
+            f"model.tiny.base_vocab_size={size.text_vocab_size}", "data.synthetic_docs=2000", "log.every=5"]
 
 
 def _train_job(overrides: list[str], step_dir) -> dict:

@@ -29,6 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from spiritlm.vocoder.fit_data import Example, duration_batch, load_examples, run_lengths
+from spiritlm.vocoder.fit_spectral import (LOGMEL_BANDS, build_spectral_cfg, logmel_features, predict_frames,
+                                           train_spectral)
+from spiritlm.vocoder.measure import score
+
 log = logging.getLogger(__name__)
 
 
@@ -118,48 +123,6 @@ class VocoderFitConfig:
 
 
 # ---- data ----------------------------------------------------------------------------------
-@dataclass
-class Example:
-    id: str
-    wav: np.ndarray  # float32, 16 kHz
-    units: dict[str, np.ndarray]  # frame-level hubert (+ pitch/style)
-    speaker: int
-    text: str = ""
-
-
-def load_examples(cfg: VocoderFitConfig, tokenizer, split: str, limit: int, speakers: list[str],
-                  progress: bool = True, skip: int = 0) -> list[Example]:
-    from spiritlm.config import ConfigError
-    from spiritlm.manifest import read_manifest
-
-    man = Path(cfg.data.corpus)
-    if not man.is_file():
-        raise ConfigError(f"data.corpus={man} not found: build the demo corpus with `spiritlm corpus demo` "
-                          "(-> data/demo_corpus/manifest.jsonl) or point at a manifest.jsonl")
-    utts = [u for u in read_manifest(man) if not split or u.split == split]
-    if not utts:
-        raise ConfigError(f"{man}: no utterances with split={split!r}")
-    if skip >= len(utts):
-        raise ConfigError(f"{man}: skip={skip} passes over all {len(utts)} utterances with split={split!r}; "
-                          "lower eval.skip")
-    utts = utts[skip:skip + limit if limit else None]
-    streams = ["hubert"] + (["pitch"] if cfg.data.pitch else []) + (["style"] if cfg.data.style else [])
-    paths = [u.audio_file(man.parent) for u in utts]
-    results = tokenizer.encode_many(paths, speakers=[u.speaker for u in utts], progress=progress,
-                                    streams=streams)
-    out = []
-    for u, p, r in zip(utts, paths, results):
-        if isinstance(r, Exception):
-            log.warning("skipping %s: %s", u.id, r)
-            continue
-        units = {k: np.asarray(r[k], np.int64) for k in streams}
-        spk = speakers.index(u.speaker) if u.speaker in speakers else 0
-        out.append(Example(u.id, tokenizer.load_wav(p), units, spk, u.text))
-    if not out:
-        raise ConfigError(f"{man}: none of the {split!r} utterances could be encoded")
-    return out
-
-
 def frame_level(units: dict[str, np.ndarray], cfg_hop: int, f0_hop: int, style_hop: int) -> dict[str, np.ndarray]:
     from spiritlm.vocoder.vocoder import _upsample
 
@@ -169,12 +132,6 @@ def frame_level(units: dict[str, np.ndarray], cfg_hop: int, f0_hop: int, style_h
         if k in units:
             out[k] = _upsample(units[k], len(hu), max(1, round(hop / cfg_hop)), k)
     return out
-
-
-def run_lengths(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    starts = np.concatenate(([True], hu[1:] != hu[:-1]))
-    idx = np.flatnonzero(starts)
-    return hu[idx], np.diff(np.append(idx, len(hu)))
 
 
 # ---- training ------------------------------------------------------------------------------
@@ -209,29 +166,6 @@ def build_generator_cfg(cfg: VocoderFitConfig, tokenizer, n_speakers: int):
         raise ConfigError(f"vocoder model: {e}") from None
 
 
-def build_spectral_cfg(cfg: VocoderFitConfig, tokenizer, n_speakers: int, input_dim: int = 0):
-    from spiritlm.config import ConfigError
-    from spiritlm.vocoder.spectral import SpectralCfg
-
-    m = cfg.model
-    if cfg.data.pitch or cfg.data.style:
-        raise ConfigError("model.kind=spectral conditions on HuBERT units and speakers only: set data.pitch=false "
-                          "and data.style=false, or use model.kind=hifigan")
-    s = SpectralCfg(
-        num_embeddings=int(tokenizer.quantizer.size), embedding_dim=m.embedding_dim, input_dim=input_dim,
-        channels=m.spectral_channels, kernel_size=m.spectral_kernel, dilations=list(m.spectral_dilations),
-        dropout=m.spectral_dropout, n_fft=m.n_fft, win_length=m.n_fft, stft_hop=m.stft_hop,
-        griffin_lim_iters=m.griffin_lim_iters, code_hop_size=int(tokenizer.featurizer.hop),
-        multispkr=cfg.data.speakers and n_speakers > 0, num_speakers=max(1, n_speakers),
-        dur_predictor_params={"encoder_embed_dim": m.embedding_dim, "var_pred_hidden_dim": m.dur_hidden,
-                              "var_pred_kernel_size": m.dur_kernel, "var_pred_dropout": m.dur_dropout}
-        if m.duration_predictor else None)
-    try:
-        return s.validate()
-    except ValueError as e:
-        raise ConfigError(f"vocoder model: {e}") from None
-
-
 class Batcher:
     """Seeded random crops: (codes, pitch, style, speakers, audio) tensors."""
 
@@ -258,22 +192,6 @@ class Batcher:
         t = {k: torch.from_numpy(np.stack(v)) for k, v in cols.items() if v and k != "spk"}
         t["spk"] = torch.tensor(cols["spk"], dtype=torch.long)
         return t
-
-
-def duration_batch(examples: list[Example], rng: np.random.Generator, batch_size: int):
-    import torch
-
-    idx = rng.integers(0, len(examples), batch_size)
-    seqs = [run_lengths(examples[i].units["hubert"]) for i in idx]
-    L = max(len(u) for u, _ in seqs)
-    codes = torch.zeros(batch_size, L, dtype=torch.long)
-    target = torch.zeros(batch_size, L)
-    mask = torch.zeros(batch_size, L, dtype=torch.bool)
-    for b, (u, d) in enumerate(seqs):
-        codes[b, :len(u)] = torch.from_numpy(u)
-        target[b, :len(u)] = torch.log(torch.from_numpy(d).float() + 1)
-        mask[b, :len(u)] = True
-    return codes, target, mask
 
 
 def mel_l1(gen, mel, examples: list[Example], frames: list[dict[str, np.ndarray]], multispkr: bool) -> float:
@@ -396,8 +314,6 @@ def intelligibility(vocoder, examples: list[Example], out_dir: Path | None = Non
     and with ``dedup`` the deduplicated units expanded by the duration predictor), with MCD and
     log-mel L1 of the frame-level resynthesis (:mod:`spiritlm.vocoder.measure`). With
     ``features`` (a ``data.condition=features`` or ``logmel`` fit) those continuous inputs are vocoded instead."""
-    from spiritlm.vocoder.measure import score
-
     def frame_level(ex):
         return vocoder.decode(ex.units, speaker=ex.speaker, deduplicated=False)[0]
 
@@ -409,7 +325,6 @@ def intelligibility(vocoder, examples: list[Example], out_dir: Path | None = Non
     if features is not None:
         import torch
 
-        from spiritlm.vocoder.fit_spectral import predict_frames
         from spiritlm.vocoder.spectral import griffin_lim
 
         feats = {ex.id: f for ex, f in zip(examples, features)}
@@ -461,8 +376,6 @@ def fit_vocoder(cfg: VocoderFitConfig, progress: bool = True) -> Path:
     if cfg.data.condition != "units" and cfg.model.kind != "spectral":
         raise ConfigError(f"data.condition={cfg.data.condition} (a diagnosis) is implemented for model.kind=spectral only")
     spectral = cfg.model.kind == "spectral"
-    from spiritlm.vocoder.fit_spectral import LOGMEL_BANDS, logmel_features
-
     in_dim = {"units": 0, "features": int(tok.featurizer.dim), "logmel": LOGMEL_BANDS}[cfg.data.condition]
     # config mistakes before any encoding
     gcfg = build_spectral_cfg(cfg, tok, len(speakers), in_dim) if spectral else build_generator_cfg(cfg, tok, len(speakers))
@@ -477,8 +390,6 @@ def fit_vocoder(cfg: VocoderFitConfig, progress: bool = True) -> Path:
         feats = [f.astype(np.float32) for f in tok.featurizer.features_many([e.wav for e in examples], progress)]
         ev_feats = [f.astype(np.float32) for f in tok.featurizer.features_many([e.wav for e in ev], progress)]
     if spectral:
-        from spiritlm.vocoder.fit_spectral import train_spectral
-
         gen, train_log, history = train_spectral(cfg, gcfg, examples, progress, ev, feats, ev_feats)
     else:
         gen, train_log, history = train_generator(cfg, gcfg, examples, progress, ev)

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from spiritlm.vocoder.fit_data import duration_batch
+
 log = logging.getLogger(__name__)
 
 
@@ -61,6 +63,31 @@ def logmel_features(examples: list, hop: int, n_mels: int = LOGMEL_BANDS) -> lis
     return out
 
 
+def build_spectral_cfg(cfg, tokenizer, n_speakers: int, input_dim: int = 0):
+    """The :class:`~spiritlm.vocoder.spectral.SpectralCfg` of a fit config (``model.*``, ``data.*`` of a
+    :class:`~spiritlm.vocoder.fit.VocoderFitConfig`) for ``tokenizer``'s units."""
+    from spiritlm.config import ConfigError
+    from spiritlm.vocoder.spectral import SpectralCfg
+
+    m = cfg.model
+    if cfg.data.pitch or cfg.data.style:
+        raise ConfigError("model.kind=spectral conditions on HuBERT units and speakers only: set data.pitch=false "
+                          "and data.style=false, or use model.kind=hifigan")
+    s = SpectralCfg(
+        num_embeddings=int(tokenizer.quantizer.size), embedding_dim=m.embedding_dim, input_dim=input_dim,
+        channels=m.spectral_channels, kernel_size=m.spectral_kernel, dilations=list(m.spectral_dilations),
+        dropout=m.spectral_dropout, n_fft=m.n_fft, win_length=m.n_fft, stft_hop=m.stft_hop,
+        griffin_lim_iters=m.griffin_lim_iters, code_hop_size=int(tokenizer.featurizer.hop),
+        multispkr=cfg.data.speakers and n_speakers > 0, num_speakers=max(1, n_speakers),
+        dur_predictor_params={"encoder_embed_dim": m.embedding_dim, "var_pred_hidden_dim": m.dur_hidden,
+                              "var_pred_kernel_size": m.dur_kernel, "var_pred_dropout": m.dur_dropout}
+        if m.duration_predictor else None)
+    try:
+        return s.validate()
+    except ValueError as e:
+        raise ConfigError(f"vocoder model: {e}") from None
+
+
 def predict_frames(model, ex_units: np.ndarray, speaker: int | None, features: np.ndarray | None = None):
     """Whole-utterance prediction -> (T * fpu, n_bins) torch tensor (no Griffin-Lim)."""
     import torch
@@ -75,7 +102,6 @@ def train_spectral(cfg, scfg, examples: list, progress: bool = True, eval_exampl
     """-> (trained SpectralUnitVocoder, training log dict, per-step history)."""
     import torch
 
-    from spiritlm.vocoder.fit import duration_batch
     from spiritlm.vocoder.spectral import SpectralUnitVocoder, spectral_loss
 
     tc = cfg.train

@@ -30,6 +30,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from spiritlm.vocoder.fit_data import load_examples, run_lengths
+from spiritlm.vocoder.fit_spectral import build_spectral_cfg, target_frames
+
 log = logging.getLogger(__name__)
 
 _MEL = None
@@ -112,8 +115,6 @@ def score(examples: list, synths: dict[str, Callable[[Any], np.ndarray]], asr: C
 
 def unit_centroids(examples: list, scfg) -> dict[tuple[int, int], np.ndarray]:
     """(speaker, unit) -> mean (fpu, n_bins) log-magnitude frames over ``examples``."""
-    from spiritlm.vocoder.fit_spectral import target_frames
-
     fpu = scfg.frames_per_unit
     sums: dict[tuple[int, int], np.ndarray] = {}
     counts: dict[tuple[int, int], int] = {}
@@ -136,7 +137,6 @@ def diagnose(cfg, progress: bool = True) -> dict[str, Any]:
     from spiritlm.config import ConfigError, save_config
     from spiritlm.manifest import read_manifest
     from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
-    from spiritlm.vocoder.fit import build_spectral_cfg, load_examples, run_lengths
     from spiritlm.vocoder.spectral import griffin_lim, log_magnitude
 
     if not cfg.data.tokenizer:

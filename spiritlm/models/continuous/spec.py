@@ -145,14 +145,14 @@ def make_scorer(model, tokenizer, encoder, scoring, eval_cfg):
 
 def transcribe_items(model, items, max_new_tokens: int = 0) -> dict:
     """Zero-shot ASR (the model is trained to transcribe): batched greedy decoding and WER."""
-    from spiritlm.eval.asr import evaluate_asr
+    from spiritlm.models.continuous.asr import evaluate_asr
 
     return evaluate_asr(model, items, max_new_tokens=max_new_tokens)
 
 
 def transcribe(model, wav, window=None, max_chunk_tokens=None, max_new_tokens: int = 0):
     """Greedy decoding of the whole utterance (default budget: 8 tokens per second, at least 64)."""
-    from spiritlm.eval.asr import transcribe as greedy
+    from spiritlm.models.continuous.asr import transcribe as greedy
 
     budget = max_new_tokens or max(64, int(8 * wav.size / 16000))
     return greedy(model, [wav], batch_size=1, max_new_tokens=budget)[0], {"max_new_tokens": budget}

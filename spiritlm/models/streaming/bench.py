@@ -266,10 +266,6 @@ def _mib(b: int) -> str:
     return f"{b / 2**20:.2f} MiB" if b >= 2**20 else f"{b / 1024:.0f} KiB"
 
 
-def main(args) -> int:
-    """``spiritlm bench stream [--size toy|demo] [--seconds L]``."""
-    bench_stream(size=args.size or "toy", train_s=args.seconds, rounds=args.rounds, min_round_s=args.min_round_s)
-    return 0
 
 
 # ---- quality on long inputs (the streaming demo part) ------------------------------------------------
@@ -387,7 +383,7 @@ def chunk_table(model_path: str | Path, manifest: str | Path, chunks_s: Sequence
     AT INFERENCE (the model trained at one setting: the others show how far it transfers)."""
     from tqdm.auto import tqdm
 
-    from spiritlm.eval.asr import manifest_items
+    from spiritlm.transcripts import manifest_items
     from spiritlm.data.encoders import read_audio
 
     kind, model = load_any(model_path)

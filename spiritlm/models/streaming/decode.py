@@ -9,7 +9,7 @@ embeddings, then generate greedily until ``$`` (or ``streaming.max_chunk_tokens`
 next chunk; ``$`` is appended to the sequence only when the model was trained with it as input
 (``eoc_input``). Every step RECOMPUTES the whole sequence so far under the window mask, with no
 cache at all: slow (quadratic), but it is the definition the fast bounded-cache decoder
-(``infer.py``) is tested against. WER: :func:`spiritlm.eval.asr.wer` (normalised, jiwer, corpus WER).
+(``infer.py``) is tested against. WER: :func:`spiritlm.stats.asr_wer` (normalised, jiwer, corpus WER).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def transcribe_stream(model, wavs: Sequence[np.ndarray], max_chunk_tokens: int |
 def evaluate_stream_asr(model, items: Iterable[tuple[str, str, str]], max_chunk_tokens: int | None = None,
                         progress: bool = True) -> dict:
     """WER over (id, audio path, transcript) items; unreadable or too-short audio is counted and
-    skipped, as :func:`spiritlm.eval.asr.evaluate_asr` does."""
+    skipped, as :func:`spiritlm.models.continuous.asr.evaluate_asr` does."""
     from spiritlm.data.encoders import read_audio
     from spiritlm.stats import asr_wer as wer
 

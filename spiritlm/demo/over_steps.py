@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from spiritlm.config import ConfigError, load_config
+from spiritlm.demo import main as demo
 
 OVER_STEPS_VERSION = "over-steps-v1: checkpoint module weights -> HF, demo suite subset on the dev draw"
 MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -38,7 +39,6 @@ ROWS = ("swuggy/S", "sblimp/S", "topic_storycloze/T2S", "topic_storycloze/S2T", 
 class OverStepsConfig:
     """``--set 'part_overrides.over_steps=["seeds=[0]"]'`` (the ablations part reads the same keys
     under ``part_overrides.ablations`` with an ``over_steps.`` prefix)."""
-
     seeds: list[int] = field(default_factory=list)  # of the demo's main models; [] = all of ctx.seeds
     # on top of the demo's eval recipe and eval_overrides: the light subset scored at every step
     eval_overrides: list[str] = field(default_factory=lambda: [
@@ -103,11 +103,10 @@ def _eval_checkpoint(cfg, dev: dict, units: dict, speech_tok: dict, eval_overrid
                      export: str, name: str, step_dir: Path) -> dict:
     """A ``Job`` function: the demo's eval config (``cfg``: DemoConfig) with ``eval_overrides`` on
     the dev draw ``dev`` and its units file, for checkpoint ``ckpt`` ("" = the HF dir ``export``)."""
-    from spiritlm.demo import _eval_config
     from spiritlm.eval.suite import run_suite
 
     hf = checkpoint_to_hf(ckpt, export, step_dir / "hf") if ckpt else Path(export)
-    ecfg = _eval_config(cfg, dev, speech_tok, [f"model={hf}", f"name={name}", f"output_dir={step_dir}",
+    ecfg = demo.eval_config(cfg, dev, speech_tok, [f"model={hf}", f"name={name}", f"output_dir={step_dir}",
                                                f"units_cache={units['file']}"], tuple(eval_overrides))
     run_suite(ecfg)
     if ckpt:  # the weights are the checkpoint's; only the scores are kept
@@ -119,17 +118,16 @@ def curves(ctx, ocfg: OverStepsConfig, runs: dict[str, list[dict]], one_at_a_tim
     """``runs[model name]``: one dict per training seed with ``run_dir``, ``hf``, ``steps``,
     ``from_start`` (continued from ctx.start) and ``final_eval`` (its dev evaluation's dir).
     -> ``{model name: [{step: {row: accuracy}} per seed]}``; every point a cached step."""
-    from spiritlm.demo import EVAL_VERSION, _file_hash, _recipe
     from spiritlm.pipeline import Job
 
     dev, units = ctx.draws["dev"], ctx.units["dev"]
-    base = [OVER_STEPS_VERSION, EVAL_VERSION, ocfg.eval_overrides, ctx.cfg.eval_overrides,
-            _file_hash(_recipe(ctx.cfg.eval_recipe)), dev["root"], _file_hash(Path(dev["root"]) / "COMPLETE.json"),
-            _file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json"), _file_hash(Path(units["file"]))]
+    base = [OVER_STEPS_VERSION, demo.EVAL_VERSION, ocfg.eval_overrides, ctx.cfg.eval_overrides,
+            demo.file_hash(demo.recipe(ctx.cfg.eval_recipe)), dev["root"], demo.file_hash(Path(dev["root"]) / "COMPLETE.json"),
+            demo.file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json"), demo.file_hash(Path(units["file"]))]
     common = (ctx.cfg, dev, units, ctx.speech_tok, list(ocfg.eval_overrides))
     jobs, where = [], []  # where[i] = (model name, seed index, step) of jobs[i]
     if ctx.start is not None and any(r["from_start"] for rs in runs.values() for r in rs):
-        jobs.append(Job("over_steps_start", [*base, _file_hash(Path(ctx.start["hf"]) / "model.safetensors")],
+        jobs.append(Job("over_steps_start", [*base, demo.file_hash(Path(ctx.start["hf"]) / "model.safetensors")],
                         _eval_checkpoint, (*common, "", ctx.start["hf"], "text start (step 0)")))
         where.append(("start", 0, 0))
     for name, rs in runs.items():
@@ -139,7 +137,7 @@ def curves(ctx, ocfg: OverStepsConfig, runs: dict[str, list[dict]], one_at_a_tim
                     continue
                 ckpt = Path(r["run_dir"]) / "checkpoints" / f"step_{step:08d}"
                 jobs.append(Job(f"over_steps_{Path(r['run_dir']).parent.name}_{step:05d}",
-                                [*base, _file_hash(ckpt / MODEL_STATES), _file_hash(Path(r["hf"]) / "config.json")],
+                                [*base, demo.file_hash(ckpt / MODEL_STATES), demo.file_hash(Path(r["hf"]) / "config.json")],
                                 _eval_checkpoint, (*common, str(ckpt), r["hf"], f"{name} step {step}")))
                 where.append((name, i, step))
     outs = ctx.pipe.run_jobs(jobs) if not one_at_a_time else [ctx.pipe.run_jobs([j])[0] for j in jobs]
@@ -215,14 +213,12 @@ def plot(table: dict[str, list[dict]], path: Path, rows=ROWS, title: str = "") -
 
 def main_runs(ctx, seeds: list[int]) -> dict[str, list[dict]]:
     """The demo's own unit models of ``seeds`` in the form ``curves`` reads."""
-    from spiritlm.demo import _train_config
-
     runs = {}
     for variant, models in ctx.models.items():
         runs[variant] = []
         for s in seeds:
             i = ctx.seeds.index(s)
-            steps = _train_config(ctx.cfg, variant, ctx.shards, ctx.text_tok, ctx.out, ctx.start, s).steps
+            steps = demo.train_config(ctx.cfg, variant, ctx.shards, ctx.text_tok, ctx.out, ctx.start, s).steps
             runs[variant].append({"run_dir": models[i]["run_dir"], "hf": models[i]["hf"], "steps": steps,
                                   "from_start": ctx.start is not None,
                                   "final_eval": ctx.evals[variant]["dev"][i]["dir"]})

@@ -36,6 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spiritlm.demo import main as demo
+from spiritlm.demo.continuous_table import compare_step, unit_steps
+from spiritlm.precision import pin_precision
+
 log = logging.getLogger(__name__)
 
 PART = "continuous"
@@ -69,7 +73,6 @@ EVAL_OVERRIDES = ('speech_encoder=""', 'zerospeech.root=""', "storycloze.setting
 @dataclass
 class ContinuousPartConfig:
     """``--set 'part_overrides.continuous=[styles=[tinyaudio], steps=400]'``"""
-
     recipe: str = "train/continuous_demo.toml"
     styles: list[str] = field(default_factory=lambda: ["speechllm", "tinyaudio"])
     steps: int = 0  # 0 = the unit models' steps (the demo's train_overrides)
@@ -96,18 +99,6 @@ def part_config(ctx) -> ContinuousPartConfig:
     return opts
 
 
-def unit_steps(demo_cfg) -> int:
-    """The unit models' step count: the last ``steps=`` of the demo's train overrides, else the recipe's."""
-    steps = [o.split("=", 1)[1] for o in demo_cfg.train_overrides if o.startswith("steps=")]
-    if steps:
-        return int(steps[-1])
-    from spiritlm.config import load_config
-    from spiritlm.demo import _recipe
-    from spiritlm.train import TrainConfig
-
-    return load_config(TrainConfig, _recipe(demo_cfg.train_recipe)).steps
-
-
 def stage_steps(opts: ContinuousPartConfig, total: int, n_stages: int) -> list[int]:
     if n_stages == 1:
         return [total]
@@ -125,8 +116,6 @@ def train_config(ctx, opts: ContinuousPartConfig, overrides: list[str], steps: i
     from spiritlm.config import load_config
     from spiritlm.models.continuous.config import ContinuousTrainConfig
 
-    from spiritlm.precision import resolve_precision
-
     tcfg = load_config(ContinuousTrainConfig, ctx.recipe(opts.recipe), [
         f"seed={opts.seed}", f"run_dir={run_dir}", f"steps={steps}",
         f"model.checkpoint={ctx.start['hf']}", f"model.tokenizer={ctx.text_tok['dir']}",
@@ -134,9 +123,7 @@ def train_config(ctx, opts: ContinuousPartConfig, overrides: list[str], steps: i
         f"continuous.data.manifests={json.dumps([str(ctx.manifest)])}", "continuous.data.split=train",
         f"continuous.data.features_dir={ctx.out / 'continuous_features' / 'features'}",
         *overrides, *opts.train_overrides])
-    # "auto" resolved here, so the step's key holds the precision the weights are trained in
-    tcfg.deepspeed.precision = resolve_precision(tcfg.deepspeed.precision, "cpu").precision
-    return tcfg
+    return pin_precision(tcfg, "cpu")  # the step's key holds the precision trained in
 
 
 def _inputs_hash(ctx) -> list[str]:
@@ -178,19 +165,19 @@ def _train_step(tcfg, step_dir: Path) -> dict[str, Any]:
 
 
 def _eval_step(ctx, name: str, hf: str, label: str, step_dir: Path) -> dict[str, Any]:
-    from spiritlm.demo import TEST_EVAL_OVERRIDES, _eval_config
     from spiritlm.eval.suite import run_suite
 
-    extra = () if label == "dev" else TEST_EVAL_OVERRIDES
-    ecfg = _eval_config(ctx.cfg, ctx.draws[label], ctx.speech_tok,
+    extra = () if label == "dev" else demo.TEST_EVAL_OVERRIDES
+    ecfg = demo.eval_config(ctx.cfg, ctx.draws[label], ctx.speech_tok,
                         [f"model={hf}", f"name={name}", f"output_dir={step_dir}", *EVAL_OVERRIDES], extra)
     run_suite(ecfg)
     return {"dir": str(step_dir)}
 
 
 def _heldout_asr_step(ctx, opts: ContinuousPartConfig, hf: str, step_dir: Path) -> dict[str, Any]:
-    from spiritlm.eval.asr import evaluate_asr, manifest_items
+    from spiritlm.models.continuous.asr import evaluate_asr
     from spiritlm.models.continuous.model import load_continuous
+    from spiritlm.transcripts import manifest_items
 
     items = manifest_items(ctx.corpus["manifest"], split="heldout")[: opts.heldout_max or None]
     if not items:
@@ -205,7 +192,6 @@ def run(ctx) -> dict:
     """The part: features, trainings (one after the other: a part runs in one CPU slot), the
     evaluations on every draw, held-out ASR, and the table (``continuous_compare/``)."""
     from spiritlm.config import to_dict
-    from spiritlm.models.continuous.demo_table import compare_step
 
     opts = part_config(ctx)
     total = opts.steps or unit_steps(ctx.cfg)

@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from spiritlm.demo.files import recipe
 from spiritlm.models.continuous.compare import acc_with_ci, paired_wer, wer_with_ci
 
 UNIT = "interleaved"
@@ -171,7 +172,7 @@ def compare_step(ctx, models: Mapping[str, dict], eval_dirs: Mapping[str, Mappin
     unit_models = ctx.models[UNIT]
     urow = unit_row(unit, tests)
     urow.update(trains="everything (interleaved units + text)", params=model_params(unit_models[0]["hf"]),
-                steps=_unit_steps(ctx), train_s=float(np.mean([_step_seconds(Path(m["run_dir"]).parent)
+                steps=unit_steps(ctx.cfg), train_s=float(np.mean([_step_seconds(Path(m["run_dir"]).parent)
                                                                            for m in unit_models])),
                 tokens_per_s=tokens_per_s([m["run_dir"] for m in unit_models]))
     seeds = f"{len(ctx.seeds)} seed{'s' * (len(ctx.seeds) > 1)}"
@@ -212,10 +213,15 @@ def compare_step(ctx, models: Mapping[str, dict], eval_dirs: Mapping[str, Mappin
     return {"markdown": str(out_md), "json": str(out_json)}
 
 
-def _unit_steps(ctx) -> int:
-    from spiritlm.models.continuous.demo_part import unit_steps
+def unit_steps(demo_cfg) -> int:
+    """The unit models' step count: the last ``steps=`` of the demo's train overrides, else the recipe's."""
+    steps = [o.split("=", 1)[1] for o in demo_cfg.train_overrides if o.startswith("steps=")]
+    if steps:
+        return int(steps[-1])
+    from spiritlm.config import load_config
+    from spiritlm.train import TrainConfig
 
-    return unit_steps(ctx.cfg)
+    return load_config(TrainConfig, recipe(demo_cfg.train_recipe)).steps
 
 
 def _step_seconds(step_dir: Path) -> float:

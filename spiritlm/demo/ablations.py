@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from spiritlm.config import ConfigError, load_config
-from spiritlm.eval.over_steps import OverStepsConfig
+from spiritlm.demo import main as demo
+from spiritlm.demo.over_steps import OverStepsConfig
 
 ABLATIONS = ("pairs", "random_init")
 PAIRS_RECIPE = "data_prep/demo_pairs.toml"
@@ -43,14 +44,13 @@ SUMMARY_ROWS = ("swuggy/S", "sblimp/S", "topic_storycloze/S", "topic_storycloze/
 @dataclass
 class AblationsConfig:
     """``--set 'part_overrides.ablations=["seeds=[0, 1]", ...]'``."""
-
     variants: list[str] = field(default_factory=lambda: list(ABLATIONS))
     # training seeds of the ablation models; [] = the demo's first seed. Each is compared with the
     # demo's interleaved (and no-interleaving) model of the same seed.
     seeds: list[int] = field(default_factory=list)
     one_at_a_time: bool = True  # trainings and evaluations one after another (False: side by side)
     keep_checkpoints: bool = True  # keep every saved step (checkpoint.keep = 0) for the curves below
-    # last: accuracy over steps of these models and of the demo's own (spiritlm.eval.over_steps)
+    # last: accuracy over steps of these models and of the demo's own (spiritlm.demo.over_steps)
     curves: bool = True
     over_steps: OverStepsConfig = field(default_factory=OverStepsConfig)
 
@@ -77,24 +77,20 @@ def _suffix(ctx, seed: int) -> str:
 
 def pair_shards(ctx) -> dict:
     """The demo's shard step with the pairs recipe: the same manifest, tokenizers and seed."""
-    from spiritlm.demo import _shards_step
-
     # one worker: the part runs in one CPU slot beside other work (workers do not change the bytes)
     cfg = replace(ctx.cfg, prepare_recipe=PAIRS_RECIPE, prepare_overrides=[*ctx.cfg.prepare_overrides, "workers=1"])
     deps = [cfg.seed, ctx.manifest, ctx.file_hash(ctx.manifest), cfg.prepare_overrides,
             ctx.file_hash(ctx.recipe(PAIRS_RECIPE)), ctx.text_tok,
             ctx.file_hash(Path(ctx.text_tok["dir"]) / "tokenizer.model"),
             ctx.file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json")]
-    return ctx.pipe.run("shards_pairs", deps, lambda d: _shards_step(cfg, ctx.manifest, ctx.corpus, ctx.text_tok,
+    return ctx.pipe.run("shards_pairs", deps, lambda d: demo.shards_step(cfg, ctx.manifest, ctx.corpus, ctx.text_tok,
                                                                      ctx.speech_tok, d))
 
 
 def train_config(ctx, variant: str, seed: int, shards: dict, step_dir: Path, keep_checkpoints: bool = True):
     """The interleaved model's resolved config (the demo's own builder) with the one change the
     ablation makes: pair shards, or no start checkpoint."""
-    from spiritlm.demo import _train_config
-
-    tcfg = _train_config(ctx.cfg, "interleaved", shards, ctx.text_tok, step_dir, ctx.start, seed)
+    tcfg = demo.train_config(ctx.cfg, "interleaved", shards, ctx.text_tok, step_dir, ctx.start, seed)
     if variant == "random_init":
         tcfg.model.checkpoint = ""  # the same tiny model (model.tiny) from random weights, same LR
     if keep_checkpoints:
@@ -110,7 +106,6 @@ def _run(ctx, jobs: list, one_at_a_time: bool) -> list[dict]:
 
 def train_ablations(ctx, acfg: AblationsConfig) -> dict[str, list[dict]]:
     """``{variant: [model per seed]}`` (cached after the first run)."""
-    from spiritlm.demo import _last_logged_step, _train_key, _train_step
     from spiritlm.pipeline import Job
 
     shards = {"pairs": pair_shards(ctx)} if "pairs" in acfg.variants else {}
@@ -120,8 +115,8 @@ def train_ablations(ctx, acfg: AblationsConfig) -> dict[str, list[dict]]:
             name = f"ablation_{v}{_suffix(ctx, s)}"
             tcfg = train_config(ctx, v, s, shards.get(v, ctx.shards), ctx.out / name, acfg.keep_checkpoints)
             start = None if v == "random_init" else ctx.start
-            jobs.append((v, Job(name, _train_key(tcfg, shards.get(v, ctx.shards), start), _train_step, (tcfg,),
-                                progress=lambda d, n=tcfg.steps: (_last_logged_step(d / "run" / "metrics.jsonl"), n))))
+            jobs.append((v, Job(name, demo.train_key(tcfg, shards.get(v, ctx.shards), start), demo.train_step, (tcfg,),
+                                progress=lambda d, n=tcfg.steps: (demo.last_logged_step(d / "run" / "metrics.jsonl"), n))))
     models: dict[str, list[dict]] = {v: [] for v in acfg.variants}
     for (v, _), m in zip(jobs, _run(ctx, [j for _, j in jobs], acfg.one_at_a_time)):
         models[v].append(m)
@@ -131,22 +126,21 @@ def train_ablations(ctx, acfg: AblationsConfig) -> dict[str, list[dict]]:
 def evaluate_ablations(ctx, acfg: AblationsConfig, models: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
     """``{variant: {draw label: [evaluation per seed]}}``: the demo's own evaluation step (its
     suite, its units files, its test-draw overrides) on every draw."""
-    from spiritlm.demo import EVAL_VERSION, TEST_EVAL_OVERRIDES, _eval_step, _file_hash, _recipe
     from spiritlm.pipeline import Job
 
     cfg, jobs = ctx.cfg, []
     for v, mdls in models.items():
         for s, model in zip(acfg.seeds, mdls):
             for label, draw in ctx.draws.items():
-                extra = () if label == "dev" else TEST_EVAL_OVERRIDES
+                extra = () if label == "dev" else demo.TEST_EVAL_OVERRIDES
                 units = ctx.units[label]
                 jobs.append(((v, label), Job(
                     f"eval_ablation_{v}{_suffix(ctx, s)}{'' if label == 'dev' else '_' + label}",
-                    [EVAL_VERSION, model, draw, _file_hash(Path(draw["root"]) / "COMPLETE.json"), cfg.eval_overrides,
-                     extra, _file_hash(_recipe(cfg.eval_recipe)), _file_hash(Path(model["hf"]) / "model.safetensors"),
-                     _file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json"), units["files"],
-                     _file_hash(Path(units["file"])) if units["file"] else ""],
-                    _eval_step, (cfg, v, model, draw, ctx.speech_tok, units, extra))))
+                    [demo.EVAL_VERSION, model, draw, demo.file_hash(Path(draw["root"]) / "COMPLETE.json"), cfg.eval_overrides,
+                     extra, demo.file_hash(demo.recipe(cfg.eval_recipe)), demo.file_hash(Path(model["hf"]) / "model.safetensors"),
+                     demo.file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json"), units["files"],
+                     demo.file_hash(Path(units["file"])) if units["file"] else ""],
+                    demo.eval_step, (cfg, v, model, draw, ctx.speech_tok, units, extra))))
     evals: dict[str, dict[str, list]] = {v: {label: [] for label in ctx.draws} for v in models}
     for ((v, label), _), ev in zip(jobs, _run(ctx, [j for _, j in jobs], acfg.one_at_a_time)):
         evals[v][label].append(ev)
@@ -245,7 +239,7 @@ def run(ctx) -> dict:
 def ablation_curves(ctx, acfg: AblationsConfig, models: dict[str, list[dict]], evals: dict) -> dict:
     """Accuracy over saved steps of the demo's models (``over_steps.seeds``, default all) and of
     the ablation models, in one table and chart."""
-    from spiritlm.eval import over_steps
+    from spiritlm.demo import over_steps
 
     ocfg = acfg.over_steps
     missing = [s for s in ocfg.seeds if s not in ctx.seeds]

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from spiritlm.config import ConfigError, load_config
+from spiritlm.demo import main as demo
 
 FULL_REPORT_VERSION = "full-report-v1: harness StoryCloze text (test draws) + mini speech_cls + suite"
 TEXT_TASK = "demo_storycloze_text"
@@ -48,7 +49,6 @@ SUMMARY_COLUMNS = (("topic_storycloze/S", "tSC S"), ("topic_storycloze/T2S", "tS
 @dataclass
 class FullReportConfig:
     """``--set 'part_overrides.full_report=["seeds=[0, 1]"]'``."""
-
     seeds: list[int] = field(default_factory=list)  # of the demo's models; [] = the first seed
     n_shots: int = 2  # per class, the speech classification prompt
     speech_cls_sizes: dict[str, int] = field(default_factory=lambda: {"test": 10, "shots": 6, "voices": 2})
@@ -89,13 +89,12 @@ def _data_step(ctx, fcfg: FullReportConfig, step_dir: Path) -> dict[str, Any]:
 def _added_eval(cfg, dev: dict, speech_tok: dict, data: dict, fcfg: FullReportConfig, model: dict, name: str,
                 step_dir: Path) -> dict:
     """A ``Job`` function: the two added tasks on ``model`` (offline harness)."""
-    from spiritlm.demo import _eval_config
     from spiritlm.eval.suite import run_suite
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local CSVs only; never the hub
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cls = data["speech_cls"]
-    ecfg = _eval_config(cfg, dev, speech_tok, [f"model={model['hf']}", f"name={name}", f"output_dir={step_dir}"], (
+    ecfg = demo.eval_config(cfg, dev, speech_tok, [f"model={model['hf']}", f"name={name}", f"output_dir={step_dir}"], (
         *ONLY_ADDED, f"speech_cls.manifest={cls['test']}", f"speech_cls.shots_manifest={cls['shots']}",
         "speech_cls.mini=false", f"speech_cls.n_shots={fcfg.n_shots}", f"text_tasks=[{TEXT_TASK}]",
         f"harness.include_path={data['text_tasks']}", "harness.builtin_tasks=false",
@@ -163,10 +162,9 @@ def run(ctx) -> dict:
     seeds = list(fcfg.seeds) or ctx.seeds[:1]
     if any(s not in ctx.seeds for s in seeds):
         raise ConfigError(f"full_report: seeds {seeds} -- use some of the demo's train_seeds {ctx.seeds}")
-    from spiritlm.demo import _file_hash
     from spiritlm.pipeline import Job
 
-    draw_hashes = [_file_hash(Path(d["root"]) / "COMPLETE.json") for d in ctx.draws.values()]
+    draw_hashes = [demo.file_hash(Path(d["root"]) / "COMPLETE.json") for d in ctx.draws.values()]
     data = ctx.pipe.run("full_report_data", [FULL_REPORT_VERSION, ctx.cfg.seed, fcfg.speech_cls_sizes, draw_hashes],
                         lambda d: _data_step(ctx, fcfg, d))
     entries, jobs = [], []
@@ -176,8 +174,8 @@ def run(ctx) -> dict:
             name = f"{variant}{'' if s == ctx.cfg.seed else f'_seed{s}'}"
             jobs.append(Job(f"full_report_{name}", [
                 FULL_REPORT_VERSION, fcfg.n_shots, fcfg.harness_num_fewshot, fcfg.harness_limit, data,
-                _file_hash(Path(models[i]["hf"]) / "model.safetensors"), ctx.cfg.eval_overrides,
-                _file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json")],
+                demo.file_hash(Path(models[i]["hf"]) / "model.safetensors"), ctx.cfg.eval_overrides,
+                demo.file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json")],
                 _added_eval, (ctx.cfg, ctx.draws["dev"], ctx.speech_tok, data, fcfg, models[i], name)))
             tests = ctx.test_labels()
             entries.append({"name": name, "tests": tests, "dev_dir": ctx.evals[variant]["dev"][i]["dir"],
@@ -185,13 +183,13 @@ def run(ctx) -> dict:
     if ctx.start is not None:  # the text start: text ability before any speech (the paper's LLaMA-2 row)
         jobs.append(Job("full_report_text_start", [
             FULL_REPORT_VERSION, fcfg.n_shots, fcfg.harness_num_fewshot, fcfg.harness_limit, data,
-            _file_hash(Path(ctx.start["hf"]) / "model.safetensors"), ctx.cfg.eval_overrides,
-            _file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json")],
+            demo.file_hash(Path(ctx.start["hf"]) / "model.safetensors"), ctx.cfg.eval_overrides,
+            demo.file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json")],
             _added_eval, (ctx.cfg, ctx.draws["dev"], ctx.speech_tok, data, fcfg, ctx.start, "text_start")))
         entries.append({"name": "text_start", "tests": [], "dev_dir": "", "test_dirs": []})
     for e, out in zip(entries, [ctx.pipe.run_jobs([j])[0] for j in jobs]):
         e["added"] = out["results"]
-    deps = [FULL_REPORT_VERSION, entries, *(_file_hash(Path(e["added"])) for e in entries)]
+    deps = [FULL_REPORT_VERSION, entries, *(demo.file_hash(Path(e["added"])) for e in entries)]
     out = ctx.pipe.run("full_report", deps, lambda d: _join_step(entries, d))
     print(Path(out["markdown"]).read_text())
     return out

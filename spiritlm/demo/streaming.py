@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from spiritlm import stats
-from spiritlm.eval.fewshot import normalize_text  # the ASR normalisation (spiritlm.eval.asr.wer's)
+from spiritlm.eval.fewshot import normalize_text  # the ASR normalisation (spiritlm.stats.asr_wer's)
 
 CTC_RECIPE = "train/streaming_ctc_demo.toml"
 CHUNKED_RECIPE = "train/streaming_demo.toml"
@@ -83,10 +83,11 @@ def paired_wer_bootstrap(items_a: list[dict], items_b: list[dict], n_boot: int =
 
 
 def _wer_step(ctx, chunked: dict, baseline: dict, step_dir: Path) -> dict[str, Any]:
-    from spiritlm.eval.asr import evaluate_asr, manifest_items
+    from spiritlm.models.continuous.asr import evaluate_asr
     from spiritlm.models.continuous.model import load_continuous
     from spiritlm.models.streaming.decode import evaluate_stream_asr
     from spiritlm.models.streaming.model import load_streaming
+    from spiritlm.transcripts import manifest_items
 
     # held-out utterances live in the corpus manifest: ctx.manifest (the aligned training records) has none
     items = manifest_items(ctx.corpus["manifest"], split="heldout")

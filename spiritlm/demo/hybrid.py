@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from spiritlm import stats
+from spiritlm.demo import main as demo
+from spiritlm.precision import pin_precision
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,6 @@ EVAL_OVERRIDES = ("zerospeech.modalities=[S]", "zerospeech.submission=false", "s
 @dataclass
 class HybridPartConfig:
     """``--set 'part_overrides.hybrid=[steps=200, seeds=[0]]'``"""
-
     recipe: str = "train/hybrid_demo.toml"
     steps: int = 300
     seeds: list[int] = field(default_factory=lambda: [0, 1])  # training seeds of tokens and hybrid
@@ -70,10 +71,9 @@ def part_config(ctx) -> HybridPartConfig:
 
 
 def train_config(ctx, opts: HybridPartConfig, variant: str, seed: int, run_dir: Path, extra: list[str] = ()):
+    from spiritlm.components.config import SourceConfig
     from spiritlm.config import load_config
     from spiritlm.models.hybrid.config import HybridTrainConfig
-
-    from spiritlm.components.config import SourceConfig
 
     kind = "logmel" if variant == "hybrid" else "none"
     tcfg = load_config(HybridTrainConfig, ctx.recipe(opts.recipe), [
@@ -81,10 +81,7 @@ def train_config(ctx, opts: HybridPartConfig, variant: str, seed: int, run_dir: 
         f"hybrid.features.kind={kind}", f"hybrid.data.manifests={json.dumps([str(ctx.manifest)])}",
         f"hybrid.data.features_dir={ctx.out / 'hybrid_features' / 'features'}",
         *opts.train_overrides, *(opts.big if variant == "tokens_big" else []), *extra])
-    from spiritlm.precision import resolve_precision
-
-    # "auto" resolved here, so the step's key holds the precision the weights are trained in
-    tcfg.deepspeed.precision = resolve_precision(tcfg.deepspeed.precision, "cpu").precision
+    pin_precision(tcfg, "cpu")  # the step's key holds the precision trained in
     # the demo's own shards (the recipe's folder is where a default demo run puts them)
     tcfg.data.sources = [SourceConfig(name="speech", path=str(Path(ctx.shards["dir"]) / "aligned"), kind="speech")]
     return tcfg
@@ -248,7 +245,6 @@ def dev_table(dev: dict) -> str:
 def run(ctx) -> dict:
     from dataclasses import asdict
 
-    from spiritlm.demo import _eval_config
     from spiritlm.pipeline import Job
 
     opts = part_config(ctx)
@@ -259,7 +255,7 @@ def run(ctx) -> dict:
                                                                                             "index.json"),
                                      ctx.file_hash(ctx.manifest)],
                  lambda d: _features_step(shard_dir, str(ctx.manifest), base.hybrid.features, d))
-    ecfg0 = _eval_config(ctx.cfg, ctx.draws["dev"], ctx.speech_tok)
+    ecfg0 = demo.eval_config(ctx.cfg, ctx.draws["dev"], ctx.speech_tok)
     enc = (ecfg0.speech_encoder, dict(ecfg0.speech_encoder_args))
     heldout = ctx.pipe.run("hybrid_heldout_units", [VERSION, ctx.file_hash(ctx.corpus["manifest"]), *enc,
                                                     ctx.file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json"),
@@ -294,7 +290,7 @@ def run(ctx) -> dict:
             for lab in labels:
                 draw, units = ctx.draws[lab], ctx.units[lab]
                 ename = f"hybrid_eval_{v}_seed{s}_{lab}"
-                ecfg = _eval_config(ctx.cfg, draw, ctx.speech_tok, [f"model={m['hf']}", f"name={v}",
+                ecfg = demo.eval_config(ctx.cfg, draw, ctx.speech_tok, [f"model={m['hf']}", f"name={v}",
                                                                      f"output_dir={out / ename}"], EVAL_OVERRIDES)
                 jobs.append(Job(ename, [VERSION, mhash, draw, ctx.file_hash(Path(draw["root"]) / "COMPLETE.json"),
                                         EVAL_OVERRIDES, units["files"]], _eval_step, (ecfg, units["file"])))
@@ -311,26 +307,3 @@ def run(ctx) -> dict:
     print(cmp["markdown"])
     return {"markdown": cmp["markdown"], "json": cmp["json"], "params": params}
 
-
-def context_from_cache(out_dir: str | Path, part_overrides: list[str] = ()):
-    """The demo's cached steps as a context for this part (see ``spiritlm.demo_parts.context_from_cache``)."""
-    from spiritlm.demo_parts import context_from_cache as from_cache
-
-    return from_cache(out_dir, {PART: list(part_overrides)})
-
-
-def main(argv=None) -> None:
-    """``python -m spiritlm.models.hybrid.demo_part --out runs/r25 [--set key=value ...]``"""
-    import argparse
-
-    from spiritlm.demo_parts import run_parts
-
-    ap = argparse.ArgumentParser(description="the hybrid demo part on a finished demo's cached steps")
-    ap.add_argument("--out", required=True, help="the demo's output folder")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="part option, e.g. steps=200")
-    a = ap.parse_args(argv)
-    ctx = context_from_cache(a.out, a.overrides)
-    from spiritlm.demo_parts import PARTS
-
-    PARTS.setdefault(PART, "spiritlm.models.hybrid.demo_part:run")
-    run_parts(ctx, [PART])

@@ -5,6 +5,8 @@
     res = evaluate_asr(model, manifest_items("data/demo/manifest.jsonl", split="heldout"))
     res = evaluate_asr(model, text_dir_items("../shared/data/real_speech/librivox"))
 
+(``manifest_items`` / ``text_dir_items``: :mod:`spiritlm.transcripts`.)
+
 Decoding runs HF ``generate`` on ``inputs_embeds``: the prompt is the utterance's audio
 embeddings placed as in training (``[audio] <BOS>`` or ``<BOS> [audio]``), left-padded with an
 attention mask so a batch decodes like each prompt alone (tested), and stops at ``<EOS>``.
@@ -16,19 +18,14 @@ WERs; empty text by that module's one rule).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from spiritlm import stats
-
-
-# corpus WER of normalised texts: {"wer", "substitutions", "deletions", "insertions", "words"}
-# (an empty reference's hypothesis words count as insertions, an empty hypothesis deletes its
-# reference; no reference words at all: ``wer`` is NaN)
-wer = stats.asr_wer
+from spiritlm.data.encoders import read_audio
+from spiritlm.stats import asr_wer
 
 
 def _prompt(model, emb_NH: torch.Tensor) -> torch.Tensor:
@@ -42,8 +39,6 @@ def _prompt(model, emb_NH: torch.Tensor) -> torch.Tensor:
 def transcribe(model, wavs: Sequence[np.ndarray], batch_size: int = 8, num_beams: int = 1,
                max_new_tokens: int = 64, progress: bool = False) -> list[str]:
     """Greedy (``num_beams=1``) or beam-search transcripts of 16 kHz waveforms."""
-    from tqdm.auto import tqdm
-
     model.eval()
     dev = model.lm.get_input_embeddings().weight.device
     out: list[str] = []
@@ -67,32 +62,10 @@ def transcribe(model, wavs: Sequence[np.ndarray], batch_size: int = 8, num_beams
             out.append(model.tok.decode(row))
     return out
 
-
-# ---- evaluation sets -------------------------------------------------------------------------
-def manifest_items(manifest: str | Path, split: str = "heldout") -> list[tuple[str, str, str]]:
-    """(id, audio path, transcript) of the data stage's manifest utterances of ``split``."""
-    from spiritlm.manifest import read_manifest
-
-    m = Path(manifest)
-    return [(u.id, str(u.audio_file(m.parent)), u.text) for u in read_manifest(m) if not split or u.split == split]
-
-
-def text_dir_items(directory: str | Path) -> list[tuple[str, str, str]]:
-    """(id, wav, transcript) of a folder of ``<id>.wav`` + ``<id>.txt`` (the real-speech set)."""
-    d = Path(directory)
-    items = [(w.stem, str(w), w.with_suffix(".txt").read_text(encoding="utf-8").strip())
-             for w in sorted(d.glob("*.wav")) if w.with_suffix(".txt").is_file()]
-    if not items:
-        raise FileNotFoundError(f"{d}: no <id>.wav with a <id>.txt transcript beside it")
-    return items
-
-
 def evaluate_asr(model, items: Iterable[tuple[str, str, str]], batch_size: int = 8, num_beams: int = 1,
                  max_new_tokens: int = 64, progress: bool = True) -> dict:
     """WER over ``items``; audio too short for one stacked frame, or unreadable, is counted and
     skipped (``skipped``), not a crash."""
-    from spiritlm.data.encoders import read_audio
-
     ids, wavs, refs, skipped = [], [], [], {}
     for uid, path, ref in items:
         try:
@@ -107,7 +80,7 @@ def evaluate_asr(model, items: Iterable[tuple[str, str, str]], batch_size: int =
         wavs.append(w)
         refs.append(ref)
     hyps = transcribe(model, wavs, batch_size, num_beams, max_new_tokens, progress)
-    res = wer(refs, hyps) if refs else {"wer": float("nan"), "words": 0}
+    res = asr_wer(refs, hyps) if refs else {"wer": float("nan"), "words": 0}
     res.update(n=len(ids), skipped=skipped, num_beams=num_beams,
                items=[{"id": i, "ref": r, "hyp": h} for i, r, h in zip(ids, refs, hyps)])
     return res

@@ -8,7 +8,6 @@ step is measured and printed at the end, next to where the outputs are.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -17,8 +16,11 @@ from typing import Any
 
 from spiritlm.config import save_config, to_dict
 from spiritlm.corpus.demo import DemoCorpusConfig
+from spiritlm.demo.files import file_hash, recipe
+from spiritlm.demo.parts import DemoContext, check_parts, run_parts
+from spiritlm.models.unit_lm import sizes as unit_lm_sizes
 from spiritlm.pipeline import Job, Pipeline
-from spiritlm.precision import resolve_precision
+from spiritlm.precision import pin_precision, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,8 @@ class DemoConfig:
         out_dir="", target_minutes=60.0, voices=("en-us", "en-us+f2"), rate_wpm=(155, 175),
         pitch=(45, 55), pitch_range=(45, 55),
         speech_kinds=(("story", 0.6), ("sentence", 0.25), ("sentiment", 0.15))))
-    text_vocab_size: int = 2000  # SentencePiece BPE pieces trained on the demo text corpus
+    # SentencePiece BPE pieces trained on the demo text corpus (2000: the "demo" size's)
+    text_vocab_size: int = unit_lm_sizes.tiny_size("demo").text_vocab_size
     # Recipes of the stages (paths relative to the repository root or the working directory)
     # plus overrides applied on top, as on their own command lines.
     tokenizer_recipe: str = "tokenizers/demo.toml"
@@ -57,11 +60,9 @@ class DemoConfig:
     # ~1.35x faster here, and the three-seed check holds as in fp32 (docs/demo_output.md). A
     # 15-minute budget (these 400 steps, a 900-step HuBERT, a 200-step text start; bf16, 3 seeds)
     # left every model at chance on Topic-StoryCloze S, T->S and S->T: 0 of 5 claims.
+    # The model and batch: the unit LM family's named size "demo" (spiritlm/models/unit_lm/sizes.py).
     train_overrides: list[str] = field(default_factory=lambda: [
-        "steps=800", "data.seq_len=512", "micro_batch_size=4", "global_batch_size=8",
-        "model.tiny.hidden_size=128", "model.tiny.intermediate_size=352",
-        "model.tiny.num_hidden_layers=4", "model.tiny.num_attention_heads=4",
-        "model.tiny.num_key_value_heads=4", "model.tiny.max_position_embeddings=1024",
+        "steps=800", *unit_lm_sizes.overrides("demo"),
         "optim.lr=2e-3", "optim.warmup_steps=30", "checkpoint.every=200", "deepspeed.precision=auto"])
     # > 0: both variants start from one tiny LM first trained this many steps on the text corpus
     # alone, as the paper starts from LLaMA-2, and continue at ``continued_lr``. 0 = from scratch.
@@ -100,7 +101,7 @@ class DemoConfig:
     test_sizes: dict[str, int] = field(default_factory=lambda: {
         "swuggy": 60, "sblimp": 60, "storycloze": 80, "topic_storycloze": 240, "stsp": 0,
         "stsp_fewshot": 0, "asr": 0, "asr_shots": 0, "voices": 2})
-    # Named comparisons run after the main one on its cached steps (spiritlm.demo_parts.PARTS;
+    # Named comparisons run after the main one on its cached steps (spiritlm.demo.parts.PARTS;
     # `spiritlm demo --part NAME`), each with its own overrides under part_overrides.NAME.
     parts: list[str] = field(default_factory=list)
     part_overrides: dict[str, list[str]] = field(default_factory=dict)
@@ -130,23 +131,12 @@ def _text_tokenizer_step(cfg: DemoConfig, corpus: dict, step_dir: Path) -> dict[
     return {"dir": str(out), "base_vocab_size": tok.layout.base_vocab_size, "vocab_size": len(tok)}
 
 
-def _recipe(path: str) -> Path:
-    """A stage recipe, relative to the working directory or else to the repository root."""
-    p = Path(path)
-    if p.is_file() or p.is_absolute():
-        return p
-    repo = Path(__file__).resolve().parents[1] / path
-    if repo.is_file():
-        return repo
-    raise FileNotFoundError(f"recipe {path} not found here or in the repository ({repo})")
-
-
 def _speech_tokenizer_step(cfg: DemoConfig, corpus: dict, step_dir: Path) -> dict[str, Any]:
     from spiritlm.config import load_config
     from spiritlm.tokenizer.config import TokenizerCfg
     from spiritlm.tokenizer.tiny_hubert import fit_demo_tokenizer
 
-    tcfg = load_config(TokenizerCfg, _recipe(cfg.tokenizer_recipe), [f"seed={cfg.seed}", *cfg.tokenizer_overrides])
+    tcfg = load_config(TokenizerCfg, recipe(cfg.tokenizer_recipe), [f"seed={cfg.seed}", *cfg.tokenizer_overrides])
     out = fit_demo_tokenizer(tcfg, corpus["manifest"], step_dir / "tokenizer", evaluate=True, progress=True)
     metrics_file = Path(out) / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
@@ -187,12 +177,12 @@ def _align_step(cfg: DemoConfig, corpus: dict, step_dir: Path) -> dict[str, Any]
     return {"manifest": str(out), "report": report}
 
 
-def _shards_step(cfg: DemoConfig, manifest: str, corpus: dict, text_tok: dict, speech_tok: dict,
+def shards_step(cfg: DemoConfig, manifest: str, corpus: dict, text_tok: dict, speech_tok: dict,
                  step_dir: Path) -> dict[str, Any]:
     from spiritlm.config import load_config
     from spiritlm.data.prepare import PrepareConfig, prepare_demo_shards
 
-    pcfg = load_config(PrepareConfig, _recipe(cfg.prepare_recipe), [
+    pcfg = load_config(PrepareConfig, recipe(cfg.prepare_recipe), [
         f"seed={cfg.seed}", f"output_dir={step_dir / 'shards'}", f"text_tokenizer={text_tok['dir']}",
         "speech.encoder=spiritlm.data.encoders:speech_tokenizer",
         f"speech.tokenizer_dir={speech_tok['dir']}", "records.parallel=[]", *cfg.prepare_overrides])
@@ -218,7 +208,7 @@ MIXTURES = {
 TEXT_PRETRAIN = [("text", "text", "text", 1.0)]
 
 
-def _train_config(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, step_dir: Path,
+def train_config(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, step_dir: Path,
                   start: dict | None = None, train_seed: int | None = None):
     """The resolved ``TrainConfig`` of one language model (its sources name what each reads).
 
@@ -226,9 +216,9 @@ def _train_config(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, s
     when it reaches the model: ``steps`` of the continued training does not retrain the text
     start, whose own ``steps`` is ``text_pretrain_steps``.
     """
+    from spiritlm.components.config import SourceConfig
     from spiritlm.config import load_config
     from spiritlm.train import TrainConfig
-    from spiritlm.components.config import SourceConfig
 
     extra = []
     if variant == "text_pretrain":
@@ -237,11 +227,10 @@ def _train_config(cfg: DemoConfig, variant: str, shards: dict, text_tok: dict, s
         extra = [f"model.checkpoint={start['hf']}", f"optim.lr={cfg.continued_lr}"]
     if train_seed is not None and train_seed != cfg.seed:
         extra.append(f"seed={train_seed}")
-    tcfg = load_config(TrainConfig, _recipe(cfg.train_recipe), [
+    tcfg = load_config(TrainConfig, recipe(cfg.train_recipe), [
         f"seed={cfg.seed}", f"run_dir={step_dir / 'run'}", f"model.tokenizer={text_tok['dir']}",
         *cfg.train_overrides, *extra])
-    # "auto" resolved here, so the step's key holds the precision the weights are trained in
-    tcfg.deepspeed.precision = resolve_precision(tcfg.deepspeed.precision, "cpu").precision
+    pin_precision(tcfg, "cpu")  # the step's key holds the precision trained in
     shard_root = Path(shards["dir"])
     mixture = TEXT_PRETRAIN if variant == "text_pretrain" else MIXTURES[variant]
     tcfg.data.sources = [SourceConfig(name=name, path=str(shard_root / folder), weight=weight, kind=kind)
@@ -254,23 +243,23 @@ def precision_choice(cfg: DemoConfig):
     from spiritlm.config import load_config
     from spiritlm.train import TrainConfig
 
-    requested = load_config(TrainConfig, _recipe(cfg.train_recipe), list(cfg.train_overrides)).deepspeed.precision
+    requested = load_config(TrainConfig, recipe(cfg.train_recipe), list(cfg.train_overrides)).deepspeed.precision
     return resolve_precision(requested, "cpu")
 
 
-def _train_key(tcfg, shards: dict, start: dict | None) -> list:
+def train_key(tcfg, shards: dict, start: dict | None) -> list:
     """Everything the trained weights depend on: the resolved config and the inputs' content.
     The shards' content is their index (the sha256 of every shard, and the data-prep config), not
     their report, whose wall time would retrain both models after a rebuild of the same bytes."""
     resolved = to_dict(tcfg)
     resolved.pop("run_dir")
-    deps = [resolved, _file_hash(Path(shards["dir"]) / "index.json")]
+    deps = [resolved, file_hash(Path(shards["dir"]) / "index.json")]
     if start is not None:
-        deps.append(_file_hash(Path(start["hf"]) / "model.safetensors"))
+        deps.append(file_hash(Path(start["hf"]) / "model.safetensors"))
     return deps
 
 
-def _train_step(tcfg, step_dir: Path | None = None) -> dict[str, Any]:
+def train_step(tcfg, step_dir: Path | None = None) -> dict[str, Any]:
     """A ``Job`` function (it is handed its ``step_dir``; the run goes to ``tcfg.run_dir``, inside it)."""
     from spiritlm.train import train
 
@@ -320,7 +309,7 @@ def _speech_cls_build(cfg: DemoConfig) -> tuple | None:
     into the dev draw on first use (``[speech_cls] mini = true``), or None. The demo builds it in
     the mini step instead, so that ``bench_units`` encodes its audio too and the evaluations,
     side by side, neither wait on one another's build nor encode it each."""
-    ecfg = _eval_config(cfg, {"root": "."}, {"dir": ""})
+    ecfg = eval_config(cfg, {"root": "."}, {"dir": ""})
     cc = getattr(ecfg, "speech_cls", None)
     if cc is None or not (cc.manifest and cc.mini):
         return None
@@ -347,13 +336,13 @@ def _mini_test_step(cfg: DemoConfig, seeds: list[int], dev: dict, step_dir: Path
     return {"draws": draws}
 
 
-def _eval_config(cfg: DemoConfig, mini: dict, speech_tok: dict, overrides: list[str] = (), last: tuple = ()):
+def eval_config(cfg: DemoConfig, mini: dict, speech_tok: dict, overrides: list[str] = (), last: tuple = ()):
     """The suite config of one evaluation; ``last`` wins over the user's ``eval_overrides`` (a
     test draw's tasks: it holds no audio for the others)."""
     from spiritlm.config import load_config
     from spiritlm.eval.suite import EvalConfig
 
-    return load_config(EvalConfig, _recipe(cfg.eval_recipe), [
+    return load_config(EvalConfig, recipe(cfg.eval_recipe), [
         f"data_root={mini['root']}", f"speech_encoder_args.directory={speech_tok['dir']}",
         "mini.build=false", *overrides, *cfg.eval_overrides, *last])
 
@@ -390,12 +379,12 @@ TEST_EVAL_OVERRIDES = ('stsp.manifest=""', 'fewshot.asr_manifest=""', 'speech_cl
                        "zerospeech.submission=false")
 
 
-def _eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: dict, units: dict,
+def eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: dict, units: dict,
                extra: tuple, step_dir: Path) -> dict[str, Any]:
     from spiritlm.eval.suite import run_suite
 
     # both models score the same units: the suite reads them from the bench_units file
-    ecfg = _eval_config(cfg, mini, speech_tok, [f"model={model['hf']}", f"name={name}", f"output_dir={step_dir}",
+    ecfg = eval_config(cfg, mini, speech_tok, [f"model={model['hf']}", f"name={name}", f"output_dir={step_dir}",
                                                  f"units_cache={units['file']}"], extra)
     out = run_suite(ecfg)
     return {"dir": str(step_dir), "paths": {k: str(v) for k, v in out.get("paths", {}).items()},
@@ -409,7 +398,7 @@ UNITS_VERSION = "units-v2: every benchmark wav, CachedEncoder.save_units with th
 COMPARE_FORMAT = "compare-v4: claims from the test draws pooled x seeds; the dev draw labelled dev"
 
 
-def _compare_step(evals: dict[str, dict[str, list[dict]]], draws: dict[str, dict], seeds: list[int],
+def compare_step(evals: dict[str, dict[str, list[dict]]], draws: dict[str, dict], seeds: list[int],
                   step_dir: Path) -> dict[str, Any]:
     """``evals[variant][draw label]``: one evaluation per training seed; ``draws[label]``: the
     draw's mini step outputs (its seed). Writes comparison.md/json/png; the table, the check and
@@ -459,8 +448,6 @@ def _compare_step(evals: dict[str, dict[str, list[dict]]], draws: dict[str, dict
 
 
 def run_demo(cfg: DemoConfig) -> Pipeline:
-    from spiritlm.demo_parts import check_parts
-
     check_parts(list(cfg.parts))
     out = Path(cfg.out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -474,7 +461,7 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     text_tok = pipe.run("text_tokenizer", [cfg.text_vocab_size, corpus["stats"]],
                         lambda d: _text_tokenizer_step(cfg, corpus, d))
     speech_tok = pipe.run("speech_tokenizer", [cfg.seed, cfg.tokenizer_recipe, cfg.tokenizer_overrides,
-                                               _file_hash(_recipe(cfg.tokenizer_recipe)), corpus["stats"]],
+                                               file_hash(recipe(cfg.tokenizer_recipe)), corpus["stats"]],
                           lambda d: _speech_tokenizer_step(cfg, corpus, d))
     manifest = corpus["manifest"]
     if cfg.align:
@@ -482,15 +469,15 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
         manifest = aligned["manifest"]
     # Downstream keys carry upstream content hashes, not only paths: a retrained tokenizer in
     # the same directory must invalidate the shards built from the old one.
-    shards = pipe.run("shards", [cfg.seed, manifest, _file_hash(Path(manifest)), cfg.prepare_overrides,
-                                 _file_hash(_recipe(cfg.prepare_recipe)), text_tok,
-                                 _file_hash(Path(text_tok["dir"]) / "tokenizer.model"),
-                                 _file_hash(Path(speech_tok["dir"]) / "manifest.json")],
-                      lambda d: _shards_step(cfg, manifest, corpus, text_tok, speech_tok, d))
+    shards = pipe.run("shards", [cfg.seed, manifest, file_hash(Path(manifest)), cfg.prepare_overrides,
+                                 file_hash(recipe(cfg.prepare_recipe)), text_tok,
+                                 file_hash(Path(text_tok["dir"]) / "tokenizer.model"),
+                                 file_hash(Path(speech_tok["dir"]) / "manifest.json")],
+                      lambda d: shards_step(cfg, manifest, corpus, text_tok, speech_tok, d))
     def train_job(name: str, variant: str, seed: int | None = None) -> Job:
-        tcfg = _train_config(cfg, variant, shards, text_tok, out / name, start, seed)
-        return Job(name, _train_key(tcfg, shards, start), _train_step, (tcfg,),
-                   progress=lambda d, n=tcfg.steps: (_last_logged_step(d / "run" / "metrics.jsonl"), n))
+        tcfg = train_config(cfg, variant, shards, text_tok, out / name, start, seed)
+        return Job(name, train_key(tcfg, shards, start), train_step, (tcfg,),
+                   progress=lambda d, n=tcfg.steps: (last_logged_step(d / "run" / "metrics.jsonl"), n))
 
     start = None
     if cfg.text_pretrain_steps > 0:
@@ -513,17 +500,17 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     if cfg.test_draws > 0 or cfg.test_seeds:
         test_seeds = choose_test_seeds(out, cfg.test_draws, cfg.test_seeds, dev_seed=cfg.seed)
         tests = pipe.run("mini_test", [MINI_VERSION, test_seeds, cfg.test_sizes,
-                                       _file_hash(Path(mini["paths"]["heldout_texts"]))],
+                                       file_hash(Path(mini["paths"]["heldout_texts"]))],
                          lambda d: _mini_test_step(cfg, test_seeds, mini, d))
         draws.update((d["label"], d) for d in tests["draws"])
-    ecfg = _eval_config(cfg, mini, speech_tok)  # the units depend on the encoder, not on the scoring
+    ecfg = eval_config(cfg, mini, speech_tok)  # the units depend on the encoder, not on the scoring
     enc_deps = [UNITS_VERSION, ecfg.speech_encoder, ecfg.speech_encoder_args,
-                _file_hash(Path(speech_tok["dir"]) / "manifest.json")]
-    units = {"dev": pipe.run("bench_units", [*enc_deps, mini, _file_hash(Path(mini["root"]) / "COMPLETE.json")],
+                file_hash(Path(speech_tok["dir"]) / "manifest.json")]
+    units = {"dev": pipe.run("bench_units", [*enc_deps, mini, file_hash(Path(mini["root"]) / "COMPLETE.json")],
                              lambda d: _bench_units_step(ecfg, [mini], d))}
     test_labels = [label for label in draws if label != "dev"]
     if test_labels:
-        tu = pipe.run("bench_units_test", [*enc_deps, *[[draws[t]["root"], _file_hash(
+        tu = pipe.run("bench_units_test", [*enc_deps, *[[draws[t]["root"], file_hash(
             Path(draws[t]["root"]) / "COMPLETE.json")] for t in test_labels]],
             lambda d: _bench_units_step(ecfg, [draws[t] for t in test_labels], d))
         units.update(zip(test_labels, tu["draws"]))
@@ -534,24 +521,23 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
                 extra = () if label == "dev" else TEST_EVAL_OVERRIDES
                 eval_jobs.append(((variant, label), Job(
                     eval_step_name(cfg, variant, s, label),
-                    [EVAL_VERSION, model, draw, _file_hash(Path(draw["root"]) / "COMPLETE.json"),  # items, not only paths
-                     cfg.eval_overrides, extra, _file_hash(_recipe(cfg.eval_recipe)),
-                     _file_hash(Path(model["hf"]) / "model.safetensors"),
-                     _file_hash(Path(speech_tok["dir"]) / "manifest.json"), units[label]["files"],
-                     _file_hash(Path(units[label]["file"])) if units[label]["file"] else ""],
-                    _eval_step, (cfg, variant, model, draw, speech_tok, units[label], extra))))
+                    [EVAL_VERSION, model, draw, file_hash(Path(draw["root"]) / "COMPLETE.json"),  # items, not only paths
+                     cfg.eval_overrides, extra, file_hash(recipe(cfg.eval_recipe)),
+                     file_hash(Path(model["hf"]) / "model.safetensors"),
+                     file_hash(Path(speech_tok["dir"]) / "manifest.json"), units[label]["files"],
+                     file_hash(Path(units[label]["file"])) if units[label]["file"] else ""],
+                    eval_step, (cfg, variant, model, draw, speech_tok, units[label], extra))))
     evals: dict[str, dict[str, list[dict]]] = {v: {label: [] for label in draws} for v in MIXTURES}
     for ((variant, label), _), ev in zip(eval_jobs, pipe.run_jobs([j for _, j in eval_jobs])):
         evals[variant][label].append(ev)
     cmp_deps = [COMPARE_FORMAT, evals, {k: d["seed"] for k, d in draws.items()}, seeds,
-                *(_file_hash(Path(e["dir"]) / "items.jsonl") for ev in evals.values()
+                *(file_hash(Path(e["dir"]) / "items.jsonl") for ev in evals.values()
                   for es in ev.values() for e in es)]
-    cmp = pipe.run("compare", cmp_deps, lambda d: _compare_step(evals, draws, seeds, d))
+    cmp = pipe.run("compare", cmp_deps, lambda d: compare_step(evals, draws, seeds, d))
     _print_summary(corpus, text_tok, speech_tok, aligned if cfg.align else None, shards, models, evals, cmp,
                    draws)
     print(f"training precision: {precision.reason}")
     if cfg.parts:
-        from spiritlm.demo_parts import DemoContext, run_parts
 
         ctx = DemoContext(cfg=cfg, out=out, pipe=pipe, corpus=corpus, text_tok=text_tok, speech_tok=speech_tok,
                           manifest=manifest, shards=shards, start=start, seeds=seeds, models=models,
@@ -564,7 +550,7 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     return pipe
 
 
-def _last_logged_step(metrics: Path) -> int:
+def last_logged_step(metrics: Path) -> int:
     """The last step in a training run's metrics.jsonl (0 before the first log line)."""
     if not metrics.is_file():
         return 0
@@ -576,11 +562,6 @@ def _last_logged_step(metrics: Path) -> int:
             except (ValueError, AttributeError):
                 continue
     return 0
-
-
-def _file_hash(path: Path) -> str:
-    p = Path(path)
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else f"missing:{p}"
 
 
 def _print_summary(corpus, text_tok, speech_tok, aligned, shards, models, evals, cmp, draws) -> None:
