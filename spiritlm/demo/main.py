@@ -79,8 +79,10 @@ class DemoConfig:
     train_seeds: list[int] = field(default_factory=list)
     # The language models (every variant and seed) train this many at a time, each in its own
     # process with an equal share of the cores; 1 = one after the other in this process. Same
-    # weights (fp32 and bf16 training give the same losses with 1 thread as with 2; the e2e test
-    # checks it). The evaluations run the same way, on benchmark audio encoded once.
+    # weights at the same thread count (the e2e test checks it; the trainer's summary.json records
+    # torch_threads): on some CPUs (an AMX Xeon) a 2-thread GEMM sums in another order than a
+    # 1-thread one, and the last bits differ. The evaluations run the same way, on benchmark
+    # audio encoded once.
     side_by_side: int = 2
     eval_recipe: str = "eval/demo_suite.toml"
     eval_overrides: list[str] = field(default_factory=list)
