@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from spiritlm.artifacts import hf_directory, load_state, typed_section
 from spiritlm.config import ConfigError
 from spiritlm.models.continuous.config import ContinuousConfig, ContinuousTrainConfig, encoder_frozen
 from spiritlm.models.continuous.encoders import CharVocab, CTCHead, ConformerEncoder, build_encoder, pad_frames
@@ -238,9 +239,8 @@ def apply_trainable(model: ContinuousSpeechLM) -> ContinuousSpeechLM:
                 r=c.lora.r, lora_alpha=c.lora.alpha, lora_dropout=c.lora.dropout,
                 target_modules=list(c.lora.target_modules), bias="none"))
     if c.projector.checkpoint:
-        from safetensors.torch import load_file
-
-        model.projector.load_state_dict(load_file(c.projector.checkpoint))
+        load_state(model.projector, c.projector.checkpoint, f"{c.projector.kind} projector",
+                   "continuous.projector.checkpoint")
     return model
 
 
@@ -266,7 +266,6 @@ def build_continuous(cfg: ContinuousTrainConfig, dtype=torch.float32, lm=None) -
 
 def load_continuous(directory: str | Path, device: str = "cpu", dtype=torch.float32) -> ContinuousSpeechLM:
     """A directory written by ``export_merged`` -> the model, in eval mode."""
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     d = Path(directory)
@@ -274,17 +273,18 @@ def load_continuous(directory: str | Path, device: str = "cpu", dtype=torch.floa
     if not f.is_file():
         raise ConfigError(f"{d}: no {CONFIG_FILE}; not a continuous-input model export (spiritlm train "
                           "with a train/continuous_*.toml recipe writes one to <run_dir>/hf)")
-    c = _continuous_from_dict(json.loads(f.read_text())["continuous"])
+    c = typed_section(f, _continuous_from_dict, "continuous")
     if c.encoder.kind == "conformer":
         c.encoder.checkpoint = str(d / "encoder.safetensors")
     tok = LMTokenizer(d, c.audio_token)
-    lm = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
+    with hf_directory(d):
+        lm = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
     encoder = build_encoder(c.encoder)
     c.trainable = "projector"  # nothing to add: adapters are merged
     c.projector.checkpoint = str(d / "projector.safetensors")
     model = ContinuousSpeechLM(c, lm, tok, encoder)
     if model.ctc is not None and (d / "ctc.safetensors").is_file():
-        model.ctc.load_state_dict(load_file(d / "ctc.safetensors"))
+        load_state(model.ctc, d / "ctc.safetensors", "CTC head")
     model.to(dtype)
     apply_trainable(model)
     return model.to(device).eval()

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from spiritlm.artifacts import ArtifactError, load_tensors, read_json, typed_section
 from spiritlm.config import ConfigError
 from spiritlm.models.hybrid.config import HybridConfig, HybridTrainConfig
 
@@ -197,8 +198,6 @@ def build_hybrid(cfg: HybridTrainConfig, ds_config=None, dtype=torch.float32, fr
 
 def load_hybrid(directory: str | Path, device: str = "cpu", dtype=torch.float32):
     """A directory written by :meth:`HybridLM.save` -> (model in eval mode, SpiritTokenizer)."""
-    from safetensors.torch import load_file
-
     from spiritlm.models.unit_lm.load import load_model
 
     d = Path(directory)
@@ -206,15 +205,17 @@ def load_hybrid(directory: str | Path, device: str = "cpu", dtype=torch.float32)
     if not f.is_file():
         raise ConfigError(f"{d}: no {CONFIG_FILE}; not a hybrid-input model export (spiritlm train with a "
                           "train/hybrid_*.toml recipe writes one to <run_dir>/hf)")
-    meta = json.loads(f.read_text())
+    meta = read_json(f)
     from spiritlm.config import load_config
 
-    hc = load_config(HybridTrainConfig, None, [], base={"hybrid": meta["hybrid"]}).hybrid
+    hc = typed_section(f, lambda h: load_config(HybridTrainConfig, None, [], base={"hybrid": h}).hybrid, "hybrid")
+    if "feat_dim" not in meta:
+        raise ArtifactError(f"{f}: has no 'feat_dim'; it was not written by this version's export: re-export the model")
     lm, tok = load_model(d, "cpu", {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype])
     model = HybridLM(hc, lm, tok.layout, int(meta["feat_dim"]))
     model.frame_rate = float(meta.get("frame_rate", 0.0))
     if model.hybrid:
-        state = load_file(d / PARTS_FILE)
+        state = load_tensors(d / PARTS_FILE)
         model.projector.load_state_dict({k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")})
         model.fuse.load_state_dict({k[len("fuse."):]: v for k, v in state.items() if k.startswith("fuse.")})
     return model.to(device=device, dtype=dtype).eval(), tok

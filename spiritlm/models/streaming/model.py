@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from spiritlm.artifacts import hf_directory, load_state, read_json, typed_section
 from spiritlm.config import ConfigError
 from spiritlm.models.continuous.config import ContinuousConfig, encoder_frozen
 from spiritlm.models.continuous.encoders import build_encoder, check_encoder
@@ -115,9 +116,7 @@ def build_stream_encoder(cfg: ContinuousConfig, scfg: StreamingConfig):
     enc = ChunkedConformerEncoder(c, chunk_frames=chunk_frames(scfg, frame_rate, cfg.projector.stack),
                                   left_chunks=scfg.encoder_left_chunks)
     if cfg.encoder.checkpoint:
-        from safetensors.torch import load_file
-
-        enc.load_state_dict(load_file(cfg.encoder.checkpoint))
+        load_state(enc, cfg.encoder.checkpoint, "chunked Conformer encoder", "continuous.encoder.checkpoint")
     check_encoder(enc, cfg.encoder)
     return enc
 
@@ -128,9 +127,7 @@ def _load_ctc(model: StreamingSpeechLM, path: str) -> None:
     if model.ctc is None:
         raise ConfigError("streaming.ctc_checkpoint is set but the model has no CTC head: set "
                           "continuous.encoder.ctc_weight > 0")
-    from safetensors.torch import load_file
-
-    model.ctc.load_state_dict(load_file(path))
+    load_state(model.ctc, path, "CTC head", "streaming.ctc_checkpoint")
 
 
 def build_streaming(cfg: StreamingTrainConfig, dtype=torch.float32, lm=None) -> StreamingSpeechLM:
@@ -170,27 +167,28 @@ def export_dir(path: str | Path) -> Path:
 
 def load_streaming(path: str | Path, device: str = "cpu", dtype=torch.float32) -> StreamingSpeechLM:
     """A run dir or an export written by ``export_merged`` -> the model, in eval mode."""
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from spiritlm.config import load_config
 
     d = export_dir(path)
-    raw = {"continuous": json.loads((d / "continuous.json").read_text())["continuous"],
-           "streaming": json.loads((d / STREAMING_FILE).read_text())["streaming"]}
-    cfg = load_config(StreamingTrainConfig, None, [], base=raw)
+    raw = {"continuous": read_json(d / "continuous.json", "continuous"),
+           "streaming": read_json(d / STREAMING_FILE, "streaming")}
+    cfg = typed_section(d / STREAMING_FILE, lambda _: load_config(StreamingTrainConfig, None, [], base=raw),
+                        "streaming")
     c, s = cfg.continuous, cfg.streaming
     if c.encoder.kind == "conformer":
         c.encoder.checkpoint = str(d / "encoder.safetensors")
     tok = LMTokenizer(d, c.audio_token)
-    lm = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
+    with hf_directory(d):
+        lm = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
     encoder = build_stream_encoder(c, s)
     c.trainable = "projector"  # nothing to add: adapters are merged
     c.projector.checkpoint = str(d / "projector.safetensors")
     s.ctc_checkpoint = ""
     model = StreamingSpeechLM(c, s, lm, tok, encoder)
     if model.ctc is not None and (d / "ctc.safetensors").is_file():
-        model.ctc.load_state_dict(load_file(d / "ctc.safetensors"))
+        load_state(model.ctc, d / "ctc.safetensors", "CTC head")
     model.to(dtype)
     apply_trainable(model)
     return model.to(device).eval()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from spiritlm.artifacts import load_state, typed_section
 from spiritlm.config import ConfigError
 from spiritlm.models.spec import Capabilities, ModelSpec
 from spiritlm.models.continuous import spec as cspec
@@ -60,8 +61,6 @@ def load_aligner(directory: str | Path):
     """(encoder, CTC head) of a continuous model's parts: an export (``<run_dir>/hf``) or a
     checkpoint's ``parts/`` (encoder.safetensors + ctc.safetensors + continuous.json); the LM is
     not needed to align, so it is not loaded."""
-    from safetensors.torch import load_file
-
     from spiritlm.models.continuous.encoders import CharVocab, CTCHead, build_encoder
     from spiritlm.models.continuous.model import CONFIG_FILE, _continuous_from_dict
 
@@ -70,12 +69,12 @@ def load_aligner(directory: str | Path):
         raise ConfigError(f"streaming.align_model={d} has no ctc.safetensors + {CONFIG_FILE}: point it at a "
                           "continuous export or checkpoint parts/ trained with continuous.encoder.ctc_weight > 0 "
                           "(train/streaming_ctc_demo.toml)")
-    c = _continuous_from_dict(json.loads((d / CONFIG_FILE).read_text())["continuous"])
+    c = typed_section(d / CONFIG_FILE, _continuous_from_dict, "continuous")
     if c.encoder.kind == "conformer":
         c.encoder.checkpoint = str(d / "encoder.safetensors")
     enc = build_encoder(c.encoder).eval()
     ctc = CTCHead(enc.dim, len(CharVocab()))
-    ctc.load_state_dict(load_file(d / "ctc.safetensors"))
+    load_state(ctc, d / "ctc.safetensors", "CTC head", "streaming.align_model")
     return enc, ctc.eval()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spiritlm.artifacts import hf_directory
 from spiritlm.text_tokenizer import LAYOUT_FILE, SP_FILE, SpiritTokenizer, layout_of_hf_dir
 from spiritlm.vocab import LayoutMismatchError, describe_layout, expected_rows_text, layout_for_rows, rows_fit
 
@@ -85,12 +86,14 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype: str = "float32
             f"{d / 'config.json'} not found: --model must be a HF checkpoint directory "
             "(config.json, *.safetensors, tokenizer.model), e.g. one exported by `spiritlm train`"
         )
-    config = AutoConfig.from_pretrained(d)
+    with hf_directory(d):
+        config = AutoConfig.from_pretrained(d)
     tok = load_tokenizer(d, rows=int(config.vocab_size))
     check_speech_vocab(d, int(config.vocab_size), tok)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise ModelDirError(f"dtype={dtype!r}: use float32, bfloat16 or float16")
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch_dtype)
+    with hf_directory(d):
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch_dtype)
     model.to(device).eval()
     return model, tok

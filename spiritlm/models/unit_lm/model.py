@@ -29,13 +29,13 @@ settings to use.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from spiritlm.artifacts import typed_section
 from spiritlm.config import ConfigError
 from spiritlm.components.config import ModelConfig, TinyModelConfig
 from spiritlm.vocab import LayoutMismatchError, VocabLayout, describe_layout, expected_rows_text, rows_fit
@@ -162,7 +162,7 @@ def check_vocab(current_rows: int, layout: VocabLayout, rows: int) -> str:
         f"{layout.base_vocab_size} pieces and the configured speech layout is {describe_layout(layout)}: "
         f"expected {expected_rows_text(layout.base_vocab_size)}. Use the tokenizer.model that came with "
         f"the checkpoint (model.tokenizer), set model.hubert_size/pitch_size/style_size to the "
-        f"checkpoint's layout (Base: model.pitch_size=0 model.style_size=0), or start from a base "
+        f"checkpoint's layout (Base: --set model.pitch_size=0 --set model.style_size=0), or start from a base "
         f"LLaMA checkpoint with {layout.base_vocab_size} rows"
     )
 
@@ -177,7 +177,7 @@ def checkpoint_layout(cfg: ModelConfig) -> VocabLayout | None:
     d = Path(cfg.checkpoint)
     f = d / LAYOUT_FILE
     if f.is_file():
-        return VocabLayout(**json.loads(f.read_text())["layout"])
+        return typed_section(f, lambda d: VocabLayout(**d), "layout")
     if not (d / SP_FILE).is_file():
         return None
     try:
@@ -191,13 +191,15 @@ def check_checkpoint_layout(cfg: ModelConfig, layout: VocabLayout) -> None:
     found = checkpoint_layout(cfg)
     if found is None or found == layout:
         return
-    fix = (f"--set model.hubert_size={found.hubert_size} model.pitch_size={found.pitch_size} "
-           f"model.style_size={found.style_size}")
+    settings = (f"model.hubert_size={found.hubert_size} model.pitch_size={found.pitch_size} "
+                f"model.style_size={found.style_size}")
+    # the fix as it is pasted on the command line: one --set per setting
+    fix = " ".join(f"--set {kv}" for kv in settings.split())
     if found.base_vocab_size != layout.base_vocab_size:
         fix = f"use the checkpoint's own tokenizer (leave model.tokenizer empty), and {fix}"
     raise ConfigError(
         f"model.checkpoint={cfg.checkpoint} is a Spirit LM {describe_layout(found)} checkpoint, but the "
-        f"run is configured for {describe_layout(layout)}; continue it with its own layout: {fix}"
+        f"run is configured for {describe_layout(layout)}; continue it with its own layout ({settings}): {fix}"
     )
 
 
