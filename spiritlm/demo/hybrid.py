@@ -36,7 +36,7 @@ from spiritlm.precision import pin_precision
 log = logging.getLogger(__name__)
 
 PART = "hybrid"
-VERSION = "hybrid-part-v1"
+VERSION = "hybrid-part-v2"  # v2: units and feature caches record each audio file's identity
 # S settings only: the models are speech-only LMs (no text to score T, T->S or S->T with).
 EVAL_OVERRIDES = ("zerospeech.modalities=[S]", "zerospeech.submission=false", "storycloze.settings=[S]",
                   'topic_storycloze.speech=""', "topic_storycloze.settings=[]", 'stsp.manifest=""',

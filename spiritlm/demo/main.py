@@ -396,7 +396,8 @@ def eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: d
 # Versions of what the evaluation and the comparison compute: a change of scoring or of the
 # report reruns those steps instead of reporting cached results from the old code.
 EVAL_VERSION = "eval-v2: few-shot answers end at the other modality's marker"
-UNITS_VERSION = "units-v2: every benchmark wav, CachedEncoder.save_units with the encoder identity"
+UNITS_VERSION = ("units-v3: every benchmark wav, CachedEncoder.save_units with the encoder identity "
+                 "and each wav's size + sha256")
 COMPARE_FORMAT = "compare-v4: claims from the test draws pooled x seeds; the dev draw labelled dev"
 
 

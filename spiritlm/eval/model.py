@@ -80,14 +80,39 @@ class CachedEncoder:
             self.calls += len(chunk)
 
     # ---- on disk: the units of many files, encoded once, read by other processes -------------
+    # Each file's entry records the size and SHA-256 of the wav it was encoded from, and is read
+    # back only while the wav under the reader's root is still those bytes. A content hash, not
+    # (size, mtime_ns): benchmark clips are rewritten in place with the same size (re-rendered
+    # fixed-length audio, a benchmark re-extracted from an archive, which puts the old mtimes
+    # back), and a copied or moved benchmark gets new mtimes for the same bytes. Hashing the
+    # benchmark's wavs costs a read of each, far less than encoding one of them.
     def save_units(self, path: str | Path, root: str | Path, identity: str = "") -> int:
         """Write every cached file under ``root`` to ``path`` (``.npz``, no pickles): the paths
-        relative to ``root``; per array stream the concatenated values and each file's offset;
-        the other values (durations, frame counts) as JSON; ``identity`` names the encoder that
-        made them (:func:`encoder_identity`). Returns the number of files."""
+        relative to ``root`` and each file's size and SHA-256 (``file_bytes``, ``file_sha256``;
+        -1 and "" for a file gone since it was encoded: such an entry is never read back); per
+        array stream the concatenated values and each file's offset; the other values
+        (durations, frame counts) as JSON; ``identity`` names the encoder that made them
+        (:func:`encoder_identity`). Returns the number of files."""
+        from spiritlm.data.shards import sha256_file
+
         root_r = Path(root).resolve()
         keys = sorted(k for k in self._cache if Path(k).is_relative_to(root_r))
         arrays: dict[str, np.ndarray] = {"paths": np.array([str(Path(k).relative_to(root_r)) for k in keys])}
+        # an entry read from a units file keeps the identity it was checked against there; one
+        # encoded in this process is hashed now (a wav rewritten between its encoding and this
+        # save would be recorded with units of its old bytes: the suite saves once, at its end)
+        known: dict[str, tuple[int, str]] = dict(getattr(self, "_file_ids", {}))
+        sizes, hashes = [], []
+        for k in keys:
+            if k not in known:
+                try:
+                    known[k] = (Path(k).stat().st_size, sha256_file(k))
+                except FileNotFoundError:
+                    known[k] = (-1, "")
+            sizes.append(known[k][0])
+            hashes.append(known[k][1])
+        arrays["file_bytes"] = np.array(sizes, dtype=np.int64)
+        arrays["file_sha256"] = np.array(hashes, dtype="<U64")
         streams: dict[str, np.dtype] = {}
         for k in keys:
             for s, v in self._cache[k].items():
@@ -114,11 +139,18 @@ class CachedEncoder:
         tmp = Path(path).with_suffix(f".{os.getpid()}.tmp.npz")  # concurrent writers: one each
         np.savez(tmp, allow_pickle=False, **arrays)
         tmp.replace(path)
+        self._file_ids = known
         return len(keys)
 
     def load_units(self, path: str | Path, root: str | Path, identity: str | None = None) -> int:
         """Fill the cache from a :meth:`save_units` file; paths are taken relative to ``root``.
-        With ``identity``, a file written by another encoder raises :class:`StaleUnitsError`."""
+        With ``identity``, a file written by another encoder raises :class:`StaleUnitsError`.
+        An entry whose wav under ``root`` is no longer the bytes it was encoded from is left out
+        (the caller encodes that wav again; the log gives the count), and so is every entry of a
+        file written before entries recorded their wav. An entry whose wav is absent is read: the
+        units are all there is of it. Returns the number of files read."""
+        from spiritlm.data.shards import sha256_file
+
         root_r = Path(root).resolve()
         with np.load(path, allow_pickle=False) as z:
             stored = str(z["identity"]) if "identity" in z.files else ""
@@ -126,15 +158,36 @@ class CachedEncoder:
                 raise StaleUnitsError(f"{path} holds units of another speech encoder or of other files "
                                       f"({stored[:200] or 'not recorded'}); not read")
             paths, meta = z["paths"], z["meta"]
+            if "file_sha256" not in z.files:
+                log.warning("%s: written before units files recorded their audio; its %d entries are not "
+                            "trusted: the audio is encoded again", path, len(paths))
+                return 0
+            sizes, hashes = z["file_bytes"], z["file_sha256"]
             cols = {k[len("stream:"):]: (z[k], z[f"{k}@offsets"], z[f"{k}@present"])
                     for k in z.files if k.startswith("stream:") and "@" not in k}
+        known: dict[str, tuple[int, str]] = dict(getattr(self, "_file_ids", {}))
+        changed = 0
         for i, rel in enumerate(paths):
+            key = str(root_r / str(rel))
+            size, digest = int(sizes[i]), str(hashes[i])
+            if size < 0:  # its wav was gone when the file was written: nothing to check it against
+                changed += 1
+                continue
+            f = Path(key)
+            if f.is_file() and (f.stat().st_size != size or sha256_file(f) != digest):
+                changed += 1
+                continue
             units: dict[str, Any] = json.loads(str(meta[i]))
             for s, (vals, offs, present) in cols.items():
                 if present[i]:
                     units[s] = vals[offs[i] : offs[i + 1]]
-            self._cache[str(root_r / str(rel))] = units
-        return len(paths)
+            self._cache[key] = units
+            known[key] = (size, digest)
+        self._file_ids = known
+        if changed:
+            log.warning("%s: %d of %d audio files changed since their units were written (or were missing "
+                        "then); they are encoded again", path, changed, len(paths))
+        return len(paths) - changed
 
     def _encode(self, wav: WavInput) -> Units:
         self.calls += 1

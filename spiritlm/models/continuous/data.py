@@ -20,8 +20,11 @@ of a row is padding with no target), deals them to ranks (utterance ``r, r + w, 
 seeded per-epoch order) and resumes exactly from ``state_dict``.
 
 Feature cache (:class:`FeatureCache`): when the encoder is frozen, its frames are computed once
-and written as Parquet shards (``id``, ``n_frames``, ``dim``, ``feats`` float32) with the
-encoder's identity in ``metadata.json``; a cache of another encoder is rebuilt, never read.
+and written as Parquet shards (``id``, ``n_frames``, ``dim``, ``feats`` float32, and ``size`` +
+``sha256`` of the audio they were computed from) with the encoder's identity in
+``metadata.json``; a cache of another encoder is rebuilt, never read, and an entry whose audio
+is no longer the same bytes (a file rewritten in place, an id pointed at another file, a cache
+written before entries recorded their audio) is computed again (:func:`input_identity`).
 """
 
 from __future__ import annotations
@@ -158,6 +161,32 @@ def load_wav(u: Utt) -> np.ndarray:
 
 
 # ---- the feature cache ---------------------------------------------------------------------------
+def input_identity(u: Utt) -> dict:
+    """What a cached entry was computed from: the size and SHA-256 of the utterance's audio file
+    (of its samples, for in-memory audio).
+
+    A content hash rather than (path, size, mtime_ns): audio is rewritten in place with the same
+    size (fixed-length clips rendered again, a corpus re-extracted from an archive, which puts
+    the old mtimes back, two writes within one tick of the kernel's coarse file clock), and then
+    the stat says nothing changed. The hash is one more read of a file that ``read_utterances``
+    has just decoded -- far cheaper than encoding it. The path is left out on purpose: the same
+    bytes elsewhere (a corpus moved or copied) are the same input and give the same frames, while
+    an id pointed at another file, or a file rewritten, gives other bytes."""
+    if u.wav is not None:
+        x = np.ascontiguousarray(u.wav)
+        return {"size": int(x.nbytes), "sha256": hashlib.sha256(x.tobytes()).hexdigest()}
+    from spiritlm.data.shards import sha256_file
+
+    try:
+        return {"size": Path(u.path).stat().st_size, "sha256": sha256_file(u.path)}
+    except FileNotFoundError:
+        from spiritlm.config import ConfigError
+
+        raise ConfigError(f"{u.path}: the audio of utterance {u.id} is missing, so its cached features cannot be "
+                          "checked against it; restore the file or drop the utterance from the manifest that "
+                          "lists it") from None
+
+
 def encoder_identity(enc_cfg, seed: int = 0) -> dict:
     """What the cached frames depend on: the encoder's kind, layer and files (size + mtime); a
     conformer without a checkpoint also its initialisation seed."""
@@ -181,17 +210,21 @@ def encoder_identity(enc_cfg, seed: int = 0) -> dict:
 
 
 class FeatureCache:
-    """Frozen-encoder frames of utterances, in Parquet shards under ``directory``."""
+    """Frozen-encoder frames of utterances, in Parquet shards under ``directory``; each entry
+    with the identity of the audio it came from (``inputs``, :func:`input_identity`)."""
 
     def __init__(self, directory: str | Path, identity: Mapping):
         self.dir = Path(directory)
         self.identity = json.loads(json.dumps(identity))
         self.feats: dict[str, np.ndarray] = {}
+        self.inputs: dict[str, dict | None] = {}  # None: an entry of a cache that recorded no audio identity
 
     def _meta(self) -> Path:
         return self.dir / "metadata.json"
 
     def load(self) -> int:
+        """Read the entries as written (a rank that waited for rank 0's :meth:`build` trusts them;
+        :meth:`build` checks each against its audio)."""
         import pyarrow.parquet as pq
 
         if not self._meta().is_file():
@@ -202,19 +235,35 @@ class FeatureCache:
             return 0
         for f in sorted(self.dir.glob("features-*.parquet")):
             t = pq.read_table(f)
-            for uid, n, d, x in zip(t.column("id").to_pylist(), t.column("n_frames").to_pylist(),
-                                    t.column("dim").to_pylist(), t.column("feats").to_numpy()):
+            n_rows = t.num_rows
+            # a cache written before entries recorded their audio has no such columns: its entries
+            # are kept as unchecked (None), and build() computes them again
+            sizes = t.column("size").to_pylist() if "size" in t.column_names else [None] * n_rows
+            hashes = t.column("sha256").to_pylist() if "sha256" in t.column_names else [None] * n_rows
+            for uid, n, d, x, size, h in zip(t.column("id").to_pylist(), t.column("n_frames").to_pylist(),
+                                             t.column("dim").to_pylist(), t.column("feats").to_numpy(),
+                                             sizes, hashes):
                 self.feats[uid] = np.asarray(x, dtype=np.float32).reshape(n, d)
+                self.inputs[uid] = {"size": size, "sha256": h} if h else None
         return len(self.feats)
 
     def build(self, utts: Sequence[Utt], encoder, batch: int = 8, progress: bool = True) -> int:
-        """Encode what is missing (batches of ``batch``), then write all shards again atomically."""
+        """Encode what is missing or was cached from other audio (batches of ``batch``), then write
+        all shards again atomically. Returns the number of utterances encoded."""
         import pyarrow as pa
         from tqdm.auto import tqdm
 
         from spiritlm.data.shards import atomic_write_table
 
-        todo = [u for u in utts if u.id not in self.feats]
+        # taken before encoding: a file rewritten while it is encoded is caught on the next run
+        now = {u.id: input_identity(u) for u in utts}
+        todo = [u for u in utts if u.id not in self.feats or self.inputs.get(u.id) != now[u.id]]
+        changed = sum(u.id in self.feats and self.inputs.get(u.id) is not None for u in todo)
+        unrecorded = sum(u.id in self.feats and self.inputs.get(u.id) is None for u in todo)
+        if changed or unrecorded:
+            log.warning("%s: %d cached entries computed again: %d because their audio changed since they were "
+                        "cached, %d because the cache did not record their audio", self.dir,
+                        changed + unrecorded, changed, unrecorded)
         if todo:
             with torch.no_grad():
                 for i in tqdm(range(0, len(todo), batch), desc="encoder features", unit="batch",
@@ -223,14 +272,18 @@ class FeatureCache:
                     x, lens = encoder([load_wav(u) for u in chunk])
                     for u, xi, n in zip(chunk, x, lens.tolist()):
                         self.feats[u.id] = xi[:n].float().cpu().numpy()
+                        self.inputs[u.id] = now[u.id]
             self.dir.mkdir(parents=True, exist_ok=True)
             ids = sorted(self.feats)
             per = 512
             for s in range(0, len(ids), per):
                 part = ids[s : s + per]
+                ins = [self.inputs.get(k) or {} for k in part]
                 table = pa.table({"id": part, "n_frames": [self.feats[k].shape[0] for k in part],
                                   "dim": [self.feats[k].shape[1] for k in part],
-                                  "feats": [self.feats[k].reshape(-1) for k in part]})
+                                  "feats": [self.feats[k].reshape(-1) for k in part],
+                                  "size": pa.array([i.get("size") for i in ins], pa.int64()),
+                                  "sha256": pa.array([i.get("sha256") for i in ins], pa.string())})
                 atomic_write_table(table, self.dir / f"features-{s // per:05d}.parquet")
             tmp = self._meta().with_suffix(".tmp")
             tmp.write_text(json.dumps({"identity": self.identity, "n": len(ids)}, indent=1))

@@ -17,9 +17,12 @@ means another tokenizer, and raises):
 The store (:func:`build_feature_store`) is the data stage's: every aligned record of the shard
 folders gets its features computed once from its audio (looked up by record id in the aligned
 manifests) and written as Parquet shards through the continuous family's
-:class:`~spiritlm.models.continuous.data.FeatureCache` (``id, n_frames, dim, feats``), keyed by
-the feature settings; same inputs -> same bytes (tested). ``spiritlm hybrid features`` builds it
-from the command line.
+:class:`~spiritlm.models.continuous.data.FeatureCache` (``id, n_frames, dim, feats`` and the
+size and SHA-256 of the audio each record's features came from). The store's folder is keyed by
+the feature settings; each record by its audio's bytes, so a manifest that points an id at other
+audio, or a file rewritten in place, gets that record's features computed again (logged with
+the count), never the old audio's. Same inputs -> same bytes (tested). ``spiritlm hybrid
+features`` builds it from the command line.
 """
 
 from __future__ import annotations

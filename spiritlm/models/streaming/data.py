@@ -20,10 +20,14 @@ positions count from 0 within the utterance.
 Alignment cache: token end frames of every utterance, computed once with the alignment model's
 encoder + CTC head and written as JSON Lines (``alignment.jsonl``, with the alignment model's
 identity in ``metadata.json``); a cache of another alignment model is recomputed, never read.
+Each line also records what it was aligned from (``input``: the audio's size and SHA-256 and the
+transcript's token ids' hash); ``load(utts)`` drops the lines whose utterance is no longer that
+audio or that transcript, so they are aligned again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -33,7 +37,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from spiritlm.models.continuous.data import ContinuousBatches, Utt, load_wav
+from spiritlm.models.continuous.data import ContinuousBatches, Utt, input_identity, load_wav
 from spiritlm.components.packing import IGNORE
 
 log = logging.getLogger(__name__)
@@ -119,25 +123,51 @@ def alignment_identity(align_dir: str | Path, tokenizer_dir: str, seed: int = 0)
     return {"align_model": str(align_dir), "tokenizer": str(tokenizer_dir), "files": files, "seed": seed}
 
 
+def alignment_input(u: Utt) -> dict:
+    """What one utterance's end frames were computed from: its audio (size + SHA-256,
+    :func:`~spiritlm.models.continuous.data.input_identity`) and its transcript's token ids (a
+    transcript edited under the same id gives other tokens, and end frames for the old ones)."""
+    ids = json.dumps([int(t) for t in u.text_ids]).encode()
+    return {**input_identity(u), "text_ids_sha256": hashlib.sha256(ids).hexdigest()}
+
+
 class AlignmentCache:
     def __init__(self, directory: str | Path, identity: dict):
         self.dir = Path(directory)
         self.identity = json.loads(json.dumps(identity))
         self.ends: dict[str, list[int]] = {}
+        self.inputs: dict[str, dict | None] = {}  # what each entry is aligned from (alignment_input)
 
-    def load(self) -> int:
+    def load(self, utts: Sequence[Utt] | None = None) -> int:
+        """Read the cache. With ``utts`` (the rank that aligns), entries whose utterance changed --
+        other audio bytes, other tokens, or a line written before lines recorded them -- are
+        dropped, to be aligned again; without, the entries are read as written (a rank that waited
+        for the aligning one)."""
         meta = self.dir / "metadata.json"
-        if not meta.is_file() or json.loads(meta.read_text()).get("identity") != self.identity:
-            return 0
-        for line in (self.dir / "alignment.jsonl").read_text().splitlines():
-            r = json.loads(line)
-            self.ends[r["id"]] = r["token_end_frames"]
+        if meta.is_file() and json.loads(meta.read_text()).get("identity") == self.identity:
+            for line in (self.dir / "alignment.jsonl").read_text().splitlines():
+                r = json.loads(line)
+                self.ends[r["id"]] = r["token_end_frames"]
+                self.inputs[r["id"]] = r.get("input")
+        if utts is not None:
+            # taken before aligning: audio rewritten while it is aligned is caught on the next run
+            now = {u.id: alignment_input(u) for u in utts}
+            stale = [uid for uid in now if uid in self.ends and self.inputs.get(uid) != now[uid]]
+            unrecorded = sum(self.inputs.get(uid) is None for uid in stale)
+            for uid in stale:
+                del self.ends[uid]
+            if stale:
+                log.warning("%s: %d cached alignments computed again: %d because their audio or transcript "
+                            "changed since they were cached, %d because the cache did not record them", self.dir,
+                            len(stale), len(stale) - unrecorded, unrecorded)
+            self.inputs.update(now)
         return len(self.ends)
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / "alignment.jsonl.tmp"
-        tmp.write_text("".join(json.dumps({"id": k, "token_end_frames": v}) + "\n" for k, v in sorted(self.ends.items())))
+        tmp.write_text("".join(json.dumps({"id": k, "token_end_frames": v, "input": self.inputs.get(k)}) + "\n"
+                               for k, v in sorted(self.ends.items())))
         tmp.replace(self.dir / "alignment.jsonl")
         m = self.dir / "metadata.json.tmp"
         m.write_text(json.dumps({"identity": self.identity, "n": len(self.ends)}, indent=1))

@@ -107,7 +107,7 @@ def read_stream_utterances(cfg, model, rank: int = 0, progress: bool = True, spl
     adir = Path(cfg.streaming.align_dir or Path(cfg.run_dir) / "alignment")
     cache = AlignmentCache(adir, alignment_identity(src, str(model.tok.directory), cfg.seed))
     if rank == 0:
-        cache.load()
+        cache.load(utts)  # drops entries whose audio or transcript changed since they were aligned
         todo = [u for u in utts if u.id not in cache.ends]
         if todo:
             from spiritlm.models.streaming.data import align_utterances
@@ -194,8 +194,9 @@ def transcribe(model, wav, window=None, max_chunk_tokens=None, max_new_tokens: i
 
 def stream(model, blocks, window=None, max_chunk_tokens=None):
     """(header, chunk results as each chunk completes, rows -> the transcript)."""
-    from spiritlm.models.streaming.infer import transcribe_blocks
+    from spiritlm.models.streaming.infer import check_streamable, transcribe_blocks
 
+    check_streamable(model, window, max_chunk_tokens)  # a full-context encoder is refused before the header
     header = (f"streaming: chunks of {model.scfg.chunk_s:g} s, decoder window "
               f"{model.scfg.window if window is None else window} chunk(s), encoder left context "
               f"{model.encoder.left_chunks} chunk(s)")
