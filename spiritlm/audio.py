@@ -8,7 +8,11 @@ than one frame hop, NaN/inf samples -- with an :class:`AudioError` naming the fi
 
 A header whose sample rate is outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]`` is corrupt (seen: a
 WAV claiming 1,092,676 Hz, which turned 7 s of speech into 4 units); it is rejected before any
-sample is read. :func:`probe_audio` reads only the header (duration, rate; same checks), and
+sample is read. A WAV whose header declares 0 data bytes was written by a program that could not
+seek back to fill it in (a pipe, a recorder stopped hard): its samples run to the end of the file,
+and every reader here (:func:`probe_audio`, :func:`load_audio`, ``audio_blocks`` from a file or
+from stdin) reads them so (16-bit PCM or 32-bit float, :data:`STREAM_FORMATS`); with nothing after
+the header it is empty audio. :func:`probe_audio` reads only the header (duration, rate; same checks), and
 :func:`is_silent` answers whether a file holds nothing but digital silence -- the data stage
 uses both to drop such files with a reason instead of keeping them as speech.
 """
@@ -28,6 +32,8 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4_000, 384_000
 SILENCE_PEAK = 1.0 / 32768
 
 AudioInput = Union[str, Path, np.ndarray]
+# WAV (format tag, bits) -> sample dtype readable without a length in the header (a streamed WAV)
+STREAM_FORMATS = {(1, 16): np.dtype("<i2"), (3, 32): np.dtype("<f4")}
 
 
 class AudioError(ValueError):
@@ -132,6 +138,10 @@ def load_audio(
             f"truncated: the WAV header declares {declared[0]} data bytes, the file holds "
             f"{declared[1]}; re-export or re-download it",
         )
+    if frames == 0:
+        streamed = wav_of_unknown_length(path)
+        if streamed is not None and streamed.nbytes:
+            wav = read_unknown_length(path, streamed)
     if frames > 0 and wav.shape[0] < frames:
         raise AudioError(name, f"truncated: header says {frames} frames, only {wav.shape[0]} readable")
     if wav.shape[0] == 0:
@@ -174,6 +184,11 @@ def probe_audio(path: str | Path) -> AudioInfo:
         raise AudioError(name, f"unreadable or not a supported audio file ({e})") from None
     check_sample_rate(info.samplerate, name)
     if info.frames <= 0:
+        streamed = wav_of_unknown_length(path)
+        if streamed is not None and streamed.nbytes:
+            frames = streamed.nbytes // stream_dtype(streamed, name).itemsize // streamed.channels
+            _check_whole_frames(streamed, name)
+            return AudioInfo(frames / streamed.rate, streamed.rate, frames, streamed.channels)
         raise AudioError(name, "empty audio (0 samples)")
     declared = _wav_declared_bytes(path)
     if declared is not None and declared[0] > declared[1]:
@@ -197,6 +212,89 @@ def is_silent(source: str | Path | np.ndarray, peak: float = SILENCE_PEAK) -> bo
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise AudioError(str(source), f"unreadable or not a supported audio file ({e})") from None
     return True
+
+
+@dataclass(frozen=True)
+class StreamedWav:
+    """A WAV file whose data chunk declares 0 bytes: the samples run from ``offset`` to the end."""
+
+    offset: int  # the first data byte
+    nbytes: int  # bytes from there to the end of the file
+    tag: int  # format tag (1 PCM, 3 float; WAVE_FORMAT_EXTENSIBLE resolved)
+    channels: int
+    rate: int
+    bits: int
+
+
+def parse_fmt_chunk(body: bytes) -> tuple[int, int, int, int]:
+    """A WAV ``fmt `` chunk's body -> (format tag, channels, rate, bits)."""
+    import struct
+
+    tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
+    if tag == 0xFFFE and len(body) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real format in the sub-GUID
+        tag = struct.unpack("<H", body[24:26])[0]
+    return tag, channels, rate, bits
+
+
+def stream_dtype(fmt, source: str) -> np.dtype:
+    """The sample dtype of a WAV read without a length (stdin, or a header declaring 0 bytes)."""
+    dt = STREAM_FORMATS.get((fmt.tag, fmt.bits))
+    if dt is None:
+        raise AudioError(source, f"a WAV without a data length (streamed) must be 16-bit PCM or 32-bit float "
+                                 f"(format {fmt.tag}, {fmt.bits} bits given); convert it, e.g. `sox in.wav -b 16 "
+                                 "out.wav`")
+    return dt
+
+
+def stray_bytes_reason(n: int, frame_bytes: int) -> str:
+    return f"the audio ends inside a sample frame ({n} stray bytes of {frame_bytes}): truncated audio"
+
+
+def _check_whole_frames(w: StreamedWav, source: str) -> None:
+    fb = stream_dtype(w, source).itemsize * w.channels
+    if w.nbytes % fb:
+        raise AudioError(source, stray_bytes_reason(w.nbytes % fb, fb))
+
+
+def wav_of_unknown_length(path: str | Path) -> StreamedWav | None:
+    """The data layout of a WAV file whose header declares 0 data bytes; None for any other file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            pos, fmt = 12, None
+            while pos + 8 <= size:
+                f.seek(pos)
+                cid, n = f.read(4), int.from_bytes(f.read(4), "little")
+                if cid == b"fmt " and 16 <= n <= 64:
+                    fmt = parse_fmt_chunk(f.read(n))
+                elif cid == b"data":
+                    if n != 0 or fmt is None:
+                        return None
+                    tag, channels, rate, bits = fmt
+                    if channels < 1:
+                        return None
+                    return StreamedWav(pos + 8, size - pos - 8, tag, channels, rate, bits)
+                pos += 8 + n + (n & 1)
+    except OSError:
+        return None
+    return None
+
+
+def read_unknown_length(path: str | Path, w: StreamedWav) -> np.ndarray:
+    """The samples of a :class:`StreamedWav`, (samples, channels) float32, checked as stdin's are."""
+    name = str(path)
+    check_sample_rate(w.rate, name)
+    dt = stream_dtype(w, name)
+    _check_whole_frames(w, name)
+    with open(path, "rb") as f:
+        f.seek(w.offset)
+        data = f.read(w.nbytes)
+    x = np.frombuffer(data, dtype=dt).reshape(-1, w.channels).astype(np.float32)
+    return x / 32768.0 if dt.kind == "i" else x
 
 
 def _wav_declared_bytes(path: Path) -> tuple[int, int] | None:

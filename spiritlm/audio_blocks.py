@@ -12,7 +12,8 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from spiritlm.audio import SAMPLE_RATE, AudioError, check_sample_rate
+from spiritlm.audio import (SAMPLE_RATE, AudioError, check_sample_rate, parse_fmt_chunk, stray_bytes_reason,
+                            stream_dtype, wav_of_unknown_length)
 
 STDIN = "<stdin>"
 
@@ -41,15 +42,12 @@ def _skip(f: BinaryIO, n: int) -> bool:
 
 
 class _WavFormat:
-    def __init__(self, tag: int, channels: int, rate: int, bits: int):
+    def __init__(self, tag: int, channels: int, rate: int, bits: int, source: str = STDIN):
         self.tag, self.channels, self.rate, self.bits = tag, channels, rate, bits
-        if (tag, bits) == (1, 16):
-            self.dtype = np.dtype("<i2")
-        elif (tag, bits) == (3, 32):
-            self.dtype = np.dtype("<f4")
-        else:
+        if source == STDIN and (tag, bits) not in ((1, 16), (3, 32)):
             raise AudioError(STDIN, f"WAV on stdin must be 16-bit PCM or 32-bit float (format {tag}, {bits} bits "
                                     "given); convert it, e.g. `sox in.wav -b 16 -t wav - | spiritlm transcribe ...`")
+        self.dtype = stream_dtype(self, source)  # one rule for every WAV read without a length
 
     @property
     def frame_bytes(self) -> int:
@@ -73,9 +71,7 @@ def _wav_header(f: BinaryIO, head: bytes) -> tuple[_WavFormat, int | None]:
             body = _read_exact(f, size + size % 2)
             if len(body) < size:
                 raise AudioError(STDIN, "the WAV header ends inside its fmt chunk (truncated)")
-            tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
-            if tag == 0xFFFE and size >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real format in the sub-GUID
-                tag = struct.unpack("<H", body[24:26])[0]
+            tag, channels, rate, bits = parse_fmt_chunk(body[:size])
             check_sample_rate(rate, STDIN)
             if channels < 1:
                 raise AudioError(STDIN, f"corrupt WAV header: {channels} channels")
@@ -104,7 +100,8 @@ def _stdin_blocks(f: BinaryIO, block: int) -> Iterator[np.ndarray]:
     yield from _pcm_blocks(f, fmt, remaining, lead, block)
 
 
-def _pcm_blocks(f: BinaryIO, fmt: _WavFormat, remaining: int | None, lead: bytes, block: int) -> Iterator[np.ndarray]:
+def _pcm_blocks(f: BinaryIO, fmt: _WavFormat, remaining: int | None, lead: bytes, block: int,
+                source: str = STDIN) -> Iterator[np.ndarray]:
     resampler = None
     if fmt.rate != SAMPLE_RATE:
         import soxr
@@ -124,7 +121,7 @@ def _pcm_blocks(f: BinaryIO, fmt: _WavFormat, remaining: int | None, lead: bytes
             x = np.frombuffer(buf[:usable], dtype=fmt.dtype).reshape(-1, fmt.channels)
             x = x.astype(np.float32) / (32768.0 if fmt.dtype.kind == "i" else 1.0)
             buf = buf[usable:]
-            out = _mono_checked(x, total)
+            out = _mono_checked(x, total, source)
             total += len(out)
             if resampler is not None:
                 out = resampler.resample_chunk(out, last=end)
@@ -137,10 +134,9 @@ def _pcm_blocks(f: BinaryIO, fmt: _WavFormat, remaining: int | None, lead: bytes
         if end:
             break
     if buf:
-        raise AudioError(STDIN, f"the stream ends inside a sample frame ({len(buf)} stray bytes of "
-                                f"{fmt.frame_bytes}): truncated audio")
+        raise AudioError(source, stray_bytes_reason(len(buf), fmt.frame_bytes))
     if total == 0:
-        raise AudioError(STDIN, "empty audio (0 samples)")
+        raise AudioError(source, "empty audio (0 samples)")
 
 
 def _mono_checked(x_SC: np.ndarray, offset: int, source: str = STDIN) -> np.ndarray:
@@ -157,6 +153,13 @@ def _file_blocks(path: Path, block: int) -> Iterator[np.ndarray]:
     from spiritlm.audio import probe_audio
 
     info = probe_audio(path)  # readable, plausible rate, not empty, not truncated: or AudioError
+    streamed = wav_of_unknown_length(path)
+    if streamed is not None:  # the header declares 0 data bytes: read to the end, as from stdin
+        fmt = _WavFormat(streamed.tag, streamed.channels, streamed.rate, streamed.bits, str(path))
+        with open(path, "rb") as f:
+            f.seek(streamed.offset)
+            yield from _pcm_blocks(f, fmt, None, b"", block, str(path))
+        return
     resampler = None
     if info.sample_rate != SAMPLE_RATE:
         import soxr

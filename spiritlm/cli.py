@@ -24,6 +24,7 @@ STAGE_MODULES = [
     "spiritlm.commands.hybrid_cmd",
     "spiritlm.commands.train_cmd",
     "spiritlm.commands.eval_cmd",
+    "spiritlm.commands.generate_cmd",
     "spiritlm.commands.transcribe_cmd",
     "spiritlm.commands.streaming_cmd",
     "spiritlm.commands.continuous_cmd",

@@ -25,18 +25,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="a streaming or continuous training run dir (or its hf/ export)")
     p.add_argument("audio", help="an audio file (WAV/FLAC/...), or - for stdin (raw 16 kHz mono s16le PCM, or WAV)")
     p.add_argument("--stream", action="store_true", help="decode chunk by chunk as the audio arrives")
-    p.add_argument("--window", type=int, default=None, help="decoder window b in chunks (default: the model's)")
-    p.add_argument("--max-chunk-tokens", type=int, default=None, help="tokens per chunk at most (default: the model's)")
-    p.add_argument("--block-ms", type=float, default=100.0, help="--stream: audio read per step, ms (default 100)")
+    p.add_argument("--window", type=int, default=None,
+                   help="decoder window b in chunks, >= 0 (0: the current chunk only; default: the model's)")
+    p.add_argument("--max-chunk-tokens", type=int, default=None,
+                   help="tokens per chunk at most, >= 1 (default: the model's)")
+    p.add_argument("--block-ms", type=float, default=100.0,
+                   help=f"--stream: audio read per step, {BLOCK_MS[0]}-{BLOCK_MS[1]} ms (default 100)")
     p.add_argument("--max-new-tokens", type=int, default=0,
-                   help="continuous model: tokens at most (default: 8 per second of audio, at least 64)")
-    p.add_argument("--json", default="", help="also write the result (text, per-chunk timings) to this file")
+                   help="continuous model: tokens at most, >= 1 (default 0: 8 per second of audio, at least 64)")
+    p.add_argument("--json", default="", help="also write the result (text, per-chunk timings) to this file "
+                                              "(its folder must exist)")
     p.set_defaults(func=_run)
 
 
-def _run(args) -> int:
-    from spiritlm.models import locate_model, require
+BLOCK_MS = (1, 60_000)  # --block-ms: from 16 samples to a minute of audio per read
 
+
+def check_args(args) -> None:
+    """Every number and output path in range, before the audio or the model is read."""
+    import math
+
+    if args.window is not None and args.window < 0:
+        raise ValueError(f"--window {args.window}: use an integer >= 0 (the decoder's window in chunks before the "
+                         "current one; 0 = the current chunk only; default: the model's)")
+    if args.max_chunk_tokens is not None and args.max_chunk_tokens < 1:
+        raise ValueError(f"--max-chunk-tokens {args.max_chunk_tokens}: use an integer >= 1 (tokens per chunk at "
+                         "most; default: the model's)")
+    if not (math.isfinite(args.block_ms) and BLOCK_MS[0] <= args.block_ms <= BLOCK_MS[1]):
+        raise ValueError(f"--block-ms {args.block_ms:g}: use a number of milliseconds from {BLOCK_MS[0]} to "
+                         f"{BLOCK_MS[1]} (audio read per step; default 100)")
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens}: use an integer >= 1, or leave it out for the "
+                         "default (8 per second of audio, at least 64)")
+    if args.json:
+        out = Path(args.json)
+        if out.is_dir():
+            raise ValueError(f"--json {out}: a folder; give a file path, e.g. {out / 'transcript.json'}")
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"--json {out}: the folder {out.parent} does not exist; create it "
+                                    f"(mkdir -p {out.parent}) or write the result elsewhere")
+
+
+def _run(args) -> int:
+    from spiritlm.commands.generate_cmd import refuse_unless
+    from spiritlm.models import locate_model
+
+    check_args(args)
     if args.audio != "-":  # a bad file fails before the model loads (stdin is checked as it streams)
         from spiritlm.audio import AudioError, probe_audio
 
@@ -44,7 +78,11 @@ def _run(args) -> int:
             raise AudioError(args.audio, "file not found")
         probe_audio(args.audio)
     spec, model_dir = locate_model(args.run_dir)  # the family, from its own marker file
-    require(spec, "stream" if args.stream else "transcribe", args.run_dir)  # before the model loads
+    # before the model loads: a family that cannot is refused, naming what it can do instead
+    if args.stream:
+        refuse_unless(spec, "stream", args.run_dir, "transcribe a stream chunk by chunk (--stream)")
+    else:
+        refuse_unless(spec, "transcribe", args.run_dir, "transcribe audio")
     model, _tokenizer = spec.load(model_dir, "cpu", None)
     res = _stream(spec, model, args) if args.stream else _offline(spec, model, args)
     if args.json:
@@ -54,11 +92,15 @@ def _run(args) -> int:
 
 def _stream(spec, model, args) -> dict:
     from spiritlm.audio_blocks import audio_blocks
+    from spiritlm.config import ConfigError
 
     block = max(1, int(16000 * args.block_ms / 1000))
     rows, t0 = [], time.perf_counter()
-    header, chunks, transcript = spec.stream(model, audio_blocks(args.audio, block), args.window,
-                                             args.max_chunk_tokens)
+    try:  # a model that cannot stream (e.g. a full-context encoder) is refused before any audio is read
+        header, chunks, transcript = spec.stream(model, audio_blocks(args.audio, block), args.window,
+                                                 args.max_chunk_tokens)
+    except ConfigError as e:
+        raise ConfigError(f"{args.run_dir}: {e}") from None
     print(header, file=sys.stderr, flush=True)
     for r in chunks:
         rows.append(r)

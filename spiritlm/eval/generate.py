@@ -17,10 +17,17 @@ Decoding: a :class:`ModalityMask` sets every id outside the modality's range to 
 temperature and top-p (text: the SentencePiece ids minus BOS; speech: the unit ids of the
 streams in use, HuBERT only for Base; arbitrary: every real id). EOS is allowed in all modes and
 ends generation; padded embedding rows are never sampled.
+
+Bounds: a prompt plus ``max_new_tokens`` never runs past the model's context
+(``config.max_position_embeddings``): the budget is clamped to what is left, with one line on
+stderr saying so, and a prompt that fills the context alone is refused (:func:`fit_to_context`).
+``on_token`` (e.g. a :class:`TokenPrinter`) sees every token as it is sampled, so a caller can
+show the output while it is produced.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -63,6 +70,88 @@ def check_sampling(temperature: float, top_p: float, max_new_tokens: int | None)
     if not n_ok:
         raise ValueError(f"max_new_tokens={max_new_tokens}: use an integer >= 1 (defaults: "
                          f"{DEFAULT_MAX_NEW['text']} text, {DEFAULT_MAX_NEW['speech']} speech tokens)")
+
+
+def model_context(model) -> int | None:
+    """The positions the model was built for (``config.max_position_embeddings``; a wrapper's
+    ``.lm`` is asked too), or None when it does not say."""
+    for m in (model, getattr(model, "lm", None)):
+        n = getattr(getattr(m, "config", None), "max_position_embeddings", None)
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            return n
+    return None
+
+
+def fit_to_context(model, prompt_lens: Sequence[int], max_new_tokens: int, file=None) -> list[int]:
+    """The new-token budget of each prompt so that prompt + new tokens stay within the model's
+    context: ``max_new_tokens``, or what the context leaves (one line on stderr when any prompt is
+    clamped). A prompt that fills the context on its own is refused (ValueError) before any work."""
+    ctx = model_context(model)
+    if ctx is None or not prompt_lens:
+        return [max_new_tokens] * len(prompt_lens)
+    longest = max(prompt_lens)
+    if longest >= ctx:
+        which = f"prompt {list(prompt_lens).index(longest)} " if len(prompt_lens) > 1 else "the prompt "
+        raise ValueError(f"{which}is {longest} tokens and fills the model's context of {ctx} positions "
+                         "(max_position_embeddings in its config.json), leaving no room to generate: shorten it "
+                         f"to under {ctx} tokens")
+    limits = [min(max_new_tokens, ctx - n) for n in prompt_lens]
+    clamped = [n for n in limits if n < max_new_tokens]
+    if clamped:
+        where = "(max_position_embeddings in its config.json)"
+        msg = (f"max_new_tokens={max_new_tokens} clamped to {limits[0]}: the {longest}-token prompt leaves only "
+               f"{limits[0]} of the model's {ctx} positions {where}" if len(limits) == 1 else
+               f"max_new_tokens={max_new_tokens} clamped for {len(clamped)} of {len(limits)} prompts (to as few as "
+               f"{min(clamped)}) so that prompt + new tokens fit the model's {ctx} positions {where}")
+        print(msg, file=file or sys.stderr, flush=True)
+    return limits
+
+
+class TokenPrinter:
+    """``on_token`` callback that prints a generation as it is produced, in the format of
+    ``spiritlm generate``: one line per output segment, ``[text] the dog ran`` or ``[speech]
+    [Hu3][Hu7]...``. Text is decoded again with the segment's earlier tokens (a piece's leading
+    space depends on its neighbour) and a partial UTF-8 character is held back until it completes,
+    so the printed line equals ``tokenizer.decode`` of the segment. Call :meth:`close` at the end."""
+
+    def __init__(self, tokenizer: SpiritTokenizer, file=None):
+        self.tok, self.file = tokenizer, file
+        self.kind: str | None = None  # the segment being printed
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def _write(self, s: str) -> None:
+        f = self.file or sys.stdout
+        f.write(s)
+        f.flush()
+
+    def __call__(self, t: int) -> None:
+        lay = self.tok.layout
+        if t in (lay.text_id, lay.speech_id):  # markers switch the kind and are not shown
+            return
+        k = "text" if t < lay.base_vocab_size else "speech"
+        if k != self.kind:
+            self.close()
+            self._write(f"[{k}] ")
+            self.kind, self.ids, self.shown = k, [], ""
+        self.ids.append(int(t))
+        if k == "speech":
+            self._write(self.tok.speech_ids_to_string([t]))
+            return
+        text = self.tok.decode(self.ids).rstrip("\ufffd")
+        if text.startswith(self.shown) and len(text) > len(self.shown):
+            self._write(text[len(self.shown):])
+            self.shown = text
+
+    def close(self) -> None:
+        if self.kind is None:
+            return
+        if self.kind == "text":
+            text = self.tok.decode(self.ids)
+            if text.startswith(self.shown):
+                self._write(text[len(self.shown):])
+        self._write("\n")
+        self.kind = None
 
 
 def vocode_ids(vocoder: Callable, ids: Sequence[int], tok: SpiritTokenizer) -> np.ndarray:
@@ -137,9 +226,12 @@ def _normalise_inputs(inputs) -> list[tuple[str, Any]]:
 
 def sample_tokens(model, prompt: Sequence[int], processor: Callable, max_new_tokens: int,
                   temperature: float = 0.8, top_p: float = 0.95, do_sample: bool = True,
-                  eos_id: int = -1, generator=None, stop_ids: Sequence[int] = ()) -> list[int]:
+                  eos_id: int = -1, generator=None, stop_ids: Sequence[int] = (),
+                  on_token: Callable[[int], Any] | None = None) -> list[int]:
     """KV-cached decoding: mask -> temperature -> top-p -> sample (or argmax). ``eos_id`` and
-    the ids in ``stop_ids`` end generation and are not returned."""
+    the ids in ``stop_ids`` end generation and are not returned; ``on_token`` is called with each
+    returned id as soon as it is sampled. ``max_new_tokens`` is taken as given: callers bound it
+    with :func:`fit_to_context`."""
     import torch
 
     device = next(model.parameters()).device
@@ -147,7 +239,7 @@ def sample_tokens(model, prompt: Sequence[int], processor: Callable, max_new_tok
     out_ids: list[int] = []
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=True)
-        past = out.past_key_values
+        past = out.cache
         for _ in range(max_new_tokens):
             logits = processor(ids, out.logits[:, -1, :].float())
             if do_sample and temperature > 0:
@@ -166,21 +258,25 @@ def sample_tokens(model, prompt: Sequence[int], processor: Callable, max_new_tok
             if t == eos_id or t in stop_ids:
                 break
             out_ids.append(t)
-            out = model(input_ids=nxt.to(device), past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            if on_token is not None:
+                on_token(t)
+            out = model(input_ids=nxt.to(device), cache=past, use_cache=True)
+            past = out.cache
     return out_ids
 
 
 def sample_tokens_batch(model, prompts: Sequence[Sequence[int]], processor: Callable, max_new_tokens: int,
                         temperature: float = 0.8, top_p: float = 0.95, do_sample: bool = True,
                         eos_id: int = -1, generator=None, pad_id: int = 0,
-                        stop_ids: Sequence[int] = ()) -> list[list[int]]:
+                        stop_ids: Sequence[int] = (), limits: Sequence[int] | None = None) -> list[list[int]]:
     """Like :func:`sample_tokens` for several prompts at once (left padding, one KV cache).
-    ``eos_id`` and every id in ``stop_ids`` end a row's generation and are not returned."""
+    ``eos_id`` and every id in ``stop_ids`` end a row's generation and are not returned;
+    ``limits``: each row's own budget (at most ``max_new_tokens``), e.g. from :func:`fit_to_context`."""
     import torch
 
+    limits = [max_new_tokens] * len(prompts) if limits is None else [min(int(n), max_new_tokens) for n in limits]
     if len(prompts) == 1:
-        return [sample_tokens(model, prompts[0], processor, max_new_tokens, temperature, top_p, do_sample,
+        return [sample_tokens(model, prompts[0], processor, limits[0], temperature, top_p, do_sample,
                               eos_id, generator, stop_ids)]
     stops = {eos_id, *stop_ids}
     device = next(model.parameters()).device
@@ -196,8 +292,8 @@ def sample_tokens_batch(model, prompts: Sequence[Sequence[int]], processor: Call
     done = torch.zeros(B, dtype=torch.bool, device=device)
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
-        past, last_pos = out.past_key_values, pos[:, -1:]
-        for _ in range(max_new_tokens):
+        past, last_pos = out.cache, pos[:, -1:]
+        for _ in range(max(limits)):
             logits = processor(ids, out.logits[:, -1, :].float())
             if do_sample and temperature > 0:
                 probs = torch.softmax(logits / temperature, -1)
@@ -216,13 +312,14 @@ def sample_tokens_batch(model, prompts: Sequence[Sequence[int]], processor: Call
                         done[b] = True
                     else:
                         outs[b].append(t)
+                        if len(outs[b]) >= limits[b]:  # this row's budget is spent
+                            done[b] = True
             if bool(done.all()):
                 break
             att = torch.cat([att, torch.ones(B, 1, dtype=att.dtype, device=device)], 1)
             last_pos = last_pos + 1
-            out = model(input_ids=nxt, attention_mask=att, position_ids=last_pos, past_key_values=past,
-                        use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=nxt, attention_mask=att, position_ids=last_pos, cache=past, use_cache=True)
+            past = out.cache
     return outs
 
 
@@ -264,11 +361,13 @@ def generate_batch(model, tokenizer: SpiritTokenizer, prompt_ids: Sequence[Seque
     if seed is not None:
         gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     n = max_new_tokens or DEFAULT_MAX_NEW[output_modality]
+    limits = fit_to_context(model, [len(p) for p in prompt_ids], n)  # every prompt checked before any work
     res = []
     for i in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[i : i + batch_size]
         news = sample_tokens_batch(model, chunk, mask, n, temperature, top_p, do_sample, tokenizer.eos_id, gen,
-                                   pad_id=max(tokenizer.eos_id, 0), stop_ids=stop_ids)
+                                   pad_id=max(tokenizer.eos_id, 0), stop_ids=stop_ids,
+                                   limits=limits[i : i + batch_size])
         for p, new in zip(chunk, news):
             first = output_modality if output_modality != "arbitrary" else _last_kind(tokenizer, p)
             res.append(decode_outputs(tokenizer, new, first))
@@ -295,7 +394,11 @@ def generate(model, tokenizer: SpiritTokenizer, interleaved_inputs, output_modal
              encoder=None, vocoder: Callable | None = None, has_pitch: bool = False, has_style: bool = False,
              max_new_tokens: int | None = None, temperature: float = 0.8, top_p: float = 0.95,
              do_sample: bool = True, seed: int | None = None, prompt_ids: Sequence[int] | None = None,
-             ) -> list[GenerationOutput]:
+             on_token: Callable[[int], Any] | None = None) -> list[GenerationOutput]:
+    """One prompt -> its outputs. The budget (``max_new_tokens``, default per modality) is clamped
+    to what the model's context leaves after the prompt, with one line on stderr; a prompt that
+    fills the context is refused. ``on_token``: called with each generated id as it is sampled
+    (markers included), e.g. :class:`TokenPrinter` to print the output while it is produced."""
     import torch
 
     if output_modality not in MODALITIES:
@@ -315,11 +418,12 @@ def generate(model, tokenizer: SpiritTokenizer, interleaved_inputs, output_modal
         prompt_ids = tokenizer.encode_segments(segs, has_pitch=has_pitch, has_style=has_style,
                                                trailing_marker=trailing)
     mask = ModalityMask(allowed_ids(tokenizer, output_modality, has_pitch, has_style))
+    (n,) = fit_to_context(model, [len(prompt_ids)], max_new_tokens or DEFAULT_MAX_NEW[output_modality])
     gen = None
     if seed is not None:
         gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    new = sample_tokens(model, prompt_ids, mask, max_new_tokens or DEFAULT_MAX_NEW[output_modality],
-                        temperature, top_p, do_sample, tokenizer.eos_id, gen)
+    new = sample_tokens(model, prompt_ids, mask, n, temperature, top_p, do_sample, tokenizer.eos_id, gen,
+                        on_token=on_token)
     first = output_modality if output_modality != "arbitrary" else _last_kind(tokenizer, prompt_ids)
     return decode_outputs(tokenizer, new, first, vocoder)
 

@@ -151,6 +151,16 @@ def locate_model(directory: str | Path) -> tuple[ModelSpec, Path]:
         return detect_family(d), d
     except ConfigError:
         if not hf.is_dir():
+            ck = d / "checkpoints"
+            if ck.is_dir():  # a training run that has not exported yet
+                latest = ck / "latest"
+                tag = latest.read_text().strip() if latest.is_file() else ""
+                recipe = d / "config.yaml" if (d / "config.yaml").is_file() else "RECIPE"
+                raise ConfigError(
+                    f"{d}: a training run with checkpoints{f' (latest {tag})' if tag else ''} but no export "
+                    f"yet ({hf} does not exist): finish training with `spiritlm train {recipe}` (it resumes from "
+                    "checkpoints/latest and writes hf/ at the last step; add --set checkpoint.export_hf=true if "
+                    f"the recipe turned the export off), then point at {d}") from None
             raise
     return detect_family(hf), hf
 

@@ -24,6 +24,9 @@ import torch
 def greedy_decode_embeddings(model, emb_NH: torch.Tensor, max_chunk_tokens: int | None = None) -> list[list[int]]:
     """Token ids generated for each chunk of an utterance's audio embeddings ``emb_NH`` (N slots,
     already projected; chunk k = slots ``k * slots_per_chunk ...``). ``$`` is not included."""
+    from spiritlm.models.streaming.infer import check_decode_args
+
+    check_decode_args(None, max_chunk_tokens)
     limit = max_chunk_tokens or model.scfg.max_chunk_tokens
     table = model.lm.get_input_embeddings()
     dev = table.weight.device

@@ -17,6 +17,41 @@ from spiritlm.config import ConfigError
 from spiritlm.audio_blocks import STDIN, audio_blocks  # noqa: F401  (the readers moved to the base layer)
 
 
+# ---- argument checks ---------------------------------------------------------------------------------
+def check_decode_args(window: int | None = None, max_chunk_tokens: int | None = None) -> None:
+    """Refuse a decoder window or a per-chunk token cap outside its range (None: the model's own)."""
+    import operator
+
+    def bad(x, lo: int) -> bool:
+        try:
+            return isinstance(x, bool) or operator.index(x) < lo
+        except TypeError:
+            return True
+
+    if window is not None and bad(window, 0):
+        raise ValueError(f"window={window}: use an integer >= 0 (the decoder's window in chunks before the current "
+                         "one; 0 = the current chunk only; default: the model's streaming.window)")
+    if max_chunk_tokens is not None and bad(max_chunk_tokens, 1):
+        raise ValueError(f"max_chunk_tokens={max_chunk_tokens}: use an integer >= 1 (tokens per chunk at most; "
+                         "default: the model's streaming.max_chunk_tokens)")
+
+
+def check_streamable(model, window: int | None = None, max_chunk_tokens: int | None = None) -> None:
+    """Everything :class:`StreamingTranscriber` needs, checked before any audio is read: a chunked
+    encoder, a per-stack projector, and decoding arguments in range."""
+    from spiritlm.models.streaming.stream_encoder import ChunkedConformerEncoder
+
+    if not isinstance(model.encoder, ChunkedConformerEncoder):
+        raise ConfigError("this model's encoder reads the whole utterance (streaming.encoder='full'), so it "
+                          "cannot stream: transcribe without --stream (the decoder still runs chunk by chunk), "
+                          "or train with streaming.encoder='chunked'")
+    kind = model.cfg.projector.kind
+    if kind not in CHUNK_LOCAL_PROJECTORS:
+        raise ConfigError(f"continuous.projector.kind={kind!r} mixes frames across chunk boundaries; streaming "
+                          f"needs a per-stack projector ({', '.join(CHUNK_LOCAL_PROJECTORS)})")
+    check_decode_args(window, max_chunk_tokens)
+
+
 # ---- the bounded key/value cache decoder ------------------------------------------------------------
 class BoundedCacheDecoder:
     """Greedy chunk-synchronous decoding with a key/value cache of at most ``window + 1`` chunks.
@@ -37,6 +72,7 @@ class BoundedCacheDecoder:
     def __init__(self, model, window: int | None = None, max_chunk_tokens: int | None = None):
         from transformers import DynamicCache
 
+        check_decode_args(window, max_chunk_tokens)
         self.model = model
         self.lm = model.lm
         self.window = model.scfg.window if window is None else int(window)
@@ -150,16 +186,7 @@ class StreamingTranscriber:
     and the decoder keeps at most ``window + 1`` chunks: memory is flat in the audio's length."""
 
     def __init__(self, model, window: int | None = None, max_chunk_tokens: int | None = None):
-        from spiritlm.models.streaming.stream_encoder import ChunkedConformerEncoder
-
-        if not isinstance(model.encoder, ChunkedConformerEncoder):
-            raise ConfigError("this model's encoder reads the whole utterance (streaming.encoder='full'), so it "
-                              "cannot stream: transcribe without --stream (the decoder still runs chunk by chunk), "
-                              "or train with streaming.encoder='chunked'")
-        kind = model.cfg.projector.kind
-        if kind not in CHUNK_LOCAL_PROJECTORS:
-            raise ConfigError(f"continuous.projector.kind={kind!r} mixes frames across chunk boundaries; streaming "
-                              f"needs a per-stack projector ({', '.join(CHUNK_LOCAL_PROJECTORS)})")
+        check_streamable(model, window, max_chunk_tokens)
         model.eval()
         self.model = model
         self.enc = model.encoder
