@@ -200,7 +200,8 @@ def test_eval_refuses_a_streaming_export_instead_of_scoring_it(streaming_export,
     assert main(["eval", str(recipe), "--model", str(streaming_export), "--out", str(tmp_path / "out")]) == 1
     line = _one_line(capsys)
     assert "a streaming model offers no evaluation task" in line and str(streaming_export) in line
-    assert not (tmp_path / "out" / "results.json").exists()
+    assert "spiritlm transcribe --stream" in line  # what it can do instead
+    assert not (tmp_path / "out").exists()  # refused before anything is written there
 
 
 # ---- 3. transcribe / generate arguments, before any work ----------------------------------------------

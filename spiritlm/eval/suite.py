@@ -191,6 +191,17 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None, spec=No
     root = Path(cfg.data_root)
     name = cfg.name or (_model_name(Path(cfg.model)) if cfg.model else "model")
     out = Path(cfg.output_dir)
+    model_dir = None
+    if model is None:  # refused before anything is written to the output folder
+        if not cfg.model:
+            raise ValueError("no model: pass --model DIR (a checkpoint directory) or set model= in the recipe")
+        spec, model_dir = locate_model(cfg.model)  # the family, from its own marker file
+        if spec.scorer is None and spec.asr is None:
+            caps = spec.capabilities
+            instead = [c for ok, c in ((caps.transcribe, f"`spiritlm transcribe {cfg.model} AUDIO`"),
+                                       (caps.stream, f"`spiritlm transcribe --stream {cfg.model} AUDIO`")) if ok]
+            raise ConfigError(f"{cfg.model}: a {spec.name} model offers no evaluation task of this suite "
+                              f"({spec.description}); use " + (" or ".join(instead) or "its family's own commands"))
     mark_in_progress(out)
     save_config(cfg, out / "config.yaml")
     if cfg.mini.build:
@@ -198,12 +209,6 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None, spec=No
 
         build_mini_benchmarks(root, seed=cfg.mini.seed, sizes=cfg.mini.sizes or None)
     if model is None:
-        if not cfg.model:
-            raise ValueError("no model: pass --model DIR (a checkpoint directory) or set model= in the recipe")
-        spec, model_dir = locate_model(cfg.model)  # the family, from its own marker file
-        if spec.scorer is None and spec.asr is None:
-            raise ConfigError(f"{cfg.model}: a {spec.name} model offers no evaluation task of this suite "
-                              f"({spec.description}); evaluate it with the commands its family offers")
         model, tokenizer = spec.load(model_dir, resolve_device(cfg.device), cfg.dtype)
     spec = spec or model_spec("unit_lm")
     caps = spec.capabilities
