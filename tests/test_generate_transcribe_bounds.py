@@ -344,3 +344,26 @@ def test_a_run_with_checkpoints_but_no_export_says_how_to_get_one(tmp_path, caps
         line = _one_line(capsys)
         assert f"{run}: a training run with checkpoints (latest step_00000004) but no export yet" in line
         assert f"spiritlm train {run / 'config.yaml'}" in line and "checkpoint.export_hf=true" in line
+
+
+def test_fewshot_prompts_longer_than_the_context_drop_their_earliest_shots(loaded, tmp_path):
+    """The suite's few-shot ASR builds prompts from 10 shots by default; on a model with a short
+    context the earliest shots are dropped until prompt + answer fit (never generating past the
+    positions the model was built for, and never refusing the evaluation), and the report says so."""
+    from spiritlm.eval.fewshot import run_asr
+    from spiritlm.eval.testing import FakeSpeechEncoder
+
+    model, tok = loaded
+    rows = []
+    for i in range(4):
+        w = write_tone(tmp_path / f"{i}.wav", 0.4, 200.0 + 40 * i)  # ~10 HuBERT units each
+        rows.append(json.dumps({"audio_path": str(w), "text": f"word {i}"}))
+    manifest = tmp_path / "asr.jsonl"
+    manifest.write_text("\n".join(rows) + "\n")
+    res = run_asr(manifest, model, tok, FakeSpeechEncoder(), shots=manifest, n_shots=3, max_new_tokens=8, max_items=2)
+    assert res["complete"] and res["n"] == 2 and res["shots"] == 3
+    assert res["shots_used"]["min"] < 3  # 3 shots + the item do not fit in 48 - 8 positions
+    # a context that holds every shot: the prompts are those of before (no shots_used in the report)
+    long = run_asr(manifest, model, tok, FakeSpeechEncoder(), shots=manifest, n_shots=1, max_new_tokens=2,
+                   max_items=1)
+    assert "shots_used" not in long

@@ -19,14 +19,16 @@ Data: a JSONL manifest, one utterance per line with ``audio_path`` (or ``wav_pat
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Callable
 
 from spiritlm import stats
-from spiritlm.eval.generate import generate_batch, output_speech_ids, output_text, vocode_ids
+from spiritlm.eval.generate import generate_batch, model_context, output_speech_ids, output_text, vocode_ids
 from spiritlm.eval.zerospeech import LayoutError
 
+log = logging.getLogger(__name__)
 
 normalize_text = stats.normalize_text  # the one ASR normalisation (spiritlm.stats)
 
@@ -71,22 +73,48 @@ def _shots(pool, test, n, rng):
 
 
 def _prompts(test: list, pool: list, n_shots: int, seed: int, tok, encoder, task: str,
-             has_pitch: bool, has_style: bool) -> list[list[int]]:
+             has_pitch: bool, has_style: bool, limit: int | None = None) -> tuple[list[list[int]], list[int]]:
     """Few-shot prompts in the paper's appendix formats: ASR shots are ``[Speech]... [Text]
-    transcript\\n`` and the item ends in ``[Speech]... [Text]``; TTS is the reverse."""
+    transcript\n`` and the item ends in ``[Speech]... [Text]``; TTS is the reverse. ``limit``:
+    the most tokens a prompt may hold (the model's context less the answer's budget): the earliest
+    shots are dropped until it fits, so the model never reads past the positions it was built for
+    (the same shots are drawn either way). -> (prompts, shots kept per item)."""
     rng = random.Random(seed)
-    prompts = []
+    prompts, kept = [], []
+    marker = "text" if task == "asr" else "speech"
     for u in test:
-        segs = []
+        shot_segs = []
         for s in _shots(pool, u, n_shots, rng):
             if task == "asr":
-                segs += [("speech", encoder(s["wav"])), ("text", s["text"] + "\n")]
+                shot_segs.append([("speech", encoder(s["wav"])), ("text", s["text"] + "\n")])
             else:
-                segs += [("text", s["text"]), ("speech", encoder(s["wav"]))]
-        segs.append(("speech", encoder(u["wav"])) if task == "asr" else ("text", u["text"]))
-        prompts.append(tok.encode_segments(segs, has_pitch=has_pitch, has_style=has_style,
-                                           trailing_marker="text" if task == "asr" else "speech"))
-    return prompts
+                shot_segs.append([("text", s["text"]), ("speech", encoder(s["wav"]))])
+        item = ("speech", encoder(u["wav"])) if task == "asr" else ("text", u["text"])
+        first = 0
+        while True:
+            segs = [seg for pair in shot_segs[first:] for seg in pair] + [item]
+            ids = tok.encode_segments(segs, has_pitch=has_pitch, has_style=has_style, trailing_marker=marker)
+            if limit is None or len(ids) <= limit or first == len(shot_segs):
+                break
+            first += 1
+        prompts.append(ids)
+        kept.append(len(shot_segs) - first)
+    return prompts, kept
+
+
+def _prompt_limit(model, max_new_tokens: int) -> int | None:
+    ctx = model_context(model)
+    return None if ctx is None else max(1, ctx - max_new_tokens)
+
+
+def _shots_report(n_shots: int, kept: list[int]) -> dict:
+    """How many shots the prompts held: ``shots`` asked, ``shots_used`` (min / mean) when the
+    context made some prompts drop their earliest shots."""
+    if not kept or min(kept) == n_shots:
+        return {}
+    log.warning("few-shot prompts longer than the model's context: %d of %d items kept fewer than %d shots "
+                "(as few as %d)", sum(k < n_shots for k in kept), len(kept), n_shots, min(kept))
+    return {"shots_used": {"min": min(kept), "mean": sum(kept) / len(kept)}}
 
 
 def run_asr(manifest: Path, model, tok, encoder, shots: Path | None = None, n_shots: int = 10,
@@ -95,7 +123,8 @@ def run_asr(manifest: Path, model, tok, encoder, shots: Path | None = None, n_sh
         raise ValueError("few-shot ASR needs a speech encoder (set speech_encoder in the recipe)")
     test = read_utterances(manifest)[: max_items or None]
     pool = read_utterances(shots) if shots else test
-    prompts = _prompts(test, pool, n_shots, seed, tok, encoder, "asr", has_pitch, has_style)
+    prompts, kept = _prompts(test, pool, n_shots, seed, tok, encoder, "asr", has_pitch, has_style,
+                             _prompt_limit(model, max_new_tokens))
     gens = generate_batch(model, tok, prompts, "text", do_sample=False, max_new_tokens=max_new_tokens,
                           stop_at_switch=True)
     items = []
@@ -103,7 +132,7 @@ def run_asr(manifest: Path, model, tok, encoder, shots: Path | None = None, n_sh
         hyp = output_text(outs).split("\n")[0].strip()
         items.append({"id": u["id"], "ref": u["text"], "hyp": hyp,
                       "wer": wer([u["text"]], [hyp]) if normalize_text(u["text"]) else None})
-    return {"task": "asr", "shots": n_shots, "n": len(items), "complete": True,
+    return {"task": "asr", "shots": n_shots, **_shots_report(n_shots, kept), "n": len(items), "complete": True,
             "wer": wer([i["ref"] for i in items], [i["hyp"] for i in items]), "items": items}
 
 
@@ -123,7 +152,8 @@ def run_tts(manifest: Path, model, tok, encoder, vocoder: Callable | None, asr: 
         asr, asr_name = PocketsphinxASR(), "pocketsphinx"
     test = read_utterances(manifest)[: max_items or None]
     pool = read_utterances(shots) if shots else test
-    prompts = _prompts(test, pool, n_shots, seed, tok, encoder, "tts", has_pitch, has_style)
+    prompts, kept = _prompts(test, pool, n_shots, seed, tok, encoder, "tts", has_pitch, has_style,
+                             _prompt_limit(model, max_new_tokens))
     gens = generate_batch(model, tok, prompts, "speech", max_new_tokens=max_new_tokens, seed=seed,
                           has_pitch=has_pitch, has_style=has_style, stop_at_switch=True)
     items = []
@@ -132,5 +162,5 @@ def run_tts(manifest: Path, model, tok, encoder, vocoder: Callable | None, asr: 
         hyp = asr(vocode_ids(vocoder, gen, tok)) if gen else ""
         items.append({"id": u["id"], "ref": u["text"], "hyp": hyp, "n_speech_tokens": len(gen)})
     refs, hyps = [i["ref"] for i in items], [i["hyp"] for i in items]
-    return {"task": "tts", "shots": n_shots, "n": len(items), "complete": True, "asr": asr_name,
-            "cer": cer(refs, hyps), "wer": wer(refs, hyps), "items": items}
+    return {"task": "tts", "shots": n_shots, **_shots_report(n_shots, kept), "n": len(items), "complete": True,
+            "asr": asr_name, "cer": cer(refs, hyps), "wer": wer(refs, hyps), "items": items}
