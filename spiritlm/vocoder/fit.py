@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from spiritlm.vocoder.fit_data import Example, duration_batch, load_examples, run_lengths
-from spiritlm.vocoder.fit_spectral import (LOGMEL_BANDS, build_spectral_cfg, logmel_features, predict_frames,
-                                           train_spectral)
+from spiritlm.vocoder.fit_spectral import (LOGMEL_BANDS, build_spectral_cfg, duration_predictor_params,
+                                           logmel_features, predict_frames, train_spectral)
 from spiritlm.vocoder.measure import score
 
 log = logging.getLogger(__name__)
@@ -157,9 +157,7 @@ def build_generator_cfg(cfg: VocoderFitConfig, tokenizer, n_speakers: int):
         num_f0_tokens=int(tokenizer.cfg.pitch.codebook) if cfg.data.pitch else 0, f0_hop_size=1280,
         num_style_tokens=int(tokenizer.style_quantizer.size) if cfg.data.style else 0, style_hop_size=16000,
         multispkr=cfg.data.speakers and n_speakers > 0, num_speakers=max(1, n_speakers),
-        dur_predictor_params={"encoder_embed_dim": m.embedding_dim, "var_pred_hidden_dim": m.dur_hidden,
-                              "var_pred_kernel_size": m.dur_kernel, "var_pred_dropout": m.dur_dropout}
-        if m.duration_predictor else None)
+        dur_predictor_params=duration_predictor_params(m))
     try:
         return g.validate()
     except ValueError as e:

@@ -63,6 +63,15 @@ def logmel_features(examples: list, hop: int, n_mels: int = LOGMEL_BANDS) -> lis
     return out
 
 
+def duration_predictor_params(m) -> dict | None:
+    """The duration predictor's settings (both vocoder kinds have the release's predictor), or
+    None when the recipe turns it off."""
+    if not m.duration_predictor:
+        return None
+    return {"encoder_embed_dim": m.embedding_dim, "var_pred_hidden_dim": m.dur_hidden,
+            "var_pred_kernel_size": m.dur_kernel, "var_pred_dropout": m.dur_dropout}
+
+
 def build_spectral_cfg(cfg, tokenizer, n_speakers: int, input_dim: int = 0):
     """The :class:`~spiritlm.vocoder.spectral.SpectralCfg` of a fit config (``model.*``, ``data.*`` of a
     :class:`~spiritlm.vocoder.fit.VocoderFitConfig`) for ``tokenizer``'s units."""
@@ -79,9 +88,7 @@ def build_spectral_cfg(cfg, tokenizer, n_speakers: int, input_dim: int = 0):
         dropout=m.spectral_dropout, n_fft=m.n_fft, win_length=m.n_fft, stft_hop=m.stft_hop,
         griffin_lim_iters=m.griffin_lim_iters, code_hop_size=int(tokenizer.featurizer.hop),
         multispkr=cfg.data.speakers and n_speakers > 0, num_speakers=max(1, n_speakers),
-        dur_predictor_params={"encoder_embed_dim": m.embedding_dim, "var_pred_hidden_dim": m.dur_hidden,
-                              "var_pred_kernel_size": m.dur_kernel, "var_pred_dropout": m.dur_dropout}
-        if m.duration_predictor else None)
+        dur_predictor_params=duration_predictor_params(m))
     try:
         return s.validate()
     except ValueError as e:

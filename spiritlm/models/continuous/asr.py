@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from spiritlm.data.encoders import read_audio
 from spiritlm.stats import asr_wer
+from spiritlm.transcripts import readable_items
 
 
 def _prompt(model, emb_NH: torch.Tensor) -> torch.Tensor:
@@ -62,23 +62,12 @@ def transcribe(model, wavs: Sequence[np.ndarray], batch_size: int = 8, num_beams
             out.append(model.tok.decode(row))
     return out
 
+
 def evaluate_asr(model, items: Iterable[tuple[str, str, str]], batch_size: int = 8, num_beams: int = 1,
                  max_new_tokens: int = 64, progress: bool = True) -> dict:
     """WER over ``items``; audio too short for one stacked frame, or unreadable, is counted and
     skipped (``skipped``), not a crash."""
-    ids, wavs, refs, skipped = [], [], [], {}
-    for uid, path, ref in items:
-        try:
-            w = read_audio(path)
-        except Exception as e:  # AudioError and soundfile errors: counted, named in the result
-            skipped[uid] = f"unreadable audio: {e}"
-            continue
-        if model.frames_for(w.size) < 1:
-            skipped[uid] = f"too short for one stacked frame ({w.size} samples)"
-            continue
-        ids.append(uid)
-        wavs.append(w)
-        refs.append(ref)
+    ids, wavs, refs, skipped = readable_items(items, model.frames_for)
     hyps = transcribe(model, wavs, batch_size, num_beams, max_new_tokens, progress)
     res = asr_wer(refs, hyps) if refs else {"wer": float("nan"), "words": 0}
     res.update(n=len(ids), skipped=skipped, num_beams=num_beams,

@@ -76,22 +76,10 @@ def evaluate_stream_asr(model, items: Iterable[tuple[str, str, str]], max_chunk_
                         progress: bool = True) -> dict:
     """WER over (id, audio path, transcript) items; unreadable or too-short audio is counted and
     skipped, as :func:`spiritlm.models.continuous.asr.evaluate_asr` does."""
-    from spiritlm.data.encoders import read_audio
     from spiritlm.stats import asr_wer as wer
+    from spiritlm.transcripts import readable_items
 
-    ids, wavs, refs, skipped = [], [], [], {}
-    for uid, path, ref in items:
-        try:
-            w = read_audio(path)
-        except Exception as e:  # AudioError and soundfile errors: counted, named in the result
-            skipped[uid] = f"unreadable audio: {e}"
-            continue
-        if model.frames_for(w.size) < 1:
-            skipped[uid] = f"too short for one stacked frame ({w.size} samples)"
-            continue
-        ids.append(uid)
-        wavs.append(w)
-        refs.append(ref)
+    ids, wavs, refs, skipped = readable_items(items, model.frames_for)
     hyps = transcribe_stream(model, wavs, max_chunk_tokens, progress)
     res = wer(refs, hyps) if refs else {"wer": float("nan"), "words": 0}
     res.update(n=len(ids), skipped=skipped, decoder="chunked greedy (full recompute)",
