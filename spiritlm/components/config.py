@@ -161,6 +161,15 @@ class TrainConfig:
 
 
 def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
+    # checked here as well as in validate_config: the DeepSpeed JSON (engine.deepspeed_config)
+    # is built from this number, and a zero or negative one only fails later as an assert there
+    if cfg.micro_batch_size < 1:
+        raise ConfigError(f"micro_batch_size={cfg.micro_batch_size}: set micro_batch_size to the rows per "
+                          "device per micro-step, 1 or more (paper: 4)")
+    if cfg.global_batch_size < 0:
+        raise ConfigError(f"global_batch_size={cfg.global_batch_size}: set global_batch_size to the rows per "
+                          "optimizer step, a positive multiple of micro_batch_size * world_size, or 0 for "
+                          "micro_batch_size * world_size")
     per_step = cfg.micro_batch_size * world_size
     gbs = cfg.global_batch_size or per_step
     if gbs % per_step:
@@ -168,20 +177,36 @@ def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
         raise ConfigError(
             f"global_batch_size={gbs} is not a multiple of micro_batch_size * world_size = "
             f"{cfg.micro_batch_size} * {world_size} = {per_step}; set global_batch_size to "
-            f"{lo or per_step} or {hi}, or change micro_batch_size"
+            + (f"{lo} or {hi}" if lo else f"{per_step}") + ", or change micro_batch_size"
         )
     return gbs // per_step
 
 
 def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
     """Checks that need no model or data; raise ConfigError saying what to change."""
+    # every number checked here would otherwise fail later, and less clearly: a DeepSpeed assert
+    # (batch sizes), a ZeroDivisionError in the loop (log.every) or a silent no-op (keep < 0)
     if cfg.steps < 1:
         raise ConfigError(f"steps={cfg.steps}: set steps to a positive number of optimizer steps")
-    if cfg.micro_batch_size < 1:
-        raise ConfigError(f"micro_batch_size={cfg.micro_batch_size}: set it to 1 or more")
-    grad_accum_steps(cfg, world_size)
+    grad_accum_steps(cfg, world_size)  # micro_batch_size and global_batch_size
     if cfg.data.seq_len < 2:
-        raise ConfigError(f"data.seq_len={cfg.data.seq_len}: set data.seq_len to 2 or more")
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len}: set data.seq_len to 2 or more (tokens per row)")
+    if not cfg.data.sources and cfg.data.synthetic_docs < 1:
+        raise ConfigError(f"data.synthetic_docs={cfg.data.synthetic_docs}: set it to 1 or more, or list "
+                          "shard folders under [[data.sources]]")
+    if cfg.max_nonfinite < 0:
+        raise ConfigError(f"max_nonfinite={cfg.max_nonfinite}: set 0 or more (skipped micro-batches "
+                          "tolerated before stopping)")
+    if cfg.log.every < 1:
+        raise ConfigError(f"log.every={cfg.log.every}: set log.every to 1 or more (steps between log lines)")
+    if cfg.checkpoint.keep < 0:
+        raise ConfigError(f"checkpoint.keep={cfg.checkpoint.keep}: set the number of newest checkpoints "
+                          "to keep, or 0 to keep all")
+    if cfg.model.pad_multiple < 1:
+        raise ConfigError(f"model.pad_multiple={cfg.model.pad_multiple}: set 1 or more (256 pads the "
+                          "embedding rows to a multiple of 256)")
+    if not cfg.model.checkpoint:
+        _check_tiny(cfg.model.tiny)
     ds = cfg.deepspeed
     if ds.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"deepspeed.zero_stage={ds.zero_stage}: use 0, 1, 2 or 3")
@@ -189,8 +214,14 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ConfigError("deepspeed.offload_params needs deepspeed.zero_stage=3 (or set it false)")
     if ds.offload_optimizer and ds.zero_stage == 0:
         raise ConfigError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr={cfg.optim.lr}: set a positive learning rate (paper: 3e-5)")
+    o = cfg.optim
+    if not o.lr > 0:  # `not >` also refuses nan
+        raise ConfigError(f"optim.lr={o.lr}: set a positive learning rate (paper: 3e-5)")
+    if not o.eps > 0 or not o.weight_decay >= 0 or not o.grad_clip >= 0:
+        raise ConfigError(f"optim.eps={o.eps}, optim.weight_decay={o.weight_decay}, optim.grad_clip="
+                          f"{o.grad_clip}: set eps > 0, weight_decay >= 0 and grad_clip >= 0 (0 = no clipping)")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ConfigError(f"optim.betas={list(o.betas)}: set two numbers in [0, 1), e.g. [0.9, 0.95]")
     if cfg.optim.warmup_steps < 0:
         raise ConfigError(f"optim.warmup_steps={cfg.optim.warmup_steps}: set 0 or more")
     if not 0 <= cfg.optim.min_lr_ratio <= 1:
@@ -211,3 +242,18 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
             f"data.seq_len={cfg.data.seq_len} exceeds model.tiny.max_position_embeddings="
             f"{cfg.model.tiny.max_position_embeddings}; lower data.seq_len or raise the model's"
         )
+
+
+def _check_tiny(t: TinyModelConfig) -> None:
+    """A from-scratch model's shape: transformers builds it without checking and fails in the
+    first forward with a shape error that names no setting."""
+    sizes = {k: getattr(t, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                        "num_attention_heads", "num_key_value_heads", "base_vocab_size")}
+    bad = {k: v for k, v in sizes.items() if v < 1}
+    if bad:
+        raise ConfigError("model.tiny." + ", model.tiny.".join(f"{k}={v}" for k, v in bad.items())
+                          + ": set each model size to 1 or more")
+    if t.hidden_size % t.num_attention_heads or t.num_attention_heads % t.num_key_value_heads:
+        raise ConfigError(f"model.tiny.hidden_size={t.hidden_size}, num_attention_heads={t.num_attention_heads}, "
+                          f"num_key_value_heads={t.num_key_value_heads}: hidden_size must be a multiple of "
+                          "num_attention_heads and num_attention_heads of num_key_value_heads")

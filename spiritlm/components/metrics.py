@@ -63,36 +63,69 @@ def mixture_record(names, token_counts) -> dict:
 
 
 class RunLog:
-    """Rank-0 sinks: ``metrics.jsonl``, TensorBoard (optional), PNG plots at the end."""
+    """Rank-0 sinks: ``metrics.jsonl``, TensorBoard (optional), PNG plots at the end.
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True):
+    The logs describe one run: ``fresh=True`` (a start without a checkpoint to resume) removes
+    what an earlier run left in the folder -- a run killed before its first checkpoint would
+    otherwise leave its steps 1..k in front of the new run's 1..N; a resume calls
+    ``truncate_after(step)`` instead, which drops what was logged after the checkpoint."""
+
+    # what a run writes here besides checkpoints and the export (tensorboard: the event files)
+    FILES = ("metrics.jsonl", "summary.json", "summary.json.tmp", "curves.png")
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True, fresh: bool = False):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self.tb = None
+        self.tensorboard = tensorboard
+        self.tb = None  # opened at the first record, after a resume has said where to purge from
+        self._purge_step = None
         self.path = self.run_dir / "metrics.jsonl"
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
+            if fresh:
+                self._remove_earlier_logs()
 
-                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+    def _remove_earlier_logs(self) -> None:
+        old = [self.run_dir / n for n in self.FILES if (self.run_dir / n).is_file()]
+        old += sorted((self.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+        for f in old:
+            f.unlink()
+        if old:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s: a fresh start (no checkpoint to resume): removed the logs of an earlier run (%s)",
+                self.run_dir, ", ".join(str(f.relative_to(self.run_dir)) for f in old))
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop lines logged after the checkpoint's step (they will be redone)."""
-        if not (self.enabled and self.path.is_file()):
+        """On resume: drop lines logged after the checkpoint's step (they will be redone); the
+        TensorBoard writer hides its events after ``step`` (``purge_step``)."""
+        if not self.enabled:
+            return
+        self._purge_step = step + 1
+        if not self.path.is_file():
             return
         keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
         self.path.write_text("".join(ln + "\n" for ln in keep))
+
+    def _writer(self):
+        if self.tb is None and self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self._purge_step)
+            self._purge_step = None  # purged once, by the first writer after the resume
+        return self.tb
 
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
+        tb = self._writer()
+        if tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and v == v:
-                    self.tb.add_scalar(k, v, record["step"])
+                    tb.add_scalar(k, v, record["step"])
 
     def write_summary(self, updates: dict) -> None:
         """Merge ``updates`` into ``summary.json`` (the run's final numbers, for reports)."""
@@ -108,6 +141,7 @@ class RunLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -6,20 +6,28 @@ JSON (``deepspeed.json``) is merged over it key by key (its batch keys must agre
 single process, ``TORCH_EXTENSIONS_DIR`` (a persistent cache for any op DeepSpeed compiles) and,
 on CPU, skipping the shared-memory all-reduce op DeepSpeed would otherwise compile on first start
 (~1 min; it serves inference all-reduce only, training collectives go through gloo).
+``RunDirLock`` makes rank 0 the one writer of a run directory (``<run_dir>/.lock``, flock).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
 import math
 import os
 import socket
+import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from spiritlm.config import ConfigError
 from spiritlm.components.config import TrainConfig, grad_accum_steps
+
+log = logging.getLogger(__name__)
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
@@ -130,3 +138,84 @@ def lr_lambda(cfg: TrainConfig):
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
+
+
+class RunDirLock:
+    """One writer per run directory: an exclusive ``flock`` on ``<run_dir>/.lock`` holding the
+    holder's pid, host and start time (one JSON line). Two trainers writing one folder interleave
+    their metrics and checkpoints and overwrite each other's ``latest``; the second is refused at
+    start instead.
+
+    flock, not "the file exists": the kernel drops the lock when its process dies, however it
+    dies (SIGKILL, OOM killer, node reboot for a local disk), so a file left behind by a killed
+    run never blocks the next one; its content only says whose lock was taken over. The file is
+    emptied on release and never deleted: deleting a lock file while another process has it open
+    lets two processes hold locks on two different files of the same name."""
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / self.NAME
+        self._f = None  # a file object: if the lock is dropped unreleased, closing it unlocks
+
+    @staticmethod
+    def _holder(text: str) -> Optional[dict]:
+        try:
+            h = json.loads(text)
+            return h if isinstance(h, dict) and "pid" in h else None
+        except ValueError:
+            return None
+
+    def acquire(self) -> "RunDirLock":
+        if self._f is not None:
+            return self
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.seek(0)
+            text = f.read().strip()
+            f.close()
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                # e.g. Lustre mounted without -o flock: training still works, unguarded
+                log.warning("%s: cannot lock the run directory (%s): nothing stops a second trainer "
+                            "on it", self.path, os.strerror(e.errno or 0))
+                return self
+            h = self._holder(text)
+            who = (f"pid {h['pid']} on {h.get('host', '?')}, started {h.get('start', '?')}" if h
+                   else "a process that is starting up")
+            raise ConfigError(f"run_dir {self.run_dir} is in use by another trainer ({who}; lock file "
+                              f"{self.path}): wait for it to finish, or train into another folder with "
+                              "--set run_dir=DIR") from None
+        f.seek(0)
+        stale = self._holder(f.read().strip())
+        if stale is not None:
+            log.warning("%s: took over the stale lock of pid %s on %s (started %s), which ended without "
+                        "releasing it", self.path, stale["pid"], stale.get("host", "?"), stale.get("start", "?"))
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "start": time.strftime("%Y-%m-%d %H:%M:%S %z")}) + "\n")
+        f.flush()
+        self._f = f
+        return self
+
+    def release(self) -> None:
+        if self._f is None:
+            return
+        f, self._f = self._f, None
+        try:
+            f.seek(0)
+            f.truncate()  # empty: a lock file with a holder means "ended without releasing"
+        except OSError:
+            pass
+        finally:
+            f.close()  # closing drops the flock
+
+    def __del__(self):  # a trainer dropped without fit: empty the file too, not only unlock it
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 -- nothing to report from a finalizer
+            pass

@@ -9,13 +9,17 @@ family: the spec plans (checks before any weight is loaded), builds the model, m
 computes the loss and exports. Evaluation while training is a component passed in
 (``evaluator=``: ``spiritlm train`` hands ``spiritlm.eval.during_training.DuringTrainingEval``).
 
-Read top to bottom: ``Trainer.__init__`` sets up process, model, data and engine (and resumes);
+Read top to bottom: ``Trainer.__init__`` checks the config, takes the run directory's lock and
+sets up process, model, data and engine (and resumes);
 ``train_step`` runs one optimizer step (grad-accumulation micro-batches, non-finite loss policy);
 ``fit`` loops, logs, checkpoints and exports. The trainer is *Stateful*: ``state_dict`` holds the
 step counters (all ranks) and ``rank_state_dict`` this rank's data position and RNG states.
 
 Outputs in ``run_dir``: ``config.yaml`` (resolved), ``deepspeed.json``, ``metrics.jsonl``,
 ``tensorboard/``, ``curves.png``, ``checkpoints/`` (see ``checkpoint.py``), ``hf/`` (export).
+The run directory's contract (train/README.md, "The run directory"): one writer (``.lock``, held
+by rank 0 from start to the end of ``fit``), a fresh start owns fresh logs, a resume truncates
+them to its checkpoint, the export is complete or absent, a failed checkpoint leaves the last one.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from spiritlm.components.mixture import InterleaveFn
 from spiritlm.config import ConfigError, dump_config, save_config
 from spiritlm.models import model_spec_of
 from spiritlm.precision import log_choice, resolve_precision
-from spiritlm.train.engine import deepspeed_config, init_distributed, lr_lambda, setup_process
+from spiritlm.train.engine import RunDirLock, deepspeed_config, init_distributed, lr_lambda, setup_process
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,19 @@ class Trainer:
             raise ConfigError(f"eval_every={cfg.eval_every} needs an evaluator: `spiritlm train` passes one; from "
                               "Python pass Trainer(cfg, evaluator=spiritlm.eval.during_training.DuringTrainingEval) "
                               "or set eval_every=0")
+        # one writer per run directory: rank 0 locks it before anything is written there (the
+        # other ranks of this job share its folder); released at the end of fit, or here on error
+        self._lock = RunDirLock(Path(cfg.run_dir)) if int(os.environ.get("RANK", "0")) == 0 else None
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._setup(sources, weights, interleave_fns, evaluator)
+        except BaseException:
+            self.release()
+            raise
+
+    def _setup(self, sources, weights, interleave_fns, evaluator) -> None:
+        cfg = self.cfg
         # precision follows the hardware ("auto"): resolved before the plan and the DeepSpeed config
         self.precision = resolve_precision(cfg.deepspeed.precision, "cuda" if torch.cuda.is_available() else "cpu")
         cfg.deepspeed.precision = self.precision.precision
@@ -81,6 +98,8 @@ class Trainer:
         self.ds_config = deepspeed_config(cfg, self.world)
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        # what to resume from, settled before any weight is loaded (a broken `latest` is refused now)
+        resume_tag = ckpt.latest_tag(self.ckpt_dir) if cfg.checkpoint.resume else None
         torch.manual_seed(cfg.seed)
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
@@ -114,16 +133,20 @@ class Trainer:
         self.nonfinite = 0
         self.flops_per_token = model_flops_per_token(mc, cfg.data.seq_len)
         self.peak_flops = cfg.log.peak_flops or guess_peak_flops()
-        self.runlog = RunLog(self.run_dir, cfg.log.tensorboard, enabled=self.rank == 0)
+        # a fresh start (nothing to resume) removes the logs an earlier, killed run left here
+        self.runlog = RunLog(self.run_dir, cfg.log.tensorboard, enabled=self.rank == 0, fresh=resume_tag is None)
         if self.rank == 0:
             save_config(cfg, self.run_dir / "config.yaml")
             (self.run_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
         # held-out loss + a light suite every cfg.eval_every steps (a component passed in)
         self.evaluator = evaluator(self) if cfg.eval_every else None
-        if cfg.checkpoint.resume:
-            tag = ckpt.latest_tag(self.ckpt_dir)
-            if tag is not None:
-                self.resume(tag)
+        if resume_tag is not None:
+            self.resume(resume_tag)
+
+    def release(self) -> None:
+        """Give up the run directory's lock (the end of ``fit`` does; ``fit`` takes it again)."""
+        if self._lock is not None:
+            self._lock.release()
 
     # what the family's plan settled, read through (None where the family has no plan)
     @property
@@ -230,7 +253,16 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self, until_step: Optional[int] = None) -> Path:
-        """Train to ``cfg.steps`` (or stop at ``until_step``, e.g. to simulate an interruption)."""
+        """Train to ``cfg.steps`` (or stop at ``until_step``, e.g. to simulate an interruption).
+        Holds the run directory's lock while it runs and releases it when it ends, also on error."""
+        if self._lock is not None:
+            self._lock.acquire()  # again, after an earlier fit of this trainer released it
+        try:
+            return self._fit(until_step)
+        finally:
+            self.release()
+
+    def _fit(self, until_step: Optional[int]) -> Path:
         cfg = self.cfg
         stop = min(cfg.steps, until_step or cfg.steps)
         bar = None

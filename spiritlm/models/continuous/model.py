@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from spiritlm.artifacts import hf_directory, load_state, typed_section
+from spiritlm.components.checkpoint import replace_dir
 from spiritlm.config import ConfigError
 from spiritlm.models.continuous.config import ContinuousConfig, ContinuousTrainConfig, encoder_frozen
 from spiritlm.models.continuous.encoders import CharVocab, CTCHead, ConformerEncoder, build_encoder, pad_frames
@@ -179,9 +180,7 @@ class ContinuousSpeechLM(nn.Module):
             self.cfg, self.lm = saved, peft_lm
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        return out
+        return replace_dir(tmp, out)  # out is the old export, the new one or absent, never partial
 
 
 def _cpu_state(m: nn.Module) -> dict:

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from spiritlm.artifacts import ArtifactError, load_tensors, read_json, typed_section
+from spiritlm.components.checkpoint import replace_dir
 from spiritlm.config import ConfigError
 from spiritlm.models.hybrid.config import HybridConfig, HybridTrainConfig
 
@@ -159,9 +160,7 @@ class HybridLM(nn.Module):
                                                    "frame_rate": self.frame_rate}, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        return out
+        return replace_dir(tmp, out)  # out is the old export, the new one or absent, never partial
 
     frame_rate: float = 0.0  # unit frames per second (set by the builder from the shards)
 
