@@ -367,3 +367,11 @@ def test_fewshot_prompts_longer_than_the_context_drop_their_earliest_shots(loade
     long = run_asr(manifest, model, tok, FakeSpeechEncoder(), shots=manifest, n_shots=1, max_new_tokens=2,
                    max_items=1)
     assert "shots_used" not in long
+
+
+def test_the_report_says_when_fewshot_prompts_were_cut_to_the_context():
+    from spiritlm.eval.report import markdown_table
+
+    res = {"asr": {"ASR": {"task": "asr", "shots": 10, "shots_used": {"min": 7, "mean": 8.5}, "n": 12,
+                           "complete": True, "wer": 0.5}}}
+    assert "ASR (10-shot, as few as 7 to fit the context)" in markdown_table(res)

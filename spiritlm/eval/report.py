@@ -71,7 +71,9 @@ def markdown_table(results: Mapping, model_name: str = "model", paper_row: bool 
                 out.append(f"| {k.upper()} | -- | skipped: {res['skipped']} | -- |")
                 continue
             metric = "wer" if k == "asr" else "cer"
-            out.append(f"| {k.upper()} ({res.get('shots', '?')}-shot) | {metric.upper()} % | "
+            used = res.get("shots_used")  # prompts cut to the model's context: say how far
+            shots = f"{res.get('shots', '?')}-shot" + (f", as few as {used['min']} to fit the context" if used else "")
+            out.append(f"| {k.upper()} ({shots}) | {metric.upper()} % | "
                        f"{_cell(res, metric)} | {res.get('n', '--')} |")
         out.append("")
     cls = results.get("speech_cls", {}).get("S")
