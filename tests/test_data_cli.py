@@ -97,3 +97,39 @@ def test_prepare_demo_shards_with_a_speech_tokenizer_object(tmp_path):
 
     meta = read_metadata(next((d / "aligned").glob("*.parquet")))
     assert meta["speech_encoder"] == "speech-tokenizer:fake" and meta["has_style"]
+
+
+def test_a_full_disk_while_writing_shards_is_one_line_and_the_rerun_resumes(tmp_path, monkeypatch, capsys):
+    """ENOSPC in the middle of the shard writes: one line naming the folder and how to resume,
+    no index.json (so no reader takes the folder as complete), the encoded chunks kept; the rerun
+    after space is freed encodes nothing again and gives the same shards as an undisturbed build."""
+    import errno
+
+    from spiritlm.data import shards as shards_mod
+
+    c = make_corpus(tmp_path / "c", n=4)
+    recipe = tmp_path / "r.toml"
+    out = tmp_path / "out"
+    recipe.write_text(f'output_dir = "{out}"\ntext_tokenizer = "{c["tokenizer"]}"\nprogress = false\n'
+                      f'[inputs]\nmanifests = ["{c["manifest"]}"]\n')
+    real = shards_mod.ShardWriter._flush_row_group
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shards_mod.ShardWriter, "_flush_row_group", full)
+    capsys.readouterr()
+    assert main(["prepare", "shards", str(recipe), "--set", "workers=1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on device" in err[0] and "rerun the same command" in err[0], err
+    assert not (out / "index.json").exists() and list((out / "_work").glob("chunk-*.parquet"))
+    monkeypatch.setattr(shards_mod.ShardWriter, "_flush_row_group", real)
+    import spiritlm.data.work as work_mod
+
+    calls, write_chunk = [], work_mod.write_chunk
+    monkeypatch.setattr(work_mod, "write_chunk", lambda *a: (calls.append(a[1]), write_chunk(*a))[1])
+    assert main(["prepare", "shards", str(recipe), "--set", "workers=1"]) == 0
+    assert (out / "index.json").is_file() and calls == []  # every chunk was kept: none encoded again
+    assert main(["prepare", "shards", str(recipe), "--set", "workers=1",
+                 "--set", f"output_dir={tmp_path / 'ref'}"]) == 0
+    assert calls and shard_bytes(out) == shard_bytes(tmp_path / "ref")  # the reference did encode

@@ -27,6 +27,7 @@ fingerprint (config, tokenizer, encoder, input contents) is in ``index.json`` is
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from spiritlm.config import dump_config, save_config, to_dict
+from spiritlm.config import ConfigError, dump_config, save_config, to_dict
 from spiritlm.data.interleave import InterleaveConfig
 
 log = logging.getLogger(__name__)
@@ -227,19 +228,46 @@ def prepare_shards(cfg: PrepareConfig, encoder=None, text_tokenizer=None) -> dic
     todo = [i for i in range(len(chunks)) if not (wdir / f"chunk-{i:06d}.parquet").is_file()]
     log.info("%d items in %d chunks (%d to do), %d worker(s), backend %s", len(items),
              len(chunks), len(todo), cfg.workers, cfg.backend)
-    if cfg.backend == "ray":
-        from spiritlm.data.ray_backend import run_chunks_ray
+    try:
+        if cfg.backend == "ray":
+            from spiritlm.data.ray_backend import run_chunks_ray
 
-        run_chunks_ray(cfg, ctx, chunks, todo, wdir)
-    else:
-        work.run_chunks_local(cfg, ctx, chunks, todo, wdir)
-    report = _write_shards(cfg, ctx, len(chunks), wdir, out, pre_drops, fp)
+            run_chunks_ray(cfg, ctx, chunks, todo, wdir)
+        else:
+            work.run_chunks_local(cfg, ctx, chunks, todo, wdir)
+        report = _write_shards(cfg, ctx, len(chunks), wdir, out, pre_drops, fp)
+    except OSError as e:
+        if not _disk_full(e):
+            raise
+        done = sum(1 for i in range(len(chunks)) if (wdir / f"chunk-{i:06d}.parquet").is_file())
+        raise ShardWriteError(
+            f"writing to {out} failed: no space left on device ({_free_mib(out)} MiB free there; {e}). The folder "
+            f"holds no complete shard set (index.json is written last, so no reader takes it); the "
+            f"{done} of {len(chunks)} encoded chunks in {wdir} are kept: free space and rerun the same command, "
+            "which encodes only the rest and writes the shards") from None
     report["wall_s"] = round(time.perf_counter() - t_start, 3)
     _atomic_json(out / "report.json", report)
     if not cfg.keep_work:
         shutil.rmtree(wdir)
     _fail_if_all_speech_dropped(report, out)
     return report
+
+
+class ShardWriteError(ConfigError, OSError):
+    """A shard build stopped by a full disk: one line (the CLI prints a ConfigError as one) naming
+    the folder, the free space and how the rerun resumes; an OSError for callers that catch those."""
+
+
+def _disk_full(e: OSError) -> bool:
+    # pyarrow reports a full disk as an OSError whose errno may be unset, with the C message inside
+    return e.errno == errno.ENOSPC or "No space left on device" in str(e)
+
+
+def _free_mib(path: Path) -> int:
+    try:
+        return int(shutil.disk_usage(path).free / 2**20)
+    except OSError:
+        return -1
 
 
 class AllSpeechDroppedError(ValueError):
