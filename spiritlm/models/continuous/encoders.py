@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from spiritlm.artifacts import load_state
 from spiritlm.config import ConfigError
 from spiritlm.models.continuous.config import ConformerConfig, EncoderConfig
 from spiritlm.models.continuous.projectors import valid_mask
@@ -295,9 +296,7 @@ def build_encoder(c: EncoderConfig) -> nn.Module:
     else:
         enc = ConformerEncoder(c.conformer)
         if c.checkpoint:
-            from safetensors.torch import load_file
-
-            enc.load_state_dict(load_file(c.checkpoint))
+            load_state(enc, c.checkpoint, "Conformer encoder", "continuous.encoder.checkpoint")
     check_encoder(enc, c)
     return enc
 
