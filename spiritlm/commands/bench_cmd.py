@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train: processes (2: ours on DeepSpeed ZeRO-1 vs HF Trainer's DDP, half the cores each)")
     p.add_argument("--model", default=None, help="eval: a checkpoint dir (HF LLaMA) instead of the tiny random one")
     p.add_argument("--device", default=None, help="eval: cpu | cuda | auto (default auto)")
+    p.add_argument("--tokens", type=int, default=512, help="loss: tokens per batch (default 512)")
+    p.add_argument("--chunk", type=int, default=128, help="loss: tokens per cross-entropy chunk (default 128)")
     p.set_defaults(func=_run)
 
 
@@ -182,6 +184,15 @@ def _bench_stream(args) -> int:
     return 0
 
 
+def _bench_loss(args) -> int:
+    """``spiritlm bench loss [--tokens N] [--chunk C]``: the LM head's cross-entropy, plain vs chunked,
+    at vocabularies 32000, 128256 and 151936 (width 896), fp32, on this machine's CPU."""
+    from spiritlm.train.bench_loss import bench_loss
+
+    bench_loss(tokens=args.tokens, chunk=args.chunk, **_harness(args))  # prints the reports and the table
+    return 0
+
+
 # name -> (function, help). Each function runs the benchmark and prints its report; heavy
 # imports stay inside so `spiritlm --help` stays fast.
 BENCHES = {
@@ -195,5 +206,6 @@ BENCHES = {
     "mfu": (_bench_mfu, "tokens/s and MFU of a ~1B model, seq 4096, bf16, checkpointing off/on"),
     "synth": (_bench_synth, "espeak forks of a 2 GiB process: direct vs zygote"),
     "continuous": (_bench_continuous, "continuous-input training step: frozen-encoder features cached vs recomputed"),
+    "loss": (_bench_loss, "LM head cross-entropy, chunked vs plain: time and peak memory at vocab 32k/128k/152k"),
     "stream": (_bench_stream, "streaming vs non-streaming speech LM: time and memory per chunk at 1-10x the training length"),
 }

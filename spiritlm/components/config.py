@@ -57,6 +57,12 @@ class ModelConfig:
     # the block-diagonal mask, flash-attention uses varlen) or an explicit 4-D block mask.
     packed_attention: Literal["position_ids", "block_mask"] = "position_ids"
     activation_checkpointing: bool = False
+    # The unit LM's cross-entropy (spiritlm.components.linear_ce): "plain" = the model's full
+    # [tokens, vocab] fp32 logits, then F.cross_entropy; "chunked" = ce_chunk_tokens tokens' logits
+    # at a time, recomputed in the backward (no [tokens, vocab] tensor; per-token losses within 1e-5
+    # of plain in fp32, ~1.33x the head's FLOPs); "liger" = liger-kernel's fused kernel (CUDA only).
+    linear_ce: Literal["plain", "chunked", "liger"] = "plain"
+    ce_chunk_tokens: int = 4096
 
 
 @dataclass
@@ -207,6 +213,7 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
                           "embedding rows to a multiple of 256)")
     if not cfg.model.checkpoint:
         _check_tiny(cfg.model.tiny)
+    _check_linear_ce(cfg)
     ds = cfg.deepspeed
     if ds.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"deepspeed.zero_stage={ds.zero_stage}: use 0, 1, 2 or 3")
@@ -242,6 +249,33 @@ def validate_config(cfg: TrainConfig, world_size: int = 1) -> None:
             f"data.seq_len={cfg.data.seq_len} exceeds model.tiny.max_position_embeddings="
             f"{cfg.model.tiny.max_position_embeddings}; lower data.seq_len or raise the model's"
         )
+
+
+def _check_linear_ce(cfg: TrainConfig) -> None:
+    m = cfg.model
+    if m.ce_chunk_tokens < 1:
+        raise ConfigError(f"model.ce_chunk_tokens={m.ce_chunk_tokens}: set the tokens per cross-entropy chunk, "
+                          "1 or more (4096; fewer = less memory, smaller matmuls)")
+    if m.linear_ce == "plain":
+        return
+    family = getattr(cfg, "model_type", "unit_lm")
+    if family != "unit_lm":  # the other families compute their own logits: the setting would do nothing
+        raise ConfigError(f"model.linear_ce={m.linear_ce} applies to the unit LM only, not model_type={family}; "
+                          "set model.linear_ce=plain")
+    if cfg.deepspeed.zero_stage == 3:  # ZeRO-3 frees the head's weight after the forward; the backward reads it
+        raise ConfigError(f"model.linear_ce={m.linear_ce} needs the LM head's weight in the backward, which "
+                          "ZeRO-3 partitions away; use deepspeed.zero_stage=1 or 2, or model.linear_ce=plain")
+    if m.linear_ce == "liger":
+        import importlib.util
+
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("model.linear_ce=liger runs liger-kernel's Triton kernel, which needs a CUDA GPU; "
+                              "on CPU use model.linear_ce=chunked")
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise ConfigError("model.linear_ce=liger: liger_kernel is not installed; `pip install liger-kernel`, "
+                              "or use model.linear_ce=chunked")
 
 
 def _check_tiny(t: TinyModelConfig) -> None:

@@ -23,6 +23,12 @@ def token_losses(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, layout: Voc
     V = logits_BTV.shape[-1]
     ce_N = F.cross_entropy(logits_BTV.reshape(-1, V).float(), targets_BT.reshape(-1),
                            ignore_index=IGNORE, reduction="none")
+    return losses_by_type(ce_N, targets_BT, layout)
+
+
+def losses_by_type(ce_N: torch.Tensor, targets_BT: torch.Tensor, layout: VocabLayout):
+    """``token_losses`` from per-token losses (0 at ignored targets) computed elsewhere, e.g. by
+    ``spiritlm.components.linear_ce`` without the logits."""
     t_N = targets_BT.reshape(-1)
     valid_N = t_N != IGNORE
     switch_N = (t_N == layout.text_id) | (t_N == layout.speech_id)

@@ -136,11 +136,9 @@ def _inputs_hash(ctx) -> list[str]:
 
 
 def _key(tcfg) -> dict:
-    from spiritlm.config import to_dict
+    from spiritlm.demo.files import train_config_key
 
-    d = to_dict(tcfg)
-    d.pop("run_dir")
-    return d
+    return train_config_key(tcfg)
 
 
 def _features_step(tcfg, step_dir: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,3 +27,26 @@ def file_hash(path: str | Path) -> str:
     keyed on a file that does not exist yet is keyed differently from every real content."""
     p = Path(path)
     return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else f"missing:{p}"
+
+
+# Train-config settings added after cached steps were written that change nothing at their
+# default: left out of a model's key while at the default (TrainConfig's), so that adding a
+# setting retrains no cached model; set to anything else, they enter the key (and retrain).
+LATE_DEFAULTS = (
+    ("model", "linear_ce"),  # issue 33: the logits-free cross-entropy, "plain" (off) by default
+    ("model", "ce_chunk_tokens"),  # its chunk size, read only when linear_ce is not plain
+)
+
+
+def train_config_key(tcfg) -> dict[str, Any]:
+    """The resolved train config as a cached step's key: every field but ``run_dir`` (where the
+    run goes, not what it computes), less ``LATE_DEFAULTS`` at their defaults."""
+    from spiritlm.components.config import TrainConfig
+    from spiritlm.config import to_dict
+
+    d, default = to_dict(tcfg), to_dict(TrainConfig())
+    d.pop("run_dir")
+    for section, name in LATE_DEFAULTS:
+        if name in d.get(section, {}) and d[section][name] == default[section][name]:
+            del d[section][name]
+    return d

@@ -269,7 +269,7 @@ def run(ctx) -> dict:
     models: dict[str, list[dict]] = {v: [] for v in variants}
     evals: dict[str, dict[str, list[dict]]] = {v: {lab: [] for lab in labels} for v in variants}
     nlls: dict[str, list[dict]] = {v: [] for v in variants}
-    from spiritlm.config import to_dict
+    from spiritlm.demo.files import train_config_key
 
     # seed by seed (every variant trained and evaluated on seed i before seed i + 1), one job at a
     # time: the part runs in one CPU slot, and a cut-short run leaves whole seeds behind
@@ -280,8 +280,7 @@ def run(ctx) -> dict:
             s = seeds[i]
             name = f"hybrid_train_{v}_seed{s}"
             tcfg = train_config(ctx, opts, v, s, out / name / "run", extra)
-            key = to_dict(tcfg)
-            key.pop("run_dir")
+            key = train_config_key(tcfg)
             m, = ctx.pipe.run_jobs([Job(name, [VERSION, key, shards_hash, ctx.file_hash(ctx.manifest)],
                                         _train_step, (tcfg,))])
             models[v].append(m)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spiritlm.config import save_config, to_dict
+from spiritlm.config import save_config
 from spiritlm.corpus.demo import DemoCorpusConfig
-from spiritlm.demo.files import file_hash, recipe
+from spiritlm.demo.files import file_hash, recipe, train_config_key
 from spiritlm.demo.parts import DemoContext, check_parts, run_parts
 from spiritlm.models.unit_lm import sizes as unit_lm_sizes
 from spiritlm.pipeline import Job, Pipeline
@@ -255,8 +255,7 @@ def train_key(tcfg, shards: dict, start: dict | None) -> list:
     """Everything the trained weights depend on: the resolved config and the inputs' content.
     The shards' content is their index (the sha256 of every shard, and the data-prep config), not
     their report, whose wall time would retrain both models after a rebuild of the same bytes."""
-    resolved = to_dict(tcfg)
-    resolved.pop("run_dir")
+    resolved = train_config_key(tcfg)
     deps = [resolved, file_hash(Path(shards["dir"]) / "index.json")]
     if start is not None:
         deps.append(file_hash(Path(start["hf"]) / "model.safetensors"))

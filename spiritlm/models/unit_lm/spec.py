@@ -17,7 +17,8 @@ import torch
 
 from spiritlm.components import checkpoint as ckpt
 from spiritlm.components.config import TrainConfig
-from spiritlm.components.metrics import mixture_record, token_losses
+from spiritlm.components.linear_ce import ce_function, head_loss
+from spiritlm.components.metrics import losses_by_type, mixture_record, token_losses
 from spiritlm.components.mixture import MixtureStream, check_meta, make_sources
 from spiritlm.components.packing import Packer, isolation_plan, packed_inputs
 from spiritlm.components.scoring import Scorer
@@ -40,6 +41,8 @@ class UnitPlan:
     sources: Sequence[Any]
     weights: Optional[Sequence[float]]
     dtype: torch.dtype
+    linear_ce: str = "plain"  # model.linear_ce: how the loss meets the LM head (spiritlm.components.linear_ce)
+    ce_chunk_tokens: int = 4096
 
 
 def plan(cfg: TrainConfig, sources=None, weights=None, interleave_fns=None) -> UnitPlan:
@@ -72,7 +75,7 @@ def plan(cfg: TrainConfig, sources=None, weights=None, interleave_fns=None) -> U
             f"{', read through an interleave_fn' if getattr(s, 'interleave_fn', None) else ''})"
             for s, w in zip(sources, shares)))
     dtype = torch.bfloat16 if cfg.deepspeed.precision == "bf16" else torch.float32
-    return UnitPlan(isolation, layout, rows, sources, weights, dtype)
+    return UnitPlan(isolation, layout, rows, sources, weights, dtype, cfg.model.linear_ce, cfg.model.ce_chunk_tokens)
 
 
 def build(cfg: TrainConfig, ds_config=None, dtype=torch.float32):
@@ -92,8 +95,15 @@ def make_batches(cfg: TrainConfig, model, rank: int = 0, world: int = 1, plan: U
 
 def loss(engine, batch, device, plan: UnitPlan | None = None):
     inputs = packed_inputs(batch, plan.isolation, device, plan.dtype)  # flash: one varlen row
-    out = engine(**inputs, use_cache=False)
-    return token_losses(out.logits, batch["targets_BT"].to(device), plan.layout)
+    targets_BT = batch["targets_BT"].to(device)
+    if plan.linear_ce == "plain":
+        out = engine(**inputs, use_cache=False)
+        return token_losses(out.logits, targets_BT, plan.layout)
+    # no [tokens, vocab] logits: the head's input goes to the chunked (or liger) cross-entropy, still
+    # through the engine's forward, whose backward hooks then sit on the per-token losses
+    with head_loss(getattr(engine, "module", engine), targets_BT, ce_function(plan.linear_ce, plan.ce_chunk_tokens)):
+        out = engine(**inputs, use_cache=False)
+    return losses_by_type(out["ce_N"], targets_BT, plan.layout)
 
 
 def mixture(trainer) -> dict:
