@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="vocab: utterance length (default 600); tokenizer: total audio (default 60)")
     p.add_argument("--files", type=int, default=12, help="tokenizer: number of files (varied lengths)")
     p.add_argument("--size", default=None,
-                   help="train: tiny | demo | 10x (default demo); tokenizer: base | tiny (default base)")
+                   help="train: tiny | demo | 10x (default demo); tokenizer: base | tiny (default base); "
+                        "gpu: full | toy (default full)")
     p.add_argument("--repeat", type=int, default=5, help="rounds, for benches without --rounds (mfu: steps)")
     p.add_argument("--rounds", type=int, default=None, help="harness rounds (default 5; fewer = a smoke run)")
     p.add_argument("--min-round-s", type=float, default=None,
@@ -36,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="eval: cpu | cuda | auto (default auto)")
     p.add_argument("--tokens", type=int, default=512, help="loss: tokens per batch (default 512)")
     p.add_argument("--chunk", type=int, default=128, help="loss: tokens per cross-entropy chunk (default 128)")
+    p.add_argument("--out", default=None, help="gpu: folder for gpu_check.json and gpu_check.md (default bench_out)")
     p.set_defaults(func=_run)
 
 
@@ -193,6 +195,17 @@ def _bench_loss(args) -> int:
     return 0
 
 
+def _bench_gpu(args) -> int:
+    """``spiritlm bench gpu [--out DIR] [--size full|toy] [--device cuda|cpu]``: every GPU measurement the
+    project owes (flash-attn varlen isolation, LM head loss, speech tokenizer, MFU) in one run, written to
+    DIR/gpu_check.json and DIR/gpu_check.md; exit 1 if a measurement failed (its error is in both)."""
+    from spiritlm.train.bench_gpu import bench_gpu
+
+    device = None if args.device in (None, "auto") else args.device
+    report = bench_gpu(args.out or "bench_out", size=args.size or "full", device=device)
+    return 1 if any(e["status"] != "ok" for e in report["measurements"].values()) else 0
+
+
 # name -> (function, help). Each function runs the benchmark and prints its report; heavy
 # imports stay inside so `spiritlm --help` stays fast.
 BENCHES = {
@@ -207,5 +220,6 @@ BENCHES = {
     "synth": (_bench_synth, "espeak forks of a 2 GiB process: direct vs zygote"),
     "continuous": (_bench_continuous, "continuous-input training step: frozen-encoder features cached vs recomputed"),
     "loss": (_bench_loss, "LM head cross-entropy, chunked vs plain: time and peak memory at vocab 32k/128k/152k"),
+    "gpu": (_bench_gpu, "every GPU measurement owed (isolation, loss, tokenizer, MFU) -> one JSON + markdown table"),
     "stream": (_bench_stream, "streaming vs non-streaming speech LM: time and memory per chunk at 1-10x the training length"),
 }
