@@ -158,6 +158,38 @@ def test_bench_eval_toy_size(tmp_path, capsys):
     assert "ratio batched / pack_all" in capsys.readouterr().out
 
 
+def test_bench_eval_against_lm_eval_harness_toy_size(tmp_path, capsys):
+    """The harness side: lm-evaluation-harness's HFLM.loglikelihood on the same requests, same
+    model; same token ids on every request, log-probs within 1e-4 (no timing assertion)."""
+    pytest.importorskip("lm_eval")
+    from spiritlm.eval.bench import bench_eval
+
+    r = bench_eval(n_pairs=2, context_len=10, ending_len=4, item_len=4, story_len=20, tmp_dir=tmp_path,
+                   tiny_hidden=32, tiny_layers=1, rounds=1, min_round_s=0.01, verbose=True, harness_batch_size=4)
+    assert "harness_skipped" not in r
+    assert r["harness_items_compared"] == r["requests"] == 12
+    assert r["max_abs_logprob_diff_harness"] <= 1e-4
+    assert set(r["max_abs_logprob_diff_harness_by_kind"]) == {"storycloze", "swuggy", "story"}
+    assert r["ratios"]["ours/harness"]["median"] > 0 and r["pairs_per_s_harness"] > 0
+    assert "batched/one_at_a_time" in r["ratios"] and "batched/pack_all" in r["ratios"]  # the old keys stay
+    assert r["measurement"]["order"] == ["batched", "one_at_a_time", "pack_all", "harness"]
+    assert "ratio batched / harness" in capsys.readouterr().out
+
+
+def test_bench_eval_without_lm_eval_skips_the_harness_side(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from spiritlm.eval.bench import bench_eval
+
+    for name in ("lm_eval", "lm_eval.api.instance", "lm_eval.models.huggingface"):
+        monkeypatch.setitem(sys.modules, name, None)  # import -> ImportError
+    r = bench_eval(n_pairs=1, context_len=6, ending_len=4, item_len=4, story_len=8, tmp_dir=tmp_path,
+                   tiny_hidden=32, tiny_layers=1, rounds=1, min_round_s=0.01, verbose=True)
+    assert "not importable" in r["harness_skipped"] and "ours/harness" not in r["ratios"]
+    assert "max_abs_logprob_diff_harness" not in r and r["max_abs_logprob_diff"] < 1e-3
+    assert "harness side skipped" in capsys.readouterr().out
+
+
 def test_bench_synth_toy_size(capsys):
     pytest.importorskip("espeakng_loader")
     from spiritlm.corpus.synth_bench import bench_synth, print_report

@@ -168,6 +168,11 @@ def _bench_eval(args) -> int:
     print(f"  max |log-prob difference| batched vs one at a time {r['max_abs_logprob_diff']:.2e}, vs pack_all "
           f"{r['max_abs_logprob_diff_pack_all']:.2e}; context tokens not recomputed per pass: "
           f"{r['context_tokens_saved']}")
+    if "max_abs_logprob_diff_harness" in r:
+        print(f"  vs lm-evaluation-harness on the same {r['harness_items_compared']} requests: max |log-prob difference| "
+              f"{r['max_abs_logprob_diff_harness']:.2e} (relative {r['max_rel_logprob_diff_harness']:.1e})")
+    elif r.get("harness_skipped"):
+        print(f"  lm-evaluation-harness side skipped: {r['harness_skipped']}")
     return 0
 
 

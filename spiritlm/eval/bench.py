@@ -11,6 +11,18 @@ tokens: StoryCloze S). Both paths score the same requests in the same process; t
 reports the largest difference between their log-probs. A second comparison scores the same
 requests with the packing rule before 2026-11-29 (every continuation packed behind its context,
 so whole stories shared rows behind a 2-token context).
+
+A fourth side, ``harness``, scores the same requests with lm-evaluation-harness's own
+``loglikelihood`` path (``lm_eval.models.huggingface.HFLM`` wrapping the same loaded model, with the
+HF tokenizer ``spiritlm.eval.harness`` gives the harness, ``batch_size=harness_batch_size``): each
+request goes in as the strings of its speech tokens ("[Speech][Hu12]..."), so the timed call
+includes the harness's tokenization, as in a harness run. ``ratios["ours/harness"]`` is
+batched / harness per round; ``max_abs_logprob_diff_harness`` the largest log-prob difference over
+the requests whose harness token ids are ours exactly (``harness_items_compared`` of them; all of
+them with our tokenizer), ``max_abs_logprob_diff_harness_by_kind`` per workload kind and
+``max_rel_logprob_diff_harness`` relative (whole stories' sums of ~500 token log-probs: the harness
+adds them in fp32, ours in fp64). Without ``lm_eval`` the side is skipped and
+``harness_skipped`` says why.
 """
 
 from __future__ import annotations
@@ -46,9 +58,11 @@ def bench_eval(model_dir: str | Path | None = None, device: str = "cpu", dtype: 
                n_pairs: int = 64, context_len: int = 200, ending_len: int = 40, item_len: int = 20,
                story_len: int = 500, batch_tokens: int = 16384, seed: int = 0,
                tmp_dir: str | Path | None = None, tiny_hidden: int = 64, tiny_layers: int = 4,
-               rounds: int | None = None, min_round_s: float | None = None, verbose: bool = False) -> dict:
-    """The three scorings alternate on the benchmark harness (batched, one at a time, the old
-    packing rule), >= 5 rounds of >= 2 s by default; ``verbose`` prints the harness report."""
+               rounds: int | None = None, min_round_s: float | None = None, verbose: bool = False,
+               harness: bool = True, harness_batch_size: int = 8) -> dict:
+    """The scorings alternate on the benchmark harness (batched, one at a time, the old packing
+    rule, lm-evaluation-harness's loglikelihood), >= 5 rounds of >= 2 s by default; ``verbose``
+    prints the harness report. ``harness=False`` leaves the lm-evaluation-harness side out."""
     import tempfile
 
     import torch
@@ -58,7 +72,8 @@ def bench_eval(model_dir: str | Path | None = None, device: str = "cpu", dtype: 
     from spiritlm.components.scoring import Scorer
 
     device = resolve_device(device)
-    if model_dir is None:
+    tiny = model_dir is None
+    if tiny:
         from spiritlm.eval.testing import make_tiny_model_dir
 
         tmp_dir = Path(tmp_dir or tempfile.mkdtemp(prefix="bench_eval_"))
@@ -79,11 +94,17 @@ def bench_eval(model_dir: str | Path | None = None, device: str = "cpu", dtype: 
                 torch.cuda.synchronize()
         return call
 
+    lm_side = _harness_side(model, tok, model_dir, pairs, harness_batch_size) if harness else (
+        None, "harness=False")
     n = len(pairs) // 2
     sides = [Side("batched", timed("batched", lambda: scorer.score_ids(pairs)), work=n, unit="pairs"),
              Side("one_at_a_time", timed("single", lambda: scorer.score_one_at_a_time(pairs=pairs)), work=n,
                   unit="pairs"),
              Side("pack_all", timed("pack_all", lambda: old_rule.score_ids(pairs)), work=n, unit="pairs")]
+    if lm_side[0] is not None:
+        lm, reqs, _ = lm_side[0]
+        sides.append(Side("harness", timed("harness", lambda: lm.loglikelihood(reqs, disable_tqdm=True)), work=n,
+                          unit="pairs"))
     m = run_sides(sides, rounds, min_round_s, peak=False)
     calls = sum(m.reps["batched"]) + 2  # + its warm-up and calibration calls: stats are per pass
     batched, single, packed_all = outs["batched"], outs["single"], outs["pack_all"]
@@ -100,8 +121,56 @@ def bench_eval(model_dir: str | Path | None = None, device: str = "cpu", dtype: 
            "max_abs_logprob_diff_pack_all": diff_old,
            "ratios": {f"{a}/{b}": m.ratio(a, b).as_dict() for a, b in pairs_ratio},
            "measurement": m.as_dict(pairs_ratio)}
+    if lm_side[0] is not None:
+        same = lm_side[0][2]
+        diffs = [(i, abs(a.logprob - float(b[0])), abs(float(b[0])))
+                 for i, (a, b, ok) in enumerate(zip(batched, outs["harness"], same)) if ok]
+        by_kind = {}  # the workload's kinds, in its order: 2 * n_pairs requests each
+        for k, kind in enumerate(("storycloze", "swuggy", "story")):
+            d = [x for i, x, _ in diffs if 2 * n_pairs * k <= i < 2 * n_pairs * (k + 1)]
+            if d:
+                by_kind[kind] = max(d)
+        out.update({"harness_s": n / m.rate("harness"), "pairs_per_s_harness": m.rate("harness"),
+                    "harness_batch_size": harness_batch_size, "harness_items_compared": len(diffs),
+                    "max_abs_logprob_diff_harness": max(x for _, x, _ in diffs) if diffs else None,
+                    # per kind: whole stories sum ~500 token log-probs (|sum| ~ 3e3), which the
+                    # harness adds up in fp32 (ulp 2.4e-4 there), ours in fp64
+                    "max_abs_logprob_diff_harness_by_kind": by_kind,
+                    "max_rel_logprob_diff_harness": max((x / max(b, 1e-30) for _, x, b in diffs), default=None)})
+        out["ratios"]["ours/harness"] = m.ratio("batched", "harness").as_dict()
+        pairs_ratio.append(("batched", "harness"))
+        out["measurement"] = m.as_dict(pairs_ratio)
+    else:
+        out["harness_skipped"] = lm_side[1]
     if verbose:
-        print(m.report(pairs_ratio, f"eval scoring on {device} ({n} pairs, {len(pairs)} requests, tiny random "
-                                    "LLaMA): batched + shared-context packing vs one request at a time, and vs "
-                                    "the packing rule before 2026-11-29 (pack_all)"), flush=True)
+        what = ("batched + shared-context packing vs one request at a time, vs the packing rule before "
+                "2026-11-29 (pack_all)")
+        what += (f", and vs lm-evaluation-harness's HFLM.loglikelihood (batch_size={harness_batch_size})"
+                 if lm_side[0] is not None else f"; harness side skipped: {lm_side[1]}")
+        print(m.report(pairs_ratio, f"eval scoring on {device} ({n} pairs, {len(pairs)} requests, "
+                                    f"{'tiny random LLaMA' if tiny else model_dir}): {what}"), flush=True)
     return out
+
+
+def _harness_side(model, tok, model_dir, pairs, batch_size: int):
+    """-> ((HFLM on ``model``, its requests for ``pairs``, per request: whether the harness's token
+    ids are ours exactly), None), or (None, why the side is skipped)."""
+    try:
+        from lm_eval.api.instance import Instance
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as e:  # the `eval` extra
+        return None, f"lm-evaluation-harness is not importable ({e})"
+    from spiritlm.eval.harness import _hf_tokenizer
+
+    hf = _hf_tokenizer(tok, model_dir)
+    lm = HFLM(pretrained=model, tokenizer=hf, batch_size=batch_size)
+    reqs, same = [], []
+    for i, (ctx, cont) in enumerate(pairs):
+        c = ctx[1:] if ctx[:1] == [tok.bos_id] else ctx  # the harness adds BOS itself
+        args = ("".join(hf.convert_ids_to_tokens(c)), "".join(hf.convert_ids_to_tokens(cont)))
+        reqs.append(Instance(request_type="loglikelihood", doc={}, arguments=args, idx=i))
+        c_enc, e_enc = lm._encode_pair(*args)
+        same.append(list(c_enc) == list(ctx) and list(e_enc) == list(cont))
+    if not any(same):
+        return None, "the harness's tokenization of the workload differs from ours on every request"
+    return (lm, reqs, same), None
