@@ -47,36 +47,6 @@ def register(sub) -> None:
     g.set_defaults(func=_generate)
 
 
-def what_it_can_do(spec) -> str:
-    """The commands a family's capabilities offer, for a refusal to name what to do instead."""
-    caps, can = spec.capabilities, []
-    if caps.transcribe:
-        can.append("transcribe audio (`spiritlm transcribe DIR AUDIO`)")
-    if caps.stream:
-        can.append("transcribe a stream chunk by chunk (`spiritlm transcribe --stream DIR AUDIO`)")
-    if caps.generate:
-        can.append("generate (`spiritlm generate --model DIR ...`)")
-    if spec.scorer is not None and caps.settings and caps.tasks != ():
-        tasks = f"; tasks {', '.join(caps.tasks)}" if caps.tasks else ""
-        can.append(f"be scored by `spiritlm eval RECIPE --model DIR` (settings {', '.join(caps.settings)}{tasks})")
-    elif spec.asr is not None:
-        can.append("be scored on ASR by `spiritlm eval RECIPE --model DIR`")
-    return " or ".join(can) or "nothing these commands offer"
-
-
-def refuse_unless(spec, what: str, directory, action: str) -> None:
-    """One line, before any work, when the family's capabilities exclude ``what``: the directory,
-    the family, what it cannot do and what it can do instead."""
-    from spiritlm.config import ConfigError
-    from spiritlm.models import names, model_spec
-
-    if getattr(spec.capabilities, what):
-        return
-    able = [n for n in names() if getattr(model_spec(n).capabilities, what)]
-    raise ConfigError(f"{directory}: a {spec.name} model cannot {action}, only a {' or '.join(able) or 'no'} model "
-                      f"can; instead it can {what_it_can_do(spec)}")
-
-
 def _check_device(device: str) -> str:
     import torch
 
@@ -95,7 +65,7 @@ def _check_device(device: str) -> str:
 def _generate(args) -> int:
     from spiritlm.eval.generate import TokenPrinter, check_sampling, generate, output_speech_ids, vocode_ids
     from spiritlm.eval.model import load_speech_encoder
-    from spiritlm.models import locate_model
+    from spiritlm.models import locate_model, require
 
     if not args.inputs:
         print("spiritlm generate: give at least one --text or --speech input", file=sys.stderr)
@@ -104,9 +74,9 @@ def _generate(args) -> int:
     check_sampling(args.temperature, args.top_p, args.max_new_tokens)
     spec, model_dir = locate_model(args.model)  # the family, from its own marker file
     # e.g. a hybrid model: generation needs features it cannot make
-    refuse_unless(spec, "generate", args.model, "generate (free-running decoding)")
+    require(spec, "generate", args.model)
     if args.output_modality != "text":
-        refuse_unless(spec, "speech_out", args.model, "write speech")
+        require(spec, "speech_out", args.model)
     device = _check_device(args.device)
     audio_out = Path(args.audio_out) if args.audio_out else None
     if (args.vocoder or args.vocoder_release) and not audio_out:

@@ -67,8 +67,7 @@ def check_args(args) -> None:
 
 
 def _run(args) -> int:
-    from spiritlm.commands.generate_cmd import refuse_unless
-    from spiritlm.models import locate_model
+    from spiritlm.models import locate_model, require
 
     check_args(args)
     if args.audio != "-":  # a bad file fails before the model loads (stdin is checked as it streams)
@@ -80,9 +79,9 @@ def _run(args) -> int:
     spec, model_dir = locate_model(args.run_dir)  # the family, from its own marker file
     # before the model loads: a family that cannot is refused, naming what it can do instead
     if args.stream:
-        refuse_unless(spec, "stream", args.run_dir, "transcribe a stream chunk by chunk (--stream)")
+        require(spec, "stream", args.run_dir, "transcribe a stream chunk by chunk (--stream)")
     else:
-        refuse_unless(spec, "transcribe", args.run_dir, "transcribe audio")
+        require(spec, "transcribe", args.run_dir)
     model, _tokenizer = spec.load(model_dir, "cpu", None)
     res = _stream(spec, model, args) if args.stream else _offline(spec, model, args)
     if args.json:

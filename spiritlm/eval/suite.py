@@ -22,7 +22,7 @@ from spiritlm.config import ConfigError, save_config
 from spiritlm.eval.fewshot_cls import SpeechClsConfig
 from spiritlm.eval.harness import HarnessConfig
 from spiritlm.eval.zerospeech import SubmissionMeta
-from spiritlm.models import locate_model, model_spec
+from spiritlm.models import locate_model, model_spec, what_it_can_do
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +197,8 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None, spec=No
             raise ValueError("no model: pass --model DIR (a checkpoint directory) or set model= in the recipe")
         spec, model_dir = locate_model(cfg.model)  # the family, from its own marker file
         if spec.scorer is None and spec.asr is None:
-            caps = spec.capabilities
-            instead = [c for ok, c in ((caps.transcribe, f"`spiritlm transcribe {cfg.model} AUDIO`"),
-                                       (caps.stream, f"`spiritlm transcribe --stream {cfg.model} AUDIO`")) if ok]
             raise ConfigError(f"{cfg.model}: a {spec.name} model offers no evaluation task of this suite "
-                              f"({spec.description}); use " + (" or ".join(instead) or "its family's own commands"))
+                              f"({spec.description}); instead it can {what_it_can_do(spec)}")
     mark_in_progress(out)
     save_config(cfg, out / "config.yaml")
     if cfg.mini.build:

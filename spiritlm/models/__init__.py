@@ -11,8 +11,8 @@ registry and never name a family; how to add one: docs/architecture.md.
 
 from spiritlm.models.spec import (BUILTIN, SETTINGS, Capabilities, ModelSpec, config_class_of_recipe,
                                   detect_family, load_builtin, load_model_dir, locate_model, model_spec, model_spec_of, names,
-                                  register, require, unregister)
+                                  register, require, unregister, what_it_can_do)
 
 __all__ = ["BUILTIN", "SETTINGS", "Capabilities", "ModelSpec", "config_class_of_recipe", "detect_family",
            "load_builtin", "load_model_dir", "locate_model", "model_spec", "model_spec_of", "names", "register", "require",
-           "unregister"]
+           "unregister", "what_it_can_do"]

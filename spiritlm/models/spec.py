@@ -174,12 +174,32 @@ def load_model_dir(directory: str | Path, device: str = "cpu", dtype: Any = None
     return spec, model, tokenizer
 
 
-def require(spec: ModelSpec, what: str, directory: str | Path = "") -> None:
-    """Refuse, before any work, an action the family does not offer (``what``: a Capabilities field)."""
-    if not getattr(spec.capabilities, what):
-        verbs = {"generate": "generate (free-running decoding)", "speech_out": "write speech",
-                 "transcribe": "transcribe audio", "stream": "transcribe a stream chunk by chunk",
-                 "speech_in": "read speech", "text_out": "write text"}
-        able = [s.name for s in _REGISTRY.values() if getattr(s.capabilities, what)]
-        raise ConfigError(f"{directory or spec.name}: a {spec.name} model cannot {verbs.get(what, what)}; "
-                          f"families that can: {', '.join(sorted(able)) or 'none'}")
+def what_it_can_do(spec: ModelSpec) -> str:
+    """The commands a family's capabilities offer, for a refusal to name what to do instead."""
+    caps, can = spec.capabilities, []
+    if caps.transcribe:
+        can.append("transcribe audio (`spiritlm transcribe DIR AUDIO`)")
+    if caps.stream:
+        can.append("transcribe a stream chunk by chunk (`spiritlm transcribe --stream DIR AUDIO`)")
+    if caps.generate:
+        can.append("generate (`spiritlm generate --model DIR ...`)")
+    if spec.scorer is not None and caps.settings and caps.tasks != ():
+        tasks = f"; tasks {', '.join(caps.tasks)}" if caps.tasks else ""
+        can.append(f"be scored by `spiritlm eval RECIPE --model DIR` (settings {', '.join(caps.settings)}{tasks})")
+    elif spec.asr is not None:
+        can.append("be scored on ASR by `spiritlm eval RECIPE --model DIR`")
+    return " or ".join(can) or "nothing these commands offer"
+
+
+def require(spec: ModelSpec, what: str, directory: str | Path = "", action: str = "") -> None:
+    """Refuse, before any work, an action the family does not offer (``what``: a Capabilities
+    field; ``action``: how the refusal words it): the directory, the family, what it cannot do,
+    which families can, and what it can do instead."""
+    if getattr(spec.capabilities, what):
+        return
+    verbs = {"generate": "generate (free-running decoding)", "speech_out": "write speech",
+             "transcribe": "transcribe audio", "stream": "transcribe a stream chunk by chunk",
+             "speech_in": "read speech", "text_out": "write text"}
+    able = sorted(s.name for s in _REGISTRY.values() if getattr(s.capabilities, what))
+    raise ConfigError(f"{directory or spec.name}: a {spec.name} model cannot {action or verbs.get(what, what)}, "
+                      f"only a {' or '.join(able) or 'no'} model can; instead it can {what_it_can_do(spec)}")
