@@ -40,3 +40,17 @@ def recipe_overrides(args: argparse.Namespace) -> list[str]:
     """``--set`` overrides plus the one ``--out`` stands for, in that order."""
     out = getattr(args, "out", None)
     return list(args.overrides) + ([f"{args.out_key}={out}"] if out and getattr(args, "out_key", None) else [])
+
+
+def add_asr_items_args(p: argparse.ArgumentParser) -> None:
+    """Where the transcribed audio of an ASR evaluation comes from (read by :func:`asr_items`)."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help="a data-stage manifest (JSON Lines: audio_path + text + split)")
+    src.add_argument("--dir", help="a folder of <id>.wav + <id>.txt (e.g. ../shared/data/real_speech/librivox)")
+    p.add_argument("--split", default="heldout", help="manifest split to score ('' = all)")
+
+
+def asr_items(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    from spiritlm.transcripts import manifest_items, text_dir_items
+
+    return manifest_items(args.manifest, args.split) if args.manifest else text_dir_items(args.dir)

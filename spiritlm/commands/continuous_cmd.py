@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from spiritlm.commands import add_asr_items_args, asr_items
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("continuous", help="continuous-input models: ASR WER of one model, comparison table "
@@ -22,10 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     w = s.add_parser("wer", help="ASR WER (jiwer) of a continuous-input model on a manifest split or a folder")
     w.add_argument("--model", required=True, help="a continuous export (<run_dir>/hf)")
-    src = w.add_mutually_exclusive_group(required=True)
-    src.add_argument("--manifest", help="a data-stage manifest (JSON Lines: audio_path + text + split)")
-    src.add_argument("--dir", help="a folder of <id>.wav + <id>.txt (e.g. ../shared/data/real_speech/librivox)")
-    w.add_argument("--split", default="heldout", help="manifest split to score ('' = all)")
+    add_asr_items_args(w)
     w.add_argument("--beams", type=int, default=1, help="1 = greedy; > 1 = beam search")
     w.add_argument("--batch-size", type=int, default=8)
     w.add_argument("--max-new-tokens", type=int, default=64)
@@ -42,11 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _wer(args) -> int:
     from spiritlm.models.continuous.asr import evaluate_asr
-    from spiritlm.transcripts import manifest_items, text_dir_items
     from spiritlm.models.continuous.model import load_continuous
 
-    items = manifest_items(args.manifest, args.split) if args.manifest else text_dir_items(args.dir)
-    res = evaluate_asr(load_continuous(args.model), items, args.batch_size, args.beams, args.max_new_tokens)
+    res = evaluate_asr(load_continuous(args.model), asr_items(args), args.batch_size, args.beams, args.max_new_tokens)
     print(f"WER {100 * res['wer']:.2f}% over {res['words']} words, {res['n']} utterances "
           f"({len(res['skipped'])} skipped), {'greedy' if args.beams == 1 else f'beam {args.beams}'}")
     if args.out:

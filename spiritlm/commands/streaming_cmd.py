@@ -18,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from spiritlm.commands import add_asr_items_args, asr_items
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from spiritlm.commands import add_recipe_args
@@ -53,10 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = s.add_parser("decode", help="WER of a streaming model with the reference (full-recompute) greedy decoder")
     c.add_argument("--model", required=True, help="a streaming run dir or its hf/ export")
-    src = c.add_mutually_exclusive_group(required=True)
-    src.add_argument("--manifest", help="a data-stage manifest (JSON Lines: audio_path + text + split)")
-    src.add_argument("--dir", help="a folder of <id>.wav + <id>.txt")
-    c.add_argument("--split", default="heldout", help="manifest split ('' = all)")
+    add_asr_items_args(c)
     c.add_argument("--limit", type=int, default=0, help="first N utterances only (0 = all)")
     c.add_argument("--out", default="", help="write the result JSON (with every hypothesis) here")
     c.set_defaults(func=_decode)
@@ -106,11 +105,10 @@ def _align(args) -> int:
 
 
 def _decode(args) -> int:
-    from spiritlm.transcripts import manifest_items, text_dir_items
     from spiritlm.models.streaming.decode import evaluate_stream_asr
     from spiritlm.models.streaming.model import load_streaming
 
-    items = manifest_items(args.manifest, args.split) if args.manifest else text_dir_items(args.dir)
+    items = asr_items(args)
     if args.limit:
         items = items[: args.limit]
     res = evaluate_stream_asr(load_streaming(args.model), items)
