@@ -1,6 +1,10 @@
-"""Text + speech tokenizer: a LLaMA-2-style SentencePiece model extended with the speech vocabulary.
+"""Text + speech tokenizer: a text tokenizer extended with the speech vocabulary.
 
-Ids are those of ``spiritlm.vocab``: the SentencePiece pieces first (0..base-1), then ``[Text]``,
+The text tokenizer is LLaMA-2's SentencePiece ``tokenizer.model`` (the release; what follows
+describes it) or any ``tokenizer.json`` -- Llama-3, Qwen2.5/3, SmolLM2, OLMo-2 --
+through :mod:`spiritlm.hf_text`, whose docstring says how word starts and reserved ids are handled.
+
+Ids are those of ``spiritlm.vocab``: the text ids first (0..base-1), then ``[Text]``,
 ``[Speech]``, ``[Hu*]``, ``[Pi*]``, ``[St*]``. A directory written by ``save_pretrained`` loads
 with ``transformers.AutoTokenizer``/``LlamaTokenizer.from_pretrained`` and gives the same ids
 (tested), laid out like the released Spirit LM checkpoints (``tokenizer.model`` + added tokens).
@@ -19,6 +23,7 @@ the very start of the string.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import asdict
@@ -28,6 +33,7 @@ from typing import Iterable, Mapping, Sequence, Union
 import numpy as np
 import sentencepiece as spm
 
+from spiritlm.hf_text import HF_FILE, HFText
 from spiritlm.vocab import (SPIRITLM, VocabLayout, ids_to_units, layout_from_added_tokens, parse_speech_tokens,
                             units_to_ids)
 
@@ -41,52 +47,133 @@ class TokenizerError(ValueError):
     pass
 
 
+class SentencePieceText:
+    """The text half of a LLaMA-2-style SentencePiece ``tokenizer.model`` (the release's path):
+    what :class:`SpiritTokenizer` needs from a text tokenizer, as :class:`spiritlm.hf_text.HFText`
+    gives it for a ``tokenizer.json``."""
+
+    kind = SP_FILE
+
+    def __init__(self, proto: bytes, legacy: bool = True):
+        self.sp = spm.SentencePieceProcessor()
+        self.sp.load_from_serialized_proto(proto)
+        self.proto, self.legacy = proto, legacy
+        self.size = self.sp.get_piece_size()
+        self.bos_id, self.eos_id, self.unk_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
+        self.sha256 = hashlib.sha256(proto).hexdigest()
+
+    def piece_id(self, content: str) -> int | None:
+        i = self.sp.piece_to_id(content)
+        return None if i == self.unk_id else int(i)
+
+    def encode(self, text: str, first: bool) -> list[int]:
+        if not text:
+            return []
+        if self.legacy or first:
+            return self.sp.encode(text)
+        # Non-legacy: no dummy-prefix space after a marker. Encode behind the unk piece and cut
+        # it off again (HF's way), since SentencePiece cannot turn the prefix off per call.
+        unk = self.sp.id_to_piece(self.unk_id)
+        n_unk = len(self.sp.encode(unk))
+        return self.sp.encode(unk + text)[n_unk:]
+
+    def encode_words(self, words: Sequence[str]) -> list[list[int]]:
+        """Each word with its dummy prefix: ``cat`` -> ``▁cat``, as mid-sentence."""
+        return self.sp.encode(list(words)) if words else []
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+
+TextBackend = Union[SentencePieceText, HFText]
+
+
 class SpiritTokenizer:
+    """Text + speech ids on a SentencePiece ``tokenizer.model`` (LLaMA-2, Mistral; the release)
+    or, through :class:`spiritlm.hf_text.HFText`, on a ``tokenizer.json`` (Llama-3, Qwen2.5/3,
+    SmolLM2, OLMo-2). ``sp_model``: the SentencePiece model (path or bytes) or a text backend.
+
+    BOS: the tokenizer's own; a tokenizer without one (Qwen) starts documents with its EOS
+    (``<|endoftext|>``, the separator it was pretrained with), as the trainer's ``data.bos_id``
+    must then do too (checked at train start)."""
+
     def __init__(
         self,
-        sp_model: Union[str, Path, bytes],
+        sp_model: Union[str, Path, bytes, TextBackend],
         layout: VocabLayout | None = None,
         add_bos: bool = True,
         legacy: bool = True,
     ):
-        self.sp = spm.SentencePieceProcessor()
-        if isinstance(sp_model, bytes):
-            self.sp.load_from_serialized_proto(sp_model)
-            self._proto = sp_model
+        if isinstance(sp_model, (SentencePieceText, HFText)):
+            self.text = sp_model
+        elif isinstance(sp_model, bytes):
+            self.text = SentencePieceText(sp_model, legacy)
         else:
             path = Path(sp_model)
             if not path.is_file():
                 raise FileNotFoundError(f"SentencePiece model not found: {path}")
-            self._proto = path.read_bytes()
-            self.sp.load_from_serialized_proto(self._proto)
-        n = self.sp.get_piece_size()
+            self.text = SentencePieceText(path.read_bytes(), legacy)
+        self.sp = getattr(self.text, "sp", None)  # the SentencePiece processor, if that is the backend
+        self._proto = getattr(self.text, "proto", None)
+        n = self.text.size
         if layout is None:
             layout = VocabLayout(base_vocab_size=n) if n != SPIRITLM.base_vocab_size else SPIRITLM
         if layout.base_vocab_size != n:
             raise TokenizerError(
-                f"the SentencePiece model has {n} pieces but the vocabulary layout puts [Text] at "
-                f"{layout.base_vocab_size}; set base_vocab_size={n} or use the matching tokenizer.model"
+                f"the text tokenizer ({self.text.kind}) has {n} ids in use but the vocabulary layout puts "
+                f"[Text] at {layout.base_vocab_size}; set base_vocab_size={n} or use the matching tokenizer"
             )
+        if isinstance(self.text, HFText):
+            clash = [(t, self.text.piece_id(t)) for t in layout.added_tokens()[:2] + layout.added_tokens()[2:]
+                     if self.text.piece_id(t) is not None]
+            if clash:
+                t, i = clash[0]
+                raise TokenizerError(
+                    f"{self.text.where}: the base tokenizer already has {t} as id {i} ({len(clash)} of our "
+                    f"token names in all): the speech tokens must be new ids after its {n}. Use the base "
+                    "model's own tokenizer.json, without tokens named like ours")
         self.layout = layout
         self.add_bos = add_bos
         self.legacy = legacy
-        self.bos_id = self.sp.bos_id()
-        self.eos_id = self.sp.eos_id()
+        self.bos_id = self.text.bos_id if self.text.bos_id >= 0 else self.text.eos_id
+        self.eos_id = self.text.eos_id
         self._tag_to_id = layout._token_to_id
         self._added = layout.added_tokens()
+
+    def __reduce__(self):  # picklable for the data stage's worker processes
+        if isinstance(self.text, HFText):
+            return (_from_hf_state, (self.text.data, self.text.config, self.text.where, self.layout, self.add_bos))
+        return (SpiritTokenizer, (self._proto, self.layout, self.add_bos, self.legacy))
+
+    @property
+    def sha256(self) -> str:
+        """The text tokenizer's identity (SentencePiece: the file's bytes; tokenizer.json: its
+        canonical JSON without our tokens), recorded in shards and checked at train start."""
+        return self.text.sha256
 
     # ---- loading / saving ----------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, directory: Union[str, Path], **kwargs) -> "SpiritTokenizer":
-        """Load ``tokenizer.model`` (+ our layout file or the HF config's ``legacy`` flag)."""
+        """Load ``tokenizer.model`` (+ our layout file or the HF config's ``legacy`` flag), or, when
+        the directory has none, ``tokenizer.json`` (+ ``tokenizer_config.json``)."""
         d = Path(directory)
+        meta = json.loads((d / LAYOUT_FILE).read_text()) if (d / LAYOUT_FILE).is_file() else {}
+        if "layout" not in kwargs and meta:
+            kwargs["layout"] = VocabLayout(**meta["layout"])
         if not (d / SP_FILE).is_file():
-            raise FileNotFoundError(
-                f"{d} has no {SP_FILE}: point at a LLaMA-2 / Spirit LM checkpoint directory "
-                "or a directory written by SpiritTokenizer.save_pretrained"
-            )
-        if "layout" not in kwargs and (d / LAYOUT_FILE).is_file():
-            kwargs["layout"] = VocabLayout(**json.loads((d / LAYOUT_FILE).read_text())["layout"])
+            if not (d / HF_FILE).is_file():
+                raise FileNotFoundError(
+                    f"{d} has neither {SP_FILE} nor {HF_FILE}: point at a LLaMA-2 / Spirit LM checkpoint "
+                    "directory, an HF model directory with its tokenizer files, or a directory written by "
+                    "SpiritTokenizer.save_pretrained")
+            text = HFText.from_dir(d)
+            if "layout" not in kwargs:
+                layout = layout_from_added_tokens(hf_added_tokens(d), text.size, where=str(d))
+                if layout is not None:
+                    kwargs["layout"] = layout
+            if "add_bos" not in kwargs and "add_bos" in meta:
+                kwargs["add_bos"] = bool(meta["add_bos"])
+            return cls(text, **kwargs)
         if "layout" not in kwargs:  # a released checkpoint: the added tokens say Base or Expressive
             layout = layout_of_hf_dir(d)
             if layout is not None:
@@ -99,13 +186,22 @@ class SpiritTokenizer:
         return cls(d / SP_FILE, **kwargs)
 
     def save_pretrained(self, directory: Union[str, Path]) -> Path:
-        """Write ``tokenizer.model`` + an HF ``tokenizer_config.json`` listing the added tokens.
+        """SentencePiece: ``tokenizer.model`` + an HF ``tokenizer_config.json`` listing the added
+        tokens; tokenizer.json: the family's own files with the speech tokens added. Both with
+        ``spiritlm_vocab.json``; both load with ``AutoTokenizer`` and give the same ids (tested).
 
-        No ``tokenizer.json`` is written on purpose: HF then converts from ``tokenizer.model``
-        and honours ``legacy``, as it does for the released checkpoints' directories.
+        No ``tokenizer.json`` is written for SentencePiece on purpose: HF then converts from
+        ``tokenizer.model`` and honours ``legacy``, as it does for the released checkpoints' directories.
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
+        meta = {"layout": asdict(self.layout), "legacy": self.legacy, "add_bos": self.add_bos,
+                "text_tokenizer": self.text.kind}
+        if isinstance(self.text, HFText):
+            self.text.save(d, [(self.layout.base_vocab_size + k, t) for k, t in enumerate(self._added)],
+                           self.add_bos)
+            (d / LAYOUT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            return d
         (d / SP_FILE).write_bytes(self._proto)
         stale = d / "tokenizer.json"  # an older export's fast file would override legacy
         if stale.exists():
@@ -129,7 +225,7 @@ class SpiritTokenizer:
             "added_tokens_decoder": added,
         }
         (d / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        meta = {"layout": asdict(self.layout), "legacy": self.legacy, "add_bos": self.add_bos}
+        del meta["text_tokenizer"]  # the SentencePiece layout file stays as it was
         (d / LAYOUT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return d
 
@@ -138,15 +234,19 @@ class SpiritTokenizer:
         return self.layout.vocab_size
 
     def _sp_encode(self, text: str, first: bool) -> list[int]:
-        if not text:
-            return []
-        if self.legacy or first:
-            return self.sp.encode(text)
-        # Non-legacy: no dummy-prefix space after a marker. Encode behind the unk piece and cut
-        # it off again (HF's way), since SentencePiece cannot turn the prefix off per call.
-        unk = self.sp.id_to_piece(self.sp.unk_id())
-        n_unk = len(self.sp.encode(unk))
-        return self.sp.encode(unk + text)[n_unk:]
+        """``first``: as at the start of a string (SentencePiece: with the dummy prefix); else as
+        after a marker -- mid-sentence for a tokenizer.json, per ``legacy`` for SentencePiece."""
+        return self.text.encode(text, first)
+
+    def span_ids(self, text: str) -> list[int]:
+        """A text document's ids after its ``[Text]`` marker (no BOS): its first word as mid-sentence,
+        like every word of an interleaved span (SentencePiece: the dummy prefix ``▁``)."""
+        return self.text.encode(text, first=self.sp is not None)  # SentencePiece: sp.encode(text), as ever
+
+    def word_ids(self, words: Sequence[str]) -> list[list[int]]:
+        """Every word's ids on its own, in its mid-sentence form (``▁cat``, ``Ġcat``): a span's
+        ids are the concatenation of its words', so no merge crosses a word or a marker."""
+        return self.text.encode_words(words)
 
     def encode_text(self, text: str, bos: bool | None = None) -> list[int]:
         """Plain text through SentencePiece only: tags in ``text`` stay text."""
@@ -154,7 +254,7 @@ class SpiritTokenizer:
 
     def encode(self, text: str, bos: bool | None = None, speech_tags: bool = True) -> list[int]:
         """Encode a string; with ``speech_tags`` the layout's tags become their token ids."""
-        ids = [self.bos_id] if (self.add_bos if bos is None else bos) else []
+        ids = [self.bos_id] if (self.add_bos if bos is None else bos) and self.bos_id >= 0 else []
         if not speech_tags:
             ids.extend(self._sp_encode(text, first=True))
             return ids
@@ -183,7 +283,7 @@ class SpiritTokenizer:
         string; text is never scanned for tags. ``trailing_marker`` ("text"/"speech") appends the
         marker of the modality to continue in, if it differs from the last segment's.
         """
-        ids = [self.bos_id] if (self.add_bos if bos is None else bos) else []
+        ids = [self.bos_id] if (self.add_bos if bos is None else bos) and self.bos_id >= 0 else []
         prev = None
         for kind, content in segments:
             kind = kind.lower()
@@ -194,7 +294,7 @@ class SpiritTokenizer:
             if kind == "text":
                 if not isinstance(content, str):
                     raise TokenizerError(f"a text segment holds a str, got {type(content).__name__}")
-                ids.extend(self._sp_encode(content, first=self.legacy))
+                ids.extend(self._sp_encode(content, first=self.legacy and self.sp is not None))
             elif isinstance(content, str):
                 ids.extend(self._speech_string_ids(content))
             else:
@@ -219,7 +319,7 @@ class SpiritTokenizer:
             i = int(i)
             if i >= base:
                 if run:
-                    out.append(self.sp.decode(run))
+                    out.append(self.text.decode(run))
                     run = []
                 if i >= self.layout.vocab_size:
                     raise TokenizerError(f"id {i} is outside the vocabulary (size {self.layout.vocab_size})")
@@ -227,7 +327,7 @@ class SpiritTokenizer:
             elif not (skip_bos and i == self.bos_id):
                 run.append(i)
         if run:
-            out.append(self.sp.decode(run))
+            out.append(self.text.decode(run))
         return "".join(out)
 
     def speech_ids_to_string(self, ids: Sequence[int]) -> str:
@@ -260,9 +360,37 @@ def layout_of_hf_dir(directory: Union[str, Path]) -> VocabLayout | None:
     """The speech layout (Base or Expressive, or other stream sizes) that a directory's added
     tokens describe; None when it lists none. Raises LayoutMismatchError on misplaced ids."""
     d = Path(directory)
-    sp = spm.SentencePieceProcessor()
-    sp.load(str(d / SP_FILE))
-    return layout_from_added_tokens(hf_added_tokens(d), sp.get_piece_size(), where=str(d))
+    return layout_from_added_tokens(hf_added_tokens(d), text_size_of_dir(d), where=str(d))
+
+
+def has_text_tokenizer(directory: Union[str, Path]) -> bool:
+    d = Path(directory)
+    return (d / SP_FILE).is_file() or (d / HF_FILE).is_file()
+
+
+def text_size_of_dir(directory: Union[str, Path]) -> int:
+    """Ids of a directory's text tokenizer (tokenizer.model first, else tokenizer.json), our speech
+    tokens left out: where ``[Text]`` goes."""
+    d = Path(directory)
+    if (d / SP_FILE).is_file():
+        sp = spm.SentencePieceProcessor()
+        sp.load(str(d / SP_FILE))
+        return sp.get_piece_size()
+    return HFText.from_dir(d).size
+
+
+def text_sha256_of_dir(directory: Union[str, Path]) -> str:
+    """The identity :attr:`SpiritTokenizer.sha256` gives, from a directory (or a tokenizer.model)."""
+    p = Path(directory)
+    if p.is_file() and p.name != HF_FILE:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    if (p / SP_FILE).is_file():
+        return hashlib.sha256((p / SP_FILE).read_bytes()).hexdigest()
+    return HFText.from_dir(p).sha256
+
+
+def _from_hf_state(data, config, where, layout, add_bos) -> "SpiritTokenizer":
+    return SpiritTokenizer(HFText(data, config, where), layout=layout, add_bos=add_bos)
 
 
 def pad_sentencepiece(sp_model: Union[str, Path, bytes], n_pieces: int) -> bytes:

@@ -266,7 +266,7 @@ def layout_from_added_tokens(added: Mapping[str, int], base_vocab_size: int,
         if got != want:
             raise LayoutMismatchError(
                 f"{where}: {token} has id {got if got is not None else '(missing)'}, the {layout_name(layout)} "
-                f"layout puts it at {want} ([Text] right after the {base_vocab_size} SentencePiece pieces, "
+                f"layout puts it at {want} ([Text] right after the {base_vocab_size} ids of the text tokenizer, "
                 "then [Speech], [Hu*], [Pi*], [St*]); write a spiritlm_vocab.json describing this checkpoint's "
                 "layout, or use the tokenizer that came with it")
     return layout

@@ -370,7 +370,7 @@ def export_hf(engine, model, out_dir: Path, tokenizer_dir: str | None, layout, z
     if _rank() == 0:
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+        state = _cpu_copies(state)
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         add_legacy_config_fields(tmp / "config.json")
         if tokenizer_dir:
@@ -383,6 +383,20 @@ def export_hf(engine, model, out_dir: Path, tokenizer_dir: str | None, layout, z
         replace_dir(tmp, out_dir)
     _barrier()
     return out_dir
+
+
+def _cpu_copies(state: dict) -> dict:
+    """CPU copies of a state dict that keep shared tensors shared: a tied-embedding model's
+    ``embed_tokens.weight`` and ``lm_head.weight`` stay one tensor, which save_pretrained then
+    writes once (two separate copies would be written as two weights)."""
+    copies: dict = {}
+    out = {}
+    for k, v in state.items():
+        key = (v.device, v.data_ptr(), tuple(v.shape), v.dtype)
+        if key not in copies:
+            copies[key] = v.detach().to("cpu").contiguous().clone()
+        out[k] = copies[key]
+    return out
 
 
 def replace_dir(tmp: Path, out: Path) -> Path:

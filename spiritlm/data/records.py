@@ -6,9 +6,10 @@
   and the BPE ids of every word, so that interleaving is resampled every epoch
   (:mod:`spiritlm.data.interleave`).
 
-Word BPE ids: every word is encoded on its own through SentencePiece *with* its dummy prefix, so
-every word starts with ``▁`` (``"cat"`` -> ``▁cat``) and the text of any span of words is the
-concatenation of its words' ids. Ids never include BOS: the trainer adds it.
+Word BPE ids: every word is encoded on its own in its mid-sentence form -- SentencePiece *with*
+its dummy prefix (``"cat"`` -> ``▁cat``), byte-level BPE with its leading space (``Ġcat``) -- so
+the text of any span of words is the concatenation of its words' ids and no merge crosses a
+word or a marker. Ids never include BOS: the trainer adds it.
 """
 
 from __future__ import annotations
@@ -78,9 +79,10 @@ class AlignedRecord:
         return np.concatenate(([0], np.cumsum(self.word_bpe_len, dtype=np.int64)))
 
 
-def encode_words(sp, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-word SentencePiece ids (each with the dummy prefix ``▁``) -> (flat ids, lengths)."""
-    pieces = sp.encode(list(words)) if words else []
+def encode_words(tokenizer, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-word ids, each word in its mid-sentence form (``▁cat``, ``Ġcat``: a
+    :class:`~spiritlm.text_tokenizer.SpiritTokenizer`'s ``word_ids``) -> (flat ids, lengths)."""
+    pieces = tokenizer.word_ids(list(words)) if words else []
     lens = np.array([len(p) for p in pieces], dtype=np.int32)
     flat = np.fromiter((i for p in pieces for i in p), dtype=np.int32, count=int(lens.sum()))
     return flat, lens

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
@@ -37,14 +36,17 @@ def load_text_tokenizer(path: str):
 
     if not path:
         raise ConfigError("text_tokenizer is not set: give the path of a SentencePiece "
-                          "tokenizer.model (or a directory holding one), e.g. --set "
-                          "text_tokenizer=runs/demo/text_tokenizer/tokenizer")
+                          "tokenizer.model, a tokenizer.json, or a directory holding one (an HF model "
+                          "directory), e.g. --set text_tokenizer=runs/demo/text_tokenizer/tokenizer")
     p = Path(path)
-    if p.is_dir():
-        return SpiritTokenizer.from_pretrained(p)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"text_tokenizer {p} does not exist")
-    return SpiritTokenizer(p)
+    try:
+        if p.is_dir() or p.name == "tokenizer.json":
+            return SpiritTokenizer.from_pretrained(p if p.is_dir() else p.parent)
+        return SpiritTokenizer(p)
+    except (FileNotFoundError, ValueError) as e:  # TokenizerError, HFTextError, LayoutMismatchError
+        raise ConfigError(f"text_tokenizer={p}: {e}") from None
 
 
 def make_encoder(spec: str, speech_cfg):
@@ -90,19 +92,14 @@ class Context:
     encoder_spec: str | None = None  # set when the encoder was built from the config
 
     def __getstate__(self) -> dict:
-        # SentencePiece processors do not pickle (their bytes do); an encoder built from the
+        # the tokenizer pickles as its bytes (SpiritTokenizer.__reduce__); an encoder built from the
         # config is rebuilt in the worker (a model loads there, on its GPU when present).
-        t = self.tokenizer
         return {"cfg": self.cfg, "spec": self.encoder_spec,
-                "encoder": None if self.encoder_spec else self.encoder,
-                "tok": (t._proto, t.layout, t.add_bos, t.legacy)}
+                "encoder": None if self.encoder_spec else self.encoder, "tok": self.tokenizer}
 
     def __setstate__(self, state: dict) -> None:
-        from spiritlm.text_tokenizer import SpiritTokenizer
-
-        proto, layout, add_bos, legacy = state["tok"]
         enc = state["encoder"] or make_encoder(state["spec"], state["cfg"].speech)
-        self.__init__(state["cfg"], enc, SpiritTokenizer(proto, layout, add_bos, legacy))
+        self.__init__(state["cfg"], enc, state["tok"])
         self.encoder_spec = state["spec"]
 
     @classmethod
@@ -116,7 +113,7 @@ class Context:
         return ctx
 
     def tokenizer_sha256(self) -> str:
-        return hashlib.sha256(self.tokenizer._proto).hexdigest()
+        return self.tokenizer.sha256
 
     def fingerprint(self) -> str:
         return self.tokenizer_sha256()[:16] + ":" + self.encoder.name
@@ -128,7 +125,9 @@ class Context:
                 "frame_rates": {k: float(v) for k, v in self.encoder.frame_rates.items()},
                 "vocab_layout": asdict(self.layout), "has_pitch": self.expressive,
                 "has_style": self.expressive, "speech_encoder": self.encoder.name,
-                "bos": False, "config": config}
+                "bos": False, "config": config,
+                # a tokenizer.json's kind is recorded; SentencePiece shards keep their metadata as it was
+                **({"text_tokenizer": self.tokenizer.text.kind} if self.tokenizer.sp is None else {})}
 
 
 # ---- items ---------------------------------------------------------------------------------
@@ -299,7 +298,7 @@ def process_chunk(ctx: Context, items: list[dict]) -> tuple[list[dict], dict]:
     for it in items:
         st.d["items"] += 1
         if it["type"] == "text":
-            ids = text_ids(ctx.tokenizer.sp.encode(it["text"]), lay)
+            ids = text_ids(ctx.tokenizer.span_ids(it["text"]), lay)
             rows.append(ids_row(it["id"], "text", ids))
             st.inc("kept", "text")
             st.tokens(ids, lay)
@@ -364,7 +363,7 @@ def _aligned_record(ctx: Context, u, units: dict) -> tuple[AlignedRecord, str]:
     if cfg.word_form == "transcript":
         written = written_forms(words, u.text)
         words, form = (written, "transcript") if written else (words, "aligned")
-    bpe, lens = encode_words(ctx.tokenizer.sp, words)
+    bpe, lens = encode_words(ctx.tokenizer, words)
     return AlignedRecord(u.id, words, [w.start for w in u.words], [w.end for w in u.words],
                          bpe, lens, units, float(u.duration), u.speaker), form
 

@@ -123,17 +123,17 @@ class DuringTrainingEval:
             self.encoder = load_speech_encoder(self.suite_cfg.speech_encoder, self.suite_cfg.speech_encoder_args)
 
     def _tokenizer(self):
-        from spiritlm.text_tokenizer import SP_FILE, SpiritTokenizer
+        from spiritlm.text_tokenizer import HF_FILE, SP_FILE, SpiritTokenizer, has_text_tokenizer
 
         cfg = self.t.cfg
         for d in (cfg.model.tokenizer, cfg.model.checkpoint):
             if d:
                 p = Path(d)
-                p = p.parent if p.name == SP_FILE else p
-                if (p / SP_FILE).is_file():
+                p = p.parent if p.name in (SP_FILE, HF_FILE) else p
+                if has_text_tokenizer(p):
                     return SpiritTokenizer.from_pretrained(p, layout=self.t.layout)
         raise ConfigError("eval.suite needs the run's tokenizer: set model.tokenizer=DIR (a directory with "
-                          "tokenizer.model), or drop eval.suite to log held-out losses only")
+                          "tokenizer.model or tokenizer.json), or drop eval.suite to log held-out losses only")
 
     def due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0

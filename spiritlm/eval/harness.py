@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from spiritlm.text_tokenizer import has_text_tokenizer
+
 log = logging.getLogger(__name__)
 
 
@@ -116,10 +118,11 @@ def _hf_tokenizer(tokenizer, model_dir):
 
     from transformers import AutoTokenizer
 
-    if model_dir and (Path(model_dir) / "tokenizer.model").is_file():
+    if model_dir and has_text_tokenizer(model_dir):
         return AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer is None:
-        raise HarnessError("harness: pass a tokenizer with the model, or a model directory holding tokenizer.model")
+        raise HarnessError("harness: pass a tokenizer with the model, or a model directory holding "
+                           "tokenizer.model or tokenizer.json")
     with tempfile.TemporaryDirectory() as d:
         tokenizer.save_pretrained(d)
         return AutoTokenizer.from_pretrained(d)

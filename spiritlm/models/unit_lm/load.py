@@ -1,7 +1,7 @@
 """Loading a saved unit LM (``spiritlm.models.unit_lm``) for evaluation and generation.
 
-A model directory is a HF LLaMA checkpoint (``config.json`` + weights) with ``tokenizer.model``:
-either one of ours (``spiritlm train`` exports ``spiritlm_vocab.json`` beside it) or a released
+A model directory is a HF causal-LM checkpoint (``config.json`` + weights) with ``tokenizer.model``
+(LLaMA-2, Mistral) or ``tokenizer.json`` (Llama-3, Qwen2.5/3, SmolLM2, OLMo-2): either one of ours (``spiritlm train`` exports ``spiritlm_vocab.json`` beside it) or a released
 Spirit LM checkpoint (32000 SentencePiece pieces + the speech tokens as added tokens): Base
 (``SPIRITLM_BASE``, 32512 rows) or Expressive (``SPIRITLM``, 32768 rows), told apart by its added
 tokens (or, without any, by its rows). :func:`load_model` refuses a directory without the speech
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spiritlm.artifacts import hf_directory
-from spiritlm.text_tokenizer import LAYOUT_FILE, SP_FILE, SpiritTokenizer, layout_of_hf_dir
+from spiritlm.text_tokenizer import LAYOUT_FILE, SP_FILE, SpiritTokenizer, has_text_tokenizer, layout_of_hf_dir
 from spiritlm.vocab import LayoutMismatchError, describe_layout, expected_rows_text, layout_for_rows, rows_fit
 
 
@@ -27,21 +27,23 @@ def load_tokenizer(model_dir: str | Path, rows: int | None = None) -> SpiritToke
     ``[St*]``), or -- when neither says -- the model's embedding ``rows`` (32512: Base, 32768:
     Expressive; ``layout_for_rows``)."""
     d = Path(model_dir)
-    if not (d / SP_FILE).is_file():
+    if not has_text_tokenizer(d):
         raise ModelDirError(
-            f"{d / SP_FILE} not found: a model directory needs the SentencePiece model. `spiritlm train` "
-            "exports it when the run has one (--set model.tokenizer=DIR, or a model.checkpoint holding "
-            "tokenizer.model); else copy the tokenizer the model was trained with (the release's "
-            "tokenizer.model for Spirit LM) into the directory"
+            f"{d / SP_FILE} not found (nor tokenizer.json): a model directory needs its text tokenizer. "
+            "`spiritlm train` exports it when the run has one (--set model.tokenizer=DIR, or a "
+            "model.checkpoint holding tokenizer.model or tokenizer.json); else copy the tokenizer the model "
+            "was trained with (the release's tokenizer.model for Spirit LM) into the directory"
         )
     try:
         tok = SpiritTokenizer.from_pretrained(d)
         if not (d / LAYOUT_FILE).is_file() and layout_of_hf_dir(d) is None and rows is not None:
-            by_rows = layout_for_rows(rows, tok.sp.get_piece_size())
+            by_rows = layout_for_rows(rows, tok.text.size)
             if by_rows is not None and by_rows != tok.layout:
                 tok = SpiritTokenizer.from_pretrained(d, layout=by_rows)
-    except LayoutMismatchError as e:
+    except (LayoutMismatchError, ValueError) as e:  # TokenizerError / HFTextError too
         raise ModelDirError(str(e)) from None
+    if tok.sp is None:  # tokenizer.json: SpiritTokenizer refused base tokens named like ours
+        return tok
     marker_piece = tok.sp.piece_to_id(tok.layout.text_marker)
     if marker_piece != tok.sp.unk_id():
         raise ModelDirError(

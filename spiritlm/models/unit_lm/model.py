@@ -33,11 +33,14 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PretrainedConfig
 
-from spiritlm.artifacts import typed_section
+from spiritlm.artifacts import hf_directory, typed_section
 from spiritlm.config import ConfigError
 from spiritlm.components.config import ModelConfig, TinyModelConfig
+from spiritlm.models.unit_lm.backbone import load_backbone_config
+from spiritlm.text_tokenizer import (LAYOUT_FILE, SP_FILE, SpiritTokenizer, has_text_tokenizer, layout_of_hf_dir,
+                                     text_sha256_of_dir, text_size_of_dir)
 from spiritlm.vocab import LayoutMismatchError, VocabLayout, describe_layout, expected_rows_text, rows_fit
 
 log = logging.getLogger(__name__)
@@ -80,56 +83,59 @@ def _set_rope_theta(config: LlamaConfig, theta: float) -> None:
     config.rope_parameters = rp
 
 
-def tokenizer_size(cfg: ModelConfig) -> int | None:
-    """Pieces of the text tokenizer (``model.tokenizer``, else the checkpoint's), if there is one."""
+def tokenizer_dir(cfg: ModelConfig) -> Path | None:
+    """The run's text tokenizer directory (``model.tokenizer``, else the checkpoint's), if any:
+    ``tokenizer.model`` (SentencePiece) or ``tokenizer.json``."""
     d = cfg.tokenizer or cfg.checkpoint
     if not d:
         return None
-    f = Path(d) / "tokenizer.model"
-    if not f.is_file():
+    if not has_text_tokenizer(d):
         if cfg.tokenizer:
-            raise ConfigError(f"model.tokenizer={d} has no tokenizer.model: point it at a tokenizer directory")
+            raise ConfigError(f"model.tokenizer={d} has neither tokenizer.model nor tokenizer.json: point it "
+                              "at a tokenizer directory (the base model's, or one `spiritlm train` exported)")
         return None
-    import sentencepiece as spm
+    return Path(d)
 
-    sp = spm.SentencePieceProcessor()
-    sp.load(str(f))
-    return sp.get_piece_size()
+
+def tokenizer_size(cfg: ModelConfig) -> int | None:
+    """Ids of the text tokenizer, reserved/special ones included and our speech tokens left out."""
+    d = tokenizer_dir(cfg)
+    return None if d is None else _guard(text_size_of_dir, d)
 
 
 def tokenizer_sha256(cfg: ModelConfig) -> str | None:
-    """SHA-256 of the run's tokenizer.model (``model.tokenizer``, else the checkpoint's), if any:
-    the data stage records the same hash in its shards' metadata."""
-    d = cfg.tokenizer or cfg.checkpoint
-    f = Path(d) / "tokenizer.model" if d else None
-    if f is None or not f.is_file():
-        return None
-    import hashlib
-
-    return hashlib.sha256(f.read_bytes()).hexdigest()
+    """The run's text tokenizer identity (SentencePiece: the file's SHA-256; tokenizer.json: its
+    canonical JSON's, our tokens left out): the data stage records the same in its shards."""
+    d = tokenizer_dir(cfg)
+    return None if d is None else _guard(text_sha256_of_dir, d)
 
 
-def load_base_config(cfg: ModelConfig) -> LlamaConfig:
+def load_run_tokenizer(cfg: ModelConfig, layout: VocabLayout):
+    """The run's SpiritTokenizer at ``layout``, or None without a tokenizer."""
+    d = tokenizer_dir(cfg)
+    return None if d is None else _guard(lambda x: SpiritTokenizer.from_pretrained(x, layout=layout), d)
+
+
+def _guard(fn, d: Path):
+    try:
+        return fn(d)
+    except (ValueError, FileNotFoundError) as e:  # TokenizerError, HFTextError, LayoutMismatchError
+        raise ConfigError(f"tokenizer {d}: {e}") from None
+
+
+def load_base_config(cfg: ModelConfig) -> PretrainedConfig:
     if not cfg.checkpoint:
         # a tiny model takes its text vocabulary from the tokenizer when one is given
         config = tiny_llama_config(cfg.tiny, vocab_size=tokenizer_size(cfg))
     else:
-        d = Path(cfg.checkpoint)
-        if not (d / "config.json").is_file():
-            raise ConfigError(
-                f"model.checkpoint={d} has no config.json: point it at a local HF LLaMA checkpoint "
-                "directory (config.json + *.safetensors), or leave it empty for the tiny model"
-            )
-        config = LlamaConfig.from_pretrained(d)
-        if getattr(config, "model_type", "llama") != "llama":
-            raise ConfigError(f"{d}: model_type={config.model_type!r}; a LLaMA checkpoint is needed")
+        config = load_backbone_config(cfg.checkpoint)
     if cfg.rope_theta is not None:
         _set_rope_theta(config, cfg.rope_theta)
     config.use_cache = False
     return config
 
 
-def base_vocab_size_of(cfg: ModelConfig, config: LlamaConfig) -> int:
+def base_vocab_size_of(cfg: ModelConfig, config: PretrainedConfig) -> int:
     """Where [Text] goes: the text tokenizer's size (a Spirit LM checkpoint keeps its own rows)."""
     n = tokenizer_size(cfg)
     if n is not None:
@@ -138,10 +144,10 @@ def base_vocab_size_of(cfg: ModelConfig, config: LlamaConfig) -> int:
         # a `spiritlm train` export: its rows include the speech vocabulary, so they do not say
         # where the text pieces end (taking them as text gave a misleading vocabulary error)
         raise ConfigError(
-            f"model.checkpoint={cfg.checkpoint} has no tokenizer.model and model.tokenizer is not set: "
+            f"model.checkpoint={cfg.checkpoint} has no tokenizer files and model.tokenizer is not set: "
             f"its {config.vocab_size} embedding rows include the speech vocabulary, so the text "
             "vocabulary is unknown. Set model.tokenizer=DIR (the tokenizer it was trained with) or "
-            "copy that tokenizer.model into the checkpoint")
+            "copy that tokenizer.model / tokenizer.json into the checkpoint")
     return cfg.tiny.base_vocab_size if not cfg.checkpoint else config.vocab_size
 
 
@@ -151,9 +157,11 @@ def target_rows(cfg: ModelConfig, layout: VocabLayout) -> int:
     return layout.padded_vocab_size(cfg.pad_multiple)
 
 
-def check_vocab(current_rows: int, layout: VocabLayout, rows: int) -> str:
-    """'extend' (add speech rows), 'keep' (already a Spirit LM model); raise on a mismatch."""
-    if current_rows == layout.base_vocab_size:
+def check_vocab(current_rows: int, layout: VocabLayout, rows: int, free_padding: bool = False) -> str:
+    """'extend' (add speech rows), 'keep' (already a Spirit LM model); raise on a mismatch.
+    ``free_padding``: rows past the text ids are the family's padding, not ours (a base model
+    with a tokenizer.json: Qwen2.5 has 151936 rows for 151665 ids) -- they are taken over."""
+    if current_rows == layout.base_vocab_size or (free_padding and current_rows > layout.base_vocab_size):
         return "extend"
     if current_rows == rows or rows_fit(layout, current_rows):
         return "keep"
@@ -172,13 +180,11 @@ def checkpoint_layout(cfg: ModelConfig) -> VocabLayout | None:
     the added tokens of a released checkpoint's tokenizer files); None for a text-only one."""
     if not cfg.checkpoint:
         return None
-    from spiritlm.text_tokenizer import LAYOUT_FILE, SP_FILE, layout_of_hf_dir
-
     d = Path(cfg.checkpoint)
     f = d / LAYOUT_FILE
     if f.is_file():
         return typed_section(f, lambda d: VocabLayout(**d), "layout")
-    if not (d / SP_FILE).is_file():
+    if not has_text_tokenizer(d):
         return None
     try:
         return layout_of_hf_dir(d)
@@ -203,16 +209,24 @@ def check_checkpoint_layout(cfg: ModelConfig, layout: VocabLayout) -> None:
     )
 
 
-def plan_model(cfg: ModelConfig) -> tuple[LlamaConfig, VocabLayout, int]:
+def free_padding(cfg: ModelConfig) -> bool:
+    """A base checkpoint (no speech layout of its own) whose text tokenizer is a tokenizer.json:
+    its rows past the tokenizer's ids are padding the speech tokens may take."""
+    d = tokenizer_dir(cfg)
+    return (bool(cfg.checkpoint) and d is not None and not (d / SP_FILE).is_file()
+            and checkpoint_layout(cfg) is None)
+
+
+def plan_model(cfg: ModelConfig) -> tuple[PretrainedConfig, VocabLayout, int]:
     """(config, layout, embedding rows after the speech vocabulary), reading no weights: the
     trainer checks seq_len and shard metadata against these before loading anything big."""
     config = load_base_config(cfg)
     layout = layout_for(cfg, base_vocab_size_of(cfg, config))
     check_checkpoint_layout(cfg, layout)
     rows = target_rows(cfg, layout)
-    if check_vocab(config.vocab_size, layout, rows) == "keep":
+    if check_vocab(config.vocab_size, layout, rows, free_padding(cfg)) == "keep":
         rows = config.vocab_size
-    return config, layout, rows
+    return config, layout, max(rows, config.vocab_size)
 
 
 def build_model(cfg: ModelConfig, ds_config: dict | None = None, dtype=torch.float32):
@@ -239,13 +253,14 @@ def build_model(cfg: ModelConfig, ds_config: dict | None = None, dtype=torch.flo
         # from_pretrained enters zero.Init itself; a tiny model is built whole on every rank
         # (same init as without ZeRO) and deepspeed.initialize partitions it.
     if cfg.checkpoint:
-        model = LlamaForCausalLM.from_pretrained(
-            cfg.checkpoint, config=config, dtype=dtype, attn_implementation=cfg.attn_implementation
-        )
+        with hf_directory(Path(cfg.checkpoint)):
+            model = AutoModelForCausalLM.from_pretrained(
+                cfg.checkpoint, config=config, dtype=dtype, attn_implementation=cfg.attn_implementation,
+                trust_remote_code=False)
     else:
         torch.manual_seed(0)  # the tiny model's initial weights do not depend on the run seed
         model = LlamaForCausalLM(config).to(dtype)
-    add_speech_vocab(model, layout, cfg, zero3=keepalive is not None)
+    add_speech_vocab(model, layout, cfg, zero3=keepalive is not None, free_padding=free_padding(cfg))
     model.config.use_cache = False
     return model, layout, keepalive
 
@@ -265,20 +280,31 @@ def _init_rows(weight: torch.Tensor, start: int, how: str, noise_std: float, ini
     weight[start:] = new.to(weight.dtype)
 
 
-def add_speech_vocab(model: LlamaForCausalLM, layout: VocabLayout, cfg: ModelConfig,
-                     zero3: bool = False, seed: int = 1234) -> int:
-    """Resize embeddings and LM head to hold the speech ids; returns the number of rows."""
+def add_speech_vocab(model, layout: VocabLayout, cfg: ModelConfig,
+                     zero3: bool = False, seed: int = 1234, free_padding: bool = False) -> int:
+    """Resize embeddings and LM head to hold the speech ids; returns the number of rows.
+
+    A family's padding rows (``free_padding``) are cut first, so the new rows are initialised
+    from the text rows alone, exactly as for a model without padding; a model with more padding
+    than the layout needs keeps its row count. Tied embeddings stay one tensor (checked)."""
     rows = target_rows(cfg, layout)
     emb = model.get_input_embeddings()
     current = int(getattr(emb.weight, "ds_shape", emb.weight.shape)[0])  # ZeRO-3: full shape
-    if check_vocab(current, layout, rows) == "keep":
+    if check_vocab(current, layout, rows, free_padding) == "keep":
         log.info("checkpoint already has %d rows (>= %d speech-text ids); kept", current, layout.vocab_size)
         return current
+    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is emb.weight
+    if current > layout.base_vocab_size:
+        rows = max(rows, current)
+        model.resize_token_embeddings(layout.base_vocab_size, mean_resizing=False)
+        log.info("the checkpoint's %d rows past its %d text ids are padding: taken for the speech vocabulary",
+                 current - layout.base_vocab_size, layout.base_vocab_size)
     # resize_token_embeddings gathers ZeRO-3 parameters itself when deepspeed is active
     hf_mean = cfg.new_rows_init == "hf_mean"
     if hf_mean:
         torch.manual_seed(seed)  # HF samples the new rows from torch's global generator
     model.resize_token_embeddings(rows, mean_resizing=hf_mean)
+    _check_still_tied(model, tied)
     if hf_mean:
         model.config.vocab_size = rows
         log.info("speech vocabulary added: %d -> %d rows (HF mean-resizing)", current, rows)
@@ -300,3 +326,9 @@ def add_speech_vocab(model: LlamaForCausalLM, layout: VocabLayout, cfg: ModelCon
     log.info("speech vocabulary added: %d -> %d rows ([Text]=%d, [Speech]=%d, [Hu0]=%d)", current, rows,
              layout.text_id, layout.speech_id, layout.streams["hubert"].offset)
     return rows
+
+
+def _check_still_tied(model, tied: bool) -> None:
+    head = model.get_output_embeddings()
+    if tied and (head is None or head.weight is not model.get_input_embeddings().weight):
+        raise RuntimeError("resizing untied the input and output embeddings of a tied-embedding model")

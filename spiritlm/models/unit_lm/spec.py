@@ -25,7 +25,8 @@ from spiritlm.components.scoring import Scorer
 from spiritlm.config import ConfigError, dump_config
 from spiritlm.models.spec import Capabilities, ModelSpec
 from spiritlm.models.unit_lm.load import load_model
-from spiritlm.models.unit_lm.model import build_model, plan_model, tokenizer_sha256
+from spiritlm.models.unit_lm.model import build_model, load_run_tokenizer, plan_model, tokenizer_sha256
+from spiritlm.text_tokenizer import has_text_tokenizer
 from spiritlm.vocab import VocabLayout
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def plan(cfg: TrainConfig, sources=None, weights=None, interleave_fns=None) -> U
                         "(a smoke test); list your shard folders under [[data.sources]] "
                         "(train/README.md, Data)")
     check_meta(sources, layout, rows, tokenizer_sha256(cfg.model))
+    check_bos(cfg, load_run_tokenizer(cfg.model, layout))
     shares = list(weights) if weights is not None else [1.0] * len(sources)
     total = sum(shares)
     if rank0 and total > 0:  # MixtureStream rejects the rest
@@ -76,6 +78,21 @@ def plan(cfg: TrainConfig, sources=None, weights=None, interleave_fns=None) -> U
             for s, w in zip(sources, shares)))
     dtype = torch.bfloat16 if cfg.deepspeed.precision == "bf16" else torch.float32
     return UnitPlan(isolation, layout, rows, sources, weights, dtype, cfg.model.linear_ce, cfg.model.ce_chunk_tokens)
+
+
+def check_bos(cfg: TrainConfig, tokenizer) -> None:
+    """The documents' first token (``data.bos_id``) must be the one the tokenizer starts a
+    document with -- evaluation and generation prepend that one (``SpiritTokenizer.bos_id``:
+    its BOS, or its EOS for a family without one, like Qwen's ``<|endoftext|>``)."""
+    if tokenizer is None or not cfg.data.add_bos or cfg.data.bos_id == tokenizer.bos_id:
+        return
+    if tokenizer.bos_id < 0:
+        raise ConfigError(f"data.bos_id={cfg.data.bos_id}: the tokenizer has neither a BOS nor an EOS token to "
+                          "start documents with; set --set data.add_bos=false")
+    raise ConfigError(
+        f"data.bos_id={cfg.data.bos_id}, but the tokenizer ({tokenizer.text.kind}) starts a document with id "
+        f"{tokenizer.bos_id} ({tokenizer.text.decode([tokenizer.bos_id])!r}), as evaluation and generation will: "
+        f"--set data.bos_id={tokenizer.bos_id}")
 
 
 def build(cfg: TrainConfig, ds_config=None, dtype=torch.float32):
@@ -125,11 +142,11 @@ def summary(trainer) -> dict:
 def export(trainer, out_dir: Path) -> Path:
     cfg = trainer.cfg
     tok = cfg.model.tokenizer or (cfg.model.checkpoint if cfg.model.checkpoint and
-                                  (Path(cfg.model.checkpoint) / "tokenizer.model").is_file() else "")
+                                  has_text_tokenizer(cfg.model.checkpoint) else "")
     if not tok and ckpt._rank() == 0:
-        log.warning("%s gets no tokenizer.model: neither model.tokenizer nor model.checkpoint has one, so "
+        log.warning("%s gets no tokenizer: neither model.tokenizer nor model.checkpoint has one, so "
                     "`spiritlm eval`/`generate` cannot load it; train with --set model.tokenizer=DIR "
-                    "(a tokenizer.model or a directory holding one), or copy one in", out_dir)
+                    "(a directory holding tokenizer.model or tokenizer.json), or copy one in", out_dir)
     return ckpt.export_hf(trainer.engine, trainer.engine.module, out_dir, tok or None, trainer.plan.layout,
                           cfg.deepspeed.zero_stage, extra_files={"spiritlm_train_config.yaml": dump_config(cfg)})
 
