@@ -123,9 +123,10 @@ def train_ablations(ctx, acfg: AblationsConfig) -> dict[str, list[dict]]:
     return models
 
 
-def evaluate_ablations(ctx, acfg: AblationsConfig, models: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
+def evaluate_ablations(ctx, acfg, models: dict[str, list[dict]], prefix: str = "eval_ablation_") -> dict[str, dict[str, list]]:
     """``{variant: {draw label: [evaluation per seed]}}``: the demo's own evaluation step (its
-    suite, its units files, its test-draw overrides) on every draw."""
+    suite, its units files, its test-draw overrides) on every draw. ``acfg``: any part config
+    with ``seeds`` and ``one_at_a_time``; steps are named ``<prefix><variant>[_seedN][_testN]``."""
     from spiritlm.pipeline import Job
 
     cfg, jobs = ctx.cfg, []
@@ -135,7 +136,7 @@ def evaluate_ablations(ctx, acfg: AblationsConfig, models: dict[str, list[dict]]
                 extra = () if label == "dev" else demo.TEST_EVAL_OVERRIDES
                 units = ctx.units[label]
                 jobs.append(((v, label), Job(
-                    f"eval_ablation_{v}{_suffix(ctx, s)}{'' if label == 'dev' else '_' + label}",
+                    f"{prefix}{v}{_suffix(ctx, s)}{'' if label == 'dev' else '_' + label}",
                     [demo.EVAL_VERSION, model, draw, demo.file_hash(Path(draw["root"]) / "COMPLETE.json"), cfg.eval_overrides,
                      extra, demo.file_hash(demo.recipe(cfg.eval_recipe)), demo.file_hash(Path(model["hf"]) / "model.safetensors"),
                      demo.file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json"), units["files"],

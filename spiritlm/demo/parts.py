@@ -33,6 +33,7 @@ PARTS: dict[str, str] = {
     "continuous": "spiritlm.demo.continuous:run",
     "streaming": "spiritlm.demo.streaming:run",
     "hybrid": "spiritlm.demo.hybrid:run",
+    "backbone": "spiritlm.demo.backbone:run",
 }
 
 

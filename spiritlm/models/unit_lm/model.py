@@ -144,7 +144,7 @@ def base_vocab_size_of(cfg: ModelConfig, config: PretrainedConfig) -> int:
         # a `spiritlm train` export: its rows include the speech vocabulary, so they do not say
         # where the text pieces end (taking them as text gave a misleading vocabulary error)
         raise ConfigError(
-            f"model.checkpoint={cfg.checkpoint} has no tokenizer files and model.tokenizer is not set: "
+            f"model.checkpoint={cfg.checkpoint} has no tokenizer.model and model.tokenizer is not set (nor a tokenizer.json): "
             f"its {config.vocab_size} embedding rows include the speech vocabulary, so the text "
             "vocabulary is unknown. Set model.tokenizer=DIR (the tokenizer it was trained with) or "
             "copy that tokenizer.model / tokenizer.json into the checkpoint")
