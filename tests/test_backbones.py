@@ -124,7 +124,7 @@ def check_round_trip(tok, sources, transcripts, hf_tok=None) -> dict:
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_family_trains_exports_reloads_and_evaluates(family, speech, tmp_path):
+def test_family_trains_exports_reloads_and_evaluates(family, speech, tmp_path, capsys):
     pytest.importorskip("deepspeed")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,8 +151,7 @@ def test_family_trains_exports_reloads_and_evaluates(family, speech, tmp_path):
     assert layout.text_id == meta_tok.text.size  # [Text] right after every id in use, specials included
     tok = SpiritTokenizer.from_pretrained(ckpt, layout=layout)
     trip = check_round_trip(tok, t.plan.sources, speech["transcripts"],
-                            None if tok.sp is not None else AutoTokenizer.from_pretrained(
-                                tok.save_pretrained(tmp_path / "tok")))
+                            AutoTokenizer.from_pretrained(tok.save_pretrained(tmp_path / "tok")))
     assert trip["docs"] == 15 and trip["words"] > 0
     if fam.tie:
         assert t.engine.module.get_output_embeddings().weight is t.engine.module.get_input_embeddings().weight
@@ -203,6 +202,12 @@ def test_family_trains_exports_reloads_and_evaluates(family, speech, tmp_path):
     assert scores[0].logprob == pytest.approx(manual, abs=1e-3)
     # the tie survives a reload through our loader too
     assert (ours.get_output_embeddings().weight is ours.get_input_embeddings().weight) == fam.tie
+    with capsys.disabled():  # the closing note's table
+        print(f"\n{family:8s} {fam.model_type:7s} {tok.text.kind:15s} text ids {layout.text_id:4d} "
+              f"[Text]={layout.text_id} [Speech]={layout.speech_id} [Hu0]={layout.token_to_id('[Hu0]')} "
+              f"rows {emb.shape[0]} (base checkpoint {meta_tok.text.size}..) tied={fam.tie} bos={ours_tok.bos_id} "
+              f"round trip: {trip['docs']} docs, {trip['words']} words in text spans, "
+              "AutoTokenizer re-encodes every decoded doc to the same ids")
 
 
 # ---- refusals: at start, with what was found and what to do ---------------------------------
