@@ -301,3 +301,17 @@ def test_families_that_cannot_work_are_refused(config, why, qwen, tmp_path):
     (d / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=why):
         _plan(tmp_path, f"model.checkpoint={d}", "data.bos_id=400")
+
+
+def test_extend_tokenizer_cli_takes_a_tokenizer_json(qwen, tmp_path):
+    from transformers import AutoTokenizer
+
+    from spiritlm.cli import main
+    from spiritlm.text_tokenizer import SpiritTokenizer
+
+    assert main(["vocab", "extend-tokenizer", str(qwen), "--out", str(tmp_path / "ext"), "--layout", "base"]) == 0
+    tok = SpiritTokenizer.from_pretrained(tmp_path / "ext")
+    assert tok.sp is None and tok.layout.text_id == 403 and tok.layout.pitch_size == 0
+    auto = AutoTokenizer.from_pretrained(tmp_path / "ext")
+    assert auto("[Speech][Hu500]", add_special_tokens=False)["input_ids"] == [404, 905]
+    assert tok.encode("[Speech][Hu500]") == [tok.bos_id, 404, 905]

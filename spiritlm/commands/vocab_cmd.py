@@ -27,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     ext = vsub.add_parser(
         "extend-tokenizer",
-        help="add the speech vocabulary to a SentencePiece tokenizer.model (e.g. LLaMA-2's)",
+        help="add the speech vocabulary to a text tokenizer: LLaMA-2's tokenizer.model or a tokenizer.json (Llama-3, Qwen2.5/3, ...)",
     )
-    ext.add_argument("sp_model", help="path to tokenizer.model or a directory holding it")
+    ext.add_argument("sp_model", help="tokenizer.model, tokenizer.json, or a model directory holding one")
     ext.add_argument("--out", required=True, help="output directory (HF-loadable)")
     ext.add_argument("--no-legacy", action="store_true", help="HF legacy=False text splitting")
     ext.add_argument("--layout", choices=("expressive", "base"), default="expressive",
@@ -70,24 +70,25 @@ def _string_to_units(args) -> int:
 
 
 def _extend(args) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
-    from spiritlm.text_tokenizer import SP_FILE, SpiritTokenizer
-
-    from dataclasses import replace
-
-    import sentencepiece as spm
-
+    from spiritlm.hf_text import HF_FILE, HFText
+    from spiritlm.text_tokenizer import SP_FILE, SentencePieceText, SpiritTokenizer
     from spiritlm.vocab import SPIRITLM, SPIRITLM_BASE
 
     src = Path(args.sp_model)
-    sp_file = src / SP_FILE if src.is_dir() else src
-    sp = spm.SentencePieceProcessor()
-    sp.load(str(sp_file))
-    layout = replace(SPIRITLM_BASE if args.layout == "base" else SPIRITLM, base_vocab_size=sp.get_piece_size())
-    tok = SpiritTokenizer(sp_file, layout=layout, legacy=not args.no_legacy)
+    if src.is_dir() and not (src / SP_FILE).is_file() and (src / HF_FILE).is_file() or src.name == HF_FILE:
+        text = HFText.from_dir(src)  # a byte-level BPE family (Llama-3, Qwen2.5/3, SmolLM2, OLMo-2)
+    else:
+        sp_file = src / SP_FILE if src.is_dir() else src
+        if not sp_file.is_file():
+            raise SystemExit(f"{src}: neither {SP_FILE} nor {HF_FILE} found; give a tokenizer file or a model directory")
+        text = SentencePieceText(sp_file.read_bytes(), legacy=not args.no_legacy)
+    layout = replace(SPIRITLM_BASE if args.layout == "base" else SPIRITLM, base_vocab_size=text.size)
+    tok = SpiritTokenizer(text, layout=layout, legacy=not args.no_legacy)
     out = tok.save_pretrained(args.out)
     L = tok.layout
-    print(f"wrote {out}: {L.base_vocab_size} pieces + {L.vocab_size - L.base_vocab_size} speech/marker "
+    print(f"wrote {out}: {L.base_vocab_size} text ids + {L.vocab_size - L.base_vocab_size} speech/marker "
           f"tokens ([Text]={L.text_id}, [Speech]={L.speech_id}, [Hu0]={L.streams['hubert'].offset})")
     return 0
