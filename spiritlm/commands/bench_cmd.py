@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", type=int, default=512, help="loss: tokens per batch (default 512)")
     p.add_argument("--chunk", type=int, default=128, help="loss: tokens per cross-entropy chunk (default 128)")
     p.add_argument("--out", default=None, help="gpu: folder for gpu_check.json and gpu_check.md (default bench_out)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="train: a setting of our side's TrainConfig, e.g. --set model.compile=true (repeatable)")
     p.set_defaults(func=_run)
 
 
@@ -117,7 +119,8 @@ def _bench_interleave(args) -> int:
 def _bench_train(args) -> int:
     from spiritlm.train.bench import bench_train
 
-    bench_train(size=args.size or "demo", world=args.world, **_harness(args))  # prints the harness report
+    bench_train(size=args.size or "demo", world=args.world, overrides=args.overrides,
+                **_harness(args))  # prints the harness report
     return 0
 
 

@@ -35,6 +35,7 @@ def file_hash(path: str | Path) -> str:
 LATE_DEFAULTS = (
     ("model", "linear_ce"),  # issue 33: the logits-free cross-entropy, "plain" (off) by default
     ("model", "ce_chunk_tokens"),  # its chunk size, read only when linear_ce is not plain
+    ("model", "compile"),  # issue 33: torch.compile of the model, off by default
 )
 
 

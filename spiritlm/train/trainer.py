@@ -109,6 +109,8 @@ class Trainer:
         mc = self.model.config
         if cfg.model.activation_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.model.compile:  # in place: the parameters, their names and the state dict stay the module's
+            self.model.compile()
 
         # ---- data: this rank's batches (a packer over a stream, or one resumable batch maker) ---
         self.packer = self.spec.batches(cfg, self.model, self.rank, self.world, **self._plan_kw)
