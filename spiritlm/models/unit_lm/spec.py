@@ -7,6 +7,7 @@ token type (text / speech / switch), exported as a HF directory with ``tokenizer
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class UnitPlan:
     dtype: torch.dtype
     linear_ce: str = "plain"  # model.linear_ce: how the loss meets the LM head (spiritlm.components.linear_ce)
     ce_chunk_tokens: int = 4096
+    compile: bool = False  # model.compile: the loss on the logits compiled too (one fused kernel on CPU)
 
 
 def plan(cfg: TrainConfig, sources=None, weights=None, interleave_fns=None) -> UnitPlan:
@@ -77,7 +79,8 @@ def plan(cfg: TrainConfig, sources=None, weights=None, interleave_fns=None) -> U
             f"{', read through an interleave_fn' if getattr(s, 'interleave_fn', None) else ''})"
             for s, w in zip(sources, shares)))
     dtype = torch.bfloat16 if cfg.deepspeed.precision == "bf16" else torch.float32
-    return UnitPlan(isolation, layout, rows, sources, weights, dtype, cfg.model.linear_ce, cfg.model.ce_chunk_tokens)
+    return UnitPlan(isolation, layout, rows, sources, weights, dtype, cfg.model.linear_ce, cfg.model.ce_chunk_tokens,
+                    cfg.model.compile)
 
 
 def check_bos(cfg: TrainConfig, tokenizer) -> None:
@@ -115,12 +118,19 @@ def loss(engine, batch, device, plan: UnitPlan | None = None):
     targets_BT = batch["targets_BT"].to(device)
     if plan.linear_ce == "plain":
         out = engine(**inputs, use_cache=False)
-        return token_losses(out.logits, targets_BT, plan.layout)
+        return (_compiled_token_losses() if plan.compile else token_losses)(out.logits, targets_BT, plan.layout)
     # no [tokens, vocab] logits: the head's input goes to the chunked (or liger) cross-entropy, still
     # through the engine's forward, whose backward hooks then sit on the per-token losses
     with head_loss(getattr(engine, "module", engine), targets_BT, ce_function(plan.linear_ce, plan.ce_chunk_tokens)):
         out = engine(**inputs, use_cache=False)
     return losses_by_type(out["ce_N"], targets_BT, plan.layout)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_token_losses():
+    """``token_losses`` through torch.compile: the fp32 cast, log-softmax, gather and the per-type
+    sums in one pass over the [tokens, vocab] logits instead of several."""
+    return torch.compile(token_losses)
 
 
 def mixture(trainer) -> dict:
