@@ -32,6 +32,7 @@ from typing import Any
 from spiritlm.config import ConfigError, load_config
 from spiritlm.demo import main as demo
 from spiritlm.demo.over_steps import OverStepsConfig
+from spiritlm.demo.parts import check_variants
 
 ABLATIONS = ("pairs", "random_init")
 PAIRS_RECIPE = "data_prep/demo_pairs.toml"
@@ -57,14 +58,8 @@ class AblationsConfig:
 
 def part_config(ctx) -> AblationsConfig:
     acfg = load_config(AblationsConfig, None, ctx.overrides("ablations"))
-    bad = [v for v in acfg.variants if v not in ABLATIONS]
-    if bad or not acfg.variants:
-        raise ConfigError(f"ablations: variants {acfg.variants} -- use some of {list(ABLATIONS)}")
-    seeds = list(acfg.seeds) or ctx.seeds[:1]
-    missing = [s for s in seeds if s not in ctx.seeds]
-    if missing:
-        raise ConfigError(f"ablations: seeds {missing} have no interleaved model in this demo (its train_seeds are "
-                          f"{ctx.seeds}); use some of those, or add them with --set 'train_seeds=[...]'")
+    check_variants("ablations", acfg.variants, ABLATIONS)
+    seeds = ctx.part_seeds("ablations", acfg.seeds, "interleaved model")
     if "random_init" in acfg.variants and ctx.start is None:
         raise ConfigError("ablations: random_init needs the demo's text start (text_pretrain_steps > 0): with "
                           "text_pretrain_steps = 0 the demo's models already start from random weights")

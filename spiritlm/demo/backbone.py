@@ -26,9 +26,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from spiritlm.config import ConfigError, load_config
+from spiritlm.config import load_config
 from spiritlm.demo import main as demo
 from spiritlm.demo.ablations import _seed_evals, _suffix, compare, evaluate_ablations, summary_markdown
+from spiritlm.demo.parts import check_variants
 
 BACKBONE_FORMAT = "backbone-v1: BPE vs SentencePiece per variant, and interleaving within BPE; test draws pooled"
 TOKENIZER_VERSION = 1  # bump when the BPE tokenizer step changes what it writes
@@ -45,15 +46,8 @@ class BackboneConfig:
 
 def part_config(ctx) -> BackboneConfig:
     bcfg = load_config(BackboneConfig, None, ctx.overrides("backbone"))
-    bad = [v for v in bcfg.variants if v not in demo.MIXTURES]
-    if bad or not bcfg.variants:
-        raise ConfigError(f"backbone: variants {bcfg.variants} -- use some of {list(demo.MIXTURES)}")
-    seeds = list(bcfg.seeds) or ctx.seeds[:1]
-    missing = [s for s in seeds if s not in ctx.seeds]
-    if missing:
-        raise ConfigError(f"backbone: seeds {missing} have no SentencePiece model in this demo (its train_seeds "
-                          f"are {ctx.seeds}); use some of those, or add them with --set 'train_seeds=[...]'")
-    return replace(bcfg, seeds=seeds)
+    check_variants("backbone", bcfg.variants, demo.MIXTURES)
+    return replace(bcfg, seeds=ctx.part_seeds("backbone", bcfg.seeds, "SentencePiece model"))
 
 
 def _bpe_tokenizer_step(ctx, style: str, step_dir: Path) -> dict[str, Any]:

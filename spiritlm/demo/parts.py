@@ -66,9 +66,26 @@ class DemoContext:
     def test_labels(self) -> list[str]:
         return [label for label in self.draws if label != "dev"]
 
+    def part_seeds(self, part: str, seeds, what: str) -> list[int]:
+        """A part's training seeds: those it was given, else the demo's first; each must be one the
+        demo trained (its ``what``, e.g. "interleaved model", is compared with the part's)."""
+        seeds = list(seeds) or self.seeds[:1]
+        missing = [s for s in seeds if s not in self.seeds]
+        if missing:
+            raise ConfigError(f"{part}: seeds {missing} have no {what} in this demo (its train_seeds are "
+                              f"{self.seeds}); use some of those, or add them with --set 'train_seeds=[...]'")
+        return seeds
+
     # the demo's own definitions (spiritlm.demo.files), at hand for a part
     file_hash = staticmethod(file_hash)
     recipe = staticmethod(recipe)
+
+
+def check_variants(part: str, variants, allowed) -> None:
+    """A part's ``variants`` setting: some of ``allowed``, at least one."""
+    bad = [v for v in variants if v not in allowed]
+    if bad or not variants:
+        raise ConfigError(f"{part}: variants {list(variants)} -- use some of {list(allowed)}")
 
 
 def part_function(name: str) -> Callable[[DemoContext], dict]:
