@@ -41,6 +41,9 @@ def test_bench_gpu_toy_size_writes_json_and_markdown(tmp_path):
             assert _has_numbers(figures), name
         else:
             assert isinstance(e["error"], str) and e["error"], name
+    bb = on_disk["measurements"]["backbones"]  # every family trains on the CPU too (fp32, sdpa)
+    assert bb["status"] == "ok" and bb["goal_met_at_toy_size"] is True, bb
+    assert [r["family"] for r in bb["families"]] == ["llama2", "llama3", "smollm2", "qwen2.5", "qwen3", "mistral", "olmo2"]
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| measurement |" in md and all(f"| {name} |" in md for name in ORDER)
     for line in md.splitlines():  # one row per measurement, five cells each: no stray "|" in a figure

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import time
 import traceback
 from pathlib import Path
@@ -47,8 +48,9 @@ GOALS = {
     "mfu": "MFU >= 40 % (~1B model, seq 4096, bf16, one GPU)",
     "loss": "fused/chunked loss cuts peak memory, with identical per-token losses",
     "tokenizer": ">= 3x the naive loop, with identical units",
+    "backbones": "every LLM family trains 2 steps on the device (bf16, fastest safe attention), finite losses, ties kept",
 }
-ORDER = ("isolation", "loss", "tokenizer", "mfu")  # the largest last: its memory cannot crowd the others
+ORDER = ("isolation", "loss", "tokenizer", "backbones", "mfu")  # the largest last: its memory cannot crowd the others
 MFU_GOAL, TOKENIZER_GOAL = 0.40, 3.0
 
 
@@ -307,8 +309,54 @@ def measure_tokenizer(dev: torch.device, toy: bool) -> dict:
             "goal_met": bool(r["speedup"] >= TOKENIZER_GOAL and r["unit_agreement"] >= need)}
 
 
+# ---- backbones -------------------------------------------------------------------------------------
+def measure_backbones(dev: torch.device, toy: bool) -> dict:
+    """Each family's tiny stand-in (spiritlm.models.unit_lm.families: its own transformers config,
+    a tokenizer of its kind) trained 2 steps by our trainer on ``dev``: bf16 and the fastest
+    isolation-safe attention on a GPU (flash-attn varlen where installed), fp32 sdpa on a CPU.
+    The architectures differ where kernels do (Qwen2's q/k/v biases, Qwen3's and OLMo-2's q/k
+    norms, tied heads), so each is run, not only LLaMA."""
+    import tempfile
+
+    from spiritlm.eval.testing import TINY_TEXT
+    from spiritlm.models.unit_lm.families import FAMILIES, make_tiny_checkpoint
+    from spiritlm.text_tokenizer import SpiritTokenizer
+    from spiritlm.train.bench_mfu import fastest_safe_backend
+    from spiritlm.train.tiny import tiny_config
+    from spiritlm.train.trainer import Trainer
+
+    attn = fastest_safe_backend(dev.type)
+    precision = "bf16" if dev.type == "cuda" else "fp32"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fam in FAMILIES.items():
+            t0 = time.perf_counter()
+            row = {"family": name, "model_type": fam.model_type}
+            try:
+                ckpt = make_tiny_checkpoint(name, Path(tmp) / name, TINY_TEXT, vocab_size=300)
+                bos = SpiritTokenizer.from_pretrained(ckpt).bos_id
+                t = Trainer(tiny_config(f"{tmp}/{name}_run", [
+                    "steps=2", f"model.checkpoint={ckpt}", "model.pitch_size=0", "model.style_size=0",
+                    f"data.bos_id={bos}", f"deepspeed.precision={precision}", f"model.attn_implementation={attn}"]))
+                m = t.engine.module
+                tied = m.get_output_embeddings().weight is m.get_input_embeddings().weight
+                t.fit()
+                losses = [r["loss"] for r in t.history]
+                row.update(ok=all(math.isfinite(x) for x in losses) and tied == fam.tie, losses=losses, tied=tied,
+                           isolation=t.plan.isolation)
+                del t, m
+            except Exception as e:  # noqa: BLE001 -- one family's failure is a result, the others still run
+                row.update(ok=False, error=f"{type(e).__name__}: {e}"[:400])
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            rows.append(row)
+            _free(dev)
+    return {"attention": attn, "precision": precision, "families": rows,
+            "goal_met": all(r["ok"] for r in rows)}
+
+
 MEASURES: dict[str, Callable[[torch.device, bool], dict]] = {
-    "isolation": measure_isolation, "loss": measure_loss, "tokenizer": measure_tokenizer, "mfu": measure_mfu}
+    "isolation": measure_isolation, "loss": measure_loss, "tokenizer": measure_tokenizer,
+    "backbones": measure_backbones, "mfu": measure_mfu}
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -389,6 +437,10 @@ def figure(name: str, e: dict) -> str:
         q = e["ratio"]
         return (f"{e['size']}, {e['audio_s']} s audio: ours / naive {q['median']:.2f}x ({q['min']:.2f}-{q['max']:.2f}), "
                 f"units identical on {100 * e['unit_agreement']:.3f} % of frames")
+    if name == "backbones":
+        return (f"{e['precision']}, {e['attention']}: " + ", ".join(
+            f"{r['family']} {'ok' if r['ok'] else 'FAILED' + (': ' + r['error'][:80] if 'error' in r else '')}"
+            for r in e["families"]))
     return json.dumps({k: v for k, v in e.items() if k not in ("goal", "traceback")}, default=str)[:300]
 
 
