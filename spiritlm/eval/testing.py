@@ -11,18 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spiritlm.models.unit_lm.families import TINY_TEXT  # noqa: F401 -- re-exported: the tests import it from here
 from spiritlm.text_tokenizer import SpiritTokenizer, train_sentencepiece
-
-TINY_TEXT = [
-    "the cat sat on the mat and the dog slept near the river",
-    "a small bird sang in the garden every morning",
-    "she walked to the market to buy some fresh fruit",
-    "he was very happy to bring the little dog home",
-    "they went home wet and hungry after the long day",
-    "the cake came out of the oven soft and sweet",
-    "what a wonderful day it was at the beach",
-    "nobody came to the party and it rained all day",
-] * 4
 
 
 def make_tiny_model_dir(out: str | Path, vocab_size: int = 300, hidden: int = 32, layers: int = 2,

@@ -318,8 +318,7 @@ def measure_backbones(dev: torch.device, toy: bool) -> dict:
     norms, tied heads), so each is run, not only LLaMA."""
     import tempfile
 
-    from spiritlm.eval.testing import TINY_TEXT
-    from spiritlm.models.unit_lm.families import FAMILIES, make_tiny_checkpoint
+    from spiritlm.models.unit_lm.families import FAMILIES, TINY_TEXT, make_tiny_checkpoint
     from spiritlm.text_tokenizer import SpiritTokenizer
     from spiritlm.train.bench_mfu import fastest_safe_backend
     from spiritlm.train.tiny import tiny_config

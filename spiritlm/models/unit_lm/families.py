@@ -45,6 +45,19 @@ FAMILIES = {f.name: f for f in (
 )}
 
 
+# A few sentences to train a tiny tokenizer on (tests, the GPU check, the toy-size benches).
+TINY_TEXT = [
+    "the cat sat on the mat and the dog slept near the river",
+    "a small bird sang in the garden every morning",
+    "she walked to the market to buy some fresh fruit",
+    "he was very happy to bring the little dog home",
+    "they went home wet and hungry after the long day",
+    "the cake came out of the oven soft and sweet",
+    "what a wonderful day it was at the beach",
+    "nobody came to the party and it rained all day",
+] * 4
+
+
 def make_tiny_checkpoint(family: str, out_dir: str | Path, texts: Sequence[str], vocab_size: int = 400,
                          hidden: int = 32, layers: int = 2, max_positions: int = 512, seed: int = 0) -> Path:
     """A tiny random ``family`` base model directory (see the module docstring)."""
