@@ -67,6 +67,43 @@ def test_long_continuations_get_rows_of_their_own(tiny):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-4) and c.logprob == pytest.approx(b.logprob, abs=1e-4)
 
 
+def test_continuations_that_begin_alike_share_their_start(tiny):
+    """Spoken StoryCloze: two wavs of the same four sentences + different endings -> units equal
+    for a long start. The start is scored once (a row ``BOS [Speech] start | end_1 | end_2``),
+    the scores are the reference's, token counts the whole continuation's; short common starts
+    (< min_shared_prefix), and starts shorter than what follows them, are left alone."""
+    _, model, tok = tiny
+    rng = np.random.default_rng(5)
+    reqs = []
+    for n_ctx in (120, 90, 60):
+        start = rng.integers(0, 501, n_ctx)
+        for n_end in (25, 31):
+            reqs.append(Request([], [("speech", {"hubert": np.r_[start, rng.integers(0, 501, n_end)]})]))
+    lone = rng.integers(0, 501, 70)  # shares 10 units with the next: below the threshold
+    reqs.append(Request([], [("speech", {"hubert": lone})]))
+    reqs.append(Request([], [("speech", {"hubert": np.r_[lone[:10], rng.integers(0, 501, 50)]})]))
+    early = rng.integers(0, 501, 35)  # shares 35 units, then 80 of its own: not worth a shared row
+    reqs += [Request([], [("speech", {"hubert": np.r_[early, rng.integers(0, 501, 80)]})]) for _ in range(2)]
+    same_ctx = [("text", "the cat sat on the mat")]  # a shared text context + endings sharing 40 units
+    start = rng.integers(0, 501, 40)
+    reqs += [Request(same_ctx, [("speech", {"hubert": np.r_[start, rng.integers(0, 501, m)]})]) for m in (5, 9, 1)]
+    s = Scorer(model, tok, min_shared_prefix=32)
+    got = s.score(reqs)
+    ref = s.score_one_at_a_time(reqs)
+    for a, b in zip(got, ref):
+        assert a.n_tokens == b.n_tokens
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+    # deduplication merges equal units (rng draws repeat rarely); each pair shares ~its start
+    assert s.stats.prefix_tokens_shared >= 0.9 * (120 + 90 + 60 + 2 * 40)
+    # three story pairs, the two lone stories, the early-diverging pair, the text-context trio
+    assert s.stats.rows == 3 + 2 + 2 + 1
+    off = Scorer(model, tok, share_prefixes=False)
+    plain = off.score(reqs)
+    assert off.stats.prefix_tokens_shared == 0 and off.stats.tokens_forwarded > s.stats.tokens_forwarded
+    for a, b in zip(got, plain):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
 def test_hand_check_logprob(tiny):
     _, model, tok = tiny
     s = Scorer(model, tok)

@@ -14,6 +14,12 @@ How it is computed (and why it is fast):
   position ids restarting after the context -- the shared context is computed once. Only
   continuations no longer than their context are packed: behind a short context (the BOS of a
   whole-story or sWUGGY item) packing would save a token or two and square the row's attention;
+* continuations that begin alike share their common start too (``share_prefixes``): the two
+  stories of a spoken StoryCloze item are two wavs whose first four sentences are the same audio,
+  so their units agree for hundreds of tokens. Requests with the same context are sorted by
+  continuation; a run of them sharing >= ``min_shared_prefix`` tokens is scored as one row
+  ``ctx + shared | rest_1 | rest_2``, the shared tokens' log-probs computed once and added to each
+  (exact: a causal LM's log-prob of a prefix does not depend on what follows it);
 * a batch whose rows hold one continuation each needs no mask: plain causal attention, the
   padding at the right end unseen by any real token;
 * rows are sorted by length and batched under a token budget (``batch_tokens`` = rows x padded
@@ -68,6 +74,7 @@ class ScorerStats:
     batches: int = 0
     tokens_forwarded: int = 0
     context_tokens_saved: int = 0
+    prefix_tokens_shared: int = 0  # continuation tokens moved into a shared prefix, counted once per sharer
 
 
 def _tree_mask(batch, L: int, dtype) -> "torch.Tensor":
@@ -76,7 +83,7 @@ def _tree_mask(batch, L: int, dtype) -> "torch.Tensor":
     import torch
 
     allow = torch.zeros(len(batch), 1, L, L, dtype=torch.bool)
-    for b, (ctx, conts, _) in enumerate(batch):
+    for b, (ctx, conts, *_) in enumerate(batch):
         C = len(ctx)
         allow[b, 0, :C, :C] = torch.ones(C, C, dtype=torch.bool).tril()
         off = C
@@ -103,6 +110,8 @@ class Scorer:
         max_row_tokens: int = 4096,
         share_context: bool = True,
         pack_longer: bool = False,
+        share_prefixes: bool = True,
+        min_shared_prefix: int = 32,
     ):
         self.model = model
         self.tok = tokenizer
@@ -115,6 +124,9 @@ class Scorer:
         # also pack continuations longer than their context (the rule before 2026-11-29; kept so
         # that `spiritlm bench eval` measures both rules side by side)
         self.pack_longer = pack_longer
+        # below ~32 shared tokens the tree mask a shared row needs costs more than the tokens saved
+        self.share_prefixes = share_prefixes and share_context
+        self.min_shared_prefix = min_shared_prefix
         self.stats = ScorerStats()
         # a label shows a progress bar (rows scored) on a terminal; the suite sets it per task
         self.progress_desc: str | None = None
@@ -192,15 +204,61 @@ class Scorer:
                 bar.update(n)
         return results  # type: ignore[return-value]
 
-    def _pack(self, pairs) -> list[tuple[list[int], list[tuple[int, list[int]]], int]]:
-        """-> rows (ctx, [(request index, cont)], row length)."""
+    def _shared_prefixes(self, pairs) -> list[int]:
+        """-> per request, how many of its continuation's first tokens it shares with the other
+        requests of its run (0: none). Requests with the same context are sorted by continuation,
+        so those beginning alike are neighbours; a run grows while the prefix common to all of it
+        stays >= ``min_shared_prefix`` and >= half of what the run shared before (a third story
+        sharing 40 tokens would otherwise cut a pair's 400 shared tokens to 40). Each
+        continuation keeps >= 1 token of its own. A run whose rests are longer than its context +
+        start shares nothing: each rest would get a row of its own and recompute the start."""
+        shared = [0] * len(pairs)
+        if not self.share_prefixes:
+            return shared
+        groups: dict[tuple, list[int]] = {}
+        for k, (ctx, _) in enumerate(pairs):
+            groups.setdefault(tuple(ctx), []).append(k)
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            order = sorted(members, key=lambda k: tuple(pairs[k][1]))
+            i = 0
+            while i < len(order):
+                first = np.asarray(pairs[order[i]][1])
+                run, p = [order[i]], len(first) - 1
+                for k in order[i + 1:]:
+                    c = np.asarray(pairs[k][1])
+                    n = min(len(first), len(c))
+                    diff = np.flatnonzero(first[:n] != c[:n])
+                    q = min(int(diff[0]) if diff.size else n, p, len(c) - 1)
+                    if q < self.min_shared_prefix or (len(run) > 1 and q < p // 2):
+                        break
+                    run.append(k)
+                    p = q
+                # only where it pays: every rest must fit behind the longer context (the packing
+                # rule below gives a longer rest a row of its own, recomputing the start there)
+                pays = all(len(pairs[k][1]) - p <= len(pairs[k][0]) + p for k in run)
+                if len(run) > 1 and pays:
+                    for k in run:
+                        shared[k] = p
+                    self.stats.prefix_tokens_shared += p * (len(run) - 1)
+                i += len(run)
+        return shared
+
+    def _pack(self, pairs) -> list[tuple[list[int], list[tuple[int, list[int]]], int, int]]:
+        """-> rows (ctx, [(request index, cont)], row length, scored_from): a row's context tokens
+        from ``scored_from`` on are a shared start of its continuations (scored once, added to
+        each); ``scored_from == len(ctx)`` when nothing is shared."""
         groups: OrderedDict[tuple, list[tuple[int, list[int]]]] = OrderedDict()
+        shared = self._shared_prefixes(pairs)
         for k, (ctx, cont) in enumerate(pairs):
-            key = tuple(ctx) if self.share_context else (k,) + tuple(ctx)
-            groups.setdefault(key, []).append((k, list(cont)))
+            p = shared[k]
+            ctx_k, cont_k = list(ctx) + list(cont[:p]), list(cont[p:])
+            key = (len(ctx),) + tuple(ctx_k) if self.share_context else (k, len(ctx)) + tuple(ctx_k)
+            groups.setdefault(key, []).append((k, cont_k))
         rows = []
         for key, conts in groups.items():
-            ctx = list(key) if self.share_context else list(key[1:])
+            scored_from, ctx = (key[0], list(key[1:])) if self.share_context else (key[1], list(key[2:]))
             cur, length = [], len(ctx)
             for k, cont in conts:
                 # A continuation longer than the context gets a row of its own: sharing saves
@@ -210,12 +268,12 @@ class Scorer:
                 # and took 2.6x longer than one row per story (topic-StoryCloze S, demo model).
                 too_long = len(cont) > len(ctx) and not self.pack_longer
                 if cur and (length + len(cont) > self.max_row_tokens or too_long):
-                    rows.append((ctx, cur, length))
+                    rows.append((ctx, cur, length, scored_from))
                     self.stats.context_tokens_saved += len(ctx) * (len(cur) - 1)
                     cur, length = [], len(ctx)
                 cur.append((k, cont))
                 length += len(cont)
-            rows.append((ctx, cur, length))
+            rows.append((ctx, cur, length, scored_from))
             self.stats.context_tokens_saved += len(ctx) * (len(cur) - 1)
         return rows
 
@@ -229,10 +287,15 @@ class Scorer:
         ids = torch.zeros(B, L, dtype=torch.long)
         pos = torch.zeros(B, L, dtype=torch.long)
         bi, pi, tgt, owner = [], [], [], []
-        for b, (ctx, conts, length) in enumerate(batch):
+        for b, (ctx, conts, length, scored_from) in enumerate(batch):
             C = len(ctx)
             ids[b, :C] = torch.tensor(ctx)
             pos[b, :C] = torch.arange(C)
+            if scored_from < C:  # the continuations' shared start, owned by the row (-1 - b)
+                bi.extend([b] * (C - scored_from))
+                pi.extend(range(scored_from - 1, C - 1))
+                tgt.extend(ctx[scored_from:])
+                owner.extend([-1 - b] * (C - scored_from))
             off = C
             for k, cont in conts:
                 m = len(cont)
@@ -246,7 +309,7 @@ class Scorer:
                 off += m
         # one continuation per row, padding only at the right end: plain causal attention is
         # exact (no real token sees a pad) and skips the B x L x L mask (~20% faster on CPU)
-        plain = all(len(conts) == 1 for _, conts, _ in batch)
+        plain = all(len(r[1]) == 1 for r in batch)
         mask = None if plain else _tree_mask(batch, L, dtype).to(device)
         hidden = self._hidden(ids.to(device), mask, pos.to(device))
         sel = hidden[torch.tensor(bi, device=device), torch.tensor(pi, device=device)]
@@ -258,10 +321,11 @@ class Scorer:
         self.stats.tokens_forwarded += sum(r[2] for r in batch)
         owner_arr = np.asarray(owner)
         out = []
-        for ctx, conts, _ in batch:
+        for b, (ctx, conts, _, scored_from) in enumerate(batch):
+            shared = float(tok_lp[owner_arr == -1 - b].sum()) if scored_from < len(ctx) else 0.0
             for k, cont in conts:
                 v = float(tok_lp[owner_arr == k].sum())
-                out.append((k, Score(v, len(cont))))
+                out.append((k, Score(shared + v, len(ctx) - scored_from + len(cont))))
         return out
 
     def _hidden(self, ids, mask, pos):

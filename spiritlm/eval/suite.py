@@ -33,6 +33,9 @@ class ScoringConfig:
     batch_tokens: int = 16384  # rows x padded length per forward
     max_row_tokens: int = 4096  # context + packed continuations per row
     share_context: bool = True
+    # continuations beginning alike (a spoken story's two wavs) share their common start: scored once
+    share_prefixes: bool = True
+    min_shared_prefix: int = 32  # tokens; a shorter common start is not worth the tree mask
 
 
 @dataclass

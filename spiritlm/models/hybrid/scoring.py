@@ -119,7 +119,7 @@ class HybridScorer(Scorer):
         B, L = len(batch), max(r[2] for r in batch)
         slots = torch.full((B, L), -1, dtype=torch.long)
         real_batch = []
-        for b, (ctx, conts, length) in enumerate(batch):
+        for b, (ctx, conts, length, scored_from) in enumerate(batch):
             rctx, s = self._real(ctx)
             slots[b, : len(ctx)] = torch.from_numpy(s)
             off, rconts = len(ctx), []
@@ -128,7 +128,7 @@ class HybridScorer(Scorer):
                 slots[b, off : off + len(cont)] = torch.from_numpy(s)
                 rconts.append((k, rc))
                 off += len(cont)
-            real_batch.append((rctx, rconts, length))
+            real_batch.append((rctx, rconts, length, scored_from))
         mask = slots >= 0
         feats = None
         if self.hybrid.hybrid:

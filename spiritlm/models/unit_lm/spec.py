@@ -172,7 +172,9 @@ def load(directory, device: str = "cpu", dtype: Any = None):
 
 def make_scorer(model, tokenizer, encoder, scoring, eval_cfg) -> Scorer:
     return Scorer(model, tokenizer, encoder, eval_cfg.has_pitch, eval_cfg.has_style, scoring.batch_tokens,
-                  scoring.max_row_tokens, scoring.share_context)
+                  scoring.max_row_tokens, scoring.share_context,
+                  share_prefixes=scoring.share_prefixes,
+                  min_shared_prefix=scoring.min_shared_prefix)
 
 
 SPEC = ModelSpec(
