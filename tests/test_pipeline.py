@@ -115,3 +115,44 @@ def test_demo_reads_training_progress_and_names_exports(tmp_path):
     assert _model_name(Path("runs/demo/train_interleaved/run/hf")) == "train_interleaved"
     assert _model_name(Path("runs/spiritlm_base_7b/hf")) == "spiritlm_base_7b"
     assert _model_name(Path("/ckpt/spirit-lm-base-7b")) == "spirit-lm-base-7b"
+
+
+def build_two_steps(out, log_dir):  # the side process of a background run: its own Pipeline, same out dir
+    import torch
+
+    p = Pipeline(out)
+    p.run("bg_a", {"v": 1}, lambda d: (d / "a.txt").write_text("a") and {"pid": os.getpid(),
+                                                                       "threads": torch.get_num_threads()})
+    p.run("bg_b", {"v": 2}, lambda d: {"b": 2})
+    return {}
+
+
+def test_background_steps_are_found_built_and_reported(tmp_path):
+    """The draws of the demo are built by a side process while the parent trains: when the parent
+    reaches those steps they are built (same keys), the report says where and how long."""
+    pipe = Pipeline(tmp_path, workers=2)
+    pipe.start_background("two", build_two_steps, (tmp_path,))
+    mine = pipe.run("here", 0, lambda d: {"pid": os.getpid()})  # the parent goes on meanwhile
+    pipe.wait_background("two", ("bg_a", "bg_b"))
+    a = pipe.run("bg_a", {"v": 1}, lambda d: pytest.fail("rebuilt a step the side process built"))
+    b = pipe.run("bg_b", {"v": 2}, lambda d: pytest.fail("rebuilt a step the side process built"))
+    assert a["pid"] not in (mine["pid"], os.getpid()) and a["threads"] == 1 and b == {"b": 2}
+    assert (tmp_path / "bg_a" / "a.txt").read_text() == "a"
+    table = pipe.report()
+    assert "| bg_a |" in table and "in the background" in table
+    assert [r.background for r in pipe.results] == [False, True, True]
+    pipe.wait_background("two")  # already joined: nothing to do
+    again = Pipeline(tmp_path)  # a later run: the same steps are plainly cached
+    again.run("bg_a", {"v": 1}, lambda d: pytest.fail("rebuilt"))
+    assert again.results[-1].cached and not again.results[-1].background
+
+
+def fail_in_background(log_dir):
+    raise ValueError("no espeak voice 'xx'")
+
+
+def test_a_failed_background_run_raises_with_its_log(tmp_path):
+    pipe = Pipeline(tmp_path, workers=2)
+    pipe.start_background("broken", fail_in_background)
+    with pytest.raises(RuntimeError, match=r"(?s)\[background_broken\] failed.*no espeak voice"):
+        pipe.wait_background("broken")
