@@ -221,6 +221,14 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def dotted(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: a (nested) config dict by the keys ``--set`` takes."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(dotted(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+    return out
+
+
 def dump_config(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 

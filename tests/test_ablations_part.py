@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spiritlm.config import ConfigError, to_dict
+from spiritlm.config import ConfigError, dotted, to_dict
 from spiritlm.demo.main import DemoConfig
 from spiritlm.demo.parts import DemoContext
 from spiritlm.demo import ablations
@@ -20,24 +20,17 @@ def _ctx(tmp_path, overrides=(), start=True, seeds=(0,)):
                        units={}, evals={}, comparison={}, part_overrides={"ablations": list(overrides)})
 
 
-def _flat(d, p=""):
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{p}{k}.") if isinstance(v, dict) else {f"{p}{k}": v})
-    return out
-
-
 def test_each_ablation_changes_one_thing_of_the_interleaved_model(tmp_path):
     from spiritlm.demo.main import train_config
 
     ctx = _ctx(tmp_path)
-    ref = _flat(to_dict(train_config(ctx.cfg, "interleaved", ctx.shards, ctx.text_tok, tmp_path / "x", ctx.start, 0)))
+    ref = dotted(to_dict(train_config(ctx.cfg, "interleaved", ctx.shards, ctx.text_tok, tmp_path / "x", ctx.start, 0)))
     for variant, shards, changed in (("pairs", {"dir": "shards_pairs"}, {"data.sources"}),
                                      ("random_init", ctx.shards, {"model.checkpoint"})):
-        got = _flat(to_dict(ablations.train_config(ctx, variant, 0, shards, tmp_path / "x")))
+        got = dotted(to_dict(ablations.train_config(ctx, variant, 0, shards, tmp_path / "x")))
         diff = {k for k in ref if ref[k] != got.get(k)}
         assert diff == changed | {"checkpoint.keep"} and got["checkpoint.keep"] == 0  # every step kept
-    got = _flat(to_dict(ablations.train_config(ctx, "pairs", 0, {"dir": "shards_pairs"}, tmp_path / "x")))
+    got = dotted(to_dict(ablations.train_config(ctx, "pairs", 0, {"dir": "shards_pairs"}, tmp_path / "x")))
     assert [s["path"].replace("shards_pairs", "shards") for s in got["data.sources"]] == \
         [s["path"] for s in ref["data.sources"]]
     rnd = ablations.train_config(ctx, "random_init", 0, ctx.shards, tmp_path / "x")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from spiritlm.config import ConfigError, to_dict
+from spiritlm.config import ConfigError, dotted, to_dict
 from spiritlm.demo import backbone
 from spiritlm.demo.main import DemoConfig, train_config
 from spiritlm.demo.parts import PARTS, DemoContext
@@ -20,13 +20,6 @@ def _ctx(tmp_path, overrides=(), seeds=(0,), text_corpus=""):
                        manifest="m.jsonl", shards={"dir": "shards"}, start={"hf": "start/hf"}, seeds=list(seeds),
                        models={}, draws={}, units={}, evals={}, comparison={},
                        part_overrides={"backbone": list(overrides)})
-
-
-def _flat(d, p=""):
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{p}{k}.") if isinstance(v, dict) else {f"{p}{k}": v})
-    return out
 
 
 def test_registered_and_config_errors_say_the_fix(tmp_path):
@@ -52,8 +45,8 @@ def test_bpe_tokenizer_step_and_models_differ_only_in_the_tokenizer(tmp_path):
     assert loaded.sp is None and (Path(tok["dir"]) / "tokenizer.json").is_file()
     assert tok["bos_id"] == loaded.bos_id == loaded.text.piece_id("<|begin_of_text|>")
     assert tok["base_vocab_size"] == loaded.layout.text_id  # [Text] after the reserved specials
-    ref = _flat(to_dict(train_config(ctx.cfg, "interleaved", ctx.shards, ctx.text_tok, tmp_path / "x", ctx.start, 0)))
-    got = _flat(to_dict(backbone._config(ctx, "interleaved", {"dir": "shards_bpe"}, tok, tmp_path / "x",
+    ref = dotted(to_dict(train_config(ctx.cfg, "interleaved", ctx.shards, ctx.text_tok, tmp_path / "x", ctx.start, 0)))
+    got = dotted(to_dict(backbone._config(ctx, "interleaved", {"dir": "shards_bpe"}, tok, tmp_path / "x",
                                           {"hf": "start_bpe/hf"}, 0)))
     assert {k for k in ref if ref[k] != got.get(k)} == {"model.tokenizer", "model.checkpoint", "data.bos_id",
                                                        "data.sources"}
