@@ -42,7 +42,6 @@ class StepResult:
     cached: bool
     outputs: dict[str, Any]
     side_by_side: bool = False  # ran in a side process, overlapping other steps
-    background: bool = False  # built by a background process (Pipeline.start_background) of this run
 
 
 @dataclass
@@ -74,9 +73,6 @@ class Pipeline:
         self.workers = max(1, workers)
         self.results: list[StepResult] = []
         self.t0 = time.perf_counter()
-        self._wall0 = time.time()  # steps finished after this were built by this run
-        self._background: dict[str, "Background"] = {}
-        self._built_in_background: set[str] = set()  # step names a finished background run built
 
     # ---- one step, in this process ----------------------------------------------------------------
     def run(self, name: str, deps: Any, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
@@ -171,63 +167,14 @@ class Pipeline:
             raise RuntimeError("side-by-side steps failed:\n" + "\n".join(lines))
         return outputs
 
-    # ---- steps built by a side process while this one goes on ------------------------------------
-    def start_background(self, name: str, fn: Callable[..., Any], args: tuple = (), threads: int = 1) -> None:
-        """Run ``fn(*args, log_dir)`` in a spawned side process now (``threads`` torch threads
-        there) while this process goes on with its own steps; :meth:`wait_background` joins it.
-        ``fn`` builds ordinary cached steps (its own :class:`Pipeline` on the same ``out_dir``,
-        other step names than this process runs meanwhile); when this process later runs those
-        steps they are found built, and the report lists them as built in the background.
-        Why: on few cores a step that leaves a core idle (a 2-thread training that gains 1.37x
-        from its second thread) can share it with one that does not need its outputs. The side
-        process never changes this one's thread count, so its numbers stay the same."""
-        log_dir = self.out_dir / f"background_{name}"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / LOG).unlink(missing_ok=True)
-        job = Job(f"background_{name}", None, fn, args)
-        proc = _spawn(mp.get_context("spawn"), job, log_dir, threads)
-        print(f"[background_{name}] started ({threads} thread{'s' * (threads > 1)}; log: {log_dir / LOG})",
-              flush=True)
-        self._background[name] = Background(name, proc, log_dir, time.perf_counter())
-
-    def wait_background(self, name: str, steps: tuple[str, ...] = ()) -> None:
-        """Join the side process ``name`` (a no-op when none was started); ``steps``: the step
-        names it built, reported as built in the background. Its failure raises here, with the
-        tail of its log."""
-        bg = self._background.pop(name, None)
-        if bg is None:
-            return
-        if bg.proc.is_alive():
-            print(f"[background_{name}] waiting for it ...", flush=True)
-        bg.proc.join()
-        print(f"[background_{name}] done {time.perf_counter() - bg.t0:.1f} s after it started", flush=True)
-        if bg.proc.exitcode != 0:
-            log = bg.log_dir / LOG
-            tail = log.read_text(errors="replace").splitlines()[-15:] if log.is_file() else []
-            raise RuntimeError(f"[background_{name}] failed (exit code {bg.proc.exitcode}); log: {log}\n    "
-                               + "\n    ".join(tail))
-        self._built_in_background.update(steps)
-
-    def stop_background(self) -> None:
-        """Terminate side processes still running (an interrupted run: they resume next time)."""
-        for bg in self._background.values():
-            if bg.proc.is_alive():
-                bg.proc.terminate()
-            bg.proc.join()
-        self._background.clear()
-
     # ---- bookkeeping --------------------------------------------------------------------------------
     def _cached(self, name: str, key: str) -> Optional[dict[str, Any]]:
         done = self.out_dir / name / DONE
         if done.is_file():
             rec = json.loads(done.read_text())
             if rec.get("key") == key:
-                if name in self._built_in_background and rec.get("built_at", 0) >= self._wall0:
-                    self.results.append(StepResult(name, rec["seconds"], False, rec["outputs"], background=True))
-                    print(f"[{name}] built in the background ({rec['seconds']:.1f} s)")
-                else:
-                    self.results.append(StepResult(name, 0.0, True, rec["outputs"]))
-                    print(f"[{name}] cached ({rec['seconds']:.1f} s when built)")
+                self.results.append(StepResult(name, 0.0, True, rec["outputs"]))
+                print(f"[{name}] cached ({rec['seconds']:.1f} s when built)")
                 return rec["outputs"]
         return None
 
@@ -246,8 +193,7 @@ class Pipeline:
                 side: bool = False) -> dict[str, Any]:
         done = self.out_dir / name / DONE
         tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "seconds": seconds, "outputs": outputs, "built_at": time.time()},
-                                  indent=1, default=str))
+        tmp.write_text(json.dumps({"key": key, "seconds": seconds, "outputs": outputs}, indent=1, default=str))
         tmp.replace(done)  # written last: a killed step reruns
         self.results.append(StepResult(name, seconds, False, outputs, side))
         print(f"[{name}] done in {seconds:.1f} s")
@@ -258,20 +204,11 @@ class Pipeline:
         pipeline started is less than the sum of the steps."""
         lines = ["| step | time (s) | ran |", "|---|---:|---|"]
         for r in self.results:
-            how = ("cached" if r.cached else "in the background" if r.background
-                   else "side by side" if r.side_by_side else "yes")
+            how = "cached" if r.cached else "side by side" if r.side_by_side else "yes"
             lines.append(f"| {r.name} | {r.seconds:.1f} | {how} |")
         lines.append(f"| sum of steps | {sum(r.seconds for r in self.results):.1f} | |")
         lines.append(f"| **wall time** | {time.perf_counter() - self.t0:.1f} | |")
         return "\n".join(lines)
-
-
-@dataclass
-class Background:
-    name: str
-    proc: Any  # multiprocessing Process
-    log_dir: Path
-    t0: float
 
 
 def _key(deps: Any) -> str:

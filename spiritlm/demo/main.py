@@ -19,7 +19,7 @@ from spiritlm.corpus.demo import DemoCorpusConfig
 from spiritlm.demo.files import file_hash, recipe, train_config_key
 from spiritlm.demo.parts import DemoContext, check_parts, run_parts
 from spiritlm.models.unit_lm import sizes as unit_lm_sizes
-from spiritlm.pipeline import Job, Pipeline, available_cores
+from spiritlm.pipeline import Job, Pipeline
 from spiritlm.precision import pin_precision, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -86,11 +86,6 @@ class DemoConfig:
     # 1-thread one, and the last bits differ. The evaluations run the same way, on benchmark
     # audio encoded once.
     side_by_side: int = 2
-    # Build the benchmark draws (espeak synthesis: the dev draw, then the test draws) in a side
-    # process from the start, while the speech tokenizer trains: its tiny HuBERT gains only 1.37x
-    # from its second thread, so the other core is partly idle. The same files either way (each
-    # wav is synthesised in its own seeded fork); the HuBERT keeps its threads, so its numbers too.
-    draws_in_background: bool = True
     eval_recipe: str = "eval/demo_suite.toml"
     eval_overrides: list[str] = field(default_factory=list)
     # 480 Topic-StoryCloze items: 120 resolve only ~10-point gaps (a seed's +6.7 on 120 items was
@@ -304,38 +299,6 @@ def eval_step_name(cfg: DemoConfig, variant: str, seed: int, label: str) -> str:
     return step if label == "dev" else f"{step}_{label}"
 
 
-DRAW_STEPS = ("mini_benchmarks", "mini_test")
-
-
-def _test_seeds(cfg: DemoConfig, out: Path) -> list[int]:
-    from spiritlm.eval.protocol import choose_test_seeds
-
-    if cfg.test_draws > 0 or cfg.test_seeds:
-        return choose_test_seeds(out, cfg.test_draws, cfg.test_seeds, dev_seed=cfg.seed)
-    return []
-
-
-def draw_steps(pipe: Pipeline, cfg: DemoConfig, test_seeds: list[int]) -> tuple[dict, dict[str, dict]]:
-    """The dev draw and the test draws (steps ``DRAW_STEPS``) -> (dev draw, {label: draw})."""
-    from spiritlm.eval.mini import MINI_VERSION
-
-    mini = pipe.run("mini_benchmarks", [MINI_VERSION, cfg.seed, cfg.mini_sizes, _speech_cls_build(cfg)],
-                    lambda d: _mini_step(cfg, d))
-    draws = {"dev": mini}
-    if test_seeds:
-        tests = pipe.run("mini_test", [MINI_VERSION, test_seeds, cfg.test_sizes,
-                                       file_hash(Path(mini["paths"]["heldout_texts"]))],
-                         lambda d: _mini_test_step(cfg, test_seeds, mini, d))
-        draws.update((d["label"], d) for d in tests["draws"])
-    return mini, draws
-
-
-def _draws_in_background(cfg: DemoConfig, out: str, test_seeds: list[int], log_dir: Path) -> dict:
-    """The side process of ``draws_in_background``: the same steps, its own Pipeline."""
-    draw_steps(Pipeline(Path(out)), cfg, test_seeds)
-    return {}
-
-
 def _mini_step(cfg: DemoConfig, step_dir: Path) -> dict[str, Any]:
     draw = _build_draw(step_dir / "mini", cfg.seed, cfg.mini_sizes, set())
     cls = _speech_cls_build(cfg)
@@ -497,16 +460,6 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     precision = precision_choice(cfg)
     print(f"training precision: {precision.reason}", flush=True)
     (out / "precision.json").write_text(json.dumps(precision.as_dict(), indent=2) + "\n")
-    test_seeds = _test_seeds(cfg, out)  # recorded before a side process could read them
-    if cfg.draws_in_background and min(cfg.side_by_side, available_cores()) > 1:
-        pipe.start_background("draws", _draws_in_background, (cfg, str(out), test_seeds))
-    try:
-        return _run_demo(cfg, out, pipe, precision, test_seeds)
-    finally:
-        pipe.stop_background()  # an interrupted run: the side process stops too (it resumes next time)
-
-
-def _run_demo(cfg: DemoConfig, out: Path, pipe: Pipeline, precision, test_seeds: list[int]) -> Pipeline:
     # identity() includes the grammar/corpus/espeak versions, not only the settings
     corpus = pipe.run("corpus", cfg.corpus.identity(), lambda d: _corpus_step(cfg, d))
     text_tok = pipe.run("text_tokenizer", [cfg.text_vocab_size, corpus["stats"]],
@@ -542,8 +495,18 @@ def _run_demo(cfg: DemoConfig, out: Path, pipe: Pipeline, precision, test_seeds:
     for (variant, _), model in zip(jobs, pipe.run_jobs([j for _, j in jobs])):
         models[variant].append(model)
     # the dev draw (settings were chosen on it), then the test draws (claims are read from them)
-    pipe.wait_background("draws", DRAW_STEPS)
-    mini, draws = draw_steps(pipe, cfg, test_seeds)
+    from spiritlm.eval.mini import MINI_VERSION
+    from spiritlm.eval.protocol import choose_test_seeds
+
+    mini = pipe.run("mini_benchmarks", [MINI_VERSION, cfg.seed, cfg.mini_sizes, _speech_cls_build(cfg)],
+                    lambda d: _mini_step(cfg, d))
+    draws = {"dev": mini}
+    if cfg.test_draws > 0 or cfg.test_seeds:
+        test_seeds = choose_test_seeds(out, cfg.test_draws, cfg.test_seeds, dev_seed=cfg.seed)
+        tests = pipe.run("mini_test", [MINI_VERSION, test_seeds, cfg.test_sizes,
+                                       file_hash(Path(mini["paths"]["heldout_texts"]))],
+                         lambda d: _mini_test_step(cfg, test_seeds, mini, d))
+        draws.update((d["label"], d) for d in tests["draws"])
     ecfg = eval_config(cfg, mini, speech_tok)  # the units depend on the encoder, not on the scoring
     enc_deps = [UNITS_VERSION, ecfg.speech_encoder, ecfg.speech_encoder_args,
                 file_hash(Path(speech_tok["dir"]) / "manifest.json")]
