@@ -11,6 +11,7 @@ from spiritlm.config import ConfigError, dotted, to_dict
 from spiritlm.demo.main import DemoConfig
 from spiritlm.demo.parts import DemoContext
 from spiritlm.demo import ablations
+from spiritlm.eval.testing import write_items
 
 
 def _ctx(tmp_path, overrides=(), start=True, seeds=(0,)):
@@ -49,20 +50,12 @@ def test_part_config_errors_say_the_fix(tmp_path):
     assert ablations.part_config(_ctx(tmp_path, ["variants=[pairs]"], start=False)).variants == ["pairs"]
 
 
-def _items(d: Path, scores: list[float], setting="T2S"):
-    d.mkdir(parents=True)
-    with open(d / "items.jsonl", "w") as f:
-        for i, s in enumerate(scores):
-            f.write(json.dumps({"task": "topic_storycloze", "setting": setting, "key": str(i), "score": s}) + "\n")
-    return {"dir": str(d)}
-
-
 def test_table_pools_test_draws_against_the_interleaved_model(tmp_path):
     # interleaved right on every item, pairs on half of them, on two test draws; the dev draw differs
-    evals = {"interleaved": {"dev": [_items(tmp_path / "i_dev", [1, 1])], "test1": [_items(tmp_path / "i1", [1] * 10)],
-                             "test2": [_items(tmp_path / "i2", [1] * 10)]},
-             "pairs": {"dev": [_items(tmp_path / "p_dev", [1, 1])], "test1": [_items(tmp_path / "p1", [1, 0] * 5)],
-                       "test2": [_items(tmp_path / "p2", [0] * 10)]}}
+    evals = {"interleaved": {"dev": [write_items(tmp_path / "i_dev", [1, 1])], "test1": [write_items(tmp_path / "i1", [1] * 10)],
+                             "test2": [write_items(tmp_path / "i2", [1] * 10)]},
+             "pairs": {"dev": [write_items(tmp_path / "p_dev", [1, 1])], "test1": [write_items(tmp_path / "p1", [1, 0] * 5)],
+                       "test2": [write_items(tmp_path / "p2", [0] * 10)]}}
     draws = {"dev": {"seed": 0}, "test1": {"seed": 11}, "test2": {"seed": 12}}
     (tmp_path / "cmp").mkdir()
     out = ablations._compare_step(evals, draws, [0], tmp_path / "cmp")

@@ -12,6 +12,7 @@ from spiritlm.config import ConfigError, dotted, to_dict
 from spiritlm.demo import backbone
 from spiritlm.demo.main import DemoConfig, train_config
 from spiritlm.demo.parts import PARTS, DemoContext
+from spiritlm.eval.testing import write_items
 
 
 def _ctx(tmp_path, overrides=(), seeds=(0,), text_corpus=""):
@@ -54,21 +55,13 @@ def test_bpe_tokenizer_step_and_models_differ_only_in_the_tokenizer(tmp_path):
         [s["path"] for s in ref["data.sources"]]
 
 
-def _items(d: Path, scores, setting="T2S"):
-    d.mkdir(parents=True)
-    with open(d / "items.jsonl", "w") as f:
-        for i, s in enumerate(scores):
-            f.write(json.dumps({"task": "topic_storycloze", "setting": setting, "key": str(i), "score": s}) + "\n")
-    return {"dir": str(d)}
-
-
 def test_tables_pool_the_test_draws(tmp_path):
     right, half, wrong = [1] * 10, [1, 0] * 5, [0] * 10
     evals = {}
     for name, test in (("interleaved", right), ("no_interleaving", wrong), ("interleaved_bpe", half),
                        ("no_interleaving_bpe", wrong)):
-        evals[name] = {"dev": [_items(tmp_path / name / "dev", [1, 1])],
-                       "test1": [_items(tmp_path / name / "t1", test)], "test2": [_items(tmp_path / name / "t2", test)]}
+        evals[name] = {"dev": [write_items(tmp_path / name / "dev", [1, 1])],
+                       "test1": [write_items(tmp_path / name / "t1", test)], "test2": [write_items(tmp_path / name / "t2", test)]}
     draws = {"dev": {"seed": 0}, "test1": {"seed": 11}, "test2": {"seed": 12}}
     (tmp_path / "cmp").mkdir()
     out = backbone._compare_step(evals, draws, [0], ["interleaved", "no_interleaving"], "llama3", tmp_path / "cmp")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,14 @@ def write_tone(path: str | Path, seconds: float = 0.5, freq: float = 220.0, sr: 
     p.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(p), (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr)
     return p
+
+
+def write_items(d: str | Path, scores, setting: str = "T2S", task: str = "topic_storycloze") -> dict:
+    """An evaluation directory holding only ``items.jsonl`` (one 0/1 or averaged score per item,
+    keys "0", "1", ...), as the comparisons read it -> ``{"dir": d}`` like an eval step's output."""
+    d = Path(d)
+    d.mkdir(parents=True)
+    with open(d / "items.jsonl", "w") as f:
+        for i, s in enumerate(scores):
+            f.write(json.dumps({"task": task, "setting": setting, "key": str(i), "score": s}) + "\n")
+    return {"dir": str(d)}
