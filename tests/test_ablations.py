@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spiritlm.config import dotted
 from spiritlm.data.interleave import InterleaveConfig, Interleaver, synthetic_records
 from spiritlm.data.records import asr_ids, tts_ids
 
@@ -45,18 +46,8 @@ def test_pair_mode_whole_records_both_directions_resampled_per_epoch():
         InterleaveConfig(mode="pairs", asr_fraction=1.5)
 
 
-def _flat(d: dict, p: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{p}{k}."))
-        else:
-            out[f"{p}{k}"] = v
-    return out
-
-
 def _diff(a: dict, b: dict) -> set:
-    fa, fb = _flat(a), _flat(b)
+    fa, fb = dotted(a), dotted(b)
     return {k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k)}
 
 

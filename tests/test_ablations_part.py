@@ -52,9 +52,11 @@ def test_part_config_errors_say_the_fix(tmp_path):
 
 def test_table_pools_test_draws_against_the_interleaved_model(tmp_path):
     # interleaved right on every item, pairs on half of them, on two test draws; the dev draw differs
-    evals = {"interleaved": {"dev": [write_items(tmp_path / "i_dev", [1, 1])], "test1": [write_items(tmp_path / "i1", [1] * 10)],
+    evals = {"interleaved": {"dev": [write_items(tmp_path / "i_dev", [1, 1])],
+                             "test1": [write_items(tmp_path / "i1", [1] * 10)],
                              "test2": [write_items(tmp_path / "i2", [1] * 10)]},
-             "pairs": {"dev": [write_items(tmp_path / "p_dev", [1, 1])], "test1": [write_items(tmp_path / "p1", [1, 0] * 5)],
+             "pairs": {"dev": [write_items(tmp_path / "p_dev", [1, 1])],
+                       "test1": [write_items(tmp_path / "p1", [1, 0] * 5)],
                        "test2": [write_items(tmp_path / "p2", [0] * 10)]}}
     draws = {"dev": {"seed": 0}, "test1": {"seed": 11}, "test2": {"seed": 12}}
     (tmp_path / "cmp").mkdir()

@@ -61,7 +61,8 @@ def test_tables_pool_the_test_draws(tmp_path):
     for name, test in (("interleaved", right), ("no_interleaving", wrong), ("interleaved_bpe", half),
                        ("no_interleaving_bpe", wrong)):
         evals[name] = {"dev": [write_items(tmp_path / name / "dev", [1, 1])],
-                       "test1": [write_items(tmp_path / name / "t1", test)], "test2": [write_items(tmp_path / name / "t2", test)]}
+                       "test1": [write_items(tmp_path / name / "t1", test)],
+                       "test2": [write_items(tmp_path / name / "t2", test)]}
     draws = {"dev": {"seed": 0}, "test1": {"seed": 11}, "test2": {"seed": 12}}
     (tmp_path / "cmp").mkdir()
     out = backbone._compare_step(evals, draws, [0], ["interleaved", "no_interleaving"], "llama3", tmp_path / "cmp")

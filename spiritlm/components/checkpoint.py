@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from spiritlm.config import ConfigError
+from spiritlm.config import ConfigError, dotted
 
 TMP_PREFIX = ".tmp-"
 
@@ -301,13 +301,7 @@ def _model_differences(ckpt_dir: Path, tag: str) -> str:
     except (OSError, AttributeError, yaml.YAMLError):
         return ""
 
-    def flat(d, pre="model."):
-        out = {}
-        for k, v in (d or {}).items():
-            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
-        return out
-
-    a, b = flat(old), flat(new)
+    a, b = dotted(old or {}, "model."), dotted(new or {}, "model.")
     diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k)]
     return "; ".join(diff[:4])
