@@ -77,6 +77,10 @@ class VocabLayout:
     style_prefix: str = "St"
     style_rate: float = 1.0
     style_dedup: bool = False
+    # What filled the [Hu*] rows: "hubert" (HuBERT k-means / the release's quantizer) or "semantic"
+    # (an ASR-supervised encoder, spiritlm.tokenizer.semantic). Same ids and string rules; recorded
+    # so that shards of one family are never mixed with, or trained into a model of, the other.
+    unit_family: str = "hubert"
 
     def __post_init__(self) -> None:
         if self.base_vocab_size < 0:
@@ -94,6 +98,8 @@ class VocabLayout:
         prefixes = [self.hubert_prefix, self.pitch_prefix, self.style_prefix]
         if len(set(prefixes)) != 3:
             raise ValueError(f"stream prefixes must differ, got {prefixes}")
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.unit_family):
+            raise ValueError(f"unit_family must be a lower-case name such as 'hubert' or 'semantic', got {self.unit_family!r}")
         if self.text_marker == self.speech_marker:
             raise ValueError("text_marker and speech_marker must differ")
 

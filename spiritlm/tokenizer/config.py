@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from spiritlm.tokenizer.conformer import ConformerConfig
 from spiritlm.tokenizer.hubert import HubertCfg
 from spiritlm.tokenizer.pitch import PitchCfg
 from spiritlm.tokenizer.style import StyleCfg
@@ -50,6 +51,37 @@ class DemoHubertCfg:
 
 
 @dataclass
+class SemanticCfg:
+    """Semantic units (issue 35): an ASR-supervised encoder whose layer is quantised instead of
+    HuBERT's. ``enabled`` replaces the ``[hubert]`` section; units, dedup, ids and the data stage
+    are the same (``[Hu*]`` rows; the vocabulary layout records ``unit_family = "semantic"``)."""
+
+    enabled: bool = False
+    # "conformer": the CTC conformer over log-mel (trained here when ``path`` is empty, else a
+    # directory with encoder.safetensors + ctc.safetensors + encoder.json, or a continuous /
+    # streaming export with continuous.json); "hf": a local HF ``*ForCTC`` directory (wav2vec2,
+    # HuBERT, WavLM ... fine-tuned for ASR).
+    kind: Literal["conformer", "hf"] = "conformer"
+    path: str = ""
+    layer: int = 0  # 1-based block (conformer) / hidden layer (hf) that is quantised; 0 = the last
+    # Units per second: 0 = the encoder's own (25 Hz for the conformer's 40-ms frames); else the
+    # encoder's rate / k for a whole k (k frames averaged): 12.5 from a 25-Hz encoder (GLM-4-Voice's rate)
+    frame_rate: float = 0.0
+    device: str = "auto"
+    max_chunk_s: float = 100.0  # long audio is encoded in chunks of at most this length (as HuBERT)
+    conformer: ConformerConfig = field(default_factory=lambda: ConformerConfig(dim=144, layers=4, heads=4, subsample=4))
+    # training (conformer kind, empty path): character CTC on the corpus' transcripts
+    steps: int = 1500
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    max_audio_s: float = 20.0  # longer training utterances are skipped (attention memory)
+    max_minutes: float = 0.0  # wall-clock cap on training, 0 = none (a cap that bites makes units load-dependent)
+    threads: int = 0  # torch threads while training (0 = leave as is)
+    heldout_max: int = 40  # held-out utterances decoded greedily for the encoder's WER in metrics.json
+
+
+@dataclass
 class FitCfg:
     split: str = "train"  # manifest split used to fit codebooks ("" = all rows)
     max_files: int = 0  # 0 = all
@@ -74,6 +106,7 @@ class TokenizerCfg:
     pitch: PitchCfg = field(default_factory=PitchCfg)
     style: StyleCfg = field(default_factory=StyleCfg)
     demo: DemoHubertCfg = field(default_factory=DemoHubertCfg)
+    semantic: SemanticCfg = field(default_factory=SemanticCfg)
     fit: FitCfg = field(default_factory=FitCfg)
     release: ReleaseCfg = field(default_factory=ReleaseCfg)
 

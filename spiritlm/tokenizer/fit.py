@@ -16,8 +16,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
 from spiritlm.config import save_config
 from spiritlm.tokenizer.config import TokenizerCfg
 from spiritlm.tokenizer.corpus_audio import corpus_files, iter_wavs
@@ -39,25 +37,27 @@ def _batches(items, seconds: float):
 
 def fit_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | Path, model=None,
                   progress: bool = True) -> Path:
-    from spiritlm.tokenizer.hubert import HubertFeaturizer, load_hubert
+    from spiritlm.tokenizer.hubert import load_hubert
     from spiritlm.tokenizer.kmeans import FrameReservoir, KMeansQuantizer, LinearQuantizer, train_kmeans
-    from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
+    from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer, featurizer_for
     from spiritlm.tokenizer.style import pool_windows
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     rows = corpus_files(manifest, cfg.fit.split, cfg.fit.max_files)
     if model is None:
-        if cfg.demo.enabled:
+        if cfg.semantic.enabled:
+            model = _semantic_encoder(cfg, manifest, rows, progress)
+        elif cfg.demo.enabled:
             from spiritlm.tokenizer.tiny_hubert_train import train_tiny_hubert
 
             model = train_tiny_hubert(cfg.demo, rows, seed=cfg.seed, progress=progress)
         else:
             model = load_hubert(cfg.hubert.path)
-    feat = HubertFeaturizer.from_cfg(cfg.hubert, model)
+    feat = featurizer_for(cfg, model)
     need_units = not cfg.units.path
     style_kmeans = cfg.style.enabled and cfg.style.kind == "kmeans" and not cfg.style.path
-    style_feat = HubertFeaturizer.from_cfg(cfg.hubert, model, layer=cfg.style.layer) if style_kmeans else None
+    style_feat = featurizer_for(cfg, model, layer=cfg.style.layer) if style_kmeans else None
     res = FrameReservoir(cfg.units.max_frames, seed=cfg.seed)
     style_res = FrameReservoir(cfg.style.max_windows, seed=cfg.seed + 1)
     if need_units or style_kmeans:
@@ -100,12 +100,36 @@ def fit_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | Path, 
 
             style_q = StyleClassifier(cfg.style.path)
         if style_feat is None and cfg.style.kind == "kmeans":
-            style_feat = HubertFeaturizer.from_cfg(cfg.hubert, model, layer=cfg.style.layer)
+            style_feat = featurizer_for(cfg, model, layer=cfg.style.layer)
     tok = SpeechTokenizer(cfg, feat, quant, pitch_model, style_q, style_feat, speaker_f0)
     tok.save(out_dir)
     save_config(cfg, out_dir / "fit_config.yaml")
     log.info("tokenizer fitted in %.1f s -> %s", time.perf_counter() - t0, out_dir)
     return out_dir
+
+
+def _semantic_encoder(cfg: TokenizerCfg, manifest, rows, progress: bool):
+    """The recipe's semantic encoder: loaded from ``semantic.path``, else the CTC conformer
+    trained here on the fit split's transcripts (held-out WER from the manifest's other split)."""
+    from spiritlm.tokenizer.semantic import load_semantic_encoder, pool_factor, train_ctc_conformer
+
+    sc = cfg.semantic
+    if cfg.release.path:
+        raise ValueError("semantic.enabled and release.path are both set: the release's files are HuBERT units; "
+                         "drop one of them")
+    if sc.path:
+        model = load_semantic_encoder(sc.kind, sc.path)
+    elif sc.kind == "hf":
+        raise ValueError("semantic.kind='hf' needs semantic.path (a local HF *ForCTC directory); only the "
+                         "conformer kind is trained here")
+    else:  # refuse a bad rate or layer before minutes of training, not after
+        pool_factor(sc.frame_rate, 1000.0 / (sc.conformer.hop_ms * sc.conformer.subsample))
+        if not 0 <= sc.layer <= sc.conformer.layers:
+            raise ValueError(f"semantic.layer={sc.layer} but semantic.conformer.layers={sc.conformer.layers}; "
+                             f"pick 1..{sc.conformer.layers} (0 = the last)")
+        held = [r for r in corpus_files(manifest, "", 0) if r[0].split != (cfg.fit.split or r[0].split)]
+        model = train_ctc_conformer(sc, rows, held, seed=cfg.seed, progress=progress)
+    return model
 
 
 def _fit_pitch(cfg: TokenizerCfg, rows, progress: bool):

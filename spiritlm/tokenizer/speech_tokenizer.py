@@ -68,7 +68,7 @@ class SpeechTokenizer:
     @classmethod
     def from_config(cls, cfg: TokenizerCfg, model=None, root: Path | None = None) -> "SpeechTokenizer":
         """Build from paths in ``cfg`` (relative ones resolved against ``root``)."""
-        from spiritlm.tokenizer.hubert import HubertFeaturizer, load_hubert
+        from spiritlm.tokenizer.hubert import load_hubert
         from spiritlm.tokenizer.kmeans import KMeansQuantizer, LinearQuantizer
 
         def res(p: str) -> str:
@@ -78,9 +78,14 @@ class SpeechTokenizer:
             from spiritlm.tokenizer.release import build_from_release
 
             return build_from_release(cls, cfg, root)
-        if model is None:
+        if cfg.semantic.enabled:
+            if model is None:
+                from spiritlm.tokenizer.semantic import load_semantic_encoder
+
+                model = load_semantic_encoder(cfg.semantic.kind, res(cfg.semantic.path))
+        elif model is None:
             model = load_hubert(res(cfg.hubert.path))
-        feat = HubertFeaturizer.from_cfg(cfg.hubert, model)
+        feat = featurizer_for(cfg, model)
         if not cfg.units.path:
             raise ValueError("units.path is empty: give centroids (.npy) / LinearQuantizer weights, or run `spiritlm tokenizer fit`")
         if cfg.units.kind == "linear":
@@ -101,7 +106,7 @@ class SpeechTokenizer:
                 style_q = StyleClassifier(res(cfg.style.path))
             else:
                 style_q = KMeansQuantizer.load(res(cfg.style.path))
-                style_feat = HubertFeaturizer.from_cfg(cfg.hubert, model, layer=cfg.style.layer)
+                style_feat = featurizer_for(cfg, model, layer=cfg.style.layer)
         speaker_f0 = {}
         if root is not None and (root / "speaker_f0.json").is_file():
             speaker_f0 = json.loads((root / "speaker_f0.json").read_text())
@@ -133,6 +138,11 @@ class SpeechTokenizer:
         # merge timing: HuBERT at (frame rate - 0.04 %), e.g. 24.99 for 25 Hz like the release,
         # so a HuBERT token sorts just after a pitch/style token starting at the same instant
         rate = round(self.featurizer.frame_rate * 24.99 / 25.0, 6)
+        if self.cfg.semantic.enabled:  # same ids, another unit family: recorded in the layout
+            base = SPIRITLM if sizes["hubert"] <= SPIRITLM.hubert_size and sizes["pitch"] <= SPIRITLM.pitch_size \
+                and sizes["style"] <= SPIRITLM.style_size else VocabLayout(
+                    hubert_size=max(sizes["hubert"], 1), pitch_size=max(sizes["pitch"], 1), style_size=max(sizes["style"], 1))
+            return dataclasses.replace(base, hubert_rate=rate, unit_family="semantic")
         if sizes["hubert"] <= SPIRITLM.hubert_size and sizes["pitch"] <= SPIRITLM.pitch_size and sizes["style"] <= SPIRITLM.style_size:
             # ids compatible with the released checkpoints
             return SPIRITLM if rate == SPIRITLM.hubert_rate else dataclasses.replace(SPIRITLM, hubert_rate=rate)
@@ -262,10 +272,15 @@ class SpeechTokenizer:
         if self.cfg.release.path:
             return self._save_release_reference(d)
         cfg = dataclasses.replace(self.cfg)  # shallow; sub-configs replaced below
-        cfg.hubert = dataclasses.replace(self.cfg.hubert, path="hubert")
-        if (d / "hubert").exists():
-            shutil.rmtree(d / "hubert")
-        self.featurizer.model.save_pretrained(str(d / "hubert"), safe_serialization=True)
+        enc_dir = "semantic" if self.cfg.semantic.enabled else "hubert"
+        if (d / enc_dir).exists():
+            shutil.rmtree(d / enc_dir)
+        if self.cfg.semantic.enabled:
+            cfg.semantic = dataclasses.replace(self.cfg.semantic, path=enc_dir)
+            self.featurizer.model.save(d / enc_dir)
+        else:
+            cfg.hubert = dataclasses.replace(self.cfg.hubert, path=enc_dir)
+            self.featurizer.model.save_pretrained(str(d / enc_dir), safe_serialization=True)
         if isinstance(self.quantizer, KMeansQuantizer):
             cfg.units = dataclasses.replace(self.cfg.units, kind="kmeans", path="hubert_units.npy", allow_pickle=False)
             self.quantizer.save(d / "hubert_units.npy")
@@ -353,6 +368,21 @@ class SpeechTokenizer:
         tok = cls.from_config(cfg, root=d)
         tok.streams = tok._check_streams(streams)
         return tok
+
+
+def featurizer_for(cfg: TokenizerCfg, model, layer: int | None = None):
+    """The featurizer of the tokenizer's unit family at ``layer`` (default: the units' layer):
+    HuBERT's, or the semantic encoder's when ``semantic.enabled``."""
+    if cfg.semantic.enabled:
+        from spiritlm.tokenizer.semantic import SemanticFeaturizer
+
+        if cfg.release.path:
+            raise ValueError("semantic.enabled and release.path are both set: the release's files are HuBERT "
+                             "units; drop one of them")
+        return SemanticFeaturizer.from_cfg(cfg.semantic, model, layer)
+    from spiritlm.tokenizer.hubert import HubertFeaturizer
+
+    return HubertFeaturizer.from_cfg(cfg.hubert, model, layer)
 
 
 def _name(src: AudioInput) -> str:

@@ -16,21 +16,7 @@ from typing import Literal
 
 from spiritlm.config import ConfigError
 from spiritlm.components.config import TrainConfig
-
-
-@dataclass
-class ConformerConfig:
-    """The small CTC conformer over log-mel filterbanks trained here (SpeechLLM's encoder, small)."""
-
-    n_mels: int = 80
-    hop_ms: float = 10.0  # filterbank hop; conv subsampling x4 -> 40 ms frames
-    subsample: int = 4  # 2 stride-2 convs (4) or 3 (8 -> 80 ms frames, SpeechLLM's base rate)
-    dim: int = 144
-    layers: int = 4
-    heads: int = 4
-    ffn_mult: int = 4
-    conv_kernel: int = 15
-    dropout: float = 0.0
+from spiritlm.tokenizer.conformer import ConformerConfig  # noqa: F401  (re-exported: recipes' [continuous.encoder.conformer])
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spiritlm.models.continuous.config import ProjectorConfig
+from spiritlm.tokenizer.conformer import valid_mask
 
 
 def stack_frames(x_BTD: torch.Tensor, lens_B: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,10 +34,6 @@ def stack_frames(x_BTD: torch.Tensor, lens_B: torch.Tensor, k: int) -> tuple[tor
     B, T, D = x_BTD.shape
     n = T // k
     return x_BTD[:, : n * k].reshape(B, n, k * D), torch.div(lens_B, k, rounding_mode="floor")
-
-
-def valid_mask(lens_B: torch.Tensor, T: int) -> torch.Tensor:
-    return torch.arange(T, device=lens_B.device)[None, :] < lens_B[:, None]
 
 
 def _zero_pad(x_BTD: torch.Tensor, lens_B: torch.Tensor) -> torch.Tensor:
