@@ -346,7 +346,7 @@ def train_ctc_conformer(cfg: SemanticCfg, rows, heldout_rows=(), seed: int = 0,
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if bar is not None:
             bar.update(1)
             bar.set_postfix(ctc=f"{np.mean(losses[-20:]):.3f}")
