@@ -187,3 +187,73 @@ def test_bad_semantic_recipes_are_refused_with_the_fix(corpus, fitted, tmp_path)
     cfg = load_config(TokenizerCfg, "tokenizers/semantic_demo.toml", TINY)
     with pytest.raises(ConfigError, match="has a transcript"):
         fit_tokenizer(cfg, bare, tmp_path / "y", progress=False)
+
+
+def _repeating_corpus(root: Path) -> Path:
+    """Synthetic vowels and fricatives in a few fixed orders, spoken by two voices: every phone
+    recurs in the same context within and across speakers, so ABX cells exist (random phone
+    strings of the tokenizer tests' synthetic corpus almost never repeat a context)."""
+    import soundfile as sf
+
+    from spiritlm.manifest import Phone, Utterance, Word, write_manifest
+    from spiritlm.tokenizer.synth import synth_phone
+
+    rng = np.random.default_rng(0)
+    (root / "audio").mkdir(parents=True)
+    orders = [["a", "i", "a", "s", "a", "i", "u"], ["i", "a", "i", "s", "i", "a", "u"], ["u", "a", "i", "s", "u", "a", "i"]]
+    utts = []
+    for n in range(24):  # held out: 12, each order twice per voice
+        spk, seq = n % 2, ["sil", *orders[n % 3], "sil"]
+        audio, phones, t = [], [], 0
+        for p in seq:
+            k = int(rng.uniform(0.08, 0.14) * 16000)
+            audio.append(synth_phone(p, k, 120 + 90 * spk, 115 + 90 * spk, 1.0 + 0.1 * spk, rng))
+            phones.append(Phone(p, round(t / 16000, 5), round((t + k) / 16000, 5)))
+            t += k
+        rel = f"audio/r{n:02d}.wav"
+        sf.write(root / rel, np.concatenate(audio), 16000, subtype="PCM_16")
+        words = [Word("".join(seq[1:4]), phones[1].start, phones[3].end), Word("".join(seq[4:8]), phones[4].start, phones[7].end)]
+        utts.append(Utterance(id=f"r{n:02d}", audio_path=rel, duration=t / 16000, sample_rate=16000, text="",
+                              speaker=f"spk{spk}", phones=phones, words=words, split="heldout" if n >= 12 else "train"))
+    write_manifest(root / "manifest.jsonl", utts)
+    return root / "manifest.jsonl"
+
+
+def test_unit_report_puts_every_family_side_by_side(fitted, tmp_path, capsys):
+    """``spiritlm tokenizer report`` on a corpus with phone alignments (synthetic, three speakers):
+    the semantic tokenizer's row, the MFCC and random-init baselines, ABX within and across
+    speaker, and the word distance on real speech."""
+    from spiritlm.cli import main
+    corpus = _repeating_corpus(tmp_path / "syn")
+    out = tmp_path / "report"
+    assert main(["tokenizer", "report", "--corpus", str(corpus), "--tokenizer", f"semantic={fitted}",
+                 "--real-speech", str(LIBRIVOX), "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert list(rep["rows"]) == ["semantic", "mfcc_kmeans", "random_semantic_kmeans"]
+    for name, r in rep["rows"].items():
+        assert r["rate"] == 25.0 and 0.0 <= r["pnmi"] <= 1.0, name
+        assert 0.0 <= r["abx_within"] <= 100.0 and 0.0 <= r["abx_across"] <= 100.0, name
+        assert "words" in r["real_speech_word_distance"], name
+    # "the", "and", ... recur in the five LibriVox utterances (the 30-step encoder's units are too few to tell)
+    assert rep["rows"]["mfcc_kmeans"]["real_speech_word_distance"]["words"] >= 1
+    assert rep["rows"]["mfcc_kmeans"]["abx_within"] < 10 < rep["rows"]["semantic"]["abx_within"]
+    md = capsys.readouterr().out
+    assert "| semantic | semantic | 25 |" in md and "| mfcc_kmeans | mfcc |" in md
+    assert main(["tokenizer", "report", "--corpus", str(corpus), "--tokenizer", str(fitted), "--out", str(out)]) != 0
+    assert "write NAME=DIR" in capsys.readouterr().err
+
+
+def test_one_training_run_reads_one_unit_family():
+    """HuBERT and semantic units share the [Hu*] ids with other meanings: mixing them is refused."""
+    from types import SimpleNamespace
+
+    from spiritlm.components.mixture import check_meta
+    from spiritlm.vocab import SPIRITLM
+
+    def src(name, kind, family):
+        return SimpleNamespace(name=name, kind=kind, meta={"vocab_layout": {"hubert_size": 501, "unit_family": family}})
+
+    hub, sem = src("speech", "speech", "hubert"), src("interleaved", "interleaved", "semantic")
+    check_meta([sem, src("text", "text", "hubert")], SPIRITLM, 40_000)  # text-only sources hold no unit
+    with pytest.raises(ConfigError, match=r"different families \(hubert: speech; semantic: interleaved\)"):
+        check_meta([hub, sem], SPIRITLM, 40_000)

@@ -1,16 +1,19 @@
-"""``spiritlm tokenizer {fit,encode,bench}``.
+"""``spiritlm tokenizer {fit,encode,consistency,report,bench}``.
 
     spiritlm tokenizer fit tokenizers/demo.toml --corpus data/demo_corpus/manifest.jsonl --out out/tokenizer-demo
     spiritlm tokenizer encode --tokenizer out/tokenizer-demo a.wav b.flac           # speech strings
     spiritlm tokenizer encode --tokenizer out/tokenizer-demo --jsonl units.jsonl *.wav
     spiritlm tokenizer encode --release checkpoints/speech_tokenizer --variant expressive a.wav  # Meta's files
     spiritlm tokenizer fit tokenizers/base.toml --set release.path=checkpoints/speech_tokenizer --out out/tok-release
+    spiritlm tokenizer report --corpus data/demo_corpus/manifest.jsonl --tokenizer hubert=out/tokenizer-demo \
+        --tokenizer semantic=out/tokenizer-semantic --real-speech ../shared/data/real_speech/librivox --out out/units
     spiritlm tokenizer bench --seconds 60
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -49,6 +52,21 @@ def register(subparsers) -> None:
                    help="also report k-means units of MFCCs at the tokenizer's frame rate (k = its unit count)")
     c.set_defaults(func=_consistency)
 
+    r = sub.add_parser("report", help="unit quality of several tokenizers side by side: PNMI, ABX, bitrate, "
+                                      "word distance (+ MFCC and random-init baselines)")
+    r.add_argument("--corpus", required=True, help="manifest.jsonl with phone alignments (e.g. the demo corpus)")
+    r.add_argument("--tokenizer", action="append", required=True, metavar="NAME=DIR",
+                   help="a row: a tokenizer directory written by `fit` (repeat for each unit family)")
+    r.add_argument("--out", required=True, help="output directory (report.json, report.md)")
+    r.add_argument("--split", default="heldout", help="manifest split measured (no fit saw it)")
+    r.add_argument("--max-files", type=int, default=120)
+    r.add_argument("--real-speech", default="", metavar="DIR",
+                   help="also the word distance on real speech: <id>.wav + <id>.json word times (LibriVox format)")
+    r.add_argument("--vocoder", action="append", default=[], metavar="NAME=DIR",
+                   help="a `spiritlm vocoder fit` output trained on row NAME's units: its WER joins the table")
+    r.add_argument("--no-baselines", action="store_true", help="skip the MFCC and random-init k-means rows")
+    r.set_defaults(func=_report)
+
     b = sub.add_parser("bench", help="audio-seconds per wall-second: batched path vs a naive loop")
     b.add_argument("--seconds", type=float, default=60.0, help="total audio to tokenize")
     b.add_argument("--files", type=int, default=12, help="number of files (varied lengths)")
@@ -74,6 +92,9 @@ def _fit(args: argparse.Namespace) -> int:
     if not args.corpus:
         raise ValueError("--corpus is required to fit a tokenizer (or set release.path in the recipe to use "
                          "the release's files)")
+    if cfg.demo.enabled and cfg.semantic.enabled:
+        raise ValueError(f"{args.recipe}: demo.enabled (train a tiny HuBERT) and semantic.enabled (an ASR-supervised "
+                         "encoder) are both set; a tokenizer has one unit family: drop one of them")
     if cfg.demo.enabled:
         from spiritlm.tokenizer.tiny_hubert import fit_demo_tokenizer
 
@@ -86,6 +107,29 @@ def _fit(args: argparse.Namespace) -> int:
 
         out = fit_tokenizer(cfg, args.corpus, args.out)
     print(f"tokenizer written to {out}")
+    return 0
+
+
+def _named_dirs(pairs: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        name, sep, d = p.partition("=")
+        if not sep or not name or not d:
+            raise ValueError(f"{flag} {p!r}: write NAME=DIR, e.g. {flag} semantic=out/tokenizer-semantic")
+        if name in out:
+            raise ValueError(f"{flag}: the name {name!r} is given twice; each row needs its own name")
+        out[name] = d
+    return out
+
+
+def _report(args: argparse.Namespace) -> int:
+    from spiritlm.tokenizer.report import ReportConfig, unit_report
+
+    cfg = ReportConfig(corpus=args.corpus, tokenizers=_named_dirs(args.tokenizer, "--tokenizer"), split=args.split,
+                       max_files=args.max_files, baselines=not args.no_baselines, real_speech=args.real_speech,
+                       vocoder_dirs=_named_dirs(args.vocoder, "--vocoder"))
+    unit_report(cfg, args.out)
+    print((Path(args.out) / "report.md").read_text())
     return 0
 
 

@@ -198,6 +198,7 @@ class SyntheticSource:
 def check_meta(sources: Sequence, layout: VocabLayout, rows: int, tokenizer_sha256: str | None = None) -> None:
     """Shard metadata must match the model's vocabulary (and, when both are known, its
     tokenizer.model byte for byte); the message says what was found, expected, and to change."""
+    _check_unit_families(sources)
     for s in sources:
         meta = getattr(s, "meta", {}) or {}
         made_with = meta.get("tokenizer_sha256")
@@ -223,6 +224,22 @@ def check_meta(sources: Sequence, layout: VocabLayout, rows: int, tokenizer_sha2
                 f"data source {s.name}: shards use {vs} ids but the model has {rows} embedding rows; "
                 "set model.hubert_size/pitch_size/style_size to the data-prep layout"
             )
+
+
+def _check_unit_families(sources: Sequence) -> None:
+    """The [Hu*] ids of HuBERT units and of semantic units (spiritlm.tokenizer.semantic) are the
+    same rows with other meanings: one training run reads speech of one unit family only."""
+    fams: dict[str, list[str]] = {}
+    for s in sources:
+        if getattr(s, "kind", "") == "text":  # text-only sources hold no unit
+            continue
+        named = (getattr(s, "meta", {}) or {}).get("vocab_layout") or {}
+        fams.setdefault(str(named.get("unit_family", "hubert")), []).append(s.name)
+    if len(fams) > 1:
+        got = "; ".join(f"{f}: {', '.join(names)}" for f, names in sorted(fams.items()))
+        raise ConfigError(f"data sources hold speech units of different families ({got}): the same [Hu*] ids would "
+                          "mean different units. Prepare every speech source with one speech tokenizer "
+                          "(speech.tokenizer_dir), or train one model per unit family")
 
 
 def _check_shard_layout(name: str, named: Mapping, meta: Mapping, layout: VocabLayout) -> None:

@@ -34,6 +34,7 @@ PARTS: dict[str, str] = {
     "streaming": "spiritlm.demo.streaming:run",
     "hybrid": "spiritlm.demo.hybrid:run",
     "backbone": "spiritlm.demo.backbone:run",
+    "units": "spiritlm.demo.units:run",
 }
 
 

@@ -11,10 +11,13 @@ unit-quality report compares across unit families (HuBERT, MFCC, random-encoder,
 Distance between two segments (ZeroSpeech's, ``libri_light_dtw._dtw``): DTW with the steps
 (1,0), (0,1), (1,1) minimising the summed frame distance; the summed cost of that path divided by
 its length, the path being backtracked from the end preferring diagonal, then left (shorter Y),
-then up (shorter X) on ties. X is always the first (row) argument, as in ZeroSpeech -- with the tie
-rule the normalised distance is not exactly symmetric for discrete units. Frame distances: angular
-(arccos of cosine similarity / pi, in [0, 1]) for continuous features; 0/1 (unit equal or not) for
-discrete units, which is 2x the angular distance of their one-hot vectors, so ABX is unchanged.
+then up (shorter X) on ties. With that tie rule the normalised distance is not exactly symmetric for
+discrete units, so the argument order is ZeroSpeech's too: X first in d(X, B) and across-speaker
+d(X, A); within a speaker d(A, X) = d(X, A) = DTW(earlier token, later token) (ZeroSpeech computes
+that triangle once and mirrors it; "earlier" is item order here, file-listing order there).
+Frame distances: angular (arccos of cosine similarity / pi, in [0, 1]) for continuous features; 0/1
+(unit equal or not) for discrete units, which is 2x the angular distance of their one-hot vectors,
+so ABX is unchanged.
 
 Averaging (exactly ZeroSpeech's eval_ABX.py, within-context condition):
   within: cell (c, s, a, b), error = mean over its triplets (X, A of a with A != X, B of b, all from
@@ -28,13 +31,16 @@ group with a seeded generator (ZeroSpeech redraws per (a, b) pair from Python's 
 same expectation). Across mode uses every other speaker as X speaker (ZeroSpeech samples at most
 5); our corpora have few speakers.
 
-Why not zrc-abx2: the reference implementation is ``zerospeech-libriabx2`` on PyPI (its console
-script is ``zrc-abx2``; ``pip install zrc-abx2`` finds nothing). It needs a Cython build plus torch,
-torchaudio, pandas and soundfile, reads features only from one file per utterance plus an ``.item``
-file on disk, recomputes every (a, b) group's distances separately, and for discrete units would
-need one-hot float features. A numpy version over in-memory arrays is a few hundred lines, needs no
-new dependency, and batches all DTWs of the run (vectorised over pairs, bucketed by length), which
-is what makes tens of thousands of phone segments cost seconds.
+Why not zrc-abx2: the reference implementation is ``zerospeech-libriabx2`` 0.9.8 on PyPI (its
+console script is ``zrc-abx2``; ``pip install zrc-abx2`` finds nothing). It builds (Cython) and
+runs offline on CPU, but imports torchaudio at module level (only its CPC path uses it), needs
+pandas, reads features only from one .npy per utterance plus an ``.item`` file of onsets/offsets in
+seconds on disk (whose frame rounding drops a phone's last frame), wants discrete units as one-hot
+float features, and runs one Python-level DTW per pair: 2,000 segments took it ~40 s versus ~0.4 s
+here. With sampling off (max_per_cell above every group size) and the same token order, this module
+reproduced its within/across scores to float32 precision (|diff| < 2e-8) on random continuous
+features and one-hot units. Ours needs no new dependency, works on in-memory arrays and per-frame
+labels, and batches every DTW of a run (vectorised over pairs, bucketed by length).
 """
 
 from __future__ import annotations
@@ -44,8 +50,13 @@ from typing import Sequence
 
 import numpy as np
 
+try:  # installed with scikit-learn; optional: only limits BLAS threads (see _block_distances)
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
+
 SIL = "sil"  # every silence label (and an utterance edge) reads as this context
-_CHUNK_PAIRS = 4096  # pairs per vectorised DTW batch: bounds the (N, n, m) and (N, n, D) buffers
+_BATCH_CELLS = 1 << 22  # frame distances per DTW batch: bounds the float64 buffers (~32 MB each)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: dataclass __eq__/__hash__ on arrays would be ambiguous
@@ -149,32 +160,109 @@ def _dtw_batch(dist_nmN: np.ndarray, len_x_N: np.ndarray, len_y_N: np.ndarray) -
     return total / path_len
 
 
-def _segment_distances(
-    frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, xs: np.ndarray, ys: np.ndarray, discrete: bool
-) -> np.ndarray:
-    """DTW distance d(item xs[p], item ys[p]) for every pair p. ``frames`` is every item's frames
-    concatenated ((sum T, D) unit-norm rows, or (sum T,) units), item i at offsets[i]:+lengths[i]."""
-    out = np.empty(len(xs))
+def _frame_index(item_idx: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frame indices of items ``item_idx`` concatenated, and each item's start within them."""
+    lens = lengths[item_idx]
+    local_start = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    frame_idx = np.repeat(offsets[item_idx] - local_start, lens) + np.arange(int(lens.sum()))
+    return frame_idx, local_start
+
+
+def _block_distances(
+    frames: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    blocks: list[tuple[np.ndarray, np.ndarray]],
+    discrete: bool,
+    zero_T: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """For each block (rows, cols) of item indices, the (len(rows), len(cols)) matrix of DTW
+    distances d(row item, col item). ``frames`` holds every item's frames concatenated ((sum T, D)
+    unit-norm rows, or (sum T,) units), item i at offsets[i] : offsets[i] + lengths[i].
+
+    Cost: the frame distances of a block are one (row frames x col frames) GEMM (far faster than
+    per-pair small matmuls); pairs are then gathered from it, bucketed by padded (n, m) and run
+    through the DTW vectorised over the pairs. Work goes in batches of about _BATCH_CELLS frame
+    distances (big blocks split by rows), which bounds memory at a few hundred MB."""
+    pieces: list[tuple[np.ndarray, np.ndarray]] = []
+    n_pieces: list[int] = []
+    for rows, cols in blocks:
+        max_row_frames = max(1, _BATCH_CELLS // int(lengths[cols].sum()))
+        row_start = np.cumsum(lengths[rows]) - lengths[rows]
+        chunks = np.split(rows, np.flatnonzero(np.diff(row_start // max_row_frames)) + 1)
+        pieces += [(chunk, cols) for chunk in chunks]
+        n_pieces.append(len(chunks))
+    # One BLAS thread: the GEMMs are small and many, and multi-threaded OpenBLAS on a busy machine
+    # (measured on 2 shared cores) spins so badly it was 5-20x slower than one thread.
+    if threadpool_limits is not None:
+        with threadpool_limits(limits=1, user_api="blas"):
+            dists = _piece_distances(frames, offsets, lengths, pieces, discrete, zero_T)
+    else:
+        dists = _piece_distances(frames, offsets, lengths, pieces, discrete, zero_T)
+    bounds = np.cumsum([0] + n_pieces)
+    return [np.concatenate(dists[bounds[k] : bounds[k + 1]]) for k in range(len(blocks))]
+
+
+def _piece_distances(
+    frames: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    pieces: list[tuple[np.ndarray, np.ndarray]],
+    discrete: bool,
+    zero_T: np.ndarray | None,
+) -> list[np.ndarray]:
     bucket_of_len = np.array([_bucket(t) for t in range(int(lengths.max()) + 1)])
-    bx, by = bucket_of_len[lengths[xs]], bucket_of_len[lengths[ys]]
-    key = bx.astype(np.int64) * (int(by.max()) + 1) + by
-    order = np.argsort(key, kind="stable")
-    bounds = np.flatnonzero(np.diff(key[order])) + 1
-    for sel in np.split(order, bounds):
-        n, m = int(bx[sel[0]]), int(by[sel[0]])
-        for c0 in range(0, len(sel), _CHUNK_PAIRS):
-            p = sel[c0 : c0 + _CHUNK_PAIRS]
-            lx, ly = lengths[xs[p]], lengths[ys[p]]
-            # Padded frame indices repeat an item's last frame: any value works (exact padding).
-            ix_Nn = offsets[xs[p], None] + np.minimum(np.arange(n)[None], lx[:, None] - 1)
-            iy_Nm = offsets[ys[p], None] + np.minimum(np.arange(m)[None], ly[:, None] - 1)
+    results: list[np.ndarray] = []
+    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    n_batch = 0
+    for k, (rows, cols) in enumerate(pieces):
+        batch.append((rows, cols))
+        n_batch += int(lengths[rows].sum()) * int(lengths[cols].sum())
+        if n_batch < _BATCH_CELLS and k + 1 < len(pieces):
+            continue
+        bufs, base_l, stride_l, xs_l, ys_l = [], [], [], [], []
+        buf_off = 0
+        for rows_b, cols_b in batch:
+            r_frames, r_start = _frame_index(rows_b, offsets, lengths)
+            c_frames, c_start = _frame_index(cols_b, offsets, lengths)
             if discrete:
-                d_Nnm = (frames[ix_Nn][:, :, None] != frames[iy_Nm][:, None, :]).astype(np.float64)
+                d_rc = (frames[r_frames][:, None] != frames[c_frames][None, :]).astype(np.float64)
             else:
-                cos_Nnm = np.matmul(frames[ix_Nn], frames[iy_Nm].transpose(0, 2, 1))
-                d_Nnm = np.arccos(np.clip(cos_Nnm, -1.0, 1.0)) / np.pi
-            out[p] = _dtw_batch(np.ascontiguousarray(d_Nnm.transpose(1, 2, 0)), lx, ly)
-    return out
+                cos_rc = frames[r_frames] @ frames[c_frames].T
+                if zero_T is not None:  # ZeroSpeech's convention for all-zero frames (see abx_error)
+                    zr, zc = zero_T[r_frames][:, None], zero_T[c_frames][None, :]
+                    cos_rc = np.where(zr | zc, np.where(zr & zc, 1.0, -1.0), cos_rc)
+                d_rc = np.arccos(np.clip(cos_rc, -1.0, 1.0)) / np.pi
+            bufs.append(d_rc.ravel())
+            n_cf = d_rc.shape[1]
+            # Pair (r, c) -> offset of its frame (0, 0) in the buffer, and its row stride.
+            base_l.append((buf_off + r_start[:, None] * n_cf + c_start[None, :]).ravel())
+            stride_l.append(np.full(len(rows_b) * len(cols_b), n_cf, dtype=np.int64))
+            xs_l.append(np.repeat(rows_b, len(cols_b)))
+            ys_l.append(np.tile(cols_b, len(rows_b)))
+            buf_off += d_rc.size
+        buf = np.concatenate(bufs)
+        base, stride = np.concatenate(base_l), np.concatenate(stride_l)
+        len_x, len_y = lengths[np.concatenate(xs_l)], lengths[np.concatenate(ys_l)]
+        out = np.empty(len(base))
+        bx, by = bucket_of_len[len_x], bucket_of_len[len_y]
+        key = bx * (int(by.max()) + 1) + by
+        order = np.argsort(key, kind="stable")
+        for sel in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
+            n, m = int(bx[sel[0]]), int(by[sel[0]])
+            lx, ly = len_x[sel], len_y[sel]
+            # Padded cells repeat the last frame: any value works (exact padding, see _bucket).
+            i_nN = np.minimum(np.arange(n)[:, None], lx[None] - 1)
+            j_mN = np.minimum(np.arange(m)[:, None], ly[None] - 1)
+            idx_nmN = base[sel][None, None] + (i_nN * stride[sel][None])[:, None] + j_mN[None]
+            out[sel] = _dtw_batch(buf[idx_nmN], lx, ly)
+        pos = 0
+        for rows_b, cols_b in batch:
+            size = len(rows_b) * len(cols_b)
+            results.append(out[pos : pos + size].reshape(len(rows_b), len(cols_b)))
+            pos += size
+        batch, n_batch = [], 0
+    return results
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,24 +278,36 @@ def _check_items(items: Sequence[AbxItem], distance: str, vocab_size: int | None
     for i, it in enumerate(items):
         f = np.asarray(it.feats)
         if f.ndim not in (1, 2) or f.shape[0] == 0:
-            raise ValueError(f"item {i} ({it.phone!r}): feats must be non-empty (T, D) features or (T,) units, got {f.shape}")
+            raise ValueError(
+                f"item {i} ({it.phone!r}): feats must be non-empty (T, D) features or (T,) units, got {f.shape}"
+            )
         is_units = f.ndim == 1 and np.issubdtype(f.dtype, np.integer)
         if f.ndim == 1 and not is_units:
-            raise ValueError(f"item {i}: 1-D feats must be integer units, got dtype {f.dtype}; give features as (T, D)")
+            raise ValueError(
+                f"item {i}: 1-D feats must be integer units, got dtype {f.dtype}; give features as (T, D)"
+            )
         kinds.add(is_units)
         if not is_units:
             dims.add(f.shape[1])
+            if not np.isfinite(f).all():  # NaN distances would silently count as "correct"
+                raise ValueError(f"item {i} ({it.phone!r}): feats contain NaN or inf; fix the feature extraction")
         elif vocab_size is not None and (f.min() < 0 or f.max() >= vocab_size):
-            raise ValueError(f"item {i}: units must lie in [0, {vocab_size}), got {f.min()}..{f.max()}; check vocab_size")
+            raise ValueError(
+                f"item {i}: units must lie in [0, {vocab_size}), got {f.min()}..{f.max()}; check vocab_size"
+            )
     if len(kinds) > 1:
         raise ValueError("items mix discrete units (T,) and continuous features (T, D); score each family separately")
     if len(dims) > 1:
         raise ValueError(f"items have different feature dimensions {sorted(dims)}; score each family separately")
     discrete = kinds == {True}
     if distance == "angular" and discrete:
-        raise ValueError("distance='angular' needs (T, D) features; units are scored with distance='discrete' (or 'auto')")
+        raise ValueError(
+            "distance='angular' needs (T, D) features; units are scored with distance='discrete' (or 'auto')"
+        )
     if distance == "discrete" and not discrete:
-        raise ValueError("distance='discrete' needs (T,) integer units; features are scored with distance='angular' (or 'auto')")
+        raise ValueError(
+            "distance='discrete' needs (T,) integer units; features are scored with distance='angular' (or 'auto')"
+        )
     return discrete
 
 
@@ -224,12 +324,19 @@ def abx_error(
     speaker, X from another). distance: "auto" (units if feats are 1-D ints, else angular),
     "angular" or "discrete". max_per_cell caps the tokens drawn per (context, speaker, phone) group
     (seeded, deterministic). vocab_size, when given, checks that units lie in [0, vocab_size).
+    Averaging (ZeroSpeech's): within -- cell (context, speaker, a, b) = mean over its triplets, then
+    mean over contexts, then over speakers, then over ordered phone pairs (a, b); across -- cell
+    (context, AB speaker, X speaker, a, b), then mean over (context, X speaker), then over AB
+    speakers, then over (a, b). n_cells counts those cells, n_triplets the (A, B, X) triplets scored.
     Returns {"error": float in [0, 1], "n_cells": int, "n_triplets": int, "mode": mode}; raises
     ValueError when no cell can be formed."""
     if mode not in ("within", "across"):
         raise ValueError(f"mode must be 'within' or 'across', got {mode!r}")
     if max_per_cell < (2 if mode == "within" else 1):
-        raise ValueError(f"max_per_cell must be >= 2 in within mode (A and X are two tokens of a phone), got {max_per_cell}")
+        raise ValueError(
+            f"max_per_cell must be >= {2 if mode == 'within' else 1} (within mode: A and X are two tokens of a "
+            f"phone), got {max_per_cell}"
+        )
     if not items:
         raise ValueError("no items: build them with phone_items() from frame features and frame phone labels")
     discrete = _check_items(items, distance, vocab_size)
@@ -241,8 +348,8 @@ def abx_error(
             f"use mode='within' or add another speaker's utterances"
         )
 
-    # Groups (context, speaker, phone) -> sampled item indices, in sorted key order so the draw is
-    # independent of item order within a key only through the seeded generator.
+    # Groups (context, speaker, phone) -> sampled item indices; visited in sorted key order so the
+    # seeded draw does not depend on the order the items came in.
     groups: dict[tuple, list[int]] = {}
     for i, it in enumerate(items):
         groups.setdefault((tuple(it.context), it.speaker, it.phone), []).append(i)
@@ -279,28 +386,26 @@ def abx_error(
     # Every (X, Y) pair of every block, computed in one batched DTW pass.
     lengths = np.array([len(it.feats) for it in items], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    zero_T = None
     if discrete:
         frames = np.concatenate([np.asarray(it.feats, dtype=np.int64) for it in items])
     else:
         frames = np.concatenate([np.asarray(it.feats, dtype=np.float64) for it in items])
-        # Zero frames stay zero: cosine 0 -> distance 0.5 to everything, instead of NaN.
-        frames = frames / np.maximum(np.linalg.norm(frames, axis=1, keepdims=True), 1e-12)
-    xs_list, ys_list, spans = [], [], []
-    n_pairs = 0
-    for ctx, s_ab, s_x, phones, x_phones in blocks:
-        rows = np.concatenate(list(x_phones.values()))
-        cols = np.concatenate(list(phones.values()))
-        xs_list.append(np.repeat(rows, len(cols)))
-        ys_list.append(np.tile(cols, len(rows)))
-        spans.append((n_pairs, len(rows), len(cols)))
-        n_pairs += len(rows) * len(cols)
-    dist = _segment_distances(frames, offsets, lengths, np.concatenate(xs_list), np.concatenate(ys_list), discrete)
+        norm_T = np.sqrt(np.einsum("td,td->t", frames, frames))
+        frames = frames / np.maximum(norm_T, 1e-300)[:, None]
+        # All-zero frames (e.g. padding, silenced features) have no angle; like ZeroSpeech's
+        # normalize_with_singularity they are at distance 1 from any other frame and 0 from each other.
+        zero_T = (norm_T == 0) if np.any(norm_T == 0) else None
+    block_rc = [
+        (np.concatenate(list(x_phones.values())), np.concatenate(list(phones.values())))
+        for _ctx, _s_ab, _s_x, phones, x_phones in blocks
+    ]
+    dists = _block_distances(frames, offsets, lengths, block_rc, discrete, zero_T)
 
     # Cell errors, then ZeroSpeech's nested means.
     per_sab: dict[tuple, list[float]] = {}  # (a, b, s_ab) -> cell errors over contexts (and X speakers)
     n_cells = n_triplets = 0
-    for (ctx, s_ab, s_x, phones, x_phones), (start, n_rows, n_cols) in zip(blocks, spans):
-        d_rc = dist[start : start + n_rows * n_cols].reshape(n_rows, n_cols)
+    for (_ctx, s_ab, _s_x, phones, x_phones), d_rc in zip(blocks, dists):
         row_at, r = {}, 0
         for p, idx in x_phones.items():
             row_at[p] = slice(r, r + len(idx))
@@ -312,6 +417,9 @@ def abx_error(
         for a in x_phones:
             d_xa = d_rc[row_at[a], col_at[a]]  # (X, A)
             if mode == "within":
+                # ZeroSpeech computes d between two tokens of a once (earlier token as rows) and
+                # mirrors it; the same here keeps the numbers identical under DTW tie-breaking.
+                d_xa = np.triu(d_xa) + np.triu(d_xa, 1).T
                 n_x = d_xa.shape[0]
                 d_xa = d_xa[~np.eye(n_x, dtype=bool)].reshape(n_x, n_x - 1)  # A != X
             for b in phones:

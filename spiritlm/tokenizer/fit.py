@@ -43,6 +43,9 @@ def fit_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | Path, 
     from spiritlm.tokenizer.style import pool_windows
 
     t0 = time.perf_counter()
+    if cfg.semantic.enabled and cfg.demo.enabled:
+        raise ValueError("demo.enabled (train a tiny HuBERT) and semantic.enabled (an ASR-supervised encoder) are "
+                         "both set; a tokenizer has one unit family: drop one of them")
     out_dir = Path(out_dir)
     rows = corpus_files(manifest, cfg.fit.split, cfg.fit.max_files)
     if model is None:
@@ -104,6 +107,10 @@ def fit_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | Path, 
     tok = SpeechTokenizer(cfg, feat, quant, pitch_model, style_q, style_feat, speaker_f0)
     tok.save(out_dir)
     save_config(cfg, out_dir / "fit_config.yaml")
+    if cfg.semantic.enabled and getattr(model, "train_log", None):  # after save: not in the hashed manifest
+        import json
+
+        (out_dir / "metrics.json").write_text(json.dumps({"semantic_encoder": model.train_log}, indent=1))
     log.info("tokenizer fitted in %.1f s -> %s", time.perf_counter() - t0, out_dir)
     return out_dir
 

@@ -80,7 +80,9 @@ class ConformerCTC(torch.nn.Module):
         save_file({k: v.contiguous() for k, v in self.ctc.state_dict().items()}, str(directory / "ctc.safetensors"))
         (directory / ENCODER_JSON).write_text(json.dumps(
             {"kind": "conformer", "conformer": dataclasses.asdict(self.cfg), "chars": self.vocab.chars,
-             "train_log": self.train_log}, indent=1, sort_keys=True))
+             # wall time is not saved here: the directory's files (and so its manifest hash, which
+             # downstream caches key on) must be the same on every rerun; fit writes it to metrics.json
+             "train_log": {k: v for k, v in self.train_log.items() if k != "seconds"}}, indent=1, sort_keys=True))
 
 
 class HFCTCEncoder(torch.nn.Module):

@@ -1,0 +1,244 @@
+"""``spiritlm tokenizer report``: one unit-quality table for every unit family (issue 35).
+
+Rows: each fitted tokenizer directory given (HuBERT k-means, semantic units, ...), plus the
+baselines that say what an encoder adds -- k-means on MFCCs, and k-means on the same encoder with
+random weights (for each encoder kind given) -- all with the tokenizers' codebook size. Columns,
+on held-out utterances of a corpus with phone alignments (the demo corpus: two espeak voices):
+
+* PNMI (phone-normalised mutual information), codebook perplexity, units/s after dedup, bitrate;
+* ABX phone discriminability within and across speaker (:mod:`spiritlm.tokenizer.abx`, on the
+  frame-level units: what the LM sees, not the features before quantisation);
+* the repeated-word unit distance (edit distance of a word's deduplicated units between tokens of
+  it: same speaker, other speaker, and different words as the baseline), on the corpus and, for
+  real speech, on a folder of utterances with word times (``../shared/data/real_speech/librivox``:
+  one reader, so no across-speaker figure there, and no phone alignment, so no ABX or PNMI).
+
+The vocoder's WER (the issue-17 method: the CPU vocoder trained on each family's units,
+pocketsphinx on held-out utterances) is a separate, slower measurement:
+``spiritlm vocoder fit tokenizers/vocoder_demo_spectral.toml --set data.tokenizer=DIR``; its
+``metrics.json`` is read into the table when ``vocoder_dirs`` names it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from spiritlm.tokenizer.corpus_audio import corpus_files, iter_wavs
+
+log = logging.getLogger(__name__)
+
+REPORT_VERSION = 1
+
+
+@dataclass
+class ReportConfig:
+    corpus: str = ""  # manifest with phone alignments (the demo corpus)
+    tokenizers: dict[str, str] = field(default_factory=dict)  # row name -> tokenizer directory
+    split: str = "heldout"  # utterances measured (no fit saw them)
+    max_files: int = 120
+    train_split: str = "train"  # what the baselines' k-means is fitted on
+    baseline_files: int = 150
+    baselines: bool = True
+    abx_max_per_cell: int = 5
+    real_speech: str = ""  # a folder of <id>.wav + <id>.json word times (LibriVox format), "" = none
+    vocoder_dirs: dict[str, str] = field(default_factory=dict)  # row name -> a `vocoder fit` output dir
+    seed: int = 0
+
+
+@dataclass
+class _System:
+    name: str
+    featurize: Callable  # list of waveforms -> list of (T, D) features
+    rate: float
+    quantize: Callable | None  # features -> units; None: k-means fitted here on the train split
+    k: int
+    kind: str  # "hubert" | "semantic" | "mfcc"
+
+
+def _tokenizer_system(name: str, directory: str) -> tuple[_System, object]:
+    from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
+
+    tok = SpeechTokenizer.load(directory, device="cpu", streams=["hubert"])
+    kind = tok.layout.unit_family
+    return _System(name, tok.featurizer.features_many, tok.featurizer.frame_rate, tok.quantizer,
+                   tok.quantizer.size, kind), tok
+
+
+def _random_twin(tok, seed: int) -> _System:
+    """The tokenizer's encoder with freshly initialised weights: what training the encoder adds."""
+    from spiritlm.tokenizer.hubert import HubertFeaturizer
+    from spiritlm.tokenizer.semantic import ConformerCTC, HFCTCEncoder, SemanticFeaturizer
+
+    feat = tok.featurizer
+    torch.manual_seed(seed + 1)
+    if isinstance(feat, SemanticFeaturizer):
+        if isinstance(feat.model, HFCTCEncoder):
+            model = HFCTCEncoder(type(feat.model.model)(feat.model.model.config))
+        else:
+            model = ConformerCTC(feat.model.cfg)
+        twin = SemanticFeaturizer(model, feat.layer, feat.frame_rate, "cpu")
+        kind = "semantic"
+    else:
+        from transformers import HubertModel
+
+        twin = HubertFeaturizer(HubertModel(feat.model.config).eval(), feat.layer, device="cpu")
+        kind = "hubert"
+    return _System(f"random_{kind}_kmeans", twin.features_many, twin.frame_rate, None, tok.quantizer.size, kind)
+
+
+def _mfcc_system(rate: float, k: int) -> _System:
+    from spiritlm.tokenizer.tiny_hubert_train import mfcc
+
+    hop = int(round(16000 / rate))
+    return _System("mfcc_kmeans", lambda ws: [mfcc(w, hop) for w in ws], rate, None, k, "mfcc")
+
+
+def _fit_kmeans(system: _System, train_wavs, seed: int):
+    from spiritlm.tokenizer.kmeans import FrameReservoir, KMeansQuantizer, train_kmeans
+
+    res = FrameReservoir(100_000, seed)
+    for i in range(0, len(train_wavs), 16):
+        for f in system.featurize(train_wavs[i : i + 16]):
+            res.add(f)
+    return KMeansQuantizer(train_kmeans(res.sample(), system.k, 30, seed), use_gpu=False)
+
+
+def measure(system: _System, evals, cfg: ReportConfig, train_wavs, real) -> dict:
+    """Every column of one row (see the module docstring)."""
+    from spiritlm.manifest import frame_labels
+    from spiritlm.tokenizer.abx import abx_error, phone_items
+    from spiritlm.tokenizer.metrics import word_unit_consistency
+    from spiritlm.tokenizer.tiny_hubert import unit_metrics
+
+    t0 = time.perf_counter()
+    quantize = system.quantize or _fit_kmeans(system, train_wavs, cfg.seed)
+    units, labels = [], []
+    for i in range(0, len(evals), 16):
+        chunk = evals[i : i + 16]
+        for (u, _), f in zip(chunk, system.featurize([w for _, w in chunk])):
+            lab = np.array(frame_labels(u, system.rate), dtype=object)
+            n = min(len(lab), len(f))
+            units.append(np.asarray(quantize(f[:n]), dtype=np.int64))
+            labels.append(lab[:n])
+    seconds = sum(len(w) for _, w in evals) / 16000
+    row = {"kind": system.kind, "rate": round(system.rate, 3), **unit_metrics(units, labels, seconds, system.k)}
+    speakers = [u.speaker for u, _ in evals]
+    items = phone_items(units, labels, speakers)
+    for mode in ("within", "across"):
+        try:
+            r = abx_error(items, mode=mode, max_per_cell=cfg.abx_max_per_cell, seed=cfg.seed, vocab_size=system.k)
+            row[f"abx_{mode}"] = round(100 * r["error"], 2)
+        except ValueError as e:  # e.g. one speaker: no across-speaker cell
+            row[f"abx_{mode}"] = None
+            row[f"abx_{mode}_why"] = str(e)
+    row["word_unit_distance"] = word_unit_consistency(units, [u.words for u, _ in evals], speakers, system.rate,
+                                                      seed=cfg.seed)
+    if real:
+        ru = [np.asarray(quantize(f), dtype=np.int64) for f in system.featurize([w for w, _ in real])]
+        row["real_speech_word_distance"] = word_unit_consistency(ru, [ws for _, ws in real], ["reader"] * len(real),
+                                                                 system.rate, max_per_word=12, seed=cfg.seed)
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    log.info("%s: %s", system.name, row)
+    return row
+
+
+def read_real_speech(folder: str | Path) -> list[tuple[np.ndarray, list[tuple[str, float, float]]]]:
+    """(waveform, [(word, start, end)]) of each ``<id>.wav`` with an ``<id>.json`` of word times
+    (LibriVox alignment format: ``w`` = [{"t": word, "b": start, "d": duration}]; ``<sil>`` and
+    pronunciation variants such as ``was(2)`` are normalised)."""
+    from spiritlm.audio import load_audio
+
+    out = []
+    for js in sorted(Path(folder).glob("*.json")):
+        wav = js.with_suffix(".wav")
+        if not wav.is_file():
+            continue
+        words = [(w["t"].split("(")[0], float(w["b"]), float(w["b"]) + float(w["d"]))
+                 for w in json.loads(js.read_text())["w"] if not w["t"].startswith("<")]
+        out.append((load_audio(wav), words))
+    if not out:
+        raise ValueError(f"real_speech={folder}: no <id>.wav with an <id>.json of word times there")
+    return out
+
+
+def unit_report(cfg: ReportConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Measure every row, write ``report.json`` and ``report.md`` under ``out_dir``."""
+    if not cfg.tokenizers:
+        raise ValueError("tokenizer report: give at least one tokenizer directory (--tokenizer NAME=DIR)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    evals = list(iter_wavs(corpus_files(cfg.corpus, cfg.split, cfg.max_files), 1280))
+    if not any(u.phones for u, _ in evals):
+        raise ValueError(f"{cfg.corpus}: its {cfg.split!r} utterances have no phone alignments, which PNMI and ABX "
+                         "need; use a corpus with phones (the demo corpus, or one aligned with MFA)")
+    train_wavs = [w for _, w in iter_wavs(corpus_files(cfg.corpus, cfg.train_split, cfg.baseline_files), 1280)]
+    real = read_real_speech(cfg.real_speech) if cfg.real_speech else []
+    systems, toks = [], []
+    for name, d in cfg.tokenizers.items():
+        s, tok = _tokenizer_system(name, d)
+        systems.append(s)
+        toks.append(tok)
+    if cfg.baselines:
+        first = systems[0]
+        systems.append(_mfcc_system(first.rate, first.k))
+        seen = set()
+        for s, tok in zip(list(systems), toks):
+            twin = _random_twin(tok, cfg.seed)
+            if twin.name not in seen:
+                seen.add(twin.name)
+                systems.append(twin)
+    rows = {}
+    it = systems
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(systems, desc="unit report", unit="family")
+    for s in it:
+        rows[s.name] = measure(s, evals, cfg, train_wavs, real)
+        vd = cfg.vocoder_dirs.get(s.name)
+        if vd:
+            m = json.loads((Path(vd) / "metrics.json").read_text())
+            rows[s.name]["vocoder_wer"] = m.get("wer_vocoded")
+            rows[s.name]["vocoder_wer_original"] = m.get("wer_original")
+    report = {"version": REPORT_VERSION, "corpus": str(cfg.corpus), "split": cfg.split, "utterances": len(evals),
+              "seconds_of_speech": round(sum(len(w) for _, w in evals) / 16000, 1), "tokenizers": cfg.tokenizers,
+              "real_speech": {"folder": cfg.real_speech, "utterances": len(real)} if real else None, "rows": rows}
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    (out / "report.md").write_text(report_markdown(report))
+    return report
+
+
+def _f(x, nd=3):
+    return "--" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def report_markdown(report: dict) -> str:
+    lines = [f"Unit quality on {report['utterances']} held-out utterances ({report['seconds_of_speech']} s, split "
+             f"{report['split']!r}) of `{report['corpus']}`. ABX: % error on frame-level units (lower is better); "
+             "word distance: edit distance of a word's deduplicated units between two tokens of it / the longer "
+             "(same word same speaker | same word other speaker | different words), lower is better when the "
+             "first two sit well below the third.", "",
+             "| units | kind | rate (Hz) | PNMI | perplexity | units/s after dedup | bitrate (bit/s) | ABX within | "
+             "ABX across | word distance (same spk / other spk / other word) | real speech word distance (same / other word) |"
+             " vocoder WER |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+    for name, r in report["rows"].items():
+        wd = r.get("word_unit_distance") or {}
+        rw = r.get("real_speech_word_distance") or {}
+        real = (f"{_f(rw.get('same_word_same_speaker'))} / {_f(rw.get('other_word_same_speaker'))} "
+                f"({rw.get('words', 0)} words)") if rw else "--"
+        lines.append(
+            f"| {name} | {r['kind']} | {r['rate']:g} | {_f(r.get('pnmi'))} | {_f(r.get('perplexity'), 1)} | "
+            f"{_f(r.get('units_per_s'), 1)} | {_f(r.get('bitrate_nominal'), 0)} | {_f(r.get('abx_within'), 1)} | "
+            f"{_f(r.get('abx_across'), 1)} | {_f(wd.get('same_word_same_speaker'))} / "
+            f"{_f(wd.get('same_word_other_speaker'))} / {_f(wd.get('other_word_same_speaker'))} | {real} | "
+            f"{_f(r.get('vocoder_wer'))} |")
+    return "\n".join(lines) + "\n"
