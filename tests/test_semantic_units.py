@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not LIBRIVOX.is_dir(), reason="../shared/data/re
 
 TINY = ["semantic.steps=30", "semantic.batch_size=2", "semantic.warmup_steps=5", "semantic.conformer.dim=32",
         "semantic.conformer.layers=2", "semantic.conformer.heads=2", "semantic.threads=1", "units.k=8",
-        "units.niter=5", "units.max_frames=2000"]
+        "units.niter=5", "units.max_frames=2000", "semantic.crop_s=2.0"]
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +27,17 @@ def corpus(tmp_path_factory):
     """The five LibriVox utterances as a manifest: four to train on, one held out."""
     import soundfile as sf
 
-    from spiritlm.manifest import Utterance
+    from spiritlm.manifest import Utterance, Word
 
     root = tmp_path_factory.mktemp("semantic")
     rows = []
     for i, wav in enumerate(sorted(LIBRIVOX.glob("*.wav"))):
         shutil.copy(wav, root / wav.name)
         text = wav.with_suffix(".txt").read_text().strip()
+        words = [Word(w["t"].split("(")[0], w["b"], round(w["b"] + w["d"], 3))
+                 for w in json.loads(wav.with_suffix(".json").read_text())["w"] if not w["t"].startswith("<")]
         u = Utterance(id=wav.stem, audio_path=wav.name, duration=sf.info(str(wav)).duration, sample_rate=16000, text=text,
-                      speaker="austen_reader", split="heldout" if i == 4 else "train")
+                      speaker="austen_reader", words=words, split="heldout" if i == 4 else "train")
         rows.append(json.dumps(u.to_dict()))
     (root / "manifest.jsonl").write_text("\n".join(rows) + "\n")
     return root / "manifest.jsonl"
@@ -60,6 +62,25 @@ def test_fit_trains_the_ctc_encoder_and_writes_a_tokenizer_dir(fitted):
     assert {"semantic/encoder.safetensors", "semantic/ctc.safetensors", "semantic/encoder.json",
             "hubert_units.npy", "tokenizer.yaml"} <= set(manifest["files"])
     assert not (fitted / "hubert").exists()
+
+
+def test_training_crops_cut_at_word_boundaries():
+    from spiritlm.tokenizer.conformer import CharVocab
+    from spiritlm.tokenizer.semantic import _crop
+
+    v = CharVocab()
+    words = [(0.5, 1.0, v.encode("the")), (1.2, 2.0, v.encode("cat")), (2.4, 3.5, v.encode("sat")), (3.9, 4.2, v.encode("down"))]
+    wav = np.arange(5 * 16000, dtype=np.float32)
+    seen = set()
+    for seed in range(40):
+        x, ids = _crop(wav, words, 1.6, torch.Generator().manual_seed(seed), v.encode("a b")[1])
+        text = v.decode(ids)
+        seen.add(text)
+        first = [w for w, (_, _, i) in zip(("the", "cat", "sat", "down"), words) if text.startswith(v.decode(i))][0]
+        assert text in ("the cat", "cat", "sat", "down"), text  # runs of whole words within 1.6 s (sat..down: 1.8)
+        lo = {"the": 0.0, "cat": 1.1, "sat": 2.2, "down": 3.7}[first]  # midway into the gap before it
+        assert x[0] == int(lo * 16000)
+    assert len(seen) == 4
 
 
 def test_semantic_units_encode_like_hubert_units(fitted):

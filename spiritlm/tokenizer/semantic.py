@@ -275,9 +275,10 @@ class SemanticFeaturizer:
 
 # ---- training the conformer with CTC -------------------------------------------------------------
 def _transcripts(rows, vocab: CharVocab, max_audio_s: float, min_samples: int):
+    """-> (waveforms, character ids, word times [(start, end, ids)] or None, skip counts)."""
     from spiritlm.tokenizer.corpus_audio import iter_wavs
 
-    wavs, targets, skipped = [], [], {"no_transcript": 0, "too_long": 0}
+    wavs, targets, words, skipped = [], [], [], {"no_transcript": 0, "too_long": 0}
     for u, w in iter_wavs(rows, min_samples):
         ids = vocab.encode(u.text or "")
         if not ids:
@@ -288,7 +289,26 @@ def _transcripts(rows, vocab: CharVocab, max_audio_s: float, min_samples: int):
             continue
         wavs.append(w)
         targets.append(ids)
-    return wavs, targets, skipped
+        ws = [(x.start, x.end, vocab.encode(x.word)) for x in u.words]
+        words.append([x for x in ws if x[2]] or None)
+    return wavs, targets, words, skipped
+
+
+def _crop(wav, words, crop_s: float, gen: torch.Generator, space: int):
+    """A random run of whole words no longer than ``crop_s`` (at least one word), its audio from
+    midway into the gap before the first word to midway into the gap after the last, and its
+    transcript (words joined by spaces) -> (samples, ids)."""
+    n = len(words)
+    first = int(torch.randint(n, (1,), generator=gen))
+    last = first
+    while last + 1 < n and words[last + 1][1] - words[first][0] <= crop_s:
+        last += 1
+    lo = 0.0 if first == 0 else (words[first - 1][1] + words[first][0]) / 2
+    hi = len(wav) / 16000 if last == n - 1 else (words[last][1] + words[last + 1][0]) / 2
+    ids: list[int] = []
+    for i in range(first, last + 1):
+        ids += ([space] if ids else []) + words[i][2]
+    return wav[int(lo * 16000): int(np.ceil(hi * 16000))], ids
 
 
 def ctc_wer(model: ConformerCTC, wavs, texts) -> float:
@@ -314,13 +334,14 @@ def train_ctc_conformer(cfg: SemanticCfg, rows, heldout_rows=(), seed: int = 0,
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(seed)
     model = ConformerCTC(cfg.conformer)
-    wavs, targets, skipped = _transcripts(rows, model.vocab, cfg.max_audio_s, model.min_samples)
+    wavs, targets, words, skipped = _transcripts(rows, model.vocab, cfg.max_audio_s, model.min_samples)
     if not wavs:
         raise ConfigError(f"semantic units: none of the {len(rows)} training utterances has a transcript (manifest "
                           f"'text') and audio under semantic.max_audio_s={cfg.max_audio_s:g} s ({skipped}); an "
                           "ASR-supervised encoder needs transcribed speech, or set semantic.path to a trained one")
     if any(skipped.values()):
         log.warning("semantic encoder: skipped %s of %d training utterances", skipped, len(rows))
+    space = model.vocab.encode("a b")[1]
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     warm = max(1, min(cfg.warmup_steps, cfg.steps))
@@ -341,8 +362,13 @@ def train_ctc_conformer(cfg: SemanticCfg, rows, heldout_rows=(), seed: int = 0,
     t0, losses, step = time.perf_counter(), [], -1
     for step in range(cfg.steps):
         pick = torch.randint(len(wavs), (cfg.batch_size,), generator=gen).tolist()
-        x_BTD, lens_B = model.encoder([wavs[i] for i in pick])
-        loss = model.ctc.loss(x_BTD, lens_B, [targets[i] for i in pick])
+        if cfg.crop_s > 0:
+            batch = [_crop(wavs[i], words[i], cfg.crop_s, gen, space) if words[i] else (wavs[i], targets[i])
+                     for i in pick]
+        else:
+            batch = [(wavs[i], targets[i]) for i in pick]
+        x_BTD, lens_B = model.encoder([w for w, _ in batch])
+        loss = model.ctc.loss(x_BTD, lens_B, [t for _, t in batch])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
