@@ -248,9 +248,9 @@ def test_unit_report_puts_every_family_side_by_side(fitted, tmp_path, capsys):
     corpus = _repeating_corpus(tmp_path / "syn")
     out = tmp_path / "report"
     assert main(["tokenizer", "report", "--corpus", str(corpus), "--tokenizer", f"semantic={fitted}",
-                 "--real-speech", str(LIBRIVOX), "--out", str(out)]) == 0
+                 "--real-speech", str(LIBRIVOX), "--out", str(out), "--layers", "1"]) == 0
     rep = json.loads((out / "report.json").read_text())
-    assert list(rep["rows"]) == ["semantic", "mfcc_kmeans", "random_semantic_kmeans"]
+    assert list(rep["rows"]) == ["semantic", "semantic_layer1", "mfcc_kmeans", "random_semantic_kmeans"]
     for name, r in rep["rows"].items():
         assert r["rate"] == 25.0 and 0.0 <= r["pnmi"] <= 1.0, name
         assert 0.0 <= r["abx_within"] <= 100.0 and 0.0 <= r["abx_across"] <= 100.0, name

@@ -65,6 +65,8 @@ def register(subparsers) -> None:
     r.add_argument("--vocoder", action="append", default=[], metavar="NAME=DIR",
                    help="a `spiritlm vocoder fit` output trained on row NAME's units: its WER joins the table")
     r.add_argument("--no-baselines", action="store_true", help="skip the MFCC and random-init k-means rows")
+    r.add_argument("--layers", type=int, nargs="+", default=[], metavar="L",
+                   help="also k-means on these layers of each tokenizer's encoder (rows NAME_layerL): to choose a layer")
     r.set_defaults(func=_report)
 
     b = sub.add_parser("bench", help="audio-seconds per wall-second: batched path vs a naive loop")
@@ -127,7 +129,7 @@ def _report(args: argparse.Namespace) -> int:
 
     cfg = ReportConfig(corpus=args.corpus, tokenizers=_named_dirs(args.tokenizer, "--tokenizer"), split=args.split,
                        max_files=args.max_files, baselines=not args.no_baselines, real_speech=args.real_speech,
-                       vocoder_dirs=_named_dirs(args.vocoder, "--vocoder"))
+                       vocoder_dirs=_named_dirs(args.vocoder, "--vocoder"), layers=args.layers)
     unit_report(cfg, args.out)
     print((Path(args.out) / "report.md").read_text())
     return 0

@@ -50,6 +50,9 @@ class ReportConfig:
     abx_max_per_cell: int = 5
     real_speech: str = ""  # a folder of <id>.wav + <id>.json word times (LibriVox format), "" = none
     vocoder_dirs: dict[str, str] = field(default_factory=dict)  # row name -> a `vocoder fit` output dir
+    # also k-means (fitted here, the tokenizer's k) on these layers of each tokenizer's encoder:
+    # rows "<name>_layer<L>", to choose the layer a recipe quantises
+    layers: list[int] = field(default_factory=list)
     seed: int = 0
 
 
@@ -171,6 +174,8 @@ def read_real_speech(folder: str | Path) -> list[tuple[np.ndarray, list[tuple[st
 
 def unit_report(cfg: ReportConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Measure every row, write ``report.json`` and ``report.md`` under ``out_dir``."""
+    from spiritlm.tokenizer.speech_tokenizer import featurizer_for
+
     if not cfg.tokenizers:
         raise ValueError("tokenizer report: give at least one tokenizer directory (--tokenizer NAME=DIR)")
     out = Path(out_dir)
@@ -186,11 +191,16 @@ def unit_report(cfg: ReportConfig, out_dir: str | Path, progress: bool = True) -
         s, tok = _tokenizer_system(name, d)
         systems.append(s)
         toks.append(tok)
+    for (name, _), tok in zip(cfg.tokenizers.items(), list(toks)):
+        for layer in cfg.layers:
+            f = featurizer_for(tok.cfg, tok.featurizer.model, layer=layer)
+            systems.append(_System(f"{name}_layer{layer}", f.features_many, f.frame_rate, None, tok.quantizer.size,
+                                   tok.layout.unit_family))
     if cfg.baselines:
         first = systems[0]
         systems.append(_mfcc_system(first.rate, first.k))
         seen = set()
-        for s, tok in zip(list(systems), toks):
+        for tok in toks:
             twin = _random_twin(tok, cfg.seed)
             if twin.name not in seen:
                 seen.add(twin.name)

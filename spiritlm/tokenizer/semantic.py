@@ -330,8 +330,16 @@ def train_ctc_conformer(cfg: SemanticCfg, rows, heldout_rows=(), seed: int = 0,
     """Train the conformer + character CTC head on ``rows`` [(utterance, audio path)] with their
     transcripts (``utterance.text``). Batches are random utterances, whole (no crops: CTC needs
     the full transcript), length-limited by ``max_audio_s``; AdamW, warmup then cosine."""
-    if cfg.threads:
+    threads_before = torch.get_num_threads()
+    if cfg.threads:  # restored at the end: the caller's later steps keep their own thread count
         torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, rows, heldout_rows, seed, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg: SemanticCfg, rows, heldout_rows, seed: int, progress: bool) -> ConformerCTC:
     torch.manual_seed(seed)
     model = ConformerCTC(cfg.conformer)
     wavs, targets, words, skipped = _transcripts(rows, model.vocab, cfg.max_audio_s, model.min_samples)
