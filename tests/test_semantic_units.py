@@ -18,7 +18,7 @@ LIBRISPEECH = Path("../shared/data/real_speech/librispeech/7143-88743-0029.flac"
 pytestmark = pytest.mark.skipif(not LIBRIVOX.is_dir(), reason="../shared/data/real_speech is absent (real speech)")
 
 TINY = ["semantic.steps=30", "semantic.batch_size=2", "semantic.warmup_steps=5", "semantic.conformer.dim=32",
-        "semantic.conformer.layers=2", "semantic.conformer.heads=2", "semantic.threads=1", "units.k=8",
+        "semantic.conformer.layers=2", "semantic.layer=2", "semantic.conformer.heads=2", "semantic.threads=1", "units.k=8",
         "units.niter=5", "units.max_frames=2000", "semantic.crop_s=2.0"]
 
 
