@@ -246,9 +246,12 @@ def test_unit_report_puts_every_family_side_by_side(fitted, tmp_path, capsys):
     speaker, and the word distance on real speech."""
     from spiritlm.cli import main
     corpus = _repeating_corpus(tmp_path / "syn")
-    out = tmp_path / "report"
+    out, voc = tmp_path / "report", tmp_path / "vocoder"
+    voc.mkdir()  # what `spiritlm vocoder fit` writes (its WER measurement is tested with the vocoder)
+    (voc / "metrics.json").write_text(json.dumps({"intelligibility": {"conditions": {
+        "original": {"wer": 0.614}, "vocoded": {"wer": 0.6829}}}}))
     assert main(["tokenizer", "report", "--corpus", str(corpus), "--tokenizer", f"semantic={fitted}",
-                 "--real-speech", str(LIBRIVOX), "--out", str(out), "--layers", "1"]) == 0
+                 "--real-speech", str(LIBRIVOX), "--out", str(out), "--layers", "1", "--vocoder", f"semantic={voc}"]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert list(rep["rows"]) == ["semantic", "semantic_layer1", "mfcc_kmeans", "random_semantic_kmeans"]
     for name, r in rep["rows"].items():
@@ -258,7 +261,9 @@ def test_unit_report_puts_every_family_side_by_side(fitted, tmp_path, capsys):
     # "the", "and", ... recur in the five LibriVox utterances (the 30-step encoder's units are too few to tell)
     assert rep["rows"]["mfcc_kmeans"]["real_speech_word_distance"]["words"] >= 1
     assert rep["rows"]["mfcc_kmeans"]["abx_within"] < 10 < rep["rows"]["semantic"]["abx_within"]
+    assert rep["rows"]["semantic"]["vocoder_wer"] == 0.683 and "vocoder_wer" not in rep["rows"]["mfcc_kmeans"]
     md = capsys.readouterr().out
+    assert "| 0.683 (0.614) |" in md
     assert "| semantic | semantic | 25 |" in md and "| mfcc_kmeans | mfcc |" in md
     assert main(["tokenizer", "report", "--corpus", str(corpus), "--tokenizer", str(fitted), "--out", str(out)]) != 0
     assert "write NAME=DIR" in capsys.readouterr().err

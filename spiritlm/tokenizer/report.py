@@ -153,6 +153,20 @@ def measure(system: _System, evals, cfg: ReportConfig, train_wavs, real) -> dict
     return row
 
 
+def vocoder_wer(directory: str | Path) -> dict:
+    """The pocketsphinx WERs a ``spiritlm vocoder fit`` run measured on its held-out utterances:
+    vocoded from the units, and the original audio (the ASR's own ceiling)."""
+    f = Path(directory) / "metrics.json"
+    if not f.is_file():
+        raise ValueError(f"--vocoder {directory}: no metrics.json there (the output of `spiritlm vocoder fit ... "
+                         "--out DIR` with eval.asr = true)")
+    cond = json.loads(f.read_text()).get("intelligibility", {}).get("conditions", {})
+    if "vocoded" not in cond:
+        raise ValueError(f"{f}: no intelligibility measurement (fit with eval.asr = true)")
+    return {"vocoder_wer": round(cond["vocoded"]["wer"], 3),
+            "vocoder_wer_original": round(cond["original"]["wer"], 3) if "original" in cond else None}
+
+
 def read_real_speech(folder: str | Path) -> list[tuple[np.ndarray, list[tuple[str, float, float]]]]:
     """(waveform, [(word, start, end)]) of each ``<id>.wav`` with an ``<id>.json`` of word times
     (LibriVox alignment format: ``w`` = [{"t": word, "b": start, "d": duration}]; ``<sil>`` and
@@ -215,9 +229,7 @@ def unit_report(cfg: ReportConfig, out_dir: str | Path, progress: bool = True) -
         rows[s.name] = measure(s, evals, cfg, train_wavs, real)
         vd = cfg.vocoder_dirs.get(s.name)
         if vd:
-            m = json.loads((Path(vd) / "metrics.json").read_text())
-            rows[s.name]["vocoder_wer"] = m.get("wer_vocoded")
-            rows[s.name]["vocoder_wer_original"] = m.get("wer_original")
+            rows[s.name].update(vocoder_wer(vd))
     report = {"version": REPORT_VERSION, "corpus": str(cfg.corpus), "split": cfg.split, "utterances": len(evals),
               "seconds_of_speech": round(sum(len(w) for _, w in evals) / 16000, 1), "tokenizers": cfg.tokenizers,
               "real_speech": {"folder": cfg.real_speech, "utterances": len(real)} if real else None, "rows": rows}
@@ -235,7 +247,9 @@ def report_markdown(report: dict) -> str:
              f"{report['split']!r}) of `{report['corpus']}`. ABX: % error on frame-level units (lower is better); "
              "word distance: edit distance of a word's deduplicated units between two tokens of it / the longer "
              "(same word same speaker | same word other speaker | different words), lower is better when the "
-             "first two sit well below the third.", "",
+             "first two sit well below the third. Vocoder WER: pocketsphinx on the CPU vocoder's speech from the units "
+             "(`spiritlm vocoder fit tokenizers/vocoder_demo_spectral.toml`, held-out utterances), original audio "
+             "in brackets.", "",
              "| units | kind | rate (Hz) | PNMI | perplexity | units/s after dedup | bitrate (bit/s) | ABX within | "
              "ABX across | word distance (same spk / other spk / other word) | real speech word distance (same / other word) |"
              " vocoder WER |",
@@ -243,6 +257,7 @@ def report_markdown(report: dict) -> str:
     for name, r in report["rows"].items():
         wd = r.get("word_unit_distance") or {}
         rw = r.get("real_speech_word_distance") or {}
+        orig = f" ({r['vocoder_wer_original']:.3f})" if r.get("vocoder_wer_original") is not None else ""
         real = (f"{_f(rw.get('same_word_same_speaker'))} / {_f(rw.get('other_word_same_speaker'))} "
                 f"({rw.get('words', 0)} words)") if rw else "--"
         lines.append(
@@ -250,5 +265,5 @@ def report_markdown(report: dict) -> str:
             f"{_f(r.get('units_per_s'), 1)} | {_f(r.get('bitrate_nominal'), 0)} | {_f(r.get('abx_within'), 1)} | "
             f"{_f(r.get('abx_across'), 1)} | {_f(wd.get('same_word_same_speaker'))} / "
             f"{_f(wd.get('same_word_other_speaker'))} / {_f(wd.get('other_word_same_speaker'))} | {real} | "
-            f"{_f(r.get('vocoder_wer'))} |")
+            f"{_f(r.get('vocoder_wer'))}{orig} |")
     return "\n".join(lines) + "\n"
