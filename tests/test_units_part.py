@@ -32,6 +32,9 @@ def test_registered_and_config_errors_say_the_fix(tmp_path):
         units.part_config(_ctx(tmp_path, ["seeds=[4]"]))
     with pytest.raises(ConfigError, match="use some of"):
         units.part_config(_ctx(tmp_path, ["variants=[pairs]"]))
+    with pytest.raises(ConfigError, match="name='hubert' must be a plain identifier other than 'hubert'"):
+        units.part_config(_ctx(tmp_path, ["name=hubert"]))
+    assert units.part_config(_ctx(tmp_path, ["name=hubert25", "recipe=tokenizers/demo.toml"])).name == "hubert25"
 
 
 def test_the_models_differ_only_in_their_shards(tmp_path):
