@@ -158,6 +158,15 @@ def compare(evals: dict[str, dict[str, list]], reference: str, labels: list[str]
     return {m: paired_compare(items[reference], items[m]) for m in evals if m != reference}
 
 
+def pooled_labels(draws: dict) -> tuple[list[str], list[str], str]:
+    """(the test draws' labels, the labels a part pools -- the test draws, else "dev" --, and the
+    sentence that says which draws were pooled, or that there is no test draw to claim from)."""
+    tests = [label for label in draws if label != "dev"]
+    where = (", ".join(f"{t} (mini seed {draws[t]['seed']})" for t in tests) if tests
+             else "NO TEST DRAW (test_draws = 0): the dev draw is all there is; read no claim from it")
+    return tests, tests or ["dev"], where
+
+
 def summary_markdown(cmps: dict[str, dict], reference: str, rows: tuple = SUMMARY_ROWS) -> str:
     """One row per task/setting: the reference's accuracy, then each other model's accuracy with
     its difference from the reference (95% CI over items) and the paired p."""

@@ -28,7 +28,8 @@ from typing import Any
 
 from spiritlm.config import load_config
 from spiritlm.demo import main as demo
-from spiritlm.demo.ablations import _seed_evals, _suffix, compare, evaluate_ablations, summary_markdown
+from spiritlm.demo.ablations import (_seed_evals, _suffix, compare, evaluate_ablations, pooled_labels,
+                                     summary_markdown)
 from spiritlm.demo.parts import check_variants
 
 BACKBONE_FORMAT = "backbone-v1: BPE vs SentencePiece per variant, and interleaving within BPE; test draws pooled"
@@ -114,10 +115,7 @@ def _compare_step(evals: dict, draws: dict, seeds: list[int], variants: list[str
                   step_dir: Path) -> dict[str, Any]:
     from spiritlm.eval.report import comparison_markdown, plot_comparison, transfer_check
 
-    tests = [label for label in draws if label != "dev"]
-    labels = tests or ["dev"]
-    where = (", ".join(f"{t} (mini seed {draws[t]['seed']})" for t in tests) if tests
-             else "NO TEST DRAW (test_draws = 0): the dev draw is all there is; read no claim from it")
+    tests, labels, where = pooled_labels(draws)
     text = [f"# Byte-level BPE ({style} conventions) vs the demo's SentencePiece tokenizer\n",
             f"Every model: the demo's corpus, speech units, model, steps, batch and mixture; training seed(s) "
             f"{', '.join(map(str, seeds))}; only the text tokenizer (and so the text start) differs. Differences "

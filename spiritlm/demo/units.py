@@ -28,7 +28,8 @@ from typing import Any
 
 from spiritlm.config import ConfigError, load_config
 from spiritlm.demo import main as demo
-from spiritlm.demo.ablations import _seed_evals, _suffix, compare, evaluate_ablations, summary_markdown
+from spiritlm.demo.ablations import (_seed_evals, _suffix, compare, evaluate_ablations, pooled_labels,
+                                     summary_markdown)
 from spiritlm.demo.parts import check_variants
 
 UNITS_FORMAT = "units-v1: semantic vs HuBERT units per variant, interleaving within semantic; test draws pooled"
@@ -130,10 +131,7 @@ def _compare_step(evals: dict, draws: dict, seeds: list[int], variants: list[str
                   step_dir: Path, name: str = "semantic") -> dict[str, Any]:
     from spiritlm.eval.report import comparison_markdown, plot_comparison, transfer_check
 
-    tests = [label for label in draws if label != "dev"]
-    labels = tests or ["dev"]
-    where = (", ".join(f"{t} (mini seed {draws[t]['seed']})" for t in tests) if tests
-             else "NO TEST DRAW (test_draws = 0): the dev draw is all there is; read no claim from it")
+    tests, labels, where = pooled_labels(draws)
     text = [f"# {name} units vs the demo's HuBERT units\n",
             f"Every model: the demo's corpus, text tokenizer, text start, model, steps, batch and mixture; training "
             f"seed(s) {', '.join(map(str, seeds))}; only the speech units differ (and so the benchmarks' audio is "

@@ -131,12 +131,7 @@ class HubertFeaturizer:
     def features_with(self, other: "HubertFeaturizer | None", wavs: Sequence[np.ndarray],
                       progress: bool = False) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         """-> (this featurizer's features, ``other``'s or None): one pass when they share it."""
-        if other is None:
-            return self.features_many(wavs, progress), None
-        if not self.shares_pass_with(other):
-            return self.features_many(wavs, progress), other.features_many(wavs, progress)
-        at = self.features_many_at(wavs, [self.layer, other.layer], progress)
-        return at[self.layer], at[other.layer]
+        return features_with(self, other, wavs, progress)
 
     def num_frames(self, n_samples: int) -> int:
         """Frames for a file of ``n_samples`` (after chunking, as ``features`` returns them)."""
@@ -233,6 +228,18 @@ class HubertFeaturizer:
             else:  # copies, so that the padded batch is freed
                 out[x] = [h[b, : frames[b]].copy() for b in range(len(wavs))]
         return out
+
+
+def features_with(feat, other, wavs: Sequence[np.ndarray], progress: bool = False):
+    """(``feat``'s features, ``other``'s or None) for two layers of one encoder: one pass through it
+    when ``feat.shares_pass_with(other)`` (any featurizer with ``features_many_at``: HuBERT's,
+    the semantic encoder's)."""
+    if other is None:
+        return feat.features_many(wavs, progress), None
+    if not feat.shares_pass_with(other):
+        return feat.features_many(wavs, progress), other.features_many(wavs, progress)
+    at = feat.features_many_at(wavs, [feat.layer, other.layer], progress)
+    return at[feat.layer], at[other.layer]
 
 
 def masked_conv_features(model, x_BS: torch.Tensor, lengths_B: torch.Tensor):

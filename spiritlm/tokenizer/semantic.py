@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +31,8 @@ import torch
 from spiritlm.config import ConfigError, from_dict
 from spiritlm.tokenizer.config import SemanticCfg
 from spiritlm.tokenizer.conformer import CHARS, CharVocab, ConformerConfig, ConformerEncoder, CTCHead
-from spiritlm.tokenizer.hubert import resolve_device
+from spiritlm.tokenizer.fit_loop import FitLoop
+from spiritlm.tokenizer.hubert import features_with, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +220,7 @@ class SemanticFeaturizer:
                 and other.max_chunk == self.max_chunk and other.device == self.device)
 
     def features_with(self, other, wavs: Sequence[np.ndarray], progress: bool = False):
-        if other is None:
-            return self.features_many(wavs, progress), None
-        if not self.shares_pass_with(other):
-            return self.features_many(wavs, progress), other.features_many(wavs, progress)
-        at = self.features_many_at(wavs, [self.layer, other.layer], progress)
-        return at[self.layer], at[other.layer]
+        return features_with(self, other, wavs, progress)
 
     def _chunks(self, n_samples: int) -> list[tuple[int, int]]:
         return [(s, min(self.max_chunk, n_samples - s)) for s in range(0, n_samples, self.max_chunk)
@@ -362,13 +357,9 @@ def _train(cfg: SemanticCfg, rows, heldout_rows, seed: int, progress: bool) -> C
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, desc="semantic encoder (CTC)", unit="step")
-    t0, losses, step = time.perf_counter(), [], -1
-    for step in range(cfg.steps):
+    loop = FitLoop(cfg.steps, params, opt, sched, "semantic encoder (CTC)", "ctc", "semantic.max_minutes",
+                   cfg.max_minutes, progress)
+    for _ in loop:
         pick = torch.randint(len(wavs), (cfg.batch_size,), generator=gen).tolist()
         if cfg.crop_s > 0:
             batch = [_crop(wavs[i], words[i], cfg.crop_s, gen, space) if words[i] else (wavs[i], targets[i])
@@ -377,28 +368,14 @@ def _train(cfg: SemanticCfg, rows, heldout_rows, seed: int, progress: bool) -> C
             batch = [(wavs[i], targets[i]) for i in pick]
         x_BTD, lens_B = model.encoder([w for w, _ in batch])
         loss = model.ctc.loss(x_BTD, lens_B, [t for _, t in batch])
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(ctc=f"{np.mean(losses[-20:]):.3f}")
-        if cfg.max_minutes > 0 and time.perf_counter() - t0 > cfg.max_minutes * 60:
-            log.warning("semantic encoder: STOPPED EARLY at step %d of %d (semantic.max_minutes=%.1f): the units now "
-                        "depend on this machine's speed; set semantic.max_minutes=0 for reproducible units",
-                        step + 1, cfg.steps, cfg.max_minutes)
+        if loop.step(loss):
             break
-    if bar is not None:
-        bar.close()
     model.eval()
-    seconds = time.perf_counter() - t0
-    log_ = {"steps": step + 1, "steps_planned": cfg.steps, "capped": step + 1 < cfg.steps,
-            "seconds": round(seconds, 1), "utterances": len(wavs), "skipped": skipped,
-            "ctc_first": round(float(np.mean(losses[:20])), 4) if losses else None,
-            "ctc_last": round(float(np.mean(losses[-20:])), 4) if losses else None}
+    run = loop.close()
+    log_ = {**{k: run[k] for k in ("steps", "steps_planned", "capped", "seconds")}, "utterances": len(wavs),
+            "skipped": skipped,
+            "ctc_first": round(run["loss_first"], 4) if run["loss_first"] is not None else None,
+            "ctc_last": round(run["loss_last"], 4) if run["loss_last"] is not None else None}
     held = list(heldout_rows)[: cfg.heldout_max]
     if held:
         from spiritlm.tokenizer.corpus_audio import iter_wavs

@@ -14,13 +14,13 @@ Kept apart from :mod:`spiritlm.tokenizer.tiny_hubert` (the demo tokenizer's fit 
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import torch
 
 from spiritlm.tokenizer.config import DemoHubertCfg
 from spiritlm.tokenizer.corpus_audio import iter_wavs
+from spiritlm.tokenizer.fit_loop import FitLoop
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +101,8 @@ def train_tiny_hubert(dc: DemoHubertCfg, rows, seed: int = 0, progress: bool = T
     gen = torch.Generator().manual_seed(seed)
     crop = int(dc.crop_s * 16000) // dc.hop * dc.hop
     model.train()
-    t0, step = time.perf_counter(), 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=dc.steps, desc="tiny hubert", unit="step")
-    losses = []
-    for step in range(dc.steps):
+    loop = FitLoop(dc.steps, params, opt, sched, "tiny hubert", "loss", "demo.max_minutes", dc.max_minutes, progress)
+    for step in loop:
         pick = torch.randint(len(wavs), (dc.batch_size,), generator=gen).tolist()
         L = min(crop, min(len(wavs[i]) for i in pick)) // dc.hop * dc.hop
         xs, ys = [], []
@@ -123,28 +117,11 @@ def train_tiny_hubert(dc: DemoHubertCfg, rows, seed: int = 0, progress: bool = T
         h_BTD = model(x_BS, mask_time_indices=mask_BT).last_hidden_state
         logits = head(h_BTD[mask_BT])
         loss = torch.nn.functional.cross_entropy(logits, y_BT[mask_BT], ignore_index=-100)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if dc.max_minutes > 0 and time.perf_counter() - t0 > dc.max_minutes * 60:
-            # A cap that bites makes the units (and everything trained on them) depend on the
-            # machine's load: say so loudly here, in the metrics and in the demo's summary.
-            log.warning("demo HuBERT: STOPPED EARLY at step %d of %d (demo.max_minutes=%.1f): the units now "
-                        "depend on this machine's speed; set demo.max_minutes=0 (no cap) for reproducible units",
-                        step + 1, dc.steps, dc.max_minutes)
+        if loop.step(loss):
             break
-    if bar is not None:
-        bar.close()
-    log.info("tiny HuBERT: %d steps in %.0f s, loss %.3f -> %.3f", step + 1, time.perf_counter() - t0,
-             np.mean(losses[:20]), np.mean(losses[-20:]))
+    train_log = loop.close()
+    log.info("tiny HuBERT: %d steps in %.0f s, loss %.3f -> %.3f", train_log["steps"], train_log["seconds"],
+             train_log["loss_first"], train_log["loss_last"])
     model.eval()
-    model.train_log = {"steps": step + 1, "steps_planned": dc.steps, "capped": step + 1 < dc.steps,
-                       "seconds": round(time.perf_counter() - t0, 1),
-                       "loss_first": float(np.mean(losses[:20])), "loss_last": float(np.mean(losses[-20:]))}
+    model.train_log = train_log
     return model
