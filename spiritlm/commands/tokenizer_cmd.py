@@ -94,9 +94,6 @@ def _fit(args: argparse.Namespace) -> int:
     if not args.corpus:
         raise ValueError("--corpus is required to fit a tokenizer (or set release.path in the recipe to use "
                          "the release's files)")
-    if cfg.demo.enabled and cfg.semantic.enabled:
-        raise ValueError(f"{args.recipe}: demo.enabled (train a tiny HuBERT) and semantic.enabled (an ASR-supervised "
-                         "encoder) are both set; a tokenizer has one unit family: drop one of them")
     if cfg.demo.enabled:
         from spiritlm.tokenizer.tiny_hubert import fit_demo_tokenizer
 

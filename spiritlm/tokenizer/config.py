@@ -115,6 +115,18 @@ class TokenizerCfg:
     release: ReleaseCfg = field(default_factory=ReleaseCfg)
 
 
+def check_one_unit_family(cfg: TokenizerCfg) -> None:
+    """A tokenizer has one unit family: refuse a recipe that asks for two, before any training."""
+    if not cfg.semantic.enabled:
+        return
+    if cfg.demo.enabled:
+        raise ValueError("demo.enabled (train a tiny HuBERT) and semantic.enabled (an ASR-supervised encoder) are "
+                         "both set; a tokenizer has one unit family: drop one of them")
+    if cfg.release.path:
+        raise ValueError("semantic.enabled and release.path are both set: the release's files are HuBERT units; "
+                         "drop one of them")
+
+
 def preset_config(name: str, **paths: str) -> TokenizerCfg:
     """``base``: HuBERT layer 11 + 500 units. ``expressive``: plus YAAPT pitch (64) and style (100)."""
     if name not in ("base", "expressive"):

@@ -12,12 +12,13 @@ Steps (each skipped when the recipe already points at a trained file):
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
 from spiritlm.config import save_config
-from spiritlm.tokenizer.config import TokenizerCfg
+from spiritlm.tokenizer.config import TokenizerCfg, check_one_unit_family
 from spiritlm.tokenizer.corpus_audio import corpus_files, iter_wavs
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,7 @@ def fit_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | Path, 
     from spiritlm.tokenizer.style import pool_windows
 
     t0 = time.perf_counter()
-    if cfg.semantic.enabled and cfg.demo.enabled:
-        raise ValueError("demo.enabled (train a tiny HuBERT) and semantic.enabled (an ASR-supervised encoder) are "
-                         "both set; a tokenizer has one unit family: drop one of them")
+    check_one_unit_family(cfg)
     out_dir = Path(out_dir)
     rows = corpus_files(manifest, cfg.fit.split, cfg.fit.max_files)
     if model is None:
@@ -108,8 +107,6 @@ def fit_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | Path, 
     tok.save(out_dir)
     save_config(cfg, out_dir / "fit_config.yaml")
     if cfg.semantic.enabled and getattr(model, "train_log", None):  # after save: not in the hashed manifest
-        import json
-
         (out_dir / "metrics.json").write_text(json.dumps({"semantic_encoder": model.train_log}, indent=1))
     log.info("tokenizer fitted in %.1f s -> %s", time.perf_counter() - t0, out_dir)
     return out_dir
@@ -121,9 +118,6 @@ def _semantic_encoder(cfg: TokenizerCfg, manifest, rows, progress: bool):
     from spiritlm.tokenizer.semantic import load_semantic_encoder, pool_factor, train_ctc_conformer
 
     sc = cfg.semantic
-    if cfg.release.path:
-        raise ValueError("semantic.enabled and release.path are both set: the release's files are HuBERT units; "
-                         "drop one of them")
     if sc.path:
         model = load_semantic_encoder(sc.kind, sc.path)
     elif sc.kind == "hf":

@@ -65,6 +65,11 @@ def conv_out_length(n_samples: np.ndarray | int, kernels: Sequence[int], strides
     return n if n.ndim else int(n)
 
 
+def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
+    """Samples one frame of a conv front end sees: the shortest input that gives one frame."""
+    return kernels[0] + sum((k - 1) * int(np.prod(strides[:i])) for i, k in enumerate(kernels) if i > 0)
+
+
 class HubertFeaturizer:
     """Layer-``layer`` features of a HubertModel: each chunk alone on CPU, padded batches with
     exact padding masks on GPU (``padded_batches`` chooses; see the module docstring)."""
@@ -91,9 +96,7 @@ class HubertFeaturizer:
         self.kernels = list(model.config.conv_kernel)
         self.strides = list(model.config.conv_stride)
         self.hop = int(np.prod(self.strides))
-        self.receptive_field = self.kernels[0] + sum(
-            (k - 1) * int(np.prod(self.strides[:i])) for i, k in enumerate(self.kernels) if i > 0
-        )
+        self.receptive_field = receptive_field(self.kernels, self.strides)
         self.max_chunk = int(max_chunk_s * 16000)
         self.min_chunk = max(int(min_chunk_samples), self.receptive_field)
         self.batch_samples = int(batch_samples)

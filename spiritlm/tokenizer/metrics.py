@@ -73,6 +73,17 @@ def _edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
     return d[-1]
 
 
+def unit_metrics(units_by_utt: list[np.ndarray], labels_by_utt: list[np.ndarray], seconds: float, k: int) -> dict:
+    """PNMI against the frame phone labels, codebook perplexity and the rates / bitrates of
+    ``bitrate``, rounded as the reports print them."""
+    u = np.concatenate(units_by_utt)
+    lab = np.concatenate(labels_by_utt)
+    p = pnmi(lab, u)  # None: no phone labels in the corpus
+    return {"pnmi": round(p, 4) if p is not None else "not available (the corpus has no phone labels)",
+            "perplexity": round(perplexity(u, k), 1),
+            **{k2: round(v, 2) for k2, v in bitrate(units_by_utt, seconds, k).items()}}
+
+
 def word_unit_consistency(units_by_utt: Sequence[np.ndarray], words_by_utt: Sequence[Sequence],
                           speakers: Sequence[str], frame_rate: float, max_per_word: int = 12,
                           seed: int = 0) -> dict[str, float]:

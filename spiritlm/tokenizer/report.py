@@ -104,33 +104,41 @@ def _mfcc_system(rate: float, k: int) -> _System:
     return _System("mfcc_kmeans", lambda ws: [mfcc(w, hop) for w in ws], rate, None, k, "mfcc")
 
 
-def _fit_kmeans(system: _System, train_wavs, seed: int):
+def fit_kmeans(featurize: Callable, train_wavs, k: int, seed: int, niter: int = 30, max_frames: int = 100_000):
+    """k-means (CPU faiss) on the frames of ``train_wavs``, a uniform reservoir of ``max_frames``."""
     from spiritlm.tokenizer.kmeans import FrameReservoir, KMeansQuantizer, train_kmeans
 
-    res = FrameReservoir(100_000, seed)
+    res = FrameReservoir(max_frames, seed)
     for i in range(0, len(train_wavs), 16):
-        for f in system.featurize(train_wavs[i : i + 16]):
+        for f in featurize(train_wavs[i : i + 16]):
             res.add(f)
-    return KMeansQuantizer(train_kmeans(res.sample(), system.k, 30, seed), use_gpu=False)
+    return KMeansQuantizer(train_kmeans(res.sample(), k, niter, seed), use_gpu=False)
+
+
+def frame_units(featurize: Callable, quantize: Callable, evals, rate: float):
+    """-> (units, phone labels) per (utterance, waveform) of ``evals``, one per frame, both cut to
+    the shorter of the two (the labels cover the utterance's duration, the frames its samples)."""
+    from spiritlm.manifest import frame_labels
+
+    units, labels = [], []
+    for i in range(0, len(evals), 16):
+        chunk = evals[i : i + 16]
+        for (u, _), f in zip(chunk, featurize([w for _, w in chunk])):
+            lab = np.array(frame_labels(u, rate), dtype=object)
+            n = min(len(lab), len(f))
+            units.append(np.asarray(quantize(f[:n]), dtype=np.int64))
+            labels.append(lab[:n])
+    return units, labels
 
 
 def measure(system: _System, evals, cfg: ReportConfig, train_wavs, real) -> dict:
     """Every column of one row (see the module docstring)."""
-    from spiritlm.manifest import frame_labels
     from spiritlm.tokenizer.abx import abx_error, phone_items
-    from spiritlm.tokenizer.metrics import word_unit_consistency
-    from spiritlm.tokenizer.tiny_hubert import unit_metrics
+    from spiritlm.tokenizer.metrics import unit_metrics, word_unit_consistency
 
     t0 = time.perf_counter()
-    quantize = system.quantize or _fit_kmeans(system, train_wavs, cfg.seed)
-    units, labels = [], []
-    for i in range(0, len(evals), 16):
-        chunk = evals[i : i + 16]
-        for (u, _), f in zip(chunk, system.featurize([w for _, w in chunk])):
-            lab = np.array(frame_labels(u, system.rate), dtype=object)
-            n = min(len(lab), len(f))
-            units.append(np.asarray(quantize(f[:n]), dtype=np.int64))
-            labels.append(lab[:n])
+    quantize = system.quantize or fit_kmeans(system.featurize, train_wavs, system.k, cfg.seed)
+    units, labels = frame_units(system.featurize, quantize, evals, system.rate)
     seconds = sum(len(w) for _, w in evals) / 16000
     row = {"kind": system.kind, "rate": round(system.rate, 3), **unit_metrics(units, labels, seconds, system.k)}
     speakers = [u.speaker for u, _ in evals]
@@ -205,7 +213,7 @@ def unit_report(cfg: ReportConfig, out_dir: str | Path, progress: bool = True) -
         s, tok = _tokenizer_system(name, d)
         systems.append(s)
         toks.append(tok)
-    for (name, _), tok in zip(cfg.tokenizers.items(), list(toks)):
+    for name, tok in zip(cfg.tokenizers, toks):
         for layer in cfg.layers:
             f = featurizer_for(tok.cfg, tok.featurizer.model, layer=layer)
             systems.append(_System(f"{name}_layer{layer}", f.features_many, f.frame_rate, None, tok.quantizer.size,

@@ -32,7 +32,7 @@ from spiritlm.config import ConfigError, from_dict
 from spiritlm.tokenizer.config import SemanticCfg
 from spiritlm.tokenizer.conformer import CHARS, CharVocab, ConformerConfig, ConformerEncoder, CTCHead
 from spiritlm.tokenizer.fit_loop import FitLoop
-from spiritlm.tokenizer.hubert import features_with, resolve_device
+from spiritlm.tokenizer.hubert import features_with, receptive_field, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class HFCTCEncoder(torch.nn.Module):
 
     @property
     def min_samples(self) -> int:
-        return self.kernels[0] + sum((k - 1) * int(np.prod(self.strides[:i])) for i, k in enumerate(self.kernels) if i > 0)
+        return receptive_field(self.kernels, self.strides)
 
     def layers(self, wav_BS: torch.Tensor, lens_B: torch.Tensor, layers: Sequence[int]):
         if wav_BS.shape[0] != 1:  # one waveform per forward: exact (no padding statistics)

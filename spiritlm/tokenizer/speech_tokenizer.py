@@ -138,16 +138,15 @@ class SpeechTokenizer:
         # merge timing: HuBERT at (frame rate - 0.04 %), e.g. 24.99 for 25 Hz like the release,
         # so a HuBERT token sorts just after a pitch/style token starting at the same instant
         rate = round(self.featurizer.frame_rate * 24.99 / 25.0, 6)
-        if self.cfg.semantic.enabled:  # same ids, another unit family: recorded in the layout
-            base = SPIRITLM if sizes["hubert"] <= SPIRITLM.hubert_size and sizes["pitch"] <= SPIRITLM.pitch_size \
-                and sizes["style"] <= SPIRITLM.style_size else VocabLayout(
-                    hubert_size=max(sizes["hubert"], 1), pitch_size=max(sizes["pitch"], 1), style_size=max(sizes["style"], 1))
-            return dataclasses.replace(base, hubert_rate=rate, unit_family="semantic")
         if sizes["hubert"] <= SPIRITLM.hubert_size and sizes["pitch"] <= SPIRITLM.pitch_size and sizes["style"] <= SPIRITLM.style_size:
             # ids compatible with the released checkpoints
-            return SPIRITLM if rate == SPIRITLM.hubert_rate else dataclasses.replace(SPIRITLM, hubert_rate=rate)
-        return VocabLayout(hubert_size=max(sizes["hubert"], 1), pitch_size=max(sizes["pitch"], 1),
-                           style_size=max(sizes["style"], 1), hubert_rate=rate)
+            layout = SPIRITLM if rate == SPIRITLM.hubert_rate else dataclasses.replace(SPIRITLM, hubert_rate=rate)
+        else:
+            layout = VocabLayout(hubert_size=max(sizes["hubert"], 1), pitch_size=max(sizes["pitch"], 1),
+                                 style_size=max(sizes["style"], 1), hubert_rate=rate)
+        if self.cfg.semantic.enabled:  # same ids, another unit family: recorded in the layout
+            layout = dataclasses.replace(layout, unit_family="semantic")
+        return layout
 
     # ---- encoding ------------------------------------------------------------------------
     def load_wav(self, source: AudioInput, sample_rate: int | None = None) -> np.ndarray:
@@ -376,9 +375,6 @@ def featurizer_for(cfg: TokenizerCfg, model, layer: int | None = None):
     if cfg.semantic.enabled:
         from spiritlm.tokenizer.semantic import SemanticFeaturizer
 
-        if cfg.release.path:
-            raise ValueError("semantic.enabled and release.path are both set: the release's files are HuBERT "
-                             "units; drop one of them")
         return SemanticFeaturizer.from_cfg(cfg.semantic, model, layer)
     from spiritlm.tokenizer.hubert import HubertFeaturizer
 

@@ -18,31 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spiritlm.tokenizer.config import TokenizerCfg
+from spiritlm.tokenizer.config import TokenizerCfg, check_one_unit_family
 from spiritlm.tokenizer.corpus_audio import corpus_files, iter_wavs
 from spiritlm.tokenizer.fit import fit_tokenizer
+from spiritlm.tokenizer.metrics import unit_metrics  # noqa: F401  (re-exported: its home before the unit report)
 from spiritlm.tokenizer.tiny_hubert_train import mfcc, train_tiny_hubert
 
 log = logging.getLogger(__name__)
 
 
-def unit_metrics(units_by_utt: list[np.ndarray], labels_by_utt: list[np.ndarray], seconds: float, k: int) -> dict:
-    from spiritlm.tokenizer.metrics import bitrate, perplexity, pnmi
-
-    u = np.concatenate(units_by_utt)
-    lab = np.concatenate(labels_by_utt)
-    p = pnmi(lab, u)  # None: no phone labels in the corpus
-    return {"pnmi": round(p, 4) if p is not None else "not available (the corpus has no phone labels)",
-            "perplexity": round(perplexity(u, k), 1),
-            **{k2: round(v, 2) for k2, v in bitrate(units_by_utt, seconds, k).items()}}
-
-
 def evaluate_units(cfg: TokenizerCfg, trained_model, train_rows, eval_rows, seed: int = 0) -> dict:
     """PNMI etc. of MFCC / random-init HuBERT / trained HuBERT k-means units on ``eval_rows``."""
-    from spiritlm.manifest import frame_labels
     from spiritlm.tokenizer.hubert import HubertFeaturizer, conv_out_length
-    from spiritlm.tokenizer.kmeans import FrameReservoir, KMeansQuantizer, train_kmeans
     from spiritlm.tokenizer.metrics import word_unit_consistency
+    from spiritlm.tokenizer.report import fit_kmeans, frame_units
     from transformers import HubertModel
 
     k = cfg.units.k
@@ -54,19 +43,8 @@ def evaluate_units(cfg: TokenizerCfg, trained_model, train_rows, eval_rows, seed
     out = {"eval_seconds": round(seconds, 1), "k": k}
 
     def run(name, featurize, rate):
-        res = FrameReservoir(cfg.units.max_frames, seed)
-        for i in range(0, len(train), 32):
-            for f in featurize([w for _, w in train[i : i + 32]]):
-                res.add(f)
-        q = KMeansQuantizer(train_kmeans(res.sample(), k, cfg.units.niter, seed), use_gpu=False)
-        units, labels = [], []
-        for i in range(0, len(evals), 32):
-            chunk = evals[i : i + 32]
-            for (u, w), f in zip(chunk, featurize([w for _, w in chunk])):
-                lab = np.array(frame_labels(u, rate), dtype=object)
-                n = min(len(lab), len(f))
-                units.append(q(f[:n]))
-                labels.append(lab[:n])
+        q = fit_kmeans(featurize, [w for _, w in train], k, seed, cfg.units.niter, cfg.units.max_frames)
+        units, labels = frame_units(featurize, q, evals, rate)
         out[name] = unit_metrics(units, labels, seconds, k)
         out[name]["word_unit_distance"] = word_unit_consistency(
             units, [u.words for u, _ in evals], [u.speaker for u, _ in evals], rate, seed=seed)
@@ -122,6 +100,7 @@ def fit_demo_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | P
     t0 = time.perf_counter()
     if not cfg.demo.enabled:
         raise ValueError("fit_demo_tokenizer needs demo.enabled=true (use tokenizers/demo.toml)")
+    check_one_unit_family(cfg)
     rows = corpus_files(manifest, cfg.fit.split, cfg.fit.max_files)
     model = train_tiny_hubert(cfg.demo, rows, cfg.seed, progress)
     out = fit_tokenizer(cfg, manifest, out_dir, model=model, progress=progress)
