@@ -23,6 +23,7 @@ STAGE_MODULES = [
     "spiritlm.commands.prepare_cmd",
     "spiritlm.commands.hybrid_cmd",
     "spiritlm.commands.train_cmd",
+    "spiritlm.commands.t2u_cmd",
     "spiritlm.commands.eval_cmd",
     "spiritlm.commands.generate_cmd",
     "spiritlm.commands.transcribe_cmd",

@@ -45,6 +45,11 @@ def register(subparsers) -> None:
     s = sub.add_parser("shards", help="manifests + text -> Parquet shards (restartable)")
     add_recipe_args(s, recipe_required=True)
     s.set_defaults(func=_shards)
+
+    si = sub.add_parser("synth-interleave", help="text corpora + a T2U model -> synthetic interleaved shards "
+                                                 "(Zeng et al. 2024; restartable, byte-identical reruns)")
+    add_recipe_args(si, recipe_required=True)
+    si.set_defaults(func=_synth_interleave)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -112,4 +117,16 @@ def _shards(args: argparse.Namespace) -> int:
               "against index.json): nothing recomputed. Its report:")
     print(format_report(report))
     print(f"shards, index.json, config.yaml, report.json, drops.jsonl in {cfg.output_dir}")
+    return 0
+
+
+def _synth_interleave(args: argparse.Namespace) -> int:
+    from spiritlm.config import load_config
+    from spiritlm.models.t2u.synth import SynthConfig, format_synth_report, synth_interleave
+
+    cfg = load_config(SynthConfig, args.recipe, args.overrides)
+    report = synth_interleave(cfg)
+    print(format_synth_report(report))
+    print(f"shards ({cfg.output_dir}/interleaved), index.json, config.yaml, report.json, drops.jsonl in {cfg.output_dir}; "
+          "train on them as a [[data.sources]] entry with kind = \"interleaved\" and synthetic = true")
     return 0

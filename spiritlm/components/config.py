@@ -79,6 +79,10 @@ class SourceConfig:
     path: str = ""
     weight: float = 1.0
     kind: Literal["speech", "text", "interleaved", "any"] = "any"
+    # shards made by `spiritlm prepare synth-interleave` (speech spans written by a T2U model, no
+    # audio): say so here, so that a recipe never mixes them in unawares (checked against the
+    # shards' metadata at start)
+    synthetic: bool = False
 
 
 @dataclass

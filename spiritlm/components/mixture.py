@@ -380,8 +380,24 @@ def make_sources(data_cfg, layout: VocabLayout, interleave_fns: Optional[Mapping
             from spiritlm.data.reader import interleave_fn_for
 
             fn = interleave_fn_for(s.path, aligned_as=ALIGNED_AS[s.kind])
-        srcs.append(ParquetSource(s.path, name=name, kind=s.kind, interleave_fn=fn))
+        src = ParquetSource(s.path, name=name, kind=s.kind, interleave_fn=fn)
+        check_synthetic(src, bool(getattr(s, "synthetic", False)))
+        srcs.append(src)
     return srcs, [s.weight for s in data_cfg.sources]
+
+
+def check_synthetic(src, declared: bool) -> None:
+    """A source's ``synthetic`` setting must say what its shards are (their metadata's ``synthetic``,
+    written by ``spiritlm prepare synth-interleave``), both ways."""
+    made = (src.meta or {}).get("synthetic")
+    if made and not declared:
+        raise ConfigError(f"data source {src.name}: {src.path} holds synthetic interleaved documents (speech spans "
+                          f"written by a T2U model, sha256 {str(made.get('t2u_sha256', '?'))[:12]}...), not recorded "
+                          "speech; set synthetic = true in its [[data.sources]] entry to train on them")
+    if declared and not made:
+        raise ConfigError(f"data source {src.name}: synthetic = true, but {src.path} holds no shards of `spiritlm "
+                          "prepare synth-interleave` (their metadata has no 'synthetic'); point it at the synthetic "
+                          "shards' interleaved/ folder, or set synthetic = false")
 
 
 def holds_aligned_records(path: str | Path) -> bool:

@@ -202,9 +202,21 @@ def prepare_shards(cfg: PrepareConfig, encoder=None, text_tokenizer=None) -> dic
     from spiritlm.data import work
 
     t_start = time.perf_counter()
+    _check_output_dir(Path(cfg.output_dir))
+    return run_prepare(cfg, work.Context.create(cfg, encoder, text_tokenizer), t_start)
+
+
+def run_prepare(cfg, ctx, t_start: float | None = None) -> dict:
+    """The restartable pipeline (items -> chunks -> shards -> index.json last) for any context
+    that turns a chunk of items into rows (``ctx.process``): the speech/text one of
+    ``prepare shards`` (:class:`spiritlm.data.work.Context`), or another, e.g. the synthetic
+    interleaving of ``prepare synth-interleave`` (``spiritlm.models.t2u.synth``). ``cfg`` needs
+    the fields of :class:`PrepareConfig` this function and ``work.collect_items`` read."""
+    from spiritlm.data import work
+
+    t_start = time.perf_counter() if t_start is None else t_start
     out = Path(cfg.output_dir)
     _check_output_dir(out)
-    ctx = work.Context.create(cfg, encoder, text_tokenizer)
     fp = config_fingerprint(cfg) + ":" + ctx.fingerprint() + ":" + inputs_fingerprint(cfg)
     done = _up_to_date(out, fp)
     if done is not None:
@@ -396,8 +408,9 @@ def merge_stats(parts: list[dict]) -> dict:
     for p in parts:
         for k, v in p.items():
             if isinstance(v, dict):
+                d = out.setdefault(k, {})  # counters another context adds sum the same way
                 for kk, vv in v.items():
-                    out[k][kk] = out[k].get(kk, 0) + vv
+                    d[kk] = d.get(kk, 0) + vv
             elif isinstance(v, list):
                 out.setdefault(k, []).extend(v)
             else:

@@ -112,6 +112,10 @@ class Context:
         ctx.encoder_spec = spec
         return ctx
 
+    def process(self, items: list[dict]) -> tuple[list[dict], dict]:
+        """One chunk's rows and counters (``write_chunk`` calls this on any context)."""
+        return process_chunk(self, items)
+
     def tokenizer_sha256(self) -> str:
         return self.tokenizer.sha256
 
@@ -371,7 +375,7 @@ def _aligned_record(ctx: Context, u, units: dict) -> tuple[AlignedRecord, str]:
 def write_chunk(ctx: Context, index: int, items: list[dict], wdir: Path) -> dict:
     from spiritlm.data.shards import atomic_write_table, rows_to_table
 
-    rows, stats = process_chunk(ctx, items)
+    rows, stats = ctx.process(items)
     js = wdir / f"chunk-{index:06d}.json"
     tmp = wdir / f".{js.name}.tmp"
     tmp.write_text(json.dumps(stats, sort_keys=True))

@@ -37,6 +37,10 @@ LATE_DEFAULTS = (
     ("model", "ce_chunk_tokens"),  # its chunk size, read only when linear_ce is not plain
     ("model", "compile"),  # issue 33: torch.compile of the model, off by default
 )
+# the same for a field of every [[data.sources]] entry
+LATE_SOURCE_DEFAULTS = (
+    ("synthetic", False),  # issue 36: shards of `prepare synth-interleave`, off by default
+)
 
 
 def train_config_key(tcfg) -> dict[str, Any]:
@@ -50,4 +54,8 @@ def train_config_key(tcfg) -> dict[str, Any]:
     for section, name in LATE_DEFAULTS:
         if name in d.get(section, {}) and d[section][name] == default[section][name]:
             del d[section][name]
+    for src in d.get("data", {}).get("sources", []):
+        for name, value in LATE_SOURCE_DEFAULTS:
+            if src.get(name) == value:
+                del src[name]
     return d

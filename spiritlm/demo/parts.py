@@ -35,6 +35,7 @@ PARTS: dict[str, str] = {
     "hybrid": "spiritlm.demo.hybrid:run",
     "backbone": "spiritlm.demo.backbone:run",
     "units": "spiritlm.demo.units:run",
+    "synthetic": "spiritlm.demo.synthetic:run",
 }
 
 

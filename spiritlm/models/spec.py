@@ -86,7 +86,7 @@ class ModelSpec:
 
 _REGISTRY: dict[str, ModelSpec] = {}
 # the families shipped with the package: each folder's __init__ registers its SPEC
-BUILTIN = ("unit_lm", "continuous", "streaming", "hybrid")
+BUILTIN = ("unit_lm", "continuous", "streaming", "hybrid", "t2u")
 
 
 def register(spec: ModelSpec) -> ModelSpec:

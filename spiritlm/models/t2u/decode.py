@@ -1,0 +1,175 @@
+"""A trained T2U model: text spans -> speech-token ids, batched and KV-cached (HF ``generate``).
+
+    t2u = T2U("runs/t2u/hf")
+    units = t2u.generate([bpe_ids_of_span, ...], seed=0)     # list of int arrays ([Hu*] ids ...)
+
+Decoding is constrained to the speech tokens the model writes and the closing ``[Text]`` (which
+ends a span); a span stops at ``max_per_word`` tokens per word (default twice the 99th percentile
+of its training data) and is then reported as cut. Greedy, or sampled with a seed: each batch
+draws from a generator seeded by (seed, the batch's first span), so the same spans in the same
+order give the same units on any run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+
+from spiritlm.config import ConfigError
+from spiritlm.models.t2u.pairs import prompt_ids, unit_rows
+from spiritlm.models.t2u.config import FORMAT, MARKER
+from spiritlm.vocab import VocabLayout
+
+
+@dataclass
+class DecodeConfig:
+    mode: Literal["greedy", "sample"] = "sample"
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = the whole allowed set
+    batch_size: int = 64  # spans per generate call
+    max_per_word: float = 0.0  # speech tokens per word before a span is cut; 0 = 2 x the training p99
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("greedy", "sample"):
+            raise ConfigError(f"decode.mode={self.mode!r}: use 'greedy' or 'sample'")
+        if not self.temperature > 0 or self.top_k < 0 or self.batch_size < 1 or self.max_per_word < 0:
+            raise ConfigError(f"decode: temperature={self.temperature}, top_k={self.top_k}, batch_size="
+                              f"{self.batch_size}, max_per_word={self.max_per_word}: use temperature > 0, top_k >= 0, "
+                              "batch_size >= 1, max_per_word >= 0")
+
+
+def read_marker(directory: str | Path) -> dict:
+    d = Path(directory)
+    f = d / MARKER
+    if not f.is_file():
+        raise ConfigError(f"{d}: no {MARKER} there -- not a T2U export; point at the hf/ folder of a "
+                          "`spiritlm t2u fit` run")
+    meta = json.loads(f.read_text())
+    if meta.get("format") != FORMAT:
+        raise ConfigError(f"{f}: format {meta.get('format')!r}, this version reads {FORMAT!r}; retrain the T2U model")
+    return meta
+
+
+def checkpoint_sha256(directory: str | Path) -> str:
+    """The identity of a T2U export: its weights, config and marker (recorded in synthetic shards)."""
+    d = Path(directory)
+    h = hashlib.sha256()
+    for name in sorted(p.name for p in d.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file()):
+        h.update(name.encode() + b"\0")
+        with open(d / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+class _Allowed:
+    """Logits processor: every id but the model's speech tokens and ``[Text]`` set to -inf."""
+
+    def __init__(self, allowed: np.ndarray, rows: int):
+        mask = torch.full((rows,), float("-inf"))
+        mask[torch.as_tensor(allowed)] = 0.0
+        self.mask = mask
+
+    def __call__(self, input_ids, scores):
+        return scores + self.mask.to(scores.device, scores.dtype)[: scores.shape[-1]]
+
+
+class T2U:
+    def __init__(self, directory: str | Path, device: str = "cpu", dtype: str = "float32"):
+        from spiritlm.models.unit_lm.load import load_model
+
+        self.dir = Path(directory)
+        self.meta = read_marker(self.dir)
+        self.model, self.tokenizer = load_model(self.dir, device, dtype)
+        self.layout = VocabLayout(**self.meta["vocab_layout"])
+        if self.layout.vocab_size > self.model.config.vocab_size:
+            raise ConfigError(f"{self.dir}: {MARKER} names a vocabulary of {self.layout.vocab_size} ids, the model "
+                              f"has {self.model.config.vocab_size} rows; the export is inconsistent, retrain it")
+        self.device = device
+        self.allowed = np.concatenate((unit_rows(self.layout, self.meta["streams"]), [self.layout.text_id]))
+        seen = np.zeros(self.layout.base_vocab_size, dtype=bool)
+        seen[np.asarray(self.meta["text_ids"], dtype=np.int64)] = True
+        self.seen = seen
+        self.sha256 = checkpoint_sha256(self.dir)
+
+    def unseen_ids(self, bpe: np.ndarray) -> np.ndarray:
+        """The span's text ids the model never saw in training (empty: the span can be written)."""
+        bpe = np.asarray(bpe, dtype=np.int64)
+        bad = (bpe < 0) | (bpe >= len(self.seen))
+        bad[~bad] = ~self.seen[bpe[~bad]]
+        return bpe[bad]
+
+    def _cap(self, n_tokens: int, cfg: DecodeConfig) -> int:
+        per_word = cfg.max_per_word or 2.0 * float(self.meta.get("tokens_per_word_p99") or 25.0)
+        # BPE ids stand in for words here (a word is one or more ids): generous by construction
+        return int(np.ceil(per_word * max(1, n_tokens))) + 4
+
+    @torch.no_grad()
+    def generate(self, spans: Sequence[np.ndarray], seed: int = 0, cfg: DecodeConfig | None = None,
+                 n_words: Sequence[int] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+        """-> (speech-token ids per span, cut flags). Spans are BPE ids of their words (the
+        mid-sentence form the data stage writes); ``n_words`` (per span) sets each span's length
+        cap (default: its number of ids)."""
+        cfg = cfg or DecodeConfig()
+        lay = self.layout
+        n = len(spans)
+        words = list(n_words) if n_words is not None else [len(s) for s in spans]
+        out: list[np.ndarray] = [np.zeros(0, np.int64)] * n
+        cut = np.zeros(n, dtype=bool)
+        order = sorted(range(n), key=lambda i: (len(spans[i]), i))  # similar lengths share a batch
+        proc = _Allowed(self.allowed, self.model.config.vocab_size)
+        bos = int(self.meta.get("bos_id", -1))
+        for b in range(0, n, cfg.batch_size):
+            idx = order[b:b + cfg.batch_size]
+            prompts = [prompt_ids(spans[i], lay) for i in idx]
+            if bos >= 0:
+                prompts = [np.concatenate(([bos], p)) for p in prompts]
+            width = max(len(p) for p in prompts)
+            ids = torch.full((len(idx), width), lay.text_id, dtype=torch.long)
+            att = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, p in enumerate(prompts):  # left padding: every prompt ends at the last column
+                ids[r, width - len(p):] = torch.as_tensor(p)
+                att[r, width - len(p):] = 1
+            caps = [self._cap(words[i], cfg) for i in idx]
+            gen = torch.Generator().manual_seed(_batch_seed(seed, spans[idx[0]], b))
+            kw = dict(do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k or None) \
+                if cfg.mode == "sample" else dict(do_sample=False)
+            with _seeded(gen):
+                res = self.model.generate(input_ids=ids.to(self.device), attention_mask=att.to(self.device),
+                                          max_new_tokens=max(caps), logits_processor=[proc],
+                                          eos_token_id=lay.text_id, pad_token_id=lay.text_id,
+                                          use_cache=True, top_p=None, **kw)
+            new = res[:, width:].cpu().numpy()
+            for r, i in enumerate(idx):
+                row = new[r]
+                end = np.flatnonzero(row == lay.text_id)
+                stop = int(end[0]) if end.size else len(row)
+                if stop > caps[r] or not end.size:
+                    cut[i] = True
+                out[i] = row[:min(stop, caps[r])].astype(np.int64)
+        return out, cut
+
+
+def _batch_seed(seed: int, first_span: np.ndarray, b: int) -> int:
+    h = hashlib.blake2b(np.asarray(first_span, np.int64).tobytes() + f"{seed}:{b}".encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+
+
+class _seeded:
+    """HF generate samples from torch's global generator: seed it for the call and restore it after."""
+
+    def __init__(self, gen: torch.Generator):
+        self.gen = gen
+
+    def __enter__(self):
+        self.state = torch.get_rng_state()
+        torch.manual_seed(int(self.gen.initial_seed()))
+
+    def __exit__(self, *exc):
+        torch.set_rng_state(self.state)
