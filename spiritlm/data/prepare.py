@@ -226,7 +226,7 @@ def run_prepare(cfg, ctx, t_start: float | None = None) -> dict:
     # From here on the folder is in progress: no index.json, so no reader takes it as complete
     # (the trainer refuses it, saying to rerun this command) until the new one is written.
     (out / "index.json").unlink(missing_ok=True)
-    items, pre_drops = work.collect_items(cfg)
+    items, pre_drops = ctx.items(cfg) if hasattr(ctx, "items") else work.collect_items(cfg)
     chunks = [items[i:i + cfg.chunk_size] for i in range(0, len(items), cfg.chunk_size)]
     wdir = out / "_work"
     if wdir.exists() and (wdir / "config.sha256").is_file() \

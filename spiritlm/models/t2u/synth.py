@@ -50,6 +50,9 @@ class SynthInputs:
     text_corpora: list[str] = field(default_factory=list)  # .txt (one document per line) or .jsonl
     text_field: str = "text"
     text_min_chars: int = 1
+    # the first this many documents (after the corpora's bad lines are dropped); 0 = all. A model
+    # sees a fixed token budget: making more synthetic documents than it will read costs T2U time only
+    max_documents: int = 0
 
     # what ``spiritlm.data.work.collect_items`` also reads: this command reads no speech
     @property
@@ -137,6 +140,15 @@ class SynthContext:
                               "(--set t2u=runs/t2u/run/hf)")
         t2u = T2U(cfg.t2u, cfg.device)
         return cls(cfg, load_text_tokenizer(cfg.text_tokenizer or cfg.t2u), t2u)
+
+    def items(self, cfg: SynthConfig) -> tuple[list[dict], list[dict]]:
+        """The text documents of the corpora, in order, the first ``inputs.max_documents`` of them."""
+        from spiritlm.data.work import collect_items
+
+        items, drops = collect_items(cfg)
+        n = cfg.inputs.max_documents
+        self.documents_available = len(items)
+        return (items[:n] if n else items), drops
 
     def tokenizer_sha256(self) -> str:
         return self.tokenizer.sha256
@@ -251,6 +263,11 @@ def synth_interleave(cfg: SynthConfig) -> dict:
                             "units_per_s": round(syn.get("units", 0) / secs, 1) if secs else None,
                             "units_per_s_decode": report.get("units_per_s"), "workers": cfg.workers,
                             "worker_seconds": round(secs, 3)}
+    if hasattr(ctx, "documents_available") and not report.get("up_to_date"):  # this run read the corpora
+        from spiritlm.data.prepare import _atomic_json
+
+        report["documents_available"] = ctx.documents_available
+        _atomic_json(Path(cfg.output_dir) / "report.json", report)  # with the throughput and the corpus size
     if not syn.get("documents"):
         raise ConfigError(f"{cfg.output_dir}: no document was written ({report.get('dropped')}); the reasons are in "
                           f"{Path(cfg.output_dir) / 'drops.jsonl'} -- is {cfg.inputs.text_corpora} the text corpus the "
@@ -265,7 +282,10 @@ def synth_interleave(cfg: SynthConfig) -> dict:
 def format_synth_report(report: dict) -> str:
     syn = report.get("synthetic", {})
     tp = report.get("throughput", {})
-    lines = [f"documents: {syn.get('documents', 0)} written, dropped: "
+    avail = report.get("documents_available")
+    lines = [f"documents: {syn.get('documents', 0)} written"
+             + (f" (the first {syn.get('documents', 0) + sum(report.get('dropped', {}).values())} of {avail} read)"
+                if avail else "") + ", dropped: "
              + (", ".join(f"{k}={v}" for k, v in report.get("dropped", {}).items()) or "none"),
              f"speech spans: {syn.get('spans_speech', 0)} written by the T2U model, {syn.get('spans_unseen_text', 0)} "
              f"kept as text (unseen text ids), {syn.get('spans_no_units', 0)} kept as text (no unit), "
