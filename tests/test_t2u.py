@@ -302,3 +302,11 @@ def test_cli_fit_units_and_synth(corpus_text, tmp_path):
                         f"output_dir={tmp_path / 'syn'}", "--set", f"inputs.text_corpora=[{p['text']}]",
                         "--set", "progress=false"], capture_output=True, text=True)
     assert r.returncode == 0 and "speech spans:" in r.stdout, r.stderr[-2000:]
+
+
+def test_bench_decodes_the_same_spans_on_both_sides_and_reports_the_ratio():
+    from spiritlm.models.t2u.bench import bench_t2u
+
+    r = bench_t2u(size="toy", spans=16, words=4, batch_size=8, rounds=1, min_round_s=0.05, verbose=False)
+    assert r["units"] > 0 and r["units_per_s"] > 0 and r["ratio_vs_hf_generate"]["median"] > 0
+    assert r["measurement"]["sides"]["ours"]["rate_median"] == r["units_per_s"]

@@ -153,6 +153,17 @@ def _bench_synth(args) -> int:
     return 0
 
 
+def _bench_t2u(args) -> int:
+    import json
+
+    from spiritlm.models.t2u.bench import bench_t2u
+
+    r = bench_t2u(size=args.size or "demo", device=args.device if args.device and args.device != "auto" else
+                  ("cuda" if __import__("torch").cuda.is_available() else "cpu"), **_harness(args))
+    print(json.dumps({k: v for k, v in r.items() if k != "measurement"}, indent=1, default=float))
+    return 0
+
+
 def _bench_mfu(args) -> int:
     from spiritlm.train.bench_mfu import bench_mfu
 
@@ -229,5 +240,6 @@ BENCHES = {
     "continuous": (_bench_continuous, "continuous-input training step: frozen-encoder features cached vs recomputed"),
     "loss": (_bench_loss, "LM head cross-entropy, chunked vs plain: time and peak memory at vocab 32k/128k/152k"),
     "gpu": (_bench_gpu, "every GPU measurement owed (isolation, loss, tokenizer, MFU) -> one JSON + markdown table"),
+    "t2u": (_bench_t2u, "T2U decoding units/s: our KV-cached loop vs HF generate (size demo | base | toy)"),
     "stream": (_bench_stream, "streaming vs non-streaming speech LM: time and memory per chunk at 1-10x the training length"),
 }

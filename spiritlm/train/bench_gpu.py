@@ -49,8 +49,9 @@ GOALS = {
     "loss": "fused/chunked loss cuts peak memory, with identical per-token losses",
     "tokenizer": ">= 3x the naive loop, with identical units",
     "backbones": "every LLM family trains 2 steps on the device (bf16, fastest safe attention), finite losses, ties kept",
+    "t2u": "T2U decoding units/s at the paper-scale estimate's size (for docs/synthetic_interleaving.md); ours >= HF generate",
 }
-ORDER = ("isolation", "loss", "tokenizer", "backbones", "mfu")  # the largest last: its memory cannot crowd the others
+ORDER = ("isolation", "loss", "tokenizer", "backbones", "t2u", "mfu")  # the largest last: its memory cannot crowd the others
 MFU_GOAL, TOKENIZER_GOAL = 0.40, 3.0
 
 
@@ -353,9 +354,21 @@ def measure_backbones(dev: torch.device, toy: bool) -> dict:
             "goal_met": all(r["ok"] for r in rows)}
 
 
+def measure_t2u(dev: torch.device, toy: bool) -> dict:
+    """The T2U model's decoding rate (``spiritlm.models.t2u.bench``): size ``base`` (~85 M) with
+    1024 spans at batch 256 on the GPU, ``toy`` on CPU; ours vs HF generate on the same spans."""
+    from spiritlm.models.t2u.bench import bench_t2u
+
+    r = bench_t2u(size="toy" if toy else "base", spans=64 if toy else 1024, batch_size=32 if toy else 256,
+                  device=str(dev), rounds=2 if toy else 3, min_round_s=0.2 if toy else 2.0)
+    r.pop("measurement", None)
+    q = r["ratio_vs_hf_generate"]
+    return {**r, "goal_met": bool(q and q["min"] >= 1.0)}
+
+
 MEASURES: dict[str, Callable[[torch.device, bool], dict]] = {
     "isolation": measure_isolation, "loss": measure_loss, "tokenizer": measure_tokenizer,
-    "backbones": measure_backbones, "mfu": measure_mfu}
+    "backbones": measure_backbones, "t2u": measure_t2u, "mfu": measure_mfu}
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -440,6 +453,11 @@ def figure(name: str, e: dict) -> str:
         return (f"{e['precision']}, {e['attention']}: " + ", ".join(
             f"{r['family']} {'ok' if r['ok'] else 'FAILED' + (': ' + r['error'][:80] if 'error' in r else '')}"
             for r in e["families"]))
+    if name == "t2u":
+        q = e["ratio_vs_hf_generate"] or {}
+        return (f"{e['size']} ({e['non_embedding_params']:,} params), {e['dtype']}, batch {e['batch_size']}: "
+                f"{e['units_per_s']:,.0f} units/s, {_pct(e.get('share_of_matmul_peak'))} of the matmul peak; ours / HF "
+                f"generate {q.get('median', float('nan')):.2f}x ({q.get('min', float('nan')):.2f}-{q.get('max', float('nan')):.2f})")
     return json.dumps({k: v for k, v in e.items() if k not in ("goal", "traceback")}, default=str)[:300]
 
 

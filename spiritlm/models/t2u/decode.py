@@ -73,21 +73,31 @@ class T2U:
         from spiritlm.models.unit_lm.load import load_model
 
         self.dir = Path(directory)
-        self.meta = read_marker(self.dir)
-        self.model, self.tokenizer = load_model(self.dir, device, dtype)
-        self.layout = VocabLayout(**self.meta["vocab_layout"])
-        if self.layout.vocab_size > self.model.config.vocab_size:
+        meta = read_marker(self.dir)
+        model, tokenizer = load_model(self.dir, device, dtype)
+        self._setup(model, tokenizer, meta, device, checkpoint_sha256(self.dir))
+
+    @classmethod
+    def from_model(cls, model, meta: dict, device: str = "cpu", tokenizer=None) -> "T2U":
+        """A T2U over a model in memory (``bench``: random weights of a named size) and its marker."""
+        self = cls.__new__(cls)
+        self.dir = None
+        self._setup(model.to(device).eval(), tokenizer, meta, device, "")
+        return self
+
+    def _setup(self, model, tokenizer, meta: dict, device: str, sha256: str) -> None:
+        self.model, self.tokenizer, self.meta, self.device, self.sha256 = model, tokenizer, meta, device, sha256
+        self.layout = VocabLayout(**meta["vocab_layout"])
+        if self.layout.vocab_size > model.config.vocab_size:
             raise ConfigError(f"{self.dir}: {MARKER} names a vocabulary of {self.layout.vocab_size} ids, the model "
-                              f"has {self.model.config.vocab_size} rows; the export is inconsistent, retrain it")
-        self.device = device
-        self.allowed = np.concatenate((unit_rows(self.layout, self.meta["streams"]), [self.layout.text_id]))
+                              f"has {model.config.vocab_size} rows; the export is inconsistent, retrain it")
+        self.allowed = np.concatenate((unit_rows(self.layout, meta["streams"]), [self.layout.text_id]))
         # decoding is constrained to the speech tokens the model writes and the closing [Text]
-        self.mask = torch.full((self.model.config.vocab_size,), float("-inf"))
+        self.mask = torch.full((model.config.vocab_size,), float("-inf"))
         self.mask[torch.as_tensor(self.allowed)] = 0.0
         seen = np.zeros(self.layout.base_vocab_size, dtype=bool)
-        seen[np.asarray(self.meta["text_ids"], dtype=np.int64)] = True
+        seen[np.asarray(meta.get("text_ids", []), dtype=np.int64)] = True
         self.seen = seen
-        self.sha256 = checkpoint_sha256(self.dir)
 
     def unseen_ids(self, bpe: np.ndarray) -> np.ndarray:
         """The span's text ids the model never saw in training (empty: the span can be written)."""
