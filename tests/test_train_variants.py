@@ -64,7 +64,12 @@ def _prepared_folders() -> dict[Path, set[str]]:
     from spiritlm.data.prepare import PrepareConfig
 
     out = {}
+    import tomllib
+
     for recipe in sorted((REPO / "data_prep").glob("*.toml")):
+        if "t2u" in tomllib.loads(recipe.read_text()):  # `prepare synth-interleave`: interleaved/ only
+            out[Path(tomllib.loads(recipe.read_text())["output_dir"])] = {"interleaved"}
+            continue
         p = load_config(PrepareConfig, recipe)
         first = "aligned" if p.records.mode == "aligned" else "interleaved"
         out[Path(p.output_dir)] = {first, "speech", "text", *p.records.parallel}
@@ -77,7 +82,7 @@ def test_recipe_sources_are_what_data_prep_writes(recipe):
     are read with an explicit kind (the same folder serves as interleaved and as speech-only)."""
     cfg = _load_recipe(recipe)
     if getattr(cfg, "model_type", "unit_lm") != "unit_lm":  # other families read manifests, not shards
-        pytest.skip(f"{recipe.name}: model_type={cfg.model_type} reads the data stage's manifests")
+        pytest.skip(f"{recipe.name}: model_type={cfg.model_type} reads no unit-LM mixture (its own sources or manifests)")
     prepared = _prepared_folders()
     for src in cfg.data.sources:
         path = Path(src.path)
