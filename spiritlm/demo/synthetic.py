@@ -136,7 +136,10 @@ def train_models(ctx, scfg: SyntheticConfig, synth: dict) -> list[dict]:
 
 
 def _heldout_step(ctx, step_dir: Path) -> dict[str, Any]:
-    """The corpus' held-out utterances as aligned shards (the data stage's demo recipe, split heldout)."""
+    """The corpus' held-out utterances as aligned shards (the data stage's demo recipe, split heldout).
+
+    Their word times are the synthesizer's own (the corpus manifest): the demo re-aligns only its
+    training split with pocketsphinx, whose word boundaries differ from these by tens of ms."""
     from spiritlm.data.prepare import PrepareConfig, prepare_demo_shards
 
     cfg = ctx.cfg
@@ -144,7 +147,7 @@ def _heldout_step(ctx, step_dir: Path) -> dict[str, Any]:
         f"seed={cfg.seed}", f"output_dir={step_dir / 'shards'}", f"text_tokenizer={ctx.text_tok['dir']}",
         "speech.encoder=spiritlm.data.encoders:speech_tokenizer", f"speech.tokenizer_dir={ctx.speech_tok['dir']}",
         "records.parallel=[]", "inputs.splits=[heldout]", "workers=1", *cfg.prepare_overrides])
-    return {"dir": str(prepare_demo_shards(pcfg, ctx.manifest))}
+    return {"dir": str(prepare_demo_shards(pcfg, ctx.corpus["manifest"]))}
 
 
 def _vocoder_step(ctx, scfg: SyntheticConfig, step_dir: Path) -> dict[str, Any]:
@@ -160,7 +163,7 @@ def _vocoder_step(ctx, scfg: SyntheticConfig, step_dir: Path) -> dict[str, Any]:
 def quality(ctx, scfg: SyntheticConfig, t2u: dict) -> dict:
     from spiritlm.models.t2u.quality import QualityConfig, quality_report
 
-    held = ctx.pipe.run("heldout_shards", [ctx.cfg.seed, ctx.manifest, ctx.file_hash(ctx.manifest),
+    held = ctx.pipe.run("heldout_shards", [ctx.cfg.seed, ctx.corpus["manifest"], ctx.file_hash(ctx.corpus["manifest"]),
                                            ctx.cfg.prepare_overrides, ctx.file_hash(ctx.recipe(ctx.cfg.prepare_recipe)),
                                            ctx.file_hash(Path(ctx.text_tok["dir"]) / "tokenizer.model"),
                                            ctx.file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json")],
