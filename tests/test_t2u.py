@@ -310,3 +310,19 @@ def test_bench_decodes_the_same_spans_on_both_sides_and_reports_the_ratio():
     r = bench_t2u(size="toy", spans=16, words=4, batch_size=8, rounds=1, min_round_s=0.05, verbose=False)
     assert r["units"] > 0 and r["units_per_s"] > 0 and r["ratio_vs_hf_generate"]["median"] > 0
     assert r["measurement"]["sides"]["ours"]["rate_median"] == r["units_per_s"]
+
+
+def test_expressive_shards_give_a_t2u_that_writes_pitch_and_style_too(tmp_path):
+    from test_data_fixtures import make_corpus, prepare_overrides
+
+    from spiritlm.data.prepare import PrepareConfig, prepare_shards
+    from spiritlm.models.t2u.decode import T2U
+    from spiritlm.train.trainer import Trainer
+
+    c = make_corpus(tmp_path / "corpus", n=4, max_words=8)
+    prepare_shards(load_config(PrepareConfig, None, prepare_overrides(c, tmp_path / "shards", "speech.expressive=true")))
+    Trainer(_cfg(c, tmp_path / "shards", tmp_path / "run", "steps=2")).fit()
+    t2u = T2U(tmp_path / "run" / "hf")
+    assert t2u.meta["streams"] == ["hubert", "pitch", "style"] and t2u.meta["has_pitch"]
+    lay = t2u.layout
+    assert set(t2u.allowed.tolist()) == set(range(lay.streams["hubert"].offset, lay.vocab_size)) | {lay.text_id}
