@@ -215,6 +215,27 @@ def test_synth_interleave_is_deterministic_resumable_and_counts_what_it_skips(co
     assert shard_bytes(synth_interleave(_synth_cfg(p, tmp_path / "c", "seed=1")) and tmp_path / "c") != a
 
 
+def test_workers_and_ray_give_the_same_synthetic_shards(corpus_text, tmp_path):
+    """Two local worker processes (each loads the T2U model: spawn) and the Ray Data backend write
+    the bytes one process writes."""
+    from test_data_fixtures import shard_bytes
+
+    from spiritlm.models.t2u.synth import synth_interleave
+
+    p = corpus_text
+    synth_interleave(_synth_cfg(p, tmp_path / "one"))
+    synth_interleave(_synth_cfg(p, tmp_path / "two", "workers=2"))
+    assert shard_bytes(tmp_path / "two") == shard_bytes(tmp_path / "one")
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        synth_interleave(_synth_cfg(p, tmp_path / "ray", "backend=ray", "workers=2"))
+    finally:
+        ray.shutdown()
+    assert shard_bytes(tmp_path / "ray") == shard_bytes(tmp_path / "one")
+
+
 def test_synth_refusals_name_the_fix(corpus_text, tmp_path):
     from spiritlm.models.t2u.synth import synth_interleave
 

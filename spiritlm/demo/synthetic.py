@@ -146,7 +146,7 @@ def _heldout_step(ctx, step_dir: Path) -> dict[str, Any]:
     pcfg = load_config(PrepareConfig, demo.recipe(cfg.prepare_recipe), [
         f"seed={cfg.seed}", f"output_dir={step_dir / 'shards'}", f"text_tokenizer={ctx.text_tok['dir']}",
         "speech.encoder=spiritlm.data.encoders:speech_tokenizer", f"speech.tokenizer_dir={ctx.speech_tok['dir']}",
-        "records.parallel=[]", "inputs.splits=[heldout]", "workers=1", *cfg.prepare_overrides])
+        "records.parallel=[]", "inputs.splits=[heldout]", "inputs.text_corpora=[]", "workers=1", *cfg.prepare_overrides])
     return {"dir": str(prepare_demo_shards(pcfg, ctx.corpus["manifest"]))}
 
 
