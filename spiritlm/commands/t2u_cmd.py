@@ -65,7 +65,7 @@ def _fit(args) -> int:
 def _units(args) -> int:
     from spiritlm.data.records import encode_words
     from spiritlm.models.t2u.decode import T2U, DecodeConfig
-    from spiritlm.models.t2u.synth import written_tokens
+    from spiritlm.data.records import written_tokens
 
     t2u = T2U(args.t2u)
     spans, n_words = [], []

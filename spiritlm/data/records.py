@@ -118,13 +118,10 @@ def _chars(words: Sequence[str]) -> str:
     return "".join(ch for w in words for ch in w if ch.isalnum())
 
 
-def written_forms(words: Sequence[str], text: str) -> list[str] | None:
-    """Each aligned word as the transcript writes it -- ``garden`` -> ``garden.``, ``her`` ->
-    ``Her`` -- so interleaved text spans read like the text-only data and the benchmarks'
-    text (aligners emit bare, often lower-cased words). The transcript's whitespace tokens
-    (a token without letters or digits, like a dash, joins the token before it, or the first
-    word) must match the words one to one on their letters and digits, case-insensitively;
-    else ``None``."""
+def written_tokens(text: str) -> list[str]:
+    """A text's words as written: its whitespace tokens, where a token without letters or digits
+    (a dash, a quote) joins the token before it, or the first word. Also the words of a text
+    document that ``prepare synth-interleave`` cuts into spans."""
     tokens: list[str] = []
     lead = ""  # punctuation before the first word ('" Hello', '- Hello') joins that word
     for t in text.split():
@@ -136,6 +133,16 @@ def written_forms(words: Sequence[str], text: str) -> list[str] | None:
         else:
             tokens.append(lead + t)
             lead = ""
+    return tokens
+
+
+def written_forms(words: Sequence[str], text: str) -> list[str] | None:
+    """Each aligned word as the transcript writes it -- ``garden`` -> ``garden.``, ``her`` ->
+    ``Her`` -- so interleaved text spans read like the text-only data and the benchmarks'
+    text (aligners emit bare, often lower-cased words). The transcript's words
+    (:func:`written_tokens`) must match the aligned words one to one on their letters and
+    digits, case-insensitively; else ``None``."""
+    tokens = written_tokens(text)
     if len(tokens) != len(words):
         return None
     for w, t in zip(words, tokens):

@@ -39,7 +39,7 @@ import numpy as np
 from spiritlm.config import ConfigError
 from spiritlm.data.interleave import SPEECH, TEXT, InterleaveConfig, RecordRng, sample_spans
 from spiritlm.data.prepare import ShardsConfig
-from spiritlm.data.records import encode_words
+from spiritlm.data.records import encode_words, written_tokens
 from spiritlm.models.t2u.decode import T2U, DecodeConfig
 
 log = logging.getLogger(__name__)
@@ -95,23 +95,6 @@ class SynthConfig:
         if self.interleave.mode != "words":
             raise ConfigError(f"interleave.mode={self.interleave.mode!r}: synthetic interleaving cuts documents "
                               "into word spans; use interleave.mode=words")
-
-
-def written_tokens(text: str) -> list[str]:
-    """A document's words as written (whitespace tokens; one without a letter or digit joins the
-    word before it, as ``records.written_forms`` joins the transcript's)."""
-    out: list[str] = []
-    lead = ""
-    for t in text.split():
-        if not any(ch.isalnum() for ch in t):
-            if out:
-                out[-1] += " " + t
-            else:
-                lead += t + " "
-        else:
-            out.append(lead + t)
-            lead = ""
-    return out
 
 
 class SynthContext:
