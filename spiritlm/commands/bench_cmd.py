@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "machine loaded by others: counts the work, not the waits for a core)")
     p.add_argument("--world", type=int, default=1,
                    help="train: processes (2: ours on DeepSpeed ZeRO-1 vs HF Trainer's DDP, half the cores each)")
-    p.add_argument("--model", default=None, help="eval: a checkpoint dir (HF LLaMA) instead of the tiny random one")
+    p.add_argument("--model", default=None, help="eval: a checkpoint dir (HF LLaMA) instead of the tiny random one; "
+                                                 "t2u: a trained T2U export instead of random weights")
     p.add_argument("--device", default=None, help="eval: cpu | cuda | auto (default auto)")
     p.add_argument("--tokens", type=int, default=512, help="loss: tokens per batch (default 512)")
     p.add_argument("--chunk", type=int, default=128, help="loss: tokens per cross-entropy chunk (default 128)")
@@ -159,7 +160,8 @@ def _bench_t2u(args) -> int:
     from spiritlm.models.t2u.bench import bench_t2u
 
     r = bench_t2u(size=args.size or "demo", device=args.device if args.device and args.device != "auto" else
-                  ("cuda" if __import__("torch").cuda.is_available() else "cpu"), **_harness(args))
+                  ("cuda" if __import__("torch").cuda.is_available() else "cpu"), model_dir=args.model or "",
+                  **_harness(args))
     print(json.dumps({k: v for k, v in r.items() if k != "measurement"}, indent=1, default=float))
     return 0
 

@@ -81,16 +81,25 @@ def _hf_generate(t2u, spans, caps, batch_size: int) -> int:
 
 def bench_t2u(size: str = "demo", spans: int = 128, words: int = 10, units_per_word: float = 12.0,
               batch_size: int = 64, device: str = "cpu", rounds: int | None = None, min_round_s: float | None = None,
-              peer: bool = True, verbose: bool = True) -> dict:
+              peer: bool = True, verbose: bool = True, model_dir: str = "") -> dict:
+    """``model_dir``: a trained T2U export instead of random weights -- its spans end where the
+    model writes ``[Text]``, at different lengths, which is where dropping finished rows pays (the
+    prompts are random pieces of the text ids it saw; the cap is its own, 2 x its p99 per word)."""
     from spiritlm.bench_harness import Side, compare, matmul_peak, run_sides
     from spiritlm.models.t2u.decode import T2U, DecodeConfig
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model, meta = t2u_model(size, device, dtype)
-    t2u = T2U.from_model(model, meta, device)
     rng = np.random.default_rng(0)
-    base = t2u.layout.base_vocab_size
-    bpe = [rng.integers(3, base, int(round(words * 1.3))) for _ in range(spans)]
+    if model_dir:
+        t2u = T2U(model_dir, device, "bfloat16" if dtype == torch.bfloat16 else "float32")
+        model, size = t2u.model, f"trained ({model_dir})"
+        seen = np.asarray(t2u.meta["text_ids"])
+        bpe = [rng.choice(seen, int(round(words * 1.3))) for _ in range(spans)]
+        units_per_word = 0.0
+    else:
+        model, meta = t2u_model(size, device, dtype)
+        t2u = T2U.from_model(model, meta, device)
+        bpe = [rng.integers(3, t2u.layout.base_vocab_size, int(round(words * 1.3))) for _ in range(spans)]
     cfg = DecodeConfig(mode="greedy", batch_size=batch_size, max_per_word=units_per_word)
     caps = [t2u._cap(words, cfg) for _ in bpe]
     n_units = int(sum(len(u) for u in t2u.generate(bpe, 0, cfg, [words] * spans)[0]))
