@@ -18,6 +18,7 @@ from spiritlm.config import ConfigError, load_config
 from spiritlm.data.interleave import SPEECH, TEXT, InterleaveConfig, Interleaver, SpanDist, synthetic_records
 from spiritlm.models.t2u.pairs import pair_ids, t2u_targets, window, window_units
 from spiritlm.vocab import SPIRITLM, units_to_ids
+from test_hybrid import prepared  # noqa: F401  (the data stage's tiny shards)
 
 
 # ---- documents and the loss mask ------------------------------------------------------------------
@@ -68,19 +69,14 @@ def test_loss_mask_keeps_units_and_the_closing_marker_of_segments_holding_their_
 
 # ---- a tiny T2U model trained through the trainer -------------------------------------------------
 @pytest.fixture(scope="module")
-def t2u_run(tmp_path_factory):
-    from test_data_fixtures import make_corpus, prepare_overrides
-
-    from spiritlm.data.prepare import PrepareConfig, prepare_shards
+def t2u_run(prepared):  # noqa: F811  (the data stage's tiny shards, shared with the hybrid tests)
     from spiritlm.train.trainer import Trainer
 
-    root = tmp_path_factory.mktemp("t2u")
-    c = make_corpus(root / "corpus", n=8, max_words=12)
-    shards = root / "shards"
-    prepare_shards(load_config(PrepareConfig, None, prepare_overrides(c, shards, "speech.expressive=false")))
-    t = Trainer(_cfg(c, shards, root / "run", "steps=4", "checkpoint.every=2"))
+    c, shards, root = prepared["c"], prepared["shards"], prepared["root"]
+    t = Trainer(_cfg(c, shards, root / "t2u_run", "steps=4", "checkpoint.every=2"))
     t.fit()
-    return {"c": c, "shards": shards, "root": root, "hf": root / "run" / "hf", "trainer": t}
+    return {"c": c, "shards": shards, "root": root, "hf": root / "t2u_run" / "hf", "run": root / "t2u_run",
+            "trainer": t}
 
 
 def _cfg(c, shards, run_dir, *extra):
@@ -110,7 +106,7 @@ def test_trains_on_units_only_resumes_exactly_and_exports_its_marker(t2u_run, tm
     part = tmp_path / "part"
     Trainer(_cfg(p["c"], p["shards"], part, "steps=4", "checkpoint.every=2", "checkpoint.export_hf=false")).fit(until_step=2)
     Trainer(_cfg(p["c"], p["shards"], part, "steps=4", "checkpoint.every=2", "checkpoint.export_hf=false")).fit()
-    assert _losses(part) == _losses(p["root"] / "run")
+    assert _losses(part) == _losses(p["run"])
     assert detect_family(p["hf"]).name == "t2u"
     meta = json.loads((p["hf"] / MARKER).read_text())
     assert meta["streams"] == ["hubert"] and meta["unit_family"] == "hubert" and meta["text_ids"]
