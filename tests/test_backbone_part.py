@@ -12,7 +12,7 @@ from spiritlm.config import ConfigError, dotted, to_dict
 from spiritlm.demo import backbone
 from spiritlm.demo.main import DemoConfig, train_config
 from spiritlm.demo.parts import PARTS, DemoContext
-from spiritlm.eval.testing import write_items
+from spiritlm.eval.testing import two_test_draws
 
 
 def _ctx(tmp_path, overrides=(), seeds=(0,), text_corpus=""):
@@ -57,13 +57,8 @@ def test_bpe_tokenizer_step_and_models_differ_only_in_the_tokenizer(tmp_path):
 
 def test_tables_pool_the_test_draws(tmp_path):
     right, half, wrong = [1] * 10, [1, 0] * 5, [0] * 10
-    evals = {}
-    for name, test in (("interleaved", right), ("no_interleaving", wrong), ("interleaved_bpe", half),
-                       ("no_interleaving_bpe", wrong)):
-        evals[name] = {"dev": [write_items(tmp_path / name / "dev", [1, 1])],
-                       "test1": [write_items(tmp_path / name / "t1", test)],
-                       "test2": [write_items(tmp_path / name / "t2", test)]}
-    draws = {"dev": {"seed": 0}, "test1": {"seed": 11}, "test2": {"seed": 12}}
+    evals, draws = two_test_draws(tmp_path, {"interleaved": right, "no_interleaving": wrong, "interleaved_bpe": half,
+                                             "no_interleaving_bpe": wrong})
     (tmp_path / "cmp").mkdir()
     out = backbone._compare_step(evals, draws, [0], ["interleaved", "no_interleaving"], "llama3", tmp_path / "cmp")
     tables = json.loads(Path(out["json"]).read_text())["tables"]

@@ -12,7 +12,7 @@ from spiritlm.demo import synthetic
 from spiritlm.demo.files import train_config_key
 from spiritlm.demo.main import DemoConfig, train_config
 from spiritlm.demo.parts import PARTS, DemoContext
-from spiritlm.eval.testing import write_items
+from spiritlm.eval.testing import two_test_draws
 
 
 def _ctx(tmp_path, overrides=(), seeds=(0,), models=("interleaved",)):
@@ -58,12 +58,7 @@ def test_t2u_trains_on_the_demo_aligned_shards_with_its_tokenizer(tmp_path):
 
 def test_table_pools_the_test_draws_and_carries_the_quality_report(tmp_path):
     half, right = [1, 0] * 5, [1] * 10
-    evals = {}
-    for name, test in (("interleaved", half), (synthetic.VARIANT, right)):
-        evals[name] = {"dev": [write_items(tmp_path / name / "dev", [1, 1])],
-                       "test1": [write_items(tmp_path / name / "t1", test)],
-                       "test2": [write_items(tmp_path / name / "t2", test)]}
-    draws = {"dev": {"seed": 0}, "test1": {"seed": 11}, "test2": {"seed": 12}}
+    evals, draws = two_test_draws(tmp_path, {"interleaved": half, synthetic.VARIANT: right})
     q = tmp_path / "quality.md"
     q.write_text("| units | units/word |\n|---|---|\n| T2U | 3.1 |\n")
     (tmp_path / "cmp").mkdir()

@@ -12,7 +12,7 @@ from spiritlm.config import ConfigError, dotted, to_dict
 from spiritlm.demo import units
 from spiritlm.demo.main import DemoConfig, train_config
 from spiritlm.demo.parts import PARTS, DemoContext
-from spiritlm.eval.testing import write_items
+from spiritlm.eval.testing import two_test_draws
 
 
 def _ctx(tmp_path, overrides=(), seeds=(0,)):
@@ -51,13 +51,8 @@ def test_the_models_differ_only_in_their_shards(tmp_path):
 
 def test_tables_pool_the_test_draws_and_carry_the_unit_report(tmp_path):
     right, half, wrong = [1] * 10, [1, 0] * 5, [0] * 10
-    evals = {}
-    for name, test in (("interleaved", half), ("no_interleaving", wrong), ("interleaved_semantic", right),
-                       ("no_interleaving_semantic", half)):
-        evals[name] = {"dev": [write_items(tmp_path / name / "dev", [1, 1])],
-                       "test1": [write_items(tmp_path / name / "t1", test)],
-                       "test2": [write_items(tmp_path / name / "t2", test)]}
-    draws = {"dev": {"seed": 0}, "test1": {"seed": 11}, "test2": {"seed": 12}}
+    evals, draws = two_test_draws(tmp_path, {"interleaved": half, "no_interleaving": wrong, "interleaved_semantic": right,
+                                             "no_interleaving_semantic": half})
     report = tmp_path / "report.md"
     report.write_text("| units | kind |\n|---|---|\n| semantic_kmeans | semantic |\n")
     (tmp_path / "cmp").mkdir()

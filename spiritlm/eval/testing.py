@@ -78,3 +78,13 @@ def write_items(d: str | Path, scores, setting: str = "T2S", task: str = "topic_
         for i, s in enumerate(scores):
             f.write(json.dumps({"task": task, "setting": setting, "key": str(i), "score": s}) + "\n")
     return {"dir": str(d)}
+
+
+def two_test_draws(root: str | Path, test_scores: dict[str, list]) -> tuple[dict, dict]:
+    """The evaluations a part's comparison reads, for tests: every model scores ``[1, 1]`` on the dev
+    draw and its ``test_scores`` on each of two test draws -> (``{model: {label: [eval]}}``, draws)."""
+    root = Path(root)
+    evals = {name: {"dev": [write_items(root / name / "dev", [1, 1])],
+                    "test1": [write_items(root / name / "t1", scores)],
+                    "test2": [write_items(root / name / "t2", scores)]} for name, scores in test_scores.items()}
+    return evals, {"dev": {"seed": 0}, "test1": {"seed": 11}, "test2": {"seed": 12}}
