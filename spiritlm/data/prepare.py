@@ -208,10 +208,11 @@ def prepare_shards(cfg: PrepareConfig, encoder=None, text_tokenizer=None) -> dic
 
 def run_prepare(cfg, ctx, t_start: float | None = None) -> dict:
     """The restartable pipeline (items -> chunks -> shards -> index.json last) for any context
-    that turns a chunk of items into rows (``ctx.process``): the speech/text one of
-    ``prepare shards`` (:class:`spiritlm.data.work.Context`), or another, e.g. the synthetic
-    interleaving of ``prepare synth-interleave`` (``spiritlm.models.t2u.synth``). ``cfg`` needs
-    the fields of :class:`PrepareConfig` this function and ``work.collect_items`` read."""
+    that lists the job's items (``ctx.items(cfg)``) and turns a chunk of them into rows
+    (``ctx.process``): the speech/text one of ``prepare shards`` (:class:`spiritlm.data.work.Context`),
+    or another, e.g. the synthetic interleaving of ``prepare synth-interleave``
+    (``spiritlm.models.t2u.synth``). ``cfg`` needs the fields of :class:`PrepareConfig` this
+    function reads."""
     from spiritlm.data import work
 
     t_start = time.perf_counter() if t_start is None else t_start
@@ -226,7 +227,7 @@ def run_prepare(cfg, ctx, t_start: float | None = None) -> dict:
     # From here on the folder is in progress: no index.json, so no reader takes it as complete
     # (the trainer refuses it, saying to rerun this command) until the new one is written.
     (out / "index.json").unlink(missing_ok=True)
-    items, pre_drops = ctx.items(cfg) if hasattr(ctx, "items") else work.collect_items(cfg)
+    items, pre_drops = ctx.items(cfg)
     chunks = [items[i:i + cfg.chunk_size] for i in range(0, len(items), cfg.chunk_size)]
     wdir = out / "_work"
     if wdir.exists() and (wdir / "config.sha256").is_file() \

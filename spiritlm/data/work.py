@@ -112,6 +112,10 @@ class Context:
         ctx.encoder_spec = spec
         return ctx
 
+    def items(self, cfg) -> tuple[list[dict], list[dict]]:
+        """The job's items and the drops found reading them (``prepare.run_prepare`` asks any context)."""
+        return collect_items(cfg)
+
     def process(self, items: list[dict]) -> tuple[list[dict], dict]:
         """One chunk's rows and counters (``write_chunk`` calls this on any context)."""
         return process_chunk(self, items)
