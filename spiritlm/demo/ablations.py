@@ -101,8 +101,6 @@ def _run(ctx, jobs: list, one_at_a_time: bool) -> list[dict]:
 
 def train_ablations(ctx, acfg: AblationsConfig) -> dict[str, list[dict]]:
     """``{variant: [model per seed]}`` (cached after the first run)."""
-    from spiritlm.pipeline import Job
-
     shards = {"pairs": pair_shards(ctx)} if "pairs" in acfg.variants else {}
     jobs = []
     for v in acfg.variants:
@@ -110,8 +108,7 @@ def train_ablations(ctx, acfg: AblationsConfig) -> dict[str, list[dict]]:
             name = f"ablation_{v}{_suffix(ctx, s)}"
             tcfg = train_config(ctx, v, s, shards.get(v, ctx.shards), ctx.out / name, acfg.keep_checkpoints)
             start = None if v == "random_init" else ctx.start
-            jobs.append((v, Job(name, demo.train_key(tcfg, shards.get(v, ctx.shards), start), demo.train_step, (tcfg,),
-                                progress=lambda d, n=tcfg.steps: (demo.last_logged_step(d / "run" / "metrics.jsonl"), n))))
+            jobs.append((v, demo.training_job(name, tcfg, demo.train_key(tcfg, shards.get(v, ctx.shards), start))))
     models: dict[str, list[dict]] = {v: [] for v in acfg.variants}
     for (v, _), m in zip(jobs, _run(ctx, [j for _, j in jobs], acfg.one_at_a_time)):
         models[v].append(m)

@@ -86,10 +86,7 @@ def _config(ctx, variant: str, shards: dict, tok: dict, step_dir: Path, start: d
 
 
 def _job(ctx, name: str, tcfg, shards: dict, start: dict | None):
-    from spiritlm.pipeline import Job
-
-    return Job(name, demo.train_key(tcfg, shards, start), demo.train_step, (tcfg,),
-               progress=lambda d, n=tcfg.steps: (demo.last_logged_step(d / "run" / "metrics.jsonl"), n))
+    return demo.training_job(name, tcfg, demo.train_key(tcfg, shards, start))
 
 
 def train_models(ctx, bcfg: BackboneConfig, tok: dict, shards: dict) -> tuple[dict | None, dict[str, list[dict]]]:

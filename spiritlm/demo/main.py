@@ -480,8 +480,7 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
                       lambda d: shards_step(cfg, manifest, corpus, text_tok, speech_tok, d))
     def train_job(name: str, variant: str, seed: int | None = None) -> Job:
         tcfg = train_config(cfg, variant, shards, text_tok, out / name, start, seed)
-        return Job(name, train_key(tcfg, shards, start), train_step, (tcfg,),
-                   progress=lambda d, n=tcfg.steps: (last_logged_step(d / "run" / "metrics.jsonl"), n))
+        return training_job(name, tcfg, train_key(tcfg, shards, start))
 
     start = None
     if cfg.text_pretrain_steps > 0:
@@ -552,6 +551,13 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     (out / "timings.md").write_text(pipe.report() + "\n")
     print(f"\noutputs: {out}")
     return pipe
+
+
+def training_job(name: str, tcfg, key: list) -> Job:
+    """The pipeline step that trains ``tcfg`` (cached under ``key``; ``train_key`` and what else the
+    weights depend on), its progress read from the run's metrics while it runs."""
+    return Job(name, key, train_step, (tcfg,),
+               progress=lambda d, n=tcfg.steps: (last_logged_step(d / "run" / "metrics.jsonl"), n))
 
 
 def last_logged_step(metrics: Path) -> int:

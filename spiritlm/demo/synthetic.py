@@ -82,13 +82,9 @@ def t2u_config(ctx, scfg: SyntheticConfig, run_dir: Path):
 
 
 def t2u_model(ctx, scfg: SyntheticConfig) -> dict:
-    from spiritlm.pipeline import Job
-
     tcfg = t2u_config(ctx, scfg, ctx.out / "t2u" / "run")
     key = [demo.train_config_key(tcfg), demo.file_hash(Path(ctx.shards["dir"]) / "index.json")]
-    job = Job("t2u", key, demo.train_step, (tcfg,),
-              progress=lambda d, n=tcfg.steps: (demo.last_logged_step(d / "run" / "metrics.jsonl"), n))
-    return ctx.pipe.run_jobs([job])[0]
+    return ctx.pipe.run_jobs([demo.training_job("t2u", tcfg, key)])[0]
 
 
 def _synth_step(ctx, scfg: SyntheticConfig, t2u: dict, step_dir: Path) -> dict[str, Any]:
@@ -122,15 +118,12 @@ def train_config(ctx, scfg: SyntheticConfig, synth: dict, seed: int, step_dir: P
 
 
 def train_models(ctx, scfg: SyntheticConfig, synth: dict) -> list[dict]:
-    from spiritlm.pipeline import Job
-
     jobs = []
     for s in scfg.seeds:
         name = f"train_{VARIANT}{_suffix(ctx, s)}"
         tcfg = train_config(ctx, scfg, synth, s, ctx.out / name)
         key = [*demo.train_key(tcfg, ctx.shards, ctx.start), ctx.file_hash(Path(synth["dir"]) / "index.json")]
-        jobs.append(Job(name, key, demo.train_step, (tcfg,),
-                        progress=lambda d, n=tcfg.steps: (demo.last_logged_step(d / "run" / "metrics.jsonl"), n)))
+        jobs.append(demo.training_job(name, tcfg, key))
     run = ctx.pipe.run_jobs
     return [run([j])[0] for j in jobs] if scfg.one_at_a_time else run(jobs)
 

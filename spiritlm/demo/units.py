@@ -87,15 +87,12 @@ def semantic_shards(ctx, tok: dict, name: str = "semantic") -> dict:
 
 def train_models(ctx, ucfg: UnitsConfig, shards: dict) -> dict[str, list[dict]]:
     """``{variant: [model per seed]}`` from the demo's text start, on the semantic shards."""
-    from spiritlm.pipeline import Job
-
     jobs = []
     for v in ucfg.variants:
         for s in ucfg.seeds:
             name = f"train_{v}_{ucfg.name}{_suffix(ctx, s)}"
             tcfg = demo.train_config(ctx.cfg, v, shards, ctx.text_tok, ctx.out / name, ctx.start, s)
-            jobs.append((v, Job(name, demo.train_key(tcfg, shards, ctx.start), demo.train_step, (tcfg,),
-                                progress=lambda d, n=tcfg.steps: (demo.last_logged_step(d / "run" / "metrics.jsonl"), n))))
+            jobs.append((v, demo.training_job(name, tcfg, demo.train_key(tcfg, shards, ctx.start))))
     run = ctx.pipe.run_jobs
     done = [run([j])[0] for _, j in jobs] if ucfg.one_at_a_time else run([j for _, j in jobs])
     models: dict[str, list[dict]] = {v: [] for v in ucfg.variants}
