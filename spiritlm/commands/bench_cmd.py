@@ -157,11 +157,12 @@ def _bench_synth(args) -> int:
 def _bench_t2u(args) -> int:
     import json
 
+    import torch
+
     from spiritlm.models.t2u.bench import bench_t2u
 
-    r = bench_t2u(size=args.size or "demo", device=args.device if args.device and args.device != "auto" else
-                  ("cuda" if __import__("torch").cuda.is_available() else "cpu"), model_dir=args.model or "",
-                  **_harness(args))
+    device = args.device if args.device and args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    r = bench_t2u(size=args.size or "demo", device=device, model_dir=args.model or "", **_harness(args))
     print(json.dumps({k: v for k, v in r.items() if k != "measurement"}, indent=1, default=float))
     return 0
 

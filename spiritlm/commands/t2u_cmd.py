@@ -63,9 +63,8 @@ def _fit(args) -> int:
 
 
 def _units(args) -> int:
-    from spiritlm.data.records import encode_words
+    from spiritlm.data.records import encode_words, written_tokens
     from spiritlm.models.t2u.decode import T2U, DecodeConfig
-    from spiritlm.data.records import written_tokens
 
     t2u = T2U(args.t2u)
     spans, n_words = [], []

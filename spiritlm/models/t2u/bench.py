@@ -23,28 +23,33 @@ import torch
 
 from spiritlm.vocab import VocabLayout
 
-SIZES = {  # name: (hidden, intermediate, layers, heads, kv heads, text vocabulary)
-    "toy": (32, 64, 1, 2, 2, 256),
-    "demo": (128, 352, 4, 4, 4, 2000),
-    "base": (768, 2048, 12, 12, 12, 32000),
-}
+def _sizes() -> dict:
+    """``toy`` and ``demo``: the unit LM's named sizes ``test`` and ``demo`` (the demo's T2U is the
+    latter); ``base``: the ~85 M model of the paper-scale estimate."""
+    from spiritlm.components.config import TinyModelConfig
+    from spiritlm.models.unit_lm.sizes import tiny_size
+
+    named = {name: TinyModelConfig(**tiny_size(unit).model_fields(), base_vocab_size=tiny_size(unit).text_vocab_size)
+             for name, unit in (("toy", "test"), ("demo", "demo"))}
+    return {**named, "base": TinyModelConfig(768, 2048, 12, 12, 12, 2048, 32000)}
 
 
 def t2u_model(size: str, device: str = "cpu", dtype=torch.float32):
     """(random-weight LLaMA of the size, marker) -- the shapes of a T2U export of that size."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    if size not in SIZES:
-        raise ValueError(f"bench t2u: size {size!r} is not one of {sorted(SIZES)}")
-    h, i, n, a, kv, base = SIZES[size]
-    lay = VocabLayout(base_vocab_size=base)
-    rows = lay.padded_vocab_size(64)
-    cfg = LlamaConfig(vocab_size=rows, hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a,
-                      num_key_value_heads=kv, max_position_embeddings=2048, tie_word_embeddings=False)
+    from spiritlm.models.unit_lm.model import tiny_llama_config
+
+    sizes = _sizes()
+    if size not in sizes:
+        raise ValueError(f"bench t2u: size {size!r} is not one of {sorted(sizes)}")
+    t = sizes[size]
+    lay = VocabLayout(base_vocab_size=t.base_vocab_size)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
-    meta = {"vocab_layout": asdict(lay), "streams": ["hubert"], "bos_id": 1, "text_ids": list(range(3, base)),
-            "tokens_per_word_p99": 0.0}
+    model = LlamaForCausalLM(tiny_llama_config(t, vocab_size=lay.padded_vocab_size(64))).to(device=device,
+                                                                                          dtype=dtype).eval()
+    meta = {"vocab_layout": asdict(lay), "streams": ["hubert"], "bos_id": 1,
+            "text_ids": list(range(3, t.base_vocab_size)), "tokens_per_word_p99": 0.0}
     return model, meta
 
 

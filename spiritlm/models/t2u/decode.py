@@ -32,7 +32,7 @@ class DecodeConfig:
     mode: Literal["greedy", "sample"] = "sample"
     temperature: float = 1.0
     top_k: int = 0  # 0 = the whole allowed set
-    batch_size: int = 64  # spans per generate call
+    batch_size: int = 64  # spans decoded together (sorted by length: similar ones share a batch)
     max_per_word: float = 0.0  # speech tokens per word before a span is cut; 0 = 2 x the training p99
 
     def __post_init__(self) -> None:
@@ -106,10 +106,11 @@ class T2U:
         bad[~bad] = ~self.seen[bpe[~bad]]
         return bpe[bad]
 
-    def _cap(self, n_tokens: int, cfg: DecodeConfig) -> int:
+    def _cap(self, n_words: int, cfg: DecodeConfig) -> int:
+        """The most speech tokens a span of ``n_words`` words may get (``generate`` passes its BPE ids'
+        count when the words are not given: a word is one or more ids, so that cap is generous)."""
         per_word = cfg.max_per_word or 2.0 * float(self.meta.get("tokens_per_word_p99") or 25.0)
-        # BPE ids stand in for words here (a word is one or more ids): generous by construction
-        return int(np.ceil(per_word * max(1, n_tokens))) + 4
+        return int(np.ceil(per_word * max(1, n_words))) + 4
 
     @torch.no_grad()
     def generate(self, spans: Sequence[np.ndarray], seed: int = 0, cfg: DecodeConfig | None = None,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from spiritlm.config import ConfigError
-from spiritlm.data.interleave import Interleaver, SpanDist
+from spiritlm.data.interleave import SpanDist
 from spiritlm.models.t2u.decode import T2U, DecodeConfig
 from spiritlm.models.t2u.pairs import window, window_text, window_units
 
@@ -74,8 +74,9 @@ def unit_error_rate(real: list[np.ndarray], hyp: list[np.ndarray]) -> dict:
 
 
 @torch.no_grad()
-def lm_nll(lm_dir: str, seqs: list[np.ndarray], layout, batch: int = 16) -> list[float]:
-    """Per-sequence mean NLL (nats per unit) of ``BOS [Speech] units`` under a unit LM."""
+def lm_nll(lm_dir: str, named_seqs: dict[str, list[np.ndarray]], layout, batch: int = 16) -> dict[str, list[float]]:
+    """Per-sequence mean NLL (nats per unit) of ``BOS [Speech] units`` under a unit LM (loaded once
+    for every set of sequences)."""
     from spiritlm.models import load_model_dir
 
     _, model, tok = load_model_dir(lm_dir)
@@ -85,9 +86,13 @@ def lm_nll(lm_dir: str, seqs: list[np.ndarray], layout, batch: int = 16) -> list
         raise ConfigError(f"--lm {lm_dir}: its vocabulary ({lay.base_vocab_size} text + {lay.hubert_size} "
                           f"{lay.unit_family} units) is not the T2U model's ({layout.base_vocab_size} + "
                           f"{layout.hubert_size} {layout.unit_family}); give a unit LM trained on the same units")
+    return {name: _nll(model, tok.bos_id, lay.speech_id, seqs, batch) for name, seqs in named_seqs.items()}
+
+
+def _nll(model, bos_id: int, speech_id: int, seqs: list[np.ndarray], batch: int) -> list[float]:
     out: list[float] = []
     for b in range(0, len(seqs), batch):
-        rows = [np.concatenate(([tok.bos_id, lay.speech_id], s)) for s in seqs[b:b + batch]]
+        rows = [np.concatenate(([bos_id, speech_id], s)) for s in seqs[b:b + batch]]
         T = max(len(r) for r in rows)
         ids = torch.zeros((len(rows), T), dtype=torch.long)
         att = torch.zeros((len(rows), T), dtype=torch.long)
@@ -102,7 +107,9 @@ def lm_nll(lm_dir: str, seqs: list[np.ndarray], layout, batch: int = 16) -> list
     return out
 
 
-def vocoder_wer(voc_dir: str, seqs: list[np.ndarray], texts: list[str], layout, speakers) -> dict:
+def vocoder_wer(voc_dir: str, named_seqs: dict[str, list[np.ndarray]], texts: list[str], layout,
+                speakers) -> dict[str, dict]:
+    """Pocketsphinx's WER against ``texts`` of each set of sequences vocoded (one vocoder, one ASR)."""
     from spiritlm.stats import asr_wer
     from spiritlm.vocab import ids_to_units
     from spiritlm.vocoder.asr import PocketsphinxASR
@@ -110,15 +117,18 @@ def vocoder_wer(voc_dir: str, seqs: list[np.ndarray], texts: list[str], layout, 
 
     voc = Vocoder.load(voc_dir)
     asr = PocketsphinxASR()
-    hyps = []
-    for s, spk in zip(seqs, speakers):
-        units = ids_to_units(s, layout)
-        wav, _ = voc.decode(units, speaker=spk if spk in voc.speakers else None, deduplicated=True)
-        hyps.append(asr(wav) if len(wav) else "")
-    return asr_wer(texts, hyps)
+    out = {}
+    for name, seqs in named_seqs.items():
+        hyps = []
+        for s, spk in zip(seqs, speakers):
+            wav, _ = voc.decode(ids_to_units(s, layout), speaker=spk if spk in voc.speakers else None,
+                                deduplicated=True)
+            hyps.append(asr(wav) if len(wav) else "")
+        out[name] = asr_wer(texts, hyps)
+    return out
 
 
-def quality_report(cfg: QualityConfig, out_dir: str | Path, progress: bool = True) -> dict:
+def quality_report(cfg: QualityConfig, out_dir: str | Path) -> dict:
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,10 +142,8 @@ def quality_report(cfg: QualityConfig, out_dir: str | Path, progress: bool = Tru
         raise ConfigError(f"--shards {cfg.shards}: made with another text tokenizer or speech encoder "
                           f"({reader.meta.get('speech_encoder')}) than the T2U model's training shards "
                           f"({t2u.meta.get('speech_encoder')}); measure on held-out shards of the same data stage")
-    il = Interleaver(reader.interleaver.cfg, reader.layout, reader.meta["frame_rates"], reader.has_pitch,
-                     reader.has_style)
     wins = [window(r, cfg.span, cfg.seed, 0) for r in recs]
-    real = window_units(recs, wins, il)
+    real = window_units(recs, wins, reader.interleaver)  # the shards' own: their layout and frame rates
     keep = [i for i, u in enumerate(real) if u is not None and not t2u.unseen_ids(window_text(recs[i], *wins[i])).size]
     texts = [" ".join(recs[i].words[wins[i][0]:wins[i][0] + wins[i][1]]) for i in keep]
     spans = [window_text(recs[i], *wins[i]) for i in keep]
@@ -146,14 +154,14 @@ def quality_report(cfg: QualityConfig, out_dir: str | Path, progress: bool = Tru
     rows = {"real": {"units_per_word": sum(map(len, real)) / max(1, sum(wins[i][1] for i in keep))},
             "t2u": {"units_per_word": sum(map(len, hyp)) / max(1, sum(wins[i][1] for i in keep)),
                     "cut": int(cut.sum()), **unit_error_rate(real, hyp)}}
+    both = {"real": real, "t2u": hyp}
     if cfg.lm:
-        for name, seqs in (("real", real), ("t2u", hyp)):
-            nll = lm_nll(cfg.lm, seqs, t2u.layout)
+        for name, nll in lm_nll(cfg.lm, both, t2u.layout).items():
             rows[name]["lm_nll"] = float(np.nanmean(nll))
     if cfg.vocoder:
         speakers = [recs[i].speaker for i in keep]
-        for name, seqs in (("real", real), ("t2u", hyp)):
-            rows[name]["vocoder_wer"] = vocoder_wer(cfg.vocoder, seqs, texts, t2u.layout, speakers)["wer"]
+        for name, w in vocoder_wer(cfg.vocoder, both, texts, t2u.layout, speakers).items():
+            rows[name]["vocoder_wer"] = w["wer"]
     report = {"t2u": cfg.t2u, "t2u_sha256": t2u.sha256, "shards": cfg.shards, "windows": len(keep),
               "skipped_windows": len(recs) - len(keep), "config": asdict(cfg), "rows": rows,
               "decode_units_per_s": round(sum(map(len, hyp)) / decode_s, 1) if decode_s else None,

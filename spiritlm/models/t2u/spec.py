@@ -28,7 +28,6 @@ from spiritlm.models.unit_lm import spec as unit_spec
 log = logging.getLogger(__name__)
 
 
-
 def _config_cls():
     from spiritlm.models.t2u.config import T2UConfig
 
@@ -43,7 +42,6 @@ class T2UPlan(unit_spec.UnitPlan):
 def _sources(cfg):
     """One ParquetSource per aligned shard folder, read through the pair maker; and the marker."""
     from spiritlm.components.mixture import ParquetSource, holds_aligned_records
-    from spiritlm.data.interleave import Interleaver
     from spiritlm.data.reader import ShardReader
     from spiritlm.models.t2u.pairs import pair_fn
 
@@ -56,10 +54,8 @@ def _sources(cfg):
         if not Path(s.path).is_dir() or not holds_aligned_records(s.path):
             raise ConfigError(f"data source {name}: {s.path} holds no aligned records; a T2U model learns from the "
                               "data stage's aligned/ folder (records with words, word times and frame units)")
-        reader = ShardReader(s.path, shuffle=False)
-        il = Interleaver(reader.interleaver.cfg, reader.layout, reader.meta["frame_rates"], reader.has_pitch,
-                         reader.has_style)
-        fn = pair_fn(il, cfg.t2u.span, min(cfg.t2u.max_tokens, cfg.data.seq_len))
+        reader = ShardReader(s.path, shuffle=False)  # the shards' own interleaver: their layout and frame rates
+        fn = pair_fn(reader.interleaver, cfg.t2u.span, min(cfg.t2u.max_tokens, cfg.data.seq_len))
         srcs.append(ParquetSource(s.path, name=name, kind="speech", interleave_fn=fn))
         weights.append(s.weight)
         metas.append(reader.meta)
@@ -72,45 +68,30 @@ def _sources(cfg):
     return srcs, weights, metas[0]
 
 
-def text_ids_seen(paths) -> list[int]:
-    """Every BPE id in the training words: a span holding another is not given to the model."""
+def training_words_and_rates(paths, layout, has_pitch: bool, has_style: bool, n: int = 512) -> tuple[list[int], float]:
+    """One pass over the training shards: every BPE id of their words (a span holding another is
+    not given to the model), and the 99th percentile over the first ``n`` aligned records of speech
+    tokens per word, each record written as one speech span by the vocabulary's rule (decoding
+    stops a span that runs well past it: ``decode.T2U``)."""
     import pyarrow.compute as pc
-
-    from spiritlm.data.reader import verified_shard_files
-
-    seen: set[int] = set()
-    for p in paths:
-        for f in verified_shard_files(p):
-            import pyarrow.parquet as pq
-
-            col = pq.read_table(f, columns=["word_bpe"]).column("word_bpe")
-            seen.update(pc.unique(pc.list_flatten(col)).to_pylist())
-    return sorted(int(x) for x in seen if x is not None)
-
-
-def tokens_per_word(paths, n: int = 512) -> float:
-    """The 99th percentile, over the first ``n`` aligned records, of speech tokens per word (each
-    record as one speech span, deduplicated as the vocabulary does): decoding stops a span that
-    runs well past it (``decode.T2U``)."""
     import pyarrow.parquet as pq
 
     from spiritlm.data.reader import verified_shard_files
+    from spiritlm.vocab import units_to_ids
 
+    seen: set[int] = set()
     rates: list[float] = []
     for p in paths:
         for f in verified_shard_files(p):
-            t = pq.read_table(f, columns=["kind", "words", "hubert", "pitch", "style"]).slice(0, n)
-            for row in t.to_pylist():
-                if row["kind"] != "aligned" or not row["words"]:
-                    continue
-                count = 0
-                for name, dedup in (("hubert", True), ("pitch", True), ("style", False)):
-                    u = np.asarray(row[name] or [])
-                    count += int(u.size and (1 + np.count_nonzero(u[1:] != u[:-1]))) if dedup else u.size
-                rates.append(count / len(row["words"]))
+            pf = pq.ParquetFile(f)
+            seen.update(pc.unique(pc.list_flatten(pf.read(columns=["word_bpe"]).column("word_bpe"))).to_pylist())
             if len(rates) >= n:
-                return float(np.percentile(rates, 99))
-    return float(np.percentile(rates, 99)) if rates else 0.0
+                continue
+            for row in pf.read(columns=["kind", "words", "hubert", "pitch", "style"]).slice(0, n).to_pylist():
+                if row["kind"] == "aligned" and row["words"]:
+                    units = {k: np.asarray(row[k]) for k in ("hubert", "pitch", "style") if row[k] is not None}
+                    rates.append(len(units_to_ids(units, has_pitch, has_style, layout)) / len(row["words"]))
+    return sorted(int(x) for x in seen if x is not None), float(np.percentile(rates, 99)) if rates else 0.0
 
 
 def plan(cfg, sources=None, weights=None, interleave_fns=None) -> T2UPlan:
@@ -120,16 +101,16 @@ def plan(cfg, sources=None, weights=None, interleave_fns=None) -> T2UPlan:
     p = unit_spec.plan(cfg, sources, weights)
     streams = ["hubert"] + (["pitch", "style"] if meta.get("has_pitch") else [])
     layout_meta = dict(meta.get("vocab_layout") or asdict(p.layout))
+    paths = [s.path for s in cfg.data.sources]
+    text_ids, p99 = (training_words_and_rates(paths, p.layout, bool(meta.get("has_pitch")), bool(meta.get("has_style")))
+                     if paths else ([], 0.0))
     marker = {"format": FORMAT, "vocab_layout": layout_meta, "unit_family": layout_meta.get("unit_family", "hubert"),
               "streams": streams, "frame_rates": meta.get("frame_rates"), "has_pitch": bool(meta.get("has_pitch")),
               "has_style": bool(meta.get("has_style")), "speech_encoder": meta.get("speech_encoder"),
               "tokenizer_sha256": meta.get("tokenizer_sha256"), "base_vocab_size": p.layout.base_vocab_size,
               "bos_id": cfg.data.bos_id if cfg.data.add_bos else -1,
               "span": asdict(cfg.t2u.span), "max_tokens": min(cfg.t2u.max_tokens, cfg.data.seq_len),
-              "text_ids": text_ids_seen([s.path for s in cfg.data.sources]) if cfg.data.sources else [],
-              "tokens_per_word_p99": round(tokens_per_word([s.path for s in cfg.data.sources]), 3)
-              if cfg.data.sources else 0.0,
-              "sources": [s.path for s in cfg.data.sources]}
+              "text_ids": text_ids, "tokens_per_word_p99": round(p99, 3), "sources": paths}
     return T2UPlan(**{k: getattr(p, k) for k in p.__dataclass_fields__}, marker=marker)
 
 

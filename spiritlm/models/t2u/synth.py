@@ -121,8 +121,8 @@ class SynthContext:
         if not cfg.t2u:
             raise ConfigError("t2u is not set: give the hf/ folder of a `spiritlm t2u fit` run "
                               "(--set t2u=runs/t2u/run/hf)")
-        t2u = T2U(cfg.t2u, cfg.device)
-        return cls(cfg, load_text_tokenizer(cfg.text_tokenizer or cfg.t2u), t2u)
+        t2u = T2U(cfg.t2u, cfg.device)  # it loads its own tokenizer: another is read only when named
+        return cls(cfg, load_text_tokenizer(cfg.text_tokenizer) if cfg.text_tokenizer else t2u.tokenizer, t2u)
 
     def items(self, cfg: SynthConfig) -> tuple[list[dict], list[dict]]:
         """The text documents of the corpora, in order, the first ``inputs.max_documents`` of them."""
@@ -158,7 +158,7 @@ class SynthContext:
         rows: list[dict] = []
         syn = {"documents": 0, "spans_speech": 0, "spans_unseen_text": 0, "spans_no_units": 0, "spans_cut": 0,
                "words_text": 0, "words_speech": 0, "units": 0}
-        docs = []  # (id, word ids per word, span lengths, span modalities)
+        docs = []  # (id, BPE ids, word offsets into them, span lengths, span modalities)
         queries = []  # (doc, span, bpe, n_words)
         for it in items:
             st.d["items"] += 1
@@ -246,7 +246,7 @@ def synth_interleave(cfg: SynthConfig) -> dict:
                             "units_per_s": round(syn.get("units", 0) / secs, 1) if secs else None,
                             "units_per_s_decode": report.get("units_per_s"), "workers": cfg.workers,
                             "worker_seconds": round(secs, 3)}
-    if hasattr(ctx, "documents_available") and not report.get("up_to_date"):  # this run read the corpora
+    if hasattr(ctx, "documents_available"):  # this run read the corpora (not "up to date")
         from spiritlm.data.prepare import _atomic_json
 
         report["documents_available"] = ctx.documents_available
