@@ -241,3 +241,27 @@ def test_same_seed_same_result():
     runs = [abx_error(items, mode="across", max_per_cell=3, seed=s) for s in (7, 7, 8)]
     assert runs[0] == runs[1]
     assert runs[0]["error"] != runs[2]["error"]  # the cap really samples
+
+
+@pytest.mark.parametrize("mode", ["within", "across"])
+def test_any_context_is_within_context_with_contexts_ignored(mode):
+    # ZeroSpeech 2021's "any-context" ABX = the within-context one on the same items with every
+    # context made equal: checked exactly against the brute-force reference.
+    items = _random_items(seed=5, units=True)
+    one_context = [AbxItem(it.feats, it.phone, ("*", "*"), it.speaker) for it in items]
+    res = abx_error(items, mode=mode, max_per_cell=1000, context="any")
+    assert res["context"] == "any"
+    assert abs(res["error"] - _ref_abx(one_context, mode)) < 1e-12
+    assert res["error"] != abx_error(items, mode=mode, max_per_cell=1000)["error"]
+
+
+def test_any_context_scores_a_corpus_whose_triphones_never_repeat():
+    # Each phone once per context (a few utterances of real speech look like this): no
+    # within-context cell exists, the any-context one does.
+    items = [_item([R], "a", context=("x", "y")), _item([R], "a", context=("q", "y")),
+             _item([U], "b", context=("z", "z"))]
+    with pytest.raises(ValueError, match="no ABX cell"):
+        abx_error(items)
+    assert abx_error(items, context="any")["error"] == 0.0
+    with pytest.raises(ValueError, match="context must be"):
+        abx_error(items, context="triphone")

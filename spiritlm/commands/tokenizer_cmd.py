@@ -61,10 +61,14 @@ def register(subparsers) -> None:
     r.add_argument("--split", default="heldout", help="manifest split measured (no fit saw it)")
     r.add_argument("--max-files", type=int, default=120)
     r.add_argument("--real-speech", default="", metavar="DIR",
-                   help="also the word distance on real speech: <id>.wav + <id>.json word times (LibriVox format)")
+                   help="also the word distance on real speech: <id>.wav + <id>.json word times (LibriVox format); "
+                        "with <id>.txt transcripts also PNMI and ABX against pocketsphinx's phone alignment")
     r.add_argument("--vocoder", action="append", default=[], metavar="NAME=DIR",
                    help="a `spiritlm vocoder fit` output trained on row NAME's units: its WER joins the table")
     r.add_argument("--no-baselines", action="store_true", help="skip the MFCC and random-init k-means rows")
+    r.add_argument("--save-baselines", default="", metavar="DIR",
+                   help="write each baseline row as a tokenizer directory DIR/<row name>, to train a vocoder on "
+                        "its units (`spiritlm vocoder fit ... --set data.tokenizer=DIR/mfcc_kmeans`)")
     r.add_argument("--layers", type=int, nargs="+", default=[], metavar="L",
                    help="also k-means on these layers of each tokenizer's encoder (rows NAME_layerL): to choose a layer")
     r.set_defaults(func=_report)
@@ -126,7 +130,8 @@ def _report(args: argparse.Namespace) -> int:
 
     cfg = ReportConfig(corpus=args.corpus, tokenizers=_named_dirs(args.tokenizer, "--tokenizer"), split=args.split,
                        max_files=args.max_files, baselines=not args.no_baselines, real_speech=args.real_speech,
-                       vocoder_dirs=_named_dirs(args.vocoder, "--vocoder"), layers=args.layers)
+                       vocoder_dirs=_named_dirs(args.vocoder, "--vocoder"), layers=args.layers,
+                       save_baselines=args.save_baselines)
     unit_report(cfg, args.out)
     print((Path(args.out) / "report.md").read_text())
     return 0

@@ -318,6 +318,7 @@ def abx_error(
     max_per_cell: int = 10,
     seed: int = 0,
     vocab_size: int | None = None,
+    context: str = "within",
 ) -> dict:
     """ZeroSpeech within-context ABX error of ``items`` (see the module docstring for the distance
     and the exact averaging). mode: "within" (A, B, X from one speaker) or "across" (A, B from one
@@ -328,10 +329,15 @@ def abx_error(
     mean over contexts, then over speakers, then over ordered phone pairs (a, b); across -- cell
     (context, AB speaker, X speaker, a, b), then mean over (context, X speaker), then over AB
     speakers, then over (a, b). n_cells counts those cells, n_triplets the (A, B, X) triplets scored.
-    Returns {"error": float in [0, 1], "n_cells": int, "n_triplets": int, "mode": mode}; raises
-    ValueError when no cell can be formed."""
+    context: "within" (the phones' (previous, next) contexts must match: ZeroSpeech 2017-2020 and
+    Libri-light) or "any" (contexts ignored, every token of a phone in one cell: ZeroSpeech 2021's
+    "any-context" ABX, for corpora too small to repeat a triphone -- e.g. a few utterances of real
+    speech). Returns {"error": float in [0, 1], "n_cells": int, "n_triplets": int, "mode": mode,
+    "context": context}; raises ValueError when no cell can be formed."""
     if mode not in ("within", "across"):
         raise ValueError(f"mode must be 'within' or 'across', got {mode!r}")
+    if context not in ("within", "any"):
+        raise ValueError(f"context must be 'within' or 'any', got {context!r}")
     if max_per_cell < (2 if mode == "within" else 1):
         raise ValueError(
             f"max_per_cell must be >= {2 if mode == 'within' else 1} (within mode: A and X are two tokens of a "
@@ -352,7 +358,8 @@ def abx_error(
     # seeded draw does not depend on the order the items came in.
     groups: dict[tuple, list[int]] = {}
     for i, it in enumerate(items):
-        groups.setdefault((tuple(it.context), it.speaker, it.phone), []).append(i)
+        ctx = tuple(it.context) if context == "within" else ("*", "*")  # "any": one context for all
+        groups.setdefault((ctx, it.speaker, it.phone), []).append(i)
     rng = np.random.default_rng(seed)
     by_cs: dict[tuple, dict[str, np.ndarray]] = {}  # (context, speaker) -> phone -> item indices
     for key in sorted(groups):
@@ -377,9 +384,10 @@ def abx_error(
             if x_phones:
                 blocks.append((ctx, s_ab, s_x, phones, x_phones))
     if not blocks:
+        where = "in the same (previous, next) context " if context == "within" else ""
         raise ValueError(
-            f"no ABX cell can be formed in mode={mode!r}: a cell needs two phones in the same (previous, next) "
-            f"context from one speaker" + (", with 2+ tokens of one of them" if mode == "within" else ", and the "
+            f"no ABX cell can be formed in mode={mode!r}, context={context!r}: a cell needs two phones {where}"
+            f"from one speaker" + (", with 2+ tokens of one of them" if mode == "within" else ", and the "
             "first phone in that context from another speaker") + "; use more (or longer) utterances per speaker"
         )
 
@@ -435,4 +443,4 @@ def abx_error(
     for (a, b, _s), errs in per_sab.items():
         per_ab.setdefault((a, b), []).append(float(np.mean(errs)))
     error = float(np.mean([np.mean(v) for v in per_ab.values()]))
-    return {"error": error, "n_cells": n_cells, "n_triplets": n_triplets, "mode": mode}
+    return {"error": error, "n_cells": n_cells, "n_triplets": n_triplets, "mode": mode, "context": context}

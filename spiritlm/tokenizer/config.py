@@ -86,6 +86,15 @@ class SemanticCfg:
 
 
 @dataclass
+class MfccCfg:
+    """MFCC k-means units (:mod:`spiritlm.tokenizer.mfcc_units`): no encoder; the baseline a trained
+    encoder is measured against. ``enabled`` replaces the ``[hubert]`` section like ``[semantic]``."""
+
+    enabled: bool = False
+    hop: int = 320  # samples between frames: 320 = 50 Hz (the demo HuBERT's rate), 640 = 25 Hz
+
+
+@dataclass
 class FitCfg:
     split: str = "train"  # manifest split used to fit codebooks ("" = all rows)
     max_files: int = 0  # 0 = all
@@ -111,12 +120,30 @@ class TokenizerCfg:
     style: StyleCfg = field(default_factory=StyleCfg)
     demo: DemoHubertCfg = field(default_factory=DemoHubertCfg)
     semantic: SemanticCfg = field(default_factory=SemanticCfg)
+    mfcc: MfccCfg = field(default_factory=MfccCfg)
     fit: FitCfg = field(default_factory=FitCfg)
     release: ReleaseCfg = field(default_factory=ReleaseCfg)
 
 
+def unit_family(cfg: TokenizerCfg) -> str:
+    """The unit family a recipe fills the ``[Hu*]`` rows with: "semantic", "mfcc" or "hubert"."""
+    return "semantic" if cfg.semantic.enabled else ("mfcc" if cfg.mfcc.enabled else "hubert")
+
+
 def check_one_unit_family(cfg: TokenizerCfg) -> None:
     """A tokenizer has one unit family: refuse a recipe that asks for two, before any training."""
+    if cfg.semantic.enabled and cfg.mfcc.enabled:
+        raise ValueError("semantic.enabled and mfcc.enabled are both set; a tokenizer has one unit family: "
+                         "drop one of them")
+    if cfg.mfcc.enabled:
+        if cfg.demo.enabled or cfg.release.path:
+            raise ValueError("mfcc.enabled (MFCC k-means units, no encoder) is set with "
+                             f"{'demo.enabled (a tiny HuBERT)' if cfg.demo.enabled else 'release.path (HuBERT units)'}"
+                             "; a tokenizer has one unit family: drop one of them")
+        if cfg.style.enabled and cfg.style.kind == "kmeans":
+            raise ValueError("mfcc.enabled with style.kind = 'kmeans': style k-means pools an encoder layer, which "
+                             "MFCC units have none of; use style.kind = 'classifier' or disable style")
+        return
     if not cfg.semantic.enabled:
         return
     if cfg.demo.enabled:

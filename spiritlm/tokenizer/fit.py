@@ -2,7 +2,8 @@
 
 Steps (each skipped when the recipe already points at a trained file):
 
-1. HuBERT: ``hubert.path`` (HF dir or fairseq .pt), or the demo's tiny HuBERT (``demo.enabled``).
+1. HuBERT: ``hubert.path`` (HF dir or fairseq .pt), or the demo's tiny HuBERT (``demo.enabled``);
+   the semantic encoder instead when ``semantic.enabled``; none for MFCC units (``mfcc.enabled``).
 2. HuBERT units: layer features of the ``fit.split`` files flow through a fixed-size reservoir
    (``units.max_frames`` frames, uniform over the corpus), then faiss k-means (``units.k``).
 3. Pitch (``pitch.enabled``): F0 of up to ``pitch.max_files`` files, per-speaker mean log-F0,
@@ -47,7 +48,7 @@ def fit_tokenizer(cfg: TokenizerCfg, manifest: str | Path, out_dir: str | Path, 
     check_one_unit_family(cfg)
     out_dir = Path(out_dir)
     rows = corpus_files(manifest, cfg.fit.split, cfg.fit.max_files)
-    if model is None:
+    if model is None and not cfg.mfcc.enabled:  # MFCC units have no encoder
         if cfg.semantic.enabled:
             model = _semantic_encoder(cfg, manifest, rows, progress)
         elif cfg.demo.enabled:

@@ -11,7 +11,11 @@ on held-out utterances of a corpus with phone alignments (the demo corpus: two e
 * the repeated-word unit distance (edit distance of a word's deduplicated units between tokens of
   it: same speaker, other speaker, and different words as the baseline), on the corpus and, for
   real speech, on a folder of utterances with word times (``../shared/data/real_speech/librivox``:
-  one reader, so no across-speaker figure there, and no phone alignment, so no ABX or PNMI).
+  one reader, so no across-speaker figure there);
+* on that real speech, when each ``<id>.wav`` also has its transcript ``<id>.txt``: PNMI and ABX
+  within speaker against pocketsphinx's forced phone alignment (:mod:`spiritlm.phone_align`,
+  ARPAbet), ABX both within context (ZeroSpeech 2017-2020) and any context (ZeroSpeech 2021: a few
+  utterances rarely repeat a triphone).
 
 The vocoder's WER (the issue-17 method: the CPU vocoder trained on each family's units,
 pocketsphinx on held-out utterances) is a separate, slower measurement:
@@ -21,6 +25,7 @@ pocketsphinx on held-out utterances) is a separate, slower measurement:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -50,6 +55,9 @@ class ReportConfig:
     abx_max_per_cell: int = 5
     real_speech: str = ""  # a folder of <id>.wav + <id>.json word times (LibriVox format), "" = none
     vocoder_dirs: dict[str, str] = field(default_factory=dict)  # row name -> a `vocoder fit` output dir
+    # write each baseline row (MFCC, random-init encoders) as a tokenizer directory <dir>/<row name>,
+    # so that `spiritlm vocoder fit --set data.tokenizer=...` can measure its vocoder WER; "" = don't
+    save_baselines: str = ""
     # also k-means (fitted here, the tokenizer's k) on these layers of each tokenizer's encoder:
     # rows "<name>_layer<L>", to choose the layer a recipe quantises
     layers: list[int] = field(default_factory=list)
@@ -64,6 +72,9 @@ class _System:
     quantize: Callable | None  # features -> units; None: k-means fitted here on the train split
     k: int
     kind: str  # "hubert" | "semantic" | "mfcc"
+    # baselines: the featurizer and tokenizer config a tokenizer directory of the row is saved with
+    featurizer: object = None
+    tok_cfg: object = None
 
 
 def _tokenizer_system(name: str, directory: str) -> tuple[_System, object]:
@@ -75,12 +86,15 @@ def _tokenizer_system(name: str, directory: str) -> tuple[_System, object]:
                    tok.quantizer.size, kind), tok
 
 
-def _random_twin(tok, seed: int) -> _System:
-    """The tokenizer's encoder with freshly initialised weights: what training the encoder adds."""
+def _random_twin(tok, seed: int) -> _System | None:
+    """The tokenizer's encoder with freshly initialised weights: what training the encoder adds
+    (None for MFCC units: no encoder)."""
     from spiritlm.tokenizer.hubert import HubertFeaturizer
     from spiritlm.tokenizer.semantic import ConformerCTC, HFCTCEncoder, SemanticFeaturizer
 
     feat = tok.featurizer
+    if feat.model is None:
+        return None
     torch.manual_seed(seed + 1)
     if isinstance(feat, SemanticFeaturizer):
         if isinstance(feat.model, HFCTCEncoder):
@@ -94,14 +108,36 @@ def _random_twin(tok, seed: int) -> _System:
 
         twin = HubertFeaturizer(HubertModel(feat.model.config).eval(), feat.layer, device="cpu")
         kind = "hubert"
-    return _System(f"random_{kind}_kmeans", twin.features_many, twin.frame_rate, None, tok.quantizer.size, kind)
+    name = f"random_{kind}_kmeans"
+    return _System(name, twin.features_many, twin.frame_rate, None, tok.quantizer.size, kind, twin,
+                   _baseline_cfg(tok.cfg, name))
 
 
 def _mfcc_system(rate: float, k: int) -> _System:
-    from spiritlm.tokenizer.tiny_hubert_train import mfcc
+    from spiritlm.tokenizer.config import TokenizerCfg
+    from spiritlm.tokenizer.mfcc_units import MfccFeaturizer
 
-    hop = int(round(16000 / rate))
-    return _System("mfcc_kmeans", lambda ws: [mfcc(w, hop) for w in ws], rate, None, k, "mfcc")
+    feat = MfccFeaturizer(int(round(16000 / rate)))
+    cfg = TokenizerCfg(name="mfcc_kmeans")
+    cfg.mfcc = dataclasses.replace(cfg.mfcc, enabled=True, hop=feat.hop)
+    return _System("mfcc_kmeans", feat.features_many, rate, None, k, "mfcc", feat, cfg)
+
+
+def _baseline_cfg(cfg, name: str):
+    """``cfg`` for a row's own tokenizer directory: its unit stream only, the k-means fitted here."""
+    out = dataclasses.replace(cfg, name=name)
+    out.units = dataclasses.replace(cfg.units, path="", kind="kmeans")
+    out.pitch = dataclasses.replace(cfg.pitch, enabled=False, path="")
+    out.style = dataclasses.replace(cfg.style, enabled=False, path="")
+    out.demo = dataclasses.replace(cfg.demo, enabled=False)
+    return out
+
+
+def save_row_tokenizer(system: _System, quantizer, directory: Path) -> Path:
+    """A row's featurizer and fitted k-means as a tokenizer directory (``SpeechTokenizer.load``)."""
+    from spiritlm.tokenizer.speech_tokenizer import SpeechTokenizer
+
+    return SpeechTokenizer(system.tok_cfg, system.featurizer, quantizer).save(directory)
 
 
 def fit_kmeans(featurize: Callable, train_wavs, k: int, seed: int, niter: int = 30, max_frames: int = 100_000):
@@ -138,6 +174,9 @@ def measure(system: _System, evals, cfg: ReportConfig, train_wavs, real) -> dict
 
     t0 = time.perf_counter()
     quantize = system.quantize or fit_kmeans(system.featurize, train_wavs, system.k, cfg.seed)
+    saved = None
+    if cfg.save_baselines and system.tok_cfg is not None:
+        saved = str(save_row_tokenizer(system, quantize, Path(cfg.save_baselines) / system.name))
     units, labels = frame_units(system.featurize, quantize, evals, system.rate)
     seconds = sum(len(w) for _, w in evals) / 16000
     row = {"kind": system.kind, "rate": round(system.rate, 3), **unit_metrics(units, labels, seconds, system.k)}
@@ -153,10 +192,15 @@ def measure(system: _System, evals, cfg: ReportConfig, train_wavs, real) -> dict
     row["word_unit_distance"] = word_unit_consistency(units, [u.words for u, _ in evals], speakers, system.rate,
                                                       seed=cfg.seed)
     if real:
-        ru = [np.asarray(quantize(f), dtype=np.int64) for f in system.featurize([w for w, _ in real])]
-        row["real_speech_word_distance"] = word_unit_consistency(ru, [ws for _, ws in real], ["reader"] * len(real),
+        ru = [np.asarray(quantize(f), dtype=np.int64) for f in system.featurize([r.wav for r in real])]
+        row["real_speech_word_distance"] = word_unit_consistency(ru, [r.words for r in real], ["reader"] * len(real),
                                                                  system.rate, max_per_word=12, seed=cfg.seed)
+        aligned = [(u, r) for u, r in zip(ru, real) if r.phones is not None]
+        if aligned:
+            row["real_speech_phones"] = real_speech_phone_measures(aligned, system.rate, system.k, cfg)
     row["seconds"] = round(time.perf_counter() - t0, 1)
+    if saved:
+        row["tokenizer_dir"] = saved
     log.info("%s: %s", system.name, row)
     return row
 
@@ -175,11 +219,20 @@ def vocoder_wer(directory: str | Path) -> dict:
             "vocoder_wer_original": round(cond["original"]["wer"], 3) if "original" in cond else None}
 
 
-def read_real_speech(folder: str | Path) -> list[tuple[np.ndarray, list[tuple[str, float, float]]]]:
-    """(waveform, [(word, start, end)]) of each ``<id>.wav`` with an ``<id>.json`` of word times
-    (LibriVox alignment format: ``w`` = [{"t": word, "b": start, "d": duration}]; ``<sil>`` and
-    pronunciation variants such as ``was(2)`` are normalised)."""
+@dataclass
+class RealUtterance:
+    wav: np.ndarray
+    words: list[tuple[str, float, float]]  # the folder's word times
+    phones: object | None  # a manifest.Utterance with pocketsphinx's phone alignment, None without a transcript
+
+
+def read_real_speech(folder: str | Path, align: bool = True) -> list[RealUtterance]:
+    """Each ``<id>.wav`` with an ``<id>.json`` of word times (LibriVox alignment format: ``w`` =
+    [{"t": word, "b": start, "d": duration}]; ``<sil>`` and pronunciation variants such as ``was(2)``
+    are normalised); with ``align`` and an ``<id>.txt`` transcript beside it, also its phone times
+    (pocketsphinx forced alignment)."""
     from spiritlm.audio import load_audio
+    from spiritlm.phone_align import align_utterance
 
     out = []
     for js in sorted(Path(folder).glob("*.json")):
@@ -188,9 +241,40 @@ def read_real_speech(folder: str | Path) -> list[tuple[np.ndarray, list[tuple[st
             continue
         words = [(w["t"].split("(")[0], float(w["b"]), float(w["b"]) + float(w["d"]))
                  for w in json.loads(js.read_text())["w"] if not w["t"].startswith("<")]
-        out.append((load_audio(wav), words))
+        audio = load_audio(wav)
+        txt = js.with_suffix(".txt")
+        phones = align_utterance(audio, txt.read_text(), id=js.stem) if align and txt.is_file() else None
+        out.append(RealUtterance(audio, words, phones))
     if not out:
         raise ValueError(f"real_speech={folder}: no <id>.wav with an <id>.json of word times there")
+    return out
+
+
+def real_speech_phone_measures(aligned, rate: float, k: int, cfg: ReportConfig) -> dict:
+    """PNMI and within-speaker ABX (within and any context) of units on real speech, against the
+    forced phone alignment. ``aligned``: [(frame units, RealUtterance with phones)]."""
+    from spiritlm.manifest import frame_labels
+    from spiritlm.tokenizer.abx import abx_error, phone_items
+    from spiritlm.tokenizer.metrics import pnmi
+
+    units, labels = [], []
+    for u, r in aligned:
+        lab = np.array(frame_labels(r.phones, rate), dtype=object)
+        n = min(len(lab), len(u))
+        units.append(u[:n])
+        labels.append(lab[:n])
+    out = {"utterances": len(aligned), "phones": sum(len(r.phones.phones) for _, r in aligned),
+           "pnmi": round(pnmi(np.concatenate(labels), np.concatenate(units)), 4)}
+    items = phone_items(units, labels, ["reader"] * len(units))
+    for context in ("within", "any"):
+        try:
+            r = abx_error(items, mode="within", context=context, max_per_cell=cfg.abx_max_per_cell, seed=cfg.seed,
+                          vocab_size=k)
+            out[f"abx_within_{context}_context"] = round(100 * r["error"], 2)
+            out[f"abx_within_{context}_context_cells"] = r["n_cells"]
+        except ValueError as e:  # too little speech for a cell
+            out[f"abx_within_{context}_context"] = None
+            out[f"abx_within_{context}_context_why"] = str(e)
     return out
 
 
@@ -224,7 +308,7 @@ def unit_report(cfg: ReportConfig, out_dir: str | Path, progress: bool = True) -
         seen = set()
         for tok in toks:
             twin = _random_twin(tok, cfg.seed)
-            if twin.name not in seen:
+            if twin is not None and twin.name not in seen:
                 seen.add(twin.name)
                 systems.append(twin)
     rows = {}
@@ -257,21 +341,25 @@ def report_markdown(report: dict) -> str:
              "(same word same speaker | same word other speaker | different words), lower is better when the "
              "first two sit well below the third. Vocoder WER: pocketsphinx on the CPU vocoder's speech from the units "
              "(`spiritlm vocoder fit tokenizers/vocoder_demo_spectral.toml`, held-out utterances), original audio "
-             "in brackets.", "",
+             "in brackets. Real speech phones: PNMI and ABX within speaker (within context / any context) against "
+             "pocketsphinx's forced phone alignment of the transcripts.", "",
              "| units | kind | rate (Hz) | PNMI | perplexity | units/s after dedup | bitrate (bit/s) | ABX within | "
              "ABX across | word distance (same spk / other spk / other word) | real speech word distance (same / other word) |"
-             " vocoder WER |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+             " real speech phones: PNMI, ABX within (within / any context) | vocoder WER |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|"]
     for name, r in report["rows"].items():
         wd = r.get("word_unit_distance") or {}
         rw = r.get("real_speech_word_distance") or {}
         orig = f" ({r['vocoder_wer_original']:.3f})" if r.get("vocoder_wer_original") is not None else ""
         real = (f"{_f(rw.get('same_word_same_speaker'))} / {_f(rw.get('other_word_same_speaker'))} "
                 f"({rw.get('words', 0)} words)") if rw else "--"
+        rp = r.get("real_speech_phones")
+        real_phones = (f"{_f(rp['pnmi'])}, {_f(rp.get('abx_within_within_context'), 1)} / "
+                       f"{_f(rp.get('abx_within_any_context'), 1)} ({rp['phones']} phones)") if rp else "--"
         lines.append(
             f"| {name} | {r['kind']} | {r['rate']:g} | {_f(r.get('pnmi'))} | {_f(r.get('perplexity'), 1)} | "
             f"{_f(r.get('units_per_s'), 1)} | {_f(r.get('bitrate_nominal'), 0)} | {_f(r.get('abx_within'), 1)} | "
             f"{_f(r.get('abx_across'), 1)} | {_f(wd.get('same_word_same_speaker'))} / "
-            f"{_f(wd.get('same_word_other_speaker'))} / {_f(wd.get('other_word_same_speaker'))} | {real} | "
+            f"{_f(wd.get('same_word_other_speaker'))} / {_f(wd.get('other_word_same_speaker'))} | {real} | {real_phones} | "
             f"{_f(r.get('vocoder_wer'))}{orig} |")
     return "\n".join(lines) + "\n"

@@ -26,7 +26,7 @@ import numpy as np
 
 from spiritlm.config import load_config, save_config
 from spiritlm.audio import AudioError, AudioInput, load_audio
-from spiritlm.tokenizer.config import TokenizerCfg, preset_config
+from spiritlm.tokenizer.config import TokenizerCfg, check_one_unit_family, preset_config, unit_family
 from spiritlm.vocab import SPIRITLM, VocabLayout, units_to_ids, units_to_string
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class SpeechTokenizer:
         def res(p: str) -> str:
             return str(root / p) if root is not None and p and not Path(p).is_absolute() else p
 
+        check_one_unit_family(cfg)
         if cfg.release.path:  # the release's files, read where they lie
             from spiritlm.tokenizer.release import build_from_release
 
@@ -83,6 +84,8 @@ class SpeechTokenizer:
                 from spiritlm.tokenizer.semantic import load_semantic_encoder
 
                 model = load_semantic_encoder(cfg.semantic.kind, res(cfg.semantic.path))
+        elif cfg.mfcc.enabled:
+            model = None  # no encoder
         elif model is None:
             model = load_hubert(res(cfg.hubert.path))
         feat = featurizer_for(cfg, model)
@@ -144,8 +147,8 @@ class SpeechTokenizer:
         else:
             layout = VocabLayout(hubert_size=max(sizes["hubert"], 1), pitch_size=max(sizes["pitch"], 1),
                                  style_size=max(sizes["style"], 1), hubert_rate=rate)
-        if self.cfg.semantic.enabled:  # same ids, another unit family: recorded in the layout
-            layout = dataclasses.replace(layout, unit_family="semantic")
+        if unit_family(self.cfg) != "hubert":  # same ids, another unit family: recorded in the layout
+            layout = dataclasses.replace(layout, unit_family=unit_family(self.cfg))
         return layout
 
     # ---- encoding ------------------------------------------------------------------------
@@ -277,6 +280,8 @@ class SpeechTokenizer:
         if self.cfg.semantic.enabled:
             cfg.semantic = dataclasses.replace(self.cfg.semantic, path=enc_dir)
             self.featurizer.model.save(d / enc_dir)
+        elif self.cfg.mfcc.enabled:
+            pass  # no encoder to save
         else:
             cfg.hubert = dataclasses.replace(self.cfg.hubert, path=enc_dir)
             self.featurizer.model.save_pretrained(str(d / enc_dir), safe_serialization=True)
@@ -371,7 +376,13 @@ class SpeechTokenizer:
 
 def featurizer_for(cfg: TokenizerCfg, model, layer: int | None = None):
     """The featurizer of the tokenizer's unit family at ``layer`` (default: the units' layer):
-    HuBERT's, or the semantic encoder's when ``semantic.enabled``."""
+    HuBERT's, the semantic encoder's when ``semantic.enabled``, MFCCs when ``mfcc.enabled``."""
+    if cfg.mfcc.enabled:
+        from spiritlm.tokenizer.mfcc_units import MfccFeaturizer
+
+        if layer:
+            raise ValueError(f"layer={layer}: MFCC units have no encoder layers")
+        return MfccFeaturizer(cfg.mfcc.hop)
     if cfg.semantic.enabled:
         from spiritlm.tokenizer.semantic import SemanticFeaturizer
 

@@ -1,4 +1,4 @@
-"""Training the demo's tiny HuBERT (HuBERT iteration 1), and the MFCCs its targets come from.
+"""Training the demo's tiny HuBERT (HuBERT iteration 1) on MFCC k-means targets.
 
 No pretrained HuBERT can be downloaded here, so ``train_tiny_hubert`` trains one from scratch by
 masked prediction of MFCC k-means targets: 13 MFCCs + deltas + delta-deltas per frame (25 ms
@@ -21,47 +21,9 @@ import torch
 from spiritlm.tokenizer.config import DemoHubertCfg
 from spiritlm.tokenizer.corpus_audio import iter_wavs
 from spiritlm.tokenizer.fit_loop import FitLoop
+from spiritlm.tokenizer.mfcc_units import mfcc  # noqa: F401  (the targets' features; re-exported)
 
 log = logging.getLogger(__name__)
-
-
-def _mel_filterbank(n_fft: int = 512, n_mels: int = 40, sr: int = 16000) -> np.ndarray:
-    mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731
-    imel = lambda m: 700 * (10 ** (m / 2595) - 1)  # noqa: E731
-    pts = imel(np.linspace(mel(20), mel(sr / 2), n_mels + 2))
-    bins = np.fft.rfftfreq(n_fft, 1 / sr)
-    fb = np.zeros((n_mels, len(bins)))
-    for i in range(n_mels):
-        lo, c, hi = pts[i : i + 3]
-        fb[i] = np.clip(np.minimum((bins - lo) / (c - lo), (hi - bins) / (hi - c)), 0, None)
-    return fb
-
-
-_FB = None
-
-
-def mfcc(wav: np.ndarray, hop: int = 320, n_frames: int | None = None) -> np.ndarray:
-    """(T, 39) MFCC + deltas + delta-deltas, 400-sample windows every ``hop``, per-utterance CMVN."""
-    global _FB
-    from scipy.fft import dct
-
-    if _FB is None:
-        _FB = _mel_filterbank()
-    wav = np.asarray(wav, dtype=np.float32)
-    if len(wav) < 400:
-        wav = np.pad(wav, (0, 400 - len(wav)))
-    T = (len(wav) - 400) // hop + 1
-    idx = np.arange(400)[None, :] + hop * np.arange(T)[:, None]
-    frames = wav[idx] * np.hamming(400)[None].astype(np.float32)
-    power = np.abs(np.fft.rfft(frames, 512)) ** 2
-    c = dct(np.log(power @ _FB.T + 1e-8), type=2, norm="ortho", axis=1)[:, :13]
-    d1 = np.gradient(c, axis=0) if T > 1 else np.zeros_like(c)
-    d2 = np.gradient(d1, axis=0) if T > 1 else np.zeros_like(c)
-    x = np.concatenate([c, d1, d2], 1)
-    x = (x - x.mean(0)) / (x.std(0) + 1e-5)
-    if n_frames is not None:
-        x = x[:n_frames] if len(x) >= n_frames else np.pad(x, ((0, n_frames - len(x)), (0, 0)), mode="edge")
-    return x.astype(np.float32)
 
 
 def _span_mask(B: int, T: int, prob: float, length: int, gen: torch.Generator) -> torch.Tensor:

@@ -20,23 +20,21 @@ from typing import Any
 
 import numpy as np
 
+from spiritlm.phone_align import pocketsphinx_pcm
+
 
 class PocketsphinxASR:
     def __init__(self, noise: float = 1e-4, seed: int = 0):
         import pocketsphinx  # noqa: F401  (fail early with ImportError)
 
-        # a whisper of fixed noise: pocketsphinx's voice activity detection can stall on digital silence
+        # a whisper of fixed noise and padding: see spiritlm.phone_align.pocketsphinx_pcm
         self.noise, self.seed = noise, seed
 
     def __call__(self, audio: Any, sample_rate: int = 16000) -> str:
         from spiritlm.audio import load_audio
 
         wav = load_audio(audio if isinstance(audio, (str, Path)) else np.asarray(audio, np.float32), sample_rate)
-        rng = np.random.default_rng(self.seed)
-        pad = np.zeros(4000, np.float32)  # 0.25 s each side: the last word is often lost without it
-        x = np.concatenate([pad, wav, pad])
-        x = x + rng.standard_normal(x.size).astype(np.float32) * self.noise
-        pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+        pcm = pocketsphinx_pcm(wav, self.noise, self.seed)
         import pocketsphinx as ps
 
         # a fresh decoder per utterance (~0.5 s): one decoder adapts its cepstral mean across
