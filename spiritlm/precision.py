@@ -125,3 +125,21 @@ def pin_precision(tcfg, device: str = "cpu"):
     machine and an fp32 one never share a cached model."""
     tcfg.deepspeed.precision = resolve_precision(tcfg.deepspeed.precision, device).precision
     return tcfg
+
+
+EVAL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_eval_dtype(requested: str, device: str | None = None) -> tuple[str, str]:
+    """The dtype to score in, and why: "auto" is bfloat16 where the device runs it natively (the
+    same probe as training's ``auto``), else float32; any other value is kept. Log-probs are
+    normalised in fp32 either way (the scorer upcasts the logits); bf16 hidden states move a
+    log-prob by ~1e-2, so an item whose two scores are that close can flip."""
+    if requested not in EVAL_DTYPES:
+        raise ValueError(f"dtype={requested!r}: use one of {', '.join(EVAL_DTYPES)}")
+    if requested != "auto":
+        return requested, f"{requested} as the config asks"
+    choice = resolve_precision("auto", device)
+    dtype = "bfloat16" if choice.precision == "bf16" else "float32"
+    return dtype, choice.reason.replace(f"auto -> {choice.precision}", f"auto -> {dtype}", 1)
+

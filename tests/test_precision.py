@@ -93,3 +93,43 @@ def test_trainer_records_the_resolved_precision(fake_cpu, tmp_path):
     assert "precision: fp32" in (tmp_path / "config.yaml").read_text()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["precision"]["requested"] == "auto" and summary["precision"]["precision"] == "fp32"
+
+
+def test_eval_dtype_auto_follows_the_training_rule(fake_cpu):
+    """Scoring: "auto" is bfloat16 exactly where training's "auto" is bf16; named dtypes are kept."""
+    fake_cpu([], 1.0, 74.8)
+    dtype, why = prec.resolve_eval_dtype("auto", "cpu")
+    assert dtype == "float32" and why.startswith("auto -> float32") and "no bf16 instructions" in why
+    fake_cpu(["AVX512_BF16"], 380.0, 80.0)
+    assert prec.resolve_eval_dtype("auto", "cpu")[0] == "bfloat16"
+    assert prec.resolve_eval_dtype("float32", "cpu") == ("float32", "float32 as the config asks")
+    with pytest.raises(ValueError, match="dtype='fp32'"):
+        prec.resolve_eval_dtype("fp32", "cpu")
+
+
+def test_suite_scores_in_the_resolved_dtype_and_says_so(fake_cpu, tmp_path):
+    """dtype = "auto" loads the model in what it resolves to; results.json records it and why."""
+    from spiritlm.config import load_config
+    from spiritlm.eval.suite import EvalConfig, run_suite
+    from spiritlm.eval.testing import make_tiny_model_dir
+
+    model = make_tiny_model_dir(tmp_path / "model")
+    (tmp_path / "t.csv").write_text(
+        "InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4,RandomFifthSentenceQuiz1,"
+        "RandomFifthSentenceQuiz2,AnswerRightEnding\ns0,Tom had a dog.,It was small.,It ran.,It sat.,"
+        "Tom was happy.,The dog was a cake.,1\n")
+    got = {}
+    for flags, want in (([], "float32"), (["AVX512_BF16"], "bfloat16")):
+        fake_cpu(flags, 380.0 if flags else 1.0, 80.0)
+        out = tmp_path / want
+        cfg = load_config(EvalConfig, None, [f"model={model}", f"output_dir={out}", f"data_root={tmp_path}",
+                                             "dtype=auto", "device=cpu", "storycloze.text=t.csv",
+                                             'storycloze.settings=["T"]'])
+        run_suite(cfg)
+        res = json.loads((out / "results.json").read_text())
+        assert res["dtype"] == want and res["dtype_reason"].startswith(f"auto -> {want}")
+        items = [json.loads(x) for x in (out / "items.jsonl").read_text().splitlines()]
+        got[want] = (items[0]["good_sum"], items[0]["bad_sum"])
+    # the same item, scored with bf16 hidden states: close to the fp32 log-likelihoods, not equal
+    assert got["float32"] != got["bfloat16"]
+    assert max(abs(a - b) for a, b in zip(got["float32"], got["bfloat16"])) < 2.0

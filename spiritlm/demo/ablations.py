@@ -129,10 +129,7 @@ def evaluate_ablations(ctx, acfg, models: dict[str, list[dict]], prefix: str = "
                 units = ctx.units[label]
                 jobs.append(((v, label), Job(
                     f"{prefix}{v}{_suffix(ctx, s)}{'' if label == 'dev' else '_' + label}",
-                    [demo.EVAL_VERSION, model, draw, demo.file_hash(Path(draw["root"]) / "COMPLETE.json"), cfg.eval_overrides,
-                     extra, demo.file_hash(demo.recipe(cfg.eval_recipe)), demo.file_hash(Path(model["hf"]) / "model.safetensors"),
-                     demo.file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json"), units["files"],
-                     demo.file_hash(Path(units["file"])) if units["file"] else ""],
+                    demo.eval_key(cfg, model, draw, extra, ctx.speech_tok, units),
                     demo.eval_step, (cfg, v, model, draw, ctx.speech_tok, units, extra))))
     evals: dict[str, dict[str, list]] = {v: {label: [] for label in ctx.draws} for v in models}
     for ((v, label), _), ev in zip(jobs, _run(ctx, [j for _, j in jobs], acfg.one_at_a_time)):

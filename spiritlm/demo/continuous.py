@@ -227,7 +227,8 @@ def run(ctx) -> dict:
         for label, draw in ctx.draws.items():
             step = f"continuous_eval_{name}" + ("" if label == "dev" else f"_{label}")
             deps = [RESULT_VERSION, weights, proj, EVAL_OVERRIDES, ctx.cfg.eval_overrides,
-                    ctx.file_hash(Path(draw["root"]) / "COMPLETE.json"), ctx.file_hash(ctx.recipe(ctx.cfg.eval_recipe))]
+                    ctx.file_hash(Path(draw["root"]) / "COMPLETE.json"), ctx.file_hash(ctx.recipe(ctx.cfg.eval_recipe)),
+                    *demo.scoring_key(ctx.cfg)]
             evals[name][label] = ctx.pipe.run(step, deps, lambda d, n=name, h=m["hf"], lb=label: _eval_step(ctx, n, h, lb, d))
         heldout[name] = ctx.pipe.run(
             f"continuous_asr_heldout_{name}", [RESULT_VERSION, weights, proj, opts.heldout_max,

@@ -292,7 +292,7 @@ def run(ctx) -> dict:
                 ecfg = demo.eval_config(ctx.cfg, draw, ctx.speech_tok, [f"model={m['hf']}", f"name={v}",
                                                                      f"output_dir={out / ename}"], EVAL_OVERRIDES)
                 jobs.append(Job(ename, [VERSION, mhash, draw, ctx.file_hash(Path(draw["root"]) / "COMPLETE.json"),
-                                        EVAL_OVERRIDES, units["files"]], _eval_step, (ecfg, units["file"])))
+                                        EVAL_OVERRIDES, units["files"], *demo.scoring_key(ctx.cfg)], _eval_step, (ecfg, units["file"])))
             for lab, ev in zip(labels, ctx.pipe.run_jobs(jobs)):
                 evals[v][lab].append(ev)
             nlls[v] += ctx.pipe.run_jobs([Job(f"hybrid_nll_{v}_seed{s}", [VERSION, mhash, heldout], _nll_step,

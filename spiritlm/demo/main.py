@@ -20,7 +20,7 @@ from spiritlm.demo.files import file_hash, recipe, train_config_key
 from spiritlm.demo.parts import DemoContext, check_parts, run_parts
 from spiritlm.models.unit_lm import sizes as unit_lm_sizes
 from spiritlm.pipeline import Job, Pipeline
-from spiritlm.precision import pin_precision, resolve_precision
+from spiritlm.precision import pin_precision, resolve_eval_dtype, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +394,34 @@ def eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: d
             "encoded_here": out["speech_files_encoded"]}  # audio files not found in the units file
 
 
+def scoring_precision(cfg: DemoConfig) -> tuple[str, str]:
+    """The dtype the demo's evaluations score in, and why: the eval recipe's ``dtype`` with "auto"
+    resolved on this machine (bfloat16 where the CPU runs it natively, as its training precision)."""
+    from spiritlm.eval.model import resolve_device
+
+    ecfg = eval_config(cfg, {"root": "."}, {"dir": ""})
+    return resolve_eval_dtype(ecfg.dtype, resolve_device(ecfg.device).split(":")[0])
+
+
+def scoring_key(cfg: DemoConfig) -> list[str]:
+    """For an evaluation step's key: what an "auto" scoring dtype resolved to here (another machine
+    may resolve it otherwise: another result). Empty for a dtype the recipe names, which its hash
+    and the overrides already hold -- so the keys of evaluations cached before "auto" stay valid."""
+    ecfg = eval_config(cfg, {"root": "."}, {"dir": ""})
+    return [f"scoring={scoring_precision(cfg)[0]}"] if ecfg.dtype == "auto" else []
+
+
+def eval_key(cfg: DemoConfig, model: dict, draw: dict, extra: tuple, speech_tok: dict, units: dict) -> list:
+    """The cache key of one evaluation step (the main comparison's and every part's): the items
+    (not only their paths), the suite recipe and overrides with the concrete scoring dtype (an
+    "auto" that resolves otherwise on another machine is another result), the model's weights,
+    the speech tokenizer and the units file the evaluation reads."""
+    return [EVAL_VERSION, model, draw, file_hash(Path(draw["root"]) / "COMPLETE.json"), cfg.eval_overrides, extra,
+            file_hash(recipe(cfg.eval_recipe)), *scoring_key(cfg),
+            file_hash(Path(model["hf"]) / "model.safetensors"), file_hash(Path(speech_tok["dir"]) / "manifest.json"),
+            units["files"], file_hash(Path(units["file"])) if units["file"] else ""]
+
+
 # Versions of what the evaluation and the comparison compute: a change of scoring or of the
 # report reruns those steps instead of reporting cached results from the old code.
 EVAL_VERSION = "eval-v2: few-shot answers end at the other modality's marker"
@@ -458,8 +486,10 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     save_config(cfg, out / "config.resolved.yaml")
     pipe = Pipeline(out, workers=cfg.side_by_side)
     precision = precision_choice(cfg)
-    print(f"training precision: {precision.reason}", flush=True)
-    (out / "precision.json").write_text(json.dumps(precision.as_dict(), indent=2) + "\n")
+    scoring, scoring_why = scoring_precision(cfg)
+    print(f"training precision: {precision.reason}\nscoring precision: {scoring_why}", flush=True)
+    (out / "precision.json").write_text(json.dumps({**precision.as_dict(), "scoring": scoring,
+                                                    "scoring_reason": scoring_why}, indent=2) + "\n")
     # identity() includes the grammar/corpus/espeak versions, not only the settings
     corpus = pipe.run("corpus", cfg.corpus.identity(), lambda d: _corpus_step(cfg, d))
     text_tok = pipe.run("text_tokenizer", [cfg.text_vocab_size, corpus["stats"]],
@@ -523,12 +553,7 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
             for label, draw in draws.items():
                 extra = () if label == "dev" else TEST_EVAL_OVERRIDES
                 eval_jobs.append(((variant, label), Job(
-                    eval_step_name(cfg, variant, s, label),
-                    [EVAL_VERSION, model, draw, file_hash(Path(draw["root"]) / "COMPLETE.json"),  # items, not only paths
-                     cfg.eval_overrides, extra, file_hash(recipe(cfg.eval_recipe)),
-                     file_hash(Path(model["hf"]) / "model.safetensors"),
-                     file_hash(Path(speech_tok["dir"]) / "manifest.json"), units[label]["files"],
-                     file_hash(Path(units[label]["file"])) if units[label]["file"] else ""],
+                    eval_step_name(cfg, variant, s, label), eval_key(cfg, model, draw, extra, speech_tok, units[label]),
                     eval_step, (cfg, variant, model, draw, speech_tok, units[label], extra))))
     evals: dict[str, dict[str, list[dict]]] = {v: {label: [] for label in draws} for v in MIXTURES}
     for ((variant, label), _), ev in zip(eval_jobs, pipe.run_jobs([j for _, j in eval_jobs])):
@@ -539,7 +564,7 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     cmp = pipe.run("compare", cmp_deps, lambda d: compare_step(evals, draws, seeds, d))
     _print_summary(corpus, text_tok, speech_tok, aligned if cfg.align else None, shards, models, evals, cmp,
                    draws)
-    print(f"training precision: {precision.reason}")
+    print(f"training precision: {precision.reason}\nscoring precision: {scoring_why}")
     if cfg.parts:
 
         ctx = DemoContext(cfg=cfg, out=out, pipe=pipe, corpus=corpus, text_tok=text_tok, speech_tok=speech_tok,

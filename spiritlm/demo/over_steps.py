@@ -122,7 +122,7 @@ def curves(ctx, ocfg: OverStepsConfig, runs: dict[str, list[dict]], one_at_a_tim
 
     dev, units = ctx.draws["dev"], ctx.units["dev"]
     base = [OVER_STEPS_VERSION, demo.EVAL_VERSION, ocfg.eval_overrides, ctx.cfg.eval_overrides,
-            demo.file_hash(demo.recipe(ctx.cfg.eval_recipe)), dev["root"], demo.file_hash(Path(dev["root"]) / "COMPLETE.json"),
+            demo.file_hash(demo.recipe(ctx.cfg.eval_recipe)), *demo.scoring_key(ctx.cfg), dev["root"], demo.file_hash(Path(dev["root"]) / "COMPLETE.json"),
             demo.file_hash(Path(ctx.speech_tok["dir"]) / "manifest.json"), demo.file_hash(Path(units["file"]))]
     common = (ctx.cfg, dev, units, ctx.speech_tok, list(ocfg.eval_overrides))
     jobs, where = [], []  # where[i] = (model name, seed index, step) of jobs[i]

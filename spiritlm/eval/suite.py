@@ -23,6 +23,7 @@ from spiritlm.eval.fewshot_cls import SpeechClsConfig
 from spiritlm.eval.harness import HarnessConfig
 from spiritlm.eval.zerospeech import SubmissionMeta
 from spiritlm.models import locate_model, model_spec, what_it_can_do
+from spiritlm.precision import resolve_eval_dtype
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,10 @@ class EvalConfig:
     output_dir: str = "runs/eval"
     data_root: str = "."
     device: str = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # "auto": bfloat16 where the device runs it natively (AMX / AVX512_BF16 CPUs, bf16 GPUs), else
+    # float32 (spiritlm.precision.resolve_eval_dtype); the choice and why go into results.json.
+    # float32 is the default: the release checkpoints' numbers and the harness-equality tests.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     speech_encoder: str = ""  # "package.module:factory" returning a speech unit encoder (spiritlm.unit_encoder)
     speech_encoder_args: dict[str, Any] = field(default_factory=dict)
     # A .npz of the benchmark audio's units (files under data_root): read before the run and
@@ -202,6 +206,10 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None, spec=No
         if spec.scorer is None and spec.asr is None:
             raise ConfigError(f"{cfg.model}: a {spec.name} model offers no evaluation task of this suite "
                               f"({spec.description}); instead it can {what_it_can_do(spec)}")
+    dtype, dtype_reason = resolve_eval_dtype(cfg.dtype, resolve_device(cfg.device).split(":")[0])
+    if model is not None:
+        dtype_reason += " -- not applied: the model was passed in as it is"
+    log.info("scoring precision: %s", dtype_reason)
     mark_in_progress(out)
     save_config(cfg, out / "config.yaml")
     if cfg.mini.build:
@@ -209,7 +217,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None, spec=No
 
         build_mini_benchmarks(root, seed=cfg.mini.seed, sizes=cfg.mini.sizes or None)
     if model is None:
-        model, tokenizer = spec.load(model_dir, resolve_device(cfg.device), cfg.dtype)
+        model, tokenizer = spec.load(model_dir, resolve_device(cfg.device), dtype)
     spec = spec or model_spec("unit_lm")
     caps = spec.capabilities
     skipped: dict[str, str] = {}  # "task/setting" -> why the family cannot run it
@@ -345,14 +353,14 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None, spec=No
 
             t = time.perf_counter()
             results["lm_eval"] = run_harness(cfg.text_tasks, cfg.harness, cfg.model or None, model, tokenizer,
-                                             resolve_device(cfg.device), cfg.dtype, root)
+                                             resolve_device(cfg.device), dtype, root)
             timings["lm_eval"] = time.perf_counter() - t
     except BaseException as e:  # write what exists, flagged, then fail loudly
         error = f"{type(e).__name__}: {e}"
         raise
     finally:
         extra = {"status": "complete" if error is None else f"INCOMPLETE ({error})", "timings_s": timings,
-                 "family": spec.name, "skipped": skipped,
+                 "family": spec.name, "skipped": skipped, "dtype": dtype, "dtype_reason": dtype_reason,
                  "scorer": vars(scorer.stats), "normalize": sc.normalize,
                  "speech_files_encoded": encoder.calls if encoder is not None else 0}
         # what was encoded stays valid, even when a task failed; nothing new, nothing to write
