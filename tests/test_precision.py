@@ -133,3 +133,29 @@ def test_suite_scores_in_the_resolved_dtype_and_says_so(fake_cpu, tmp_path):
     # the same item, scored with bf16 hidden states: close to the fp32 log-likelihoods, not equal
     assert got["float32"] != got["bfloat16"]
     assert max(abs(a - b) for a, b in zip(got["float32"], got["bfloat16"])) < 2.0
+
+
+def test_bench_eval_dtype_runs_a_finished_evaluation_in_both_dtypes(tmp_path, capsys):
+    """`spiritlm bench eval-dtype --config`: a finished evaluation's config, scored in float32 and
+    bfloat16 alternately (toy size, one round): the harness report and the items compared."""
+    from spiritlm.cli import main
+    from spiritlm.config import load_config
+    from spiritlm.eval.suite import EvalConfig, run_suite
+    from spiritlm.eval.testing import make_tiny_model_dir
+
+    model = make_tiny_model_dir(tmp_path / "model")
+    rows = "".join(f"s{i},Tom had a dog.,It was small.,It ran.,It sat.,Tom was happy {i}.,The dog was a cake.,1\n"
+                   for i in range(3))
+    (tmp_path / "t.csv").write_text("InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4,"
+                                    "RandomFifthSentenceQuiz1,RandomFifthSentenceQuiz2,AnswerRightEnding\n" + rows)
+    cfg = load_config(EvalConfig, None, [f"model={model}", f"output_dir={tmp_path / 'ev'}", f"data_root={tmp_path}",
+                                         "device=cpu", "storycloze.text=t.csv", 'storycloze.settings=["T"]'])
+    run_suite(cfg)
+    from spiritlm.eval.bench import bench_eval_dtype
+
+    r = bench_eval_dtype(tmp_path / "ev" / "config.yaml", rounds=1, min_round_s=0.01)
+    assert r["items"] == 3 and 0 <= r["items_changed"] <= 3 and r["speedup"] > 0
+    assert set(r["seconds_per_eval"]) == {"float32", "bfloat16"}
+    assert "bfloat16" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="give --config"):
+        main(["bench", "eval-dtype"])

@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="eval: a checkpoint dir (HF LLaMA) instead of the tiny random one; "
                                                  "t2u: a trained T2U export instead of random weights")
     p.add_argument("--device", default=None, help="eval: cpu | cuda | auto (default auto)")
+    p.add_argument("--config", default=None, help="eval-dtype: a finished evaluation's config.yaml (e.g. a demo "
+                                                  "step's, runs/demo/eval_interleaved_test1/config.yaml)")
     p.add_argument("--tokens", type=int, default=512, help="loss: tokens per batch (default 512)")
     p.add_argument("--chunk", type=int, default=128, help="loss: tokens per cross-entropy chunk (default 128)")
     p.add_argument("--out", default=None, help="gpu: folder for gpu_check.json and gpu_check.md (default bench_out)")
@@ -130,6 +132,15 @@ def _bench_side_by_side(args) -> int:
 
     r = bench_side_by_side(**_harness(args))  # prints the harness report
     return 0 if r["same_losses"] else 1
+
+
+def _bench_eval_dtype(args) -> int:
+    from spiritlm.eval.bench import bench_eval_dtype
+
+    if not args.config:
+        raise SystemExit("bench eval-dtype: give --config, a finished evaluation's config.yaml")
+    bench_eval_dtype(args.config, **_harness(args))  # prints the harness report
+    return 0
 
 
 def _bench_precision(args) -> int:
@@ -238,6 +249,7 @@ BENCHES = {
     "side-by-side": (_bench_side_by_side, "two trainings side by side vs in a row (the demo's models)"),
     "precision": (_bench_precision, "the demo's model in fp32 vs bf16, time per step"),
     "eval": (_bench_eval, "pairs scored per second vs one at a time"),
+    "eval-dtype": (_bench_eval_dtype, "one real evaluation (--config) scored in bfloat16 vs float32: time, items changed"),
     "mfu": (_bench_mfu, "tokens/s and MFU of a ~1B model, seq 4096, bf16, checkpointing off/on"),
     "synth": (_bench_synth, "espeak forks of a 2 GiB process: direct vs zygote"),
     "continuous": (_bench_continuous, "continuous-input training step: frozen-encoder features cached vs recomputed"),

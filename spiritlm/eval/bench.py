@@ -174,3 +174,59 @@ def _harness_side(model, tok, model_dir, pairs, batch_size: int):
     if not any(same):
         return None, "the harness's tokenization of the workload differs from ours on every request"
     return (lm, reqs, same), None
+
+
+def bench_eval_dtype(config: str | Path, rounds: int | None = None, min_round_s: float | None = None,
+                     verbose: bool = True) -> dict:
+    """One real evaluation -- the suite config of a finished run (e.g. a demo step's
+    ``config.yaml``, whose ``units_cache`` spares the encoding) -- scored in float32 and in bfloat16
+    (``dtype = "auto"`` on a CPU with native bf16), the two alternating on the harness, one whole
+    ``run_suite`` per call: evaluations per second, and the items whose decision differs between
+    the two (the cost of the faster precision in answers)."""
+    import json
+    import tempfile
+    from dataclasses import replace
+
+    from spiritlm.bench_harness import Side, run_sides
+    from spiritlm.config import load_config
+    from spiritlm.eval.model import CachedEncoder, load_speech_encoder, resolve_device
+    from spiritlm.eval.suite import EvalConfig, run_suite
+    from spiritlm.models import locate_model
+
+    cfg = load_config(EvalConfig, config, [])
+    if not cfg.model:
+        raise ValueError(f"{config}: no model= in the config; give a finished evaluation's config.yaml")
+    spec, model_dir = locate_model(cfg.model)
+    device = resolve_device(cfg.device)
+    dtypes = ("float32", "bfloat16")
+    loaded = {dt: spec.load(model_dir, device, dt) for dt in dtypes}
+    enc = load_speech_encoder(cfg.speech_encoder, cfg.speech_encoder_args)
+    enc = CachedEncoder(enc) if enc is not None and not isinstance(enc, CachedEncoder) else enc
+    with tempfile.TemporaryDirectory() as tmp:
+        def side(dt: str):
+            def run():
+                c = replace(cfg, output_dir=f"{tmp}/{dt}", dtype=dt)
+                run_suite(c, model=loaded[dt][0], tokenizer=loaded[dt][1], encoder=enc, spec=spec)
+            return run
+
+        m = run_sides([Side(dt, side(dt), work=1, unit="evals", warmup=1, reps=1) for dt in reversed(dtypes)],
+                      rounds, min_round_s, peak=False)
+        items = {dt: [json.loads(x) for x in Path(f"{tmp}/{dt}/items.jsonl").read_text().splitlines()]
+                 for dt in dtypes}
+    a, b = items["float32"], items["bfloat16"]
+    if [(x["task"], x.get("setting"), x["id"]) for x in a] != [(x["task"], x.get("setting"), x["id"]) for x in b]:
+        raise AssertionError("the two dtypes scored different items")  # invariant: same config, same items
+    changed: dict[str, int] = {}
+    for x, y in zip(a, b):
+        if x.get("score") != y.get("score"):
+            key = f"{x['task']}/{x.get('setting')}"
+            changed[key] = changed.get(key, 0) + 1
+    r = m.ratio("bfloat16", "float32")
+    out = {"config": str(config), "items": len(a), "items_changed": sum(changed.values()),
+           "items_changed_by_task": changed, "speedup": r.median, "ratio": r.as_dict(),
+           "seconds_per_eval": {dt: 1 / m.rate(dt) for dt in dtypes}, "measurement": m.as_dict([("bfloat16", "float32")])}
+    if verbose:
+        print(m.report([("bfloat16", "float32")], f"eval dtype bench ({config}): one whole evaluation per call, "
+                                                    f"bfloat16 vs float32; {out['items_changed']} of {len(a)} items "
+                                                    f"decided otherwise ({changed or 'none'})"), flush=True)
+    return out
