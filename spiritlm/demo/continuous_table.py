@@ -25,9 +25,9 @@ SETTINGS = (("topic_storycloze", "S2T"), ("storycloze", "S2T"), ("topic_storyclo
 
 def _scores(runs: Sequence[Sequence[dict]], task: str, setting: str) -> np.ndarray:
     """Per-item scores of one (task, setting), each item averaged over the runs that all scored it."""
-    from spiritlm.eval.report import _item_key
+    from spiritlm.eval.report import item_key
 
-    maps = [{_item_key(it): it["score"] for it in r if it["task"] == task and it["setting"] == setting
+    maps = [{item_key(it): it["score"] for it in r if it["task"] == task and it["setting"] == setting
              and "score" in it} for r in runs]
     shared = sorted(set.intersection(*(set(m) for m in maps))) if maps else []
     return np.array([np.mean([m[k] for m in maps]) for k in shared], dtype=np.float64)

@@ -190,6 +190,7 @@ def bench_eval_dtype(config: str | Path, rounds: int | None = None, min_round_s:
     from spiritlm.bench_harness import Side, run_sides
     from spiritlm.config import load_config
     from spiritlm.eval.model import CachedEncoder, load_speech_encoder, resolve_device
+    from spiritlm.eval.report import item_key
     from spiritlm.eval.suite import EvalConfig, run_suite
     from spiritlm.models import locate_model
 
@@ -214,7 +215,7 @@ def bench_eval_dtype(config: str | Path, rounds: int | None = None, min_round_s:
         items = {dt: [json.loads(x) for x in Path(f"{tmp}/{dt}/items.jsonl").read_text().splitlines()]
                  for dt in dtypes}
     a, b = items["float32"], items["bfloat16"]
-    if [(x["task"], x.get("setting"), x["id"]) for x in a] != [(x["task"], x.get("setting"), x["id"]) for x in b]:
+    if [item_key(x) for x in a] != [item_key(x) for x in b]:
         raise AssertionError("the two dtypes scored different items")  # invariant: same config, same items
     changed: dict[str, int] = {}
     for x, y in zip(a, b):

@@ -163,7 +163,7 @@ def plot_chart(results: Mapping, path: Path, title: str = "") -> Path:
 
 
 # ---- paired comparison ------------------------------------------------------------------------
-def _item_key(it: Mapping) -> tuple:
+def item_key(it: Mapping) -> tuple:
     k = it.get("key", it.get("id"))
     return (it["task"], it["setting"], json.dumps(k), it.get("voice", ""))
 
@@ -222,8 +222,8 @@ def paired_compare(items_a: Sequence, items_b: Sequence, n_boot: int = 2000, see
     seeds is visible next to the pooled estimate. For two-way tasks (``TWO_WAY_TASKS``)
     ``chance_p_a`` / ``chance_p_b`` test each model's pooled accuracy against 50%."""
     runs_a, runs_b = _as_runs(items_a), _as_runs(items_b)
-    maps_a = [{_item_key(it): it["score"] for it in r if "score" in it} for r in runs_a]
-    maps_b = [{_item_key(it): it["score"] for it in r if "score" in it} for r in runs_b]
+    maps_a = [{item_key(it): it["score"] for it in r if "score" in it} for r in runs_a]
+    maps_b = [{item_key(it): it["score"] for it in r if "score" in it} for r in runs_b]
     shared = set.intersection(*(set(m) for m in maps_a + maps_b))
     groups: dict[tuple, list] = defaultdict(list)
     for k in sorted(shared):
