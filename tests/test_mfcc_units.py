@@ -118,7 +118,7 @@ def test_report_writes_baselines_as_tokenizers_and_measures_real_speech_phones(m
     assert list(rep["rows"]) == ["hubert", "mfcc_tok", "mfcc_kmeans", "random_hubert_kmeans"]
     assert "tokenizer_dir" not in rep["rows"]["hubert"]  # given rows are not copied
     real = read_real_speech(LIBRIVOX)
-    assert [len(r.phones.phones) for r in real] == [76, 25, 51, 67, 32]
+    assert [len(r.alignment.phones) for r in real] == [76, 25, 51, 67, 32]
     for name, family in (("mfcc_kmeans", "mfcc"), ("random_hubert_kmeans", "hubert")):
         saved = SpeechTokenizer.load(rep["rows"][name]["tokenizer_dir"])
         assert saved.layout.unit_family == family and saved.quantizer.size == 16

@@ -195,7 +195,7 @@ def measure(system: _System, evals, cfg: ReportConfig, train_wavs, real) -> dict
         ru = [np.asarray(quantize(f), dtype=np.int64) for f in system.featurize([r.wav for r in real])]
         row["real_speech_word_distance"] = word_unit_consistency(ru, [r.words for r in real], ["reader"] * len(real),
                                                                  system.rate, max_per_word=12, seed=cfg.seed)
-        aligned = [(u, r) for u, r in zip(ru, real) if r.phones is not None]
+        aligned = [(u, r) for u, r in zip(ru, real) if r.alignment is not None]
         if aligned:
             row["real_speech_phones"] = real_speech_phone_measures(aligned, system.rate, system.k, cfg)
     row["seconds"] = round(time.perf_counter() - t0, 1)
@@ -223,7 +223,7 @@ def vocoder_wer(directory: str | Path) -> dict:
 class RealUtterance:
     wav: np.ndarray
     words: list[tuple[str, float, float]]  # the folder's word times
-    phones: object | None  # a manifest.Utterance with pocketsphinx's phone alignment, None without a transcript
+    alignment: object | None  # a manifest.Utterance with pocketsphinx's word and phone times; None: no transcript
 
 
 def read_real_speech(folder: str | Path, align: bool = True) -> list[RealUtterance]:
@@ -243,8 +243,8 @@ def read_real_speech(folder: str | Path, align: bool = True) -> list[RealUtteran
                  for w in json.loads(js.read_text())["w"] if not w["t"].startswith("<")]
         audio = load_audio(wav)
         txt = js.with_suffix(".txt")
-        phones = align_utterance(audio, txt.read_text(), id=js.stem) if align and txt.is_file() else None
-        out.append(RealUtterance(audio, words, phones))
+        alignment = align_utterance(audio, txt.read_text(), id=js.stem) if align and txt.is_file() else None
+        out.append(RealUtterance(audio, words, alignment))
     if not out:
         raise ValueError(f"real_speech={folder}: no <id>.wav with an <id>.json of word times there")
     return out
@@ -259,11 +259,11 @@ def real_speech_phone_measures(aligned, rate: float, k: int, cfg: ReportConfig) 
 
     units, labels = [], []
     for u, r in aligned:
-        lab = np.array(frame_labels(r.phones, rate), dtype=object)
+        lab = np.array(frame_labels(r.alignment, rate), dtype=object)
         n = min(len(lab), len(u))
         units.append(u[:n])
         labels.append(lab[:n])
-    out = {"utterances": len(aligned), "phones": sum(len(r.phones.phones) for _, r in aligned),
+    out = {"utterances": len(aligned), "phones": sum(len(r.alignment.phones) for _, r in aligned),
            "pnmi": round(pnmi(np.concatenate(labels), np.concatenate(units)), 4)}
     items = phone_items(units, labels, ["reader"] * len(units))
     for context in ("within", "any"):
