@@ -211,8 +211,8 @@ def _consistency(args: argparse.Namespace) -> int:
         import numpy as np
 
         from spiritlm.tokenizer.corpus_audio import iter_wavs
-        from spiritlm.tokenizer.tiny_hubert_train import mfcc
         from spiritlm.tokenizer.kmeans import KMeansQuantizer, train_kmeans
+        from spiritlm.tokenizer.mfcc_units import mfcc
 
         wavs = list(iter_wavs([(u, p) for (u, p), r in zip(rows, res) if not isinstance(r, Exception)], 1280))
         feats = [mfcc(w, tok.featurizer.hop) for _, w in wavs]

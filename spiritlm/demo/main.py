@@ -394,21 +394,22 @@ def eval_step(cfg: DemoConfig, name: str, model: dict, mini: dict, speech_tok: d
             "encoded_here": out["speech_files_encoded"]}  # audio files not found in the units file
 
 
-def scoring_precision(cfg: DemoConfig) -> tuple[str, str]:
-    """The dtype the demo's evaluations score in, and why: the eval recipe's ``dtype`` with "auto"
-    resolved on this machine (bfloat16 where the CPU runs it natively, as its training precision)."""
+def scoring_precision(cfg: DemoConfig) -> tuple[str, str, str]:
+    """The dtype the demo's evaluations score in, and why: the eval recipe's ``dtype`` (the third
+    value, as asked) with "auto" resolved on this machine (bfloat16 where the CPU runs it natively,
+    as its training precision)."""
     from spiritlm.eval.model import resolve_device
 
     ecfg = eval_config(cfg, {"root": "."}, {"dir": ""})
-    return resolve_eval_dtype(ecfg.dtype, resolve_device(ecfg.device).split(":")[0])
+    return (*resolve_eval_dtype(ecfg.dtype, resolve_device(ecfg.device).split(":")[0]), ecfg.dtype)
 
 
 def scoring_key(cfg: DemoConfig) -> list[str]:
     """For an evaluation step's key: what an "auto" scoring dtype resolved to here (another machine
     may resolve it otherwise: another result). Empty for a dtype the recipe names, which its hash
     and the overrides already hold -- so the keys of evaluations cached before "auto" stay valid."""
-    ecfg = eval_config(cfg, {"root": "."}, {"dir": ""})
-    return [f"scoring={scoring_precision(cfg)[0]}"] if ecfg.dtype == "auto" else []
+    dtype, _, asked = scoring_precision(cfg)
+    return [f"scoring={dtype}"] if asked == "auto" else []
 
 
 def eval_key(cfg: DemoConfig, model: dict, draw: dict, extra: tuple, speech_tok: dict, units: dict) -> list:
@@ -486,7 +487,7 @@ def run_demo(cfg: DemoConfig) -> Pipeline:
     save_config(cfg, out / "config.resolved.yaml")
     pipe = Pipeline(out, workers=cfg.side_by_side)
     precision = precision_choice(cfg)
-    scoring, scoring_why = scoring_precision(cfg)
+    scoring, scoring_why, _ = scoring_precision(cfg)
     print(f"training precision: {precision.reason}\nscoring precision: {scoring_why}", flush=True)
     (out / "precision.json").write_text(json.dumps({**precision.as_dict(), "scoring": scoring,
                                                     "scoring_reason": scoring_why}, indent=2) + "\n")

@@ -206,7 +206,8 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None, spec=No
         if spec.scorer is None and spec.asr is None:
             raise ConfigError(f"{cfg.model}: a {spec.name} model offers no evaluation task of this suite "
                               f"({spec.description}); instead it can {what_it_can_do(spec)}")
-    dtype, dtype_reason = resolve_eval_dtype(cfg.dtype, resolve_device(cfg.device).split(":")[0])
+    device = resolve_device(cfg.device)
+    dtype, dtype_reason = resolve_eval_dtype(cfg.dtype, device.split(":")[0])
     if model is not None:
         dtype_reason += " -- not applied: the model was passed in as it is"
     log.info("scoring precision: %s", dtype_reason)
@@ -217,7 +218,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None, spec=No
 
         build_mini_benchmarks(root, seed=cfg.mini.seed, sizes=cfg.mini.sizes or None)
     if model is None:
-        model, tokenizer = spec.load(model_dir, resolve_device(cfg.device), dtype)
+        model, tokenizer = spec.load(model_dir, device, dtype)
     spec = spec or model_spec("unit_lm")
     caps = spec.capabilities
     skipped: dict[str, str] = {}  # "task/setting" -> why the family cannot run it
@@ -353,7 +354,7 @@ def run_suite(cfg: EvalConfig, model=None, tokenizer=None, encoder=None, spec=No
 
             t = time.perf_counter()
             results["lm_eval"] = run_harness(cfg.text_tasks, cfg.harness, cfg.model or None, model, tokenizer,
-                                             resolve_device(cfg.device), dtype, root)
+                                             device, dtype, root)
             timings["lm_eval"] = time.perf_counter() - t
     except BaseException as e:  # write what exists, flagged, then fail loudly
         error = f"{type(e).__name__}: {e}"

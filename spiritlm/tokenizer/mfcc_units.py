@@ -33,18 +33,18 @@ _FB = None
 
 
 def mfcc(wav: np.ndarray, hop: int = 320, n_frames: int | None = None) -> np.ndarray:
-    """(T, 39) MFCC + deltas + delta-deltas, 400-sample windows every ``hop``, per-utterance CMVN."""
+    """(T, 39) MFCC + deltas + delta-deltas, WINDOW-sample (25-ms) windows every ``hop``, per-utterance CMVN."""
     global _FB
     from scipy.fft import dct
 
     if _FB is None:
         _FB = _mel_filterbank()
     wav = np.asarray(wav, dtype=np.float32)
-    if len(wav) < 400:
-        wav = np.pad(wav, (0, 400 - len(wav)))
-    T = (len(wav) - 400) // hop + 1
-    idx = np.arange(400)[None, :] + hop * np.arange(T)[:, None]
-    frames = wav[idx] * np.hamming(400)[None].astype(np.float32)
+    if len(wav) < WINDOW:
+        wav = np.pad(wav, (0, WINDOW - len(wav)))
+    T = (len(wav) - WINDOW) // hop + 1
+    idx = np.arange(WINDOW)[None, :] + hop * np.arange(T)[:, None]
+    frames = wav[idx] * np.hamming(WINDOW)[None].astype(np.float32)
     power = np.abs(np.fft.rfft(frames, 512)) ** 2
     c = dct(np.log(power @ _FB.T + 1e-8), type=2, norm="ortho", axis=1)[:, :13]
     d1 = np.gradient(c, axis=0) if T > 1 else np.zeros_like(c)

@@ -115,11 +115,11 @@ def _random_twin(tok, seed: int) -> _System | None:
 
 def _mfcc_system(rate: float, k: int) -> _System:
     from spiritlm.tokenizer.config import TokenizerCfg
-    from spiritlm.tokenizer.mfcc_units import MfccFeaturizer
+    from spiritlm.tokenizer.speech_tokenizer import featurizer_for
 
-    feat = MfccFeaturizer(int(round(16000 / rate)))
     cfg = TokenizerCfg(name="mfcc_kmeans")
-    cfg.mfcc = dataclasses.replace(cfg.mfcc, enabled=True, hop=feat.hop)
+    cfg.mfcc = dataclasses.replace(cfg.mfcc, enabled=True, hop=int(round(16000 / rate)))
+    feat = featurizer_for(cfg, None)
     return _System("mfcc_kmeans", feat.features_many, rate, None, k, "mfcc", feat, cfg)
 
 

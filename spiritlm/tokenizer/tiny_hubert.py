@@ -22,7 +22,8 @@ from spiritlm.tokenizer.config import TokenizerCfg, check_one_unit_family
 from spiritlm.tokenizer.corpus_audio import corpus_files, iter_wavs
 from spiritlm.tokenizer.fit import fit_tokenizer
 from spiritlm.tokenizer.metrics import unit_metrics  # noqa: F401  (re-exported: its home before the unit report)
-from spiritlm.tokenizer.tiny_hubert_train import mfcc, train_tiny_hubert
+from spiritlm.tokenizer.mfcc_units import mfcc
+from spiritlm.tokenizer.tiny_hubert_train import train_tiny_hubert
 
 log = logging.getLogger(__name__)
 

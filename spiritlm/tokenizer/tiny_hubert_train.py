@@ -21,7 +21,7 @@ import torch
 from spiritlm.tokenizer.config import DemoHubertCfg
 from spiritlm.tokenizer.corpus_audio import iter_wavs
 from spiritlm.tokenizer.fit_loop import FitLoop
-from spiritlm.tokenizer.mfcc_units import mfcc  # noqa: F401  (the targets' features; re-exported)
+from spiritlm.tokenizer.mfcc_units import mfcc
 
 log = logging.getLogger(__name__)
 
