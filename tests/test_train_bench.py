@@ -53,6 +53,20 @@ def test_bench_train_runs(capsys):
 
 
 @pytest.mark.slow
+def test_bench_train_bf16_gives_our_settings_to_our_side_only(capsys):
+    """--precision bf16 reaches both sides; --set model.attn_implementation=sdpa_varlen only ours
+    (HF Trainer keeps the stock SDPA an HF user has)."""
+    from spiritlm.train.bench import bench_train
+
+    out = bench_train(size="tiny", rounds=1, min_round_s=0.01, warmup=1, steps=1, precision="bf16",
+                      overrides=["model.attn_implementation=sdpa_varlen"])
+    assert out["precision"] == "bf16" and out["ours_attention"] == "sdpa_varlen" and out["hf_attention"] == "sdpa"
+    assert "bf16" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="precision='fp16'"):
+        bench_train(size="tiny", precision="fp16")
+
+
+@pytest.mark.slow
 def test_bench_side_by_side_runs_and_losses_match(capsys):
     from spiritlm.train.bench import bench_side_by_side
 

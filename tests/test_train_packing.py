@@ -10,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from spiritlm.components import varlen_attention  # noqa: E402,F401  registers "sdpa_varlen"
 from spiritlm.components.packing import IGNORE, Packer, block_mask_B1TT, segment_ids_BT  # noqa: E402
 
 
@@ -142,6 +143,7 @@ BACKENDS = [  # (attn_implementation the model runs, the recipe's attn_implement
     ("sdpa", "sdpa", "position_ids"), ("sdpa", "sdpa", "block_mask"),
     ("flex_attention", "flex_attention", "position_ids"),
     (VARLEN_REF, "flash_attention_2", "position_ids"),  # flash's layout, reference kernel
+    ("sdpa_varlen", "sdpa_varlen", "position_ids"),  # spiritlm.components.varlen_attention
 ]
 
 

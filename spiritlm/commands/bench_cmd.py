@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default=None,
                    help="harness clock: wall (default) or this process's CPU time (with --threads 1 on a "
                         "machine loaded by others: counts the work, not the waits for a core)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="train: both sides in fp32 (default), bf16 (ours DeepSpeed bf16, HF bf16=True autocast), "
+                        "or auto (bf16 where the device runs it natively)")
     p.add_argument("--world", type=int, default=1,
                    help="train: processes (2: ours on DeepSpeed ZeRO-1 vs HF Trainer's DDP, half the cores each)")
     p.add_argument("--model", default=None, help="eval: a checkpoint dir (HF LLaMA) instead of the tiny random one; "
@@ -122,7 +125,7 @@ def _bench_interleave(args) -> int:
 def _bench_train(args) -> int:
     from spiritlm.train.bench import bench_train
 
-    bench_train(size=args.size or "demo", world=args.world, overrides=args.overrides,
+    bench_train(size=args.size or "demo", world=args.world, overrides=args.overrides, precision=args.precision,
                 **_harness(args))  # prints the harness report
     return 0
 

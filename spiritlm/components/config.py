@@ -52,7 +52,9 @@ class ModelConfig:
     noise_std: float = 0.01
     init_std: float = 0.02
     rope_theta: Optional[float] = None  # paper: 100000 (LLaMA-2 default 10000)
-    attn_implementation: str = "sdpa"  # "sdpa" | "eager" | "flash_attention_2"
+    # "sdpa" | "eager" | "flash_attention_2" | "sdpa_varlen" (CPU: each packed document's own causal
+    # block only, spiritlm.components.varlen_attention) | "flex_attention" (GPU)
+    attn_implementation: str = "sdpa"
     # How packed rows keep documents apart: position ids reset per document (transformers builds
     # the block-diagonal mask, flash-attention uses varlen) or an explicit 4-D block mask.
     packed_attention: Literal["position_ids", "block_mask"] = "position_ids"

@@ -157,6 +157,12 @@ def isolation_plan(attn_implementation: str, packed_attention: str = "position_i
         raise ConfigError(f"model.packed_attention={packed_attention!r}: use 'position_ids' or 'block_mask'")
     if attn in ("eager", "sdpa"):
         return packed_attention
+    if attn == "sdpa_varlen":  # spiritlm.components.varlen_attention: each document's block only
+        if packed_attention == "block_mask":
+            raise ConfigError(
+                "model.attn_implementation='sdpa_varlen' computes each document's own block from the "
+                "document boundaries and would not use a block mask; set model.packed_attention='position_ids'")
+        return "varlen"
     if is_flash(attn):
         if packed_attention == "block_mask":
             raise ConfigError(

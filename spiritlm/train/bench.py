@@ -14,6 +14,7 @@ in rounds of >= 2 s, the median ratio with its min-max and the machine's load ar
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Sequence
 
 import torch
 
+from spiritlm.components.config import ModelConfig
 from spiritlm.components.packing import IGNORE
 from spiritlm.models.unit_lm import sizes as unit_lm_sizes
 from spiritlm.models.unit_lm.sizes import tiny_size
@@ -140,18 +142,24 @@ def _paused_ours(trainer) -> _PausedLoop:
 
 def bench_train(size: str = "tiny", overrides: Sequence[str] = (), rounds: int | None = None,
                 min_round_s: float | None = None, warmup: int = 2, verbose: bool = True,
-                steps: int | None = None, world: int = 1) -> dict:
-    """Ours vs HF ``Trainer`` at ``size`` (tiny | demo | 10x); fp32 both (like for like).
+                steps: int | None = None, world: int = 1, precision: str = "fp32") -> dict:
+    """Ours vs HF ``Trainer`` at ``size`` (tiny | demo | 10x), both in ``precision``: "fp32" (like
+    for like), "bf16" (ours: DeepSpeed bf16 -- bf16 weights and activations, fp32 master weights in
+    the optimizer, what the demo trains in where the CPU has bf16; HF: ``bf16=True``, autocast over
+    fp32 weights, what an HF user sets), or "auto" (bf16 where the device runs it natively,
+    :func:`spiritlm.precision.resolve_precision`).
     ``steps``: fixed optimizer steps per round (default: calibrated to ``min_round_s``).
     ``world=2``: two processes (gloo; each with half the cores), ours on DeepSpeed ZeRO-1 against
     HF Trainer's DDP; every rank runs the same rounds (calls per round agreed as the max).
     Returns ``{"ours_tokens_per_s", "hf_tokens_per_s", "ratio", "ratio_stats", ...}``."""
     if world > 1:
-        return _bench_train_distributed(size, overrides, rounds, min_round_s, warmup, verbose, steps, world)
-    return _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, steps)
+        return _bench_train_distributed(size, overrides, rounds, min_round_s, warmup, verbose, steps, world,
+                                        precision)
+    return _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, steps, precision)
 
 
-def _bench_train_distributed(size, overrides, rounds, min_round_s, warmup, verbose, steps, world) -> dict:
+def _bench_train_distributed(size, overrides, rounds, min_round_s, warmup, verbose, steps, world,
+                             precision) -> dict:
     import multiprocessing as mp
     import os
 
@@ -162,7 +170,8 @@ def _bench_train_distributed(size, overrides, rounds, min_round_s, warmup, verbo
     port = free_port()
     threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // world)
     procs = [ctx.Process(target=_train_rank, args=(r, world, port, threads, q, size, list(overrides), rounds,
-                                                   min_round_s, warmup, verbose, steps)) for r in range(world)]
+                                                   min_round_s, warmup, verbose, steps, precision))
+             for r in range(world)]
     for p in procs:
         p.start()
     for p in procs:
@@ -172,18 +181,19 @@ def _bench_train_distributed(size, overrides, rounds, min_round_s, warmup, verbo
     return q.get(timeout=10)
 
 
-def _train_rank(rank, world, port, threads, q, size, overrides, rounds, min_round_s, warmup, verbose, steps):
+def _train_rank(rank, world, port, threads, q, size, overrides, rounds, min_round_s, warmup, verbose, steps,
+                precision):
     import os
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))  # accelerate resets threads without it
     torch.set_num_threads(threads)
-    out = _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose and rank == 0, steps)
+    out = _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose and rank == 0, steps, precision)
     if rank == 0:
         q.put(out)
 
 
-def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, steps) -> dict:
+def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, steps, precision="fp32") -> dict:
     import torch.distributed as dist
 
     from spiritlm.bench_harness import Side, matmul_peak, run_sides
@@ -193,12 +203,17 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
     from spiritlm.train.tiny import tiny_config
     from spiritlm.train.trainer import Trainer
 
+    from spiritlm.precision import PRECISIONS, resolve_precision
+
     if size not in SIZES:
         raise ValueError(f"size={size!r}: choose one of {sorted(SIZES)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of {list(PRECISIONS)}")
+    precision = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu").precision
     base = [*demo_model(), *SIZES[size]] if size != "tiny" else SIZES["tiny"]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = tiny_config(f"{tmp}/ours", [*base, "steps=1000000", "optim.schedule=constant", "optim.warmup_steps=0",
-                                          "deepspeed.precision=fp32", "checkpoint.resume=false", *overrides])
+                                          f"deepspeed.precision={precision}", "checkpoint.resume=false", *overrides])
         ours = Trainer(cfg)
         gas = ours.gas
         tokens_per_step = cfg.micro_batch_size * cfg.data.seq_len * gas * ours.world
@@ -211,7 +226,9 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
         packer = Packer(MixtureStream(srcs, w, seed=cfg.seed), cfg.data.seq_len,
                         cfg.data.bos_id if cfg.data.add_bos else -1, cfg.data.eos_id)
         torch.manual_seed(cfg.seed)
-        model, _, _ = build_model(cfg.model)
+        # HF gets the attention an HF user has (the `--set` settings are ours only): stock SDPA,
+        # documents kept apart by the mask transformers builds from the position ids
+        model, _, _ = build_model(dataclasses.replace(cfg.model, attn_implementation=ModelConfig.attn_implementation))
         distributed = ours.world > 1
         args = TrainingArguments(
             ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
@@ -221,6 +238,7 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
             adam_beta1=cfg.optim.betas[0], adam_beta2=cfg.optim.betas[1], adam_epsilon=cfg.optim.eps,
             optim="adamw_torch", report_to=[], save_strategy="no", logging_steps=10**9,
             dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=cfg.seed,
+            bf16=precision == "bf16",
         )
         hf = _paused_hf(lambda cbs: HFTrainer(model=model, args=args, train_dataset=_PackedRows(
             packer, cfg.micro_batch_size), callbacks=cbs))
@@ -235,7 +253,7 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
             shape = (cfg.micro_batch_size * cfg.data.seq_len, max(256, mt.hidden_size), max(256, mt.intermediate_size))
 
             def peak():  # >= 256: a toy model's matmul is all overhead; every process can reach it
-                f, desc = matmul_peak(shape=shape)
+                f, desc = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32, shape=shape)
                 return f * ours.world, desc + (f" x {ours.world} processes" if ours.world > 1 else "")
             agree = None
             if distributed:  # the same calls per round on every rank: the collectives pair up
@@ -248,6 +266,7 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
             hf.close()
             ours_loop.close()
         world, zero_stage = ours.world, cfg.deepspeed.zero_stage
+        ours_attention = ours.model.config._attn_implementation
         del ours
     r = m.ratio("ours", "hf_trainer")
     n_params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)
@@ -255,10 +274,11 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
            "ratio": r.median, "ratio_stats": r.as_dict(), "tokens_per_step": tokens_per_step,
            "non_embedding_params": n_params, "device": "cuda" if torch.cuda.is_available() else "cpu",
            "threads": torch.get_num_threads(), "world": world, "zero_stage": zero_stage,
+           "precision": precision, "ours_attention": ours_attention, "hf_attention": model.config._attn_implementation,
            "measurement": m.as_dict([("ours", "hf_trainer")])}
     if verbose:
         title = (f"train bench, size {size} ({n_params / 1e6:.2f} M non-embedding params, {tokens_per_step} tokens "
-                 f"per optimizer step, fp32, {out['device']}): our loop vs HF Trainer"
+                 f"per optimizer step, {precision}, {out['device']}): our loop vs HF Trainer"
                  + (f"; {out['world']} processes: ours DeepSpeed ZeRO-{out['zero_stage']}, HF DDP, rates: "
                     "tokens of both processes together, on rank 0's clock" if out["world"] > 1 else ""))
         print(m.report([("ours", "hf_trainer")], title), flush=True)

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PretrainedConfig
 
+from spiritlm.components import varlen_attention  # noqa: F401  registers attn_implementation "sdpa_varlen"
 from spiritlm.artifacts import hf_directory, typed_section
 from spiritlm.config import ConfigError
 from spiritlm.components.config import ModelConfig, TinyModelConfig
