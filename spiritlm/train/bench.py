@@ -15,6 +15,7 @@ in rounds of >= 2 s, the median ratio with its min-max and the machine's load ar
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import threading
 import time
@@ -161,7 +162,6 @@ def bench_train(size: str = "tiny", overrides: Sequence[str] = (), rounds: int |
 def _bench_train_distributed(size, overrides, rounds, min_round_s, warmup, verbose, steps, world,
                              precision) -> dict:
     import multiprocessing as mp
-    import os
 
     from spiritlm.train.engine import free_port
 
@@ -183,8 +183,6 @@ def _bench_train_distributed(size, overrides, rounds, min_round_s, warmup, verbo
 
 def _train_rank(rank, world, port, threads, q, size, overrides, rounds, min_round_s, warmup, verbose, steps,
                 precision):
-    import os
-
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))  # accelerate resets threads without it
     torch.set_num_threads(threads)
@@ -193,16 +191,157 @@ def _train_rank(rank, world, port, threads, q, size, overrides, rounds, min_roun
         q.put(out)
 
 
+def _bench_cfg(size: str, overrides: Sequence[str], precision: str, tmp: str):
+    from spiritlm.train.tiny import tiny_config
+
+    base = [*demo_model(), *SIZES[size]] if size != "tiny" else SIZES["tiny"]
+    return tiny_config(f"{tmp}/ours", [*base, "steps=1000000", "optim.schedule=constant", "optim.warmup_steps=0",
+                                       f"deepspeed.precision={precision}", "checkpoint.resume=false", *overrides])
+
+
+def _hf_trainer(cfg, gas: int, distributed: bool, precision: str, tmp: str, callbacks):
+    """HF ``Trainer`` on the same model config, rows (a fresh packer on the same seed), batch,
+    optimizer and precision as ours. HF gets the attention an HF user has (the ``--set`` settings
+    are ours only): stock SDPA, documents kept apart by the mask transformers builds from the
+    position ids. -> (trainer, model)"""
+    from transformers import Trainer as HFTrainer
+    from transformers import TrainingArguments
+
+    from spiritlm.components.mixture import MixtureStream, make_sources
+    from spiritlm.components.packing import Packer
+    from spiritlm.models.unit_lm.model import build_model
+
+    torch.manual_seed(cfg.seed)
+    model, layout, _ = build_model(dataclasses.replace(cfg.model, attn_implementation=ModelConfig.attn_implementation))
+    srcs, w = make_sources(cfg.data, layout, text_vocab=layout.base_vocab_size)
+    packer = Packer(MixtureStream(srcs, w, seed=cfg.seed), cfg.data.seq_len,
+                    cfg.data.bos_id if cfg.data.add_bos else -1, cfg.data.eos_id)
+    args = TrainingArguments(
+        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
+        output_dir=f"{tmp}/hf", per_device_train_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=gas, max_steps=10**9, learning_rate=cfg.optim.lr,
+        lr_scheduler_type="constant", weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.grad_clip,
+        adam_beta1=cfg.optim.betas[0], adam_beta2=cfg.optim.betas[1], adam_epsilon=cfg.optim.eps,
+        optim="adamw_torch", report_to=[], save_strategy="no", logging_steps=10**9,
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=cfg.seed,
+        bf16=precision == "bf16",
+    )
+    hf = HFTrainer(model=model, args=args, train_dataset=_PackedRows(packer, cfg.micro_batch_size),
+                   callbacks=callbacks)
+    return hf, model
+
+
+def _side_info(cfg, model, gas: int, world: int, flops_per_token: float) -> dict:
+    return {"tokens_per_step": cfg.micro_batch_size * cfg.data.seq_len * gas * world,
+            "flops_per_token": flops_per_token, "world": world, "attention": model.config._attn_implementation,
+            "non_embedding_params": sum(p.numel() for n, p in model.named_parameters()
+                                        if "embed" not in n and "lm_head" not in n)}
+
+
+def _side_process(conn, which: str, size: str, overrides: list, precision: str, threads: int) -> None:
+    """One side of the train bench in the main thread of its own process: build it, say "ready"
+    with its facts, then run its real loop (our ``Trainer.fit()`` / HF ``Trainer.train()``) one
+    optimizer step per "step" received, answering "done" after each; "stop" ends it."""
+    import traceback
+
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = _bench_cfg(size, overrides, precision, tmp)
+            if which == "ours":
+                from spiritlm.train.trainer import Trainer
+
+                t = Trainer(cfg)
+                step_fn = t.train_step
+
+                def train_step():
+                    rec = step_fn()
+                    conn.send(("done", None))
+                    if conn.recv() == "stop":
+                        raise _StopLoop
+                    return rec
+
+                t.train_step = train_step  # the instance's loop calls this one
+                conn.send(("ready", {**_side_info(cfg, t.model, t.gas, t.world, t.flops_per_token),
+                                     "zero_stage": cfg.deepspeed.zero_stage}))
+                if conn.recv() != "stop":
+                    try:
+                        t.fit()
+                    except _StopLoop:
+                        pass
+            else:
+                from transformers import TrainerCallback
+
+                from spiritlm.components.config import grad_accum_steps
+
+                class Pause(TrainerCallback):
+                    def on_step_end(self, args, state, control, **kw):
+                        conn.send(("done", None))
+                        if conn.recv() == "stop":
+                            control.should_training_stop = True
+
+                gas = grad_accum_steps(cfg, 1)
+                hf, model = _hf_trainer(cfg, gas, False, precision, tmp, [Pause()])
+                conn.send(("ready", _side_info(cfg, model, gas, 1, 0.0)))
+                if conn.recv() != "stop":
+                    hf.train()
+        conn.send(("closed", None))
+    except BaseException:  # noqa: BLE001 -- reported to the parent, which raises it
+        conn.send(("error", traceback.format_exc()))
+
+
+class _ProcessLoop:
+    """A side of the bench in its own process (``_side_process``): ``step()`` runs exactly one
+    optimizer step of its loop. Why processes, not threads: a loop run from a second thread pays
+    for a second OpenMP thread team -- measured on the demo's model at 2 threads, compiled, 0.26-
+    0.28 s a step against 0.19 s in a main thread, and unequally for different code -- so two
+    threads per process made the two-thread comparison measure the threading, not the loops."""
+
+    def __init__(self, which: str, size: str, overrides: Sequence[str], precision: str, threads: int):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.which = which
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_side_process, args=(child, which, size, list(overrides), precision, threads),
+                                daemon=True, name=f"bench-{which}")
+        self.proc.start()
+        child.close()
+        self.info = self._recv("ready")
+
+    def _recv(self, want: str):
+        try:
+            kind, payload = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"train bench: the {self.which} side's process died "
+                               f"(exit code {self.proc.exitcode})") from None
+        if kind == "error":
+            raise RuntimeError(f"train bench: the {self.which} side failed:\n{payload}")
+        if kind != want:
+            raise RuntimeError(f"train bench: the {self.which} side said {kind!r}, expected {want!r}")
+        return payload
+
+    def step(self) -> None:
+        self.conn.send("step")
+        self._recv("done")
+
+    def close(self) -> None:
+        try:
+            if self.proc.is_alive():
+                self.conn.send("stop")
+                self._recv("closed")
+        except (RuntimeError, BrokenPipeError, OSError):
+            pass
+        finally:
+            self.proc.join(timeout=60)
+            if self.proc.is_alive():
+                self.proc.terminate()
+
+
 def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, steps, precision="fp32") -> dict:
     import torch.distributed as dist
 
     from spiritlm.bench_harness import Side, matmul_peak, run_sides
-    from spiritlm.components.mixture import MixtureStream, make_sources
-    from spiritlm.components.packing import Packer
-    from spiritlm.models.unit_lm.model import build_model
-    from spiritlm.train.tiny import tiny_config
-    from spiritlm.train.trainer import Trainer
-
     from spiritlm.precision import PRECISIONS, resolve_precision
 
     if size not in SIZES:
@@ -210,41 +349,25 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: choose one of {list(PRECISIONS)}")
     precision = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu").precision
-    base = [*demo_model(), *SIZES[size]] if size != "tiny" else SIZES["tiny"]
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a rank of _bench_train_distributed
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = tiny_config(f"{tmp}/ours", [*base, "steps=1000000", "optim.schedule=constant", "optim.warmup_steps=0",
-                                          f"deepspeed.precision={precision}", "checkpoint.resume=false", *overrides])
-        ours = Trainer(cfg)
-        gas = ours.gas
-        tokens_per_step = cfg.micro_batch_size * cfg.data.seq_len * gas * ours.world
-
-        # HF: the same rows from a fresh packer on the same seed, its own loop in a thread
-        from transformers import Trainer as HFTrainer
-        from transformers import TrainingArguments
-
-        srcs, w = make_sources(cfg.data, ours.layout, text_vocab=ours.layout.base_vocab_size)
-        packer = Packer(MixtureStream(srcs, w, seed=cfg.seed), cfg.data.seq_len,
-                        cfg.data.bos_id if cfg.data.add_bos else -1, cfg.data.eos_id)
-        torch.manual_seed(cfg.seed)
-        # HF gets the attention an HF user has (the `--set` settings are ours only): stock SDPA,
-        # documents kept apart by the mask transformers builds from the position ids
-        model, _, _ = build_model(dataclasses.replace(cfg.model, attn_implementation=ModelConfig.attn_implementation))
-        distributed = ours.world > 1
-        args = TrainingArguments(
-            ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
-            output_dir=f"{tmp}/hf", per_device_train_batch_size=cfg.micro_batch_size,
-            gradient_accumulation_steps=gas, max_steps=10**9, learning_rate=cfg.optim.lr,
-            lr_scheduler_type="constant", weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.grad_clip,
-            adam_beta1=cfg.optim.betas[0], adam_beta2=cfg.optim.betas[1], adam_epsilon=cfg.optim.eps,
-            optim="adamw_torch", report_to=[], save_strategy="no", logging_steps=10**9,
-            dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=cfg.seed,
-            bf16=precision == "bf16",
-        )
-        hf = _paused_hf(lambda cbs: HFTrainer(model=model, args=args, train_dataset=_PackedRows(
-            packer, cfg.micro_batch_size), callbacks=cbs))
-        ours_loop = _paused_ours(ours)
+        cfg = _bench_cfg(size, overrides, precision, tmp)
+        if distributed:  # every rank a process already: both loops in threads of it, as before
+            ours_loop, hf, facts = _thread_sides(cfg, precision, tmp)
+        else:  # each side in the main thread of a process of its own
+            ours_loop = hf = None
+            try:
+                ours_loop = _ProcessLoop("ours", size, overrides, precision, torch.get_num_threads())
+                hf = _ProcessLoop("hf_trainer", size, overrides, precision, torch.get_num_threads())
+            except BaseException:
+                for side in (ours_loop, hf):
+                    if side is not None:
+                        side.close()
+                raise
+            facts = {"ours": ours_loop.info, "hf": hf.info}
         try:
-            fpt = ours.flops_per_token
+            tokens_per_step, fpt = facts["ours"]["tokens_per_step"], facts["ours"]["flops_per_token"]
+            world = facts["ours"]["world"]
             sides = [Side("ours", ours_loop.step, work=tokens_per_step, unit="tok", flops=fpt * tokens_per_step,
                           warmup=warmup, reps=steps),
                      Side("hf_trainer", hf.step, work=tokens_per_step, unit="tok", flops=fpt * tokens_per_step,
@@ -254,7 +377,7 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
 
             def peak():  # >= 256: a toy model's matmul is all overhead; every process can reach it
                 f, desc = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32, shape=shape)
-                return f * ours.world, desc + (f" x {ours.world} processes" if ours.world > 1 else "")
+                return f * world, desc + (f" x {world} processes" if world > 1 else "")
             agree = None
             if distributed:  # the same calls per round on every rank: the collectives pair up
                 def agree(n: int) -> int:
@@ -265,24 +388,41 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
         finally:
             hf.close()
             ours_loop.close()
-        world, zero_stage = ours.world, cfg.deepspeed.zero_stage
-        ours_attention = ours.model.config._attn_implementation
-        del ours
     r = m.ratio("ours", "hf_trainer")
-    n_params = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)
+    n_params = facts["hf"]["non_embedding_params"]
     out = {"size": size, "ours_tokens_per_s": m.rate("ours"), "hf_tokens_per_s": m.rate("hf_trainer"),
            "ratio": r.median, "ratio_stats": r.as_dict(), "tokens_per_step": tokens_per_step,
            "non_embedding_params": n_params, "device": "cuda" if torch.cuda.is_available() else "cpu",
-           "threads": torch.get_num_threads(), "world": world, "zero_stage": zero_stage,
-           "precision": precision, "ours_attention": ours_attention, "hf_attention": model.config._attn_implementation,
+           "threads": torch.get_num_threads(), "world": world, "zero_stage": facts["ours"]["zero_stage"],
+           "precision": precision, "ours_attention": facts["ours"]["attention"],
+           "hf_attention": facts["hf"]["attention"], "sides_in": "threads" if distributed else "processes",
            "measurement": m.as_dict([("ours", "hf_trainer")])}
     if verbose:
         title = (f"train bench, size {size} ({n_params / 1e6:.2f} M non-embedding params, {tokens_per_step} tokens "
-                 f"per optimizer step, {precision}, {out['device']}): our loop vs HF Trainer"
+                 f"per optimizer step, {precision}, {out['device']}): our loop vs HF Trainer, "
+                 f"each in {'a thread' if distributed else 'a process of its own'}"
                  + (f"; {out['world']} processes: ours DeepSpeed ZeRO-{out['zero_stage']}, HF DDP, rates: "
                     "tokens of both processes together, on rank 0's clock" if out["world"] > 1 else ""))
         print(m.report([("ours", "hf_trainer")], title), flush=True)
     return out
+
+
+def _thread_sides(cfg, precision: str, tmp: str):
+    """Both loops in threads of this (rank's) process: the distributed bench (world > 1)."""
+    from spiritlm.train.trainer import Trainer
+
+    ours = Trainer(cfg)
+    built = {}
+
+    def make_hf(callbacks):
+        built["trainer"], built["model"] = _hf_trainer(cfg, ours.gas, ours.world > 1, precision, tmp, callbacks)
+        return built["trainer"]
+
+    hf = _paused_hf(make_hf)
+    facts = {"ours": {**_side_info(cfg, ours.model, ours.gas, ours.world, ours.flops_per_token),
+                      "zero_stage": cfg.deepspeed.zero_stage},
+             "hf": _side_info(cfg, built["model"], ours.gas, ours.world, 0.0)}
+    return _paused_ours(ours), hf, facts
 
 
 def demo_model() -> list[str]:
