@@ -45,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk", type=int, default=128, help="loss: tokens per cross-entropy chunk (default 128)")
     p.add_argument("--out", default=None, help="gpu: folder for gpu_check.json and gpu_check.md (default bench_out)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="train: a setting of our side's TrainConfig, e.g. --set model.compile=true (repeatable)")
+                   help="train: a TrainConfig setting, e.g. --set model.compile=true (repeatable); how ours trains "
+                        "(compile, attention, ZeRO stage, loss) is ours only, the model's shape and the data "
+                        "(data.sources=[...]) both sides'")
     p.set_defaults(func=_run)
 
 

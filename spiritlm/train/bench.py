@@ -4,11 +4,14 @@ in rounds of >= 2 s, the median ratio with its min-max and the machine's load ar
 * ``bench_train()``: tokens/s of our DeepSpeed loop (``Trainer.fit``) against a plain HF
   ``Trainer`` on the same model, the same packed rows (our ``Packer``; for HF the shifted
   ``targets`` become ``labels`` and ``position_ids`` keep documents apart the same way), same
-  micro-batch, accumulation, optimizer (AdamW), LR and clipping. Both real loops run in threads
-  paused after every optimizer step (HF by a callback, ours by wrapping ``train_step``), so that
-  their steps alternate in one process (``_PausedLoop``). ``size="demo"`` is the demo's model and batch,
-  ``"10x"`` a model with ~10x its non-embedding parameters. Achieved FLOP/s (6N + attention per
-  token) is printed against a matmul peak measured in the same run.
+  micro-batch, accumulation, optimizer (AdamW), LR, clipping and precision (``precision``: fp32,
+  or bf16 where ours is DeepSpeed bf16 and HF's ``bf16=True``). Both real loops run paused after
+  every optimizer step, each in the main thread of a process of its own (``_ProcessLoop``; the
+  distributed bench keeps them in threads of each rank, ``_PausedLoop``), so that their steps
+  alternate. ``size="demo"`` is the demo's model and batch, ``"10x"`` a model with ~10x its
+  non-embedding parameters; ``--set data.sources=[...]`` trains both on real shards (the demo's).
+  Achieved FLOP/s (6N + attention per token) is printed against a matmul peak measured in the
+  same run.
 * ``bench_side_by_side()``, ``bench_precision()``: see their docstrings.
 """
 
