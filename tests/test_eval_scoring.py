@@ -32,6 +32,19 @@ def _requests(n=10, seed=0):
     return reqs
 
 
+def test_token_budget_follows_the_device_unless_set(tiny):
+    """No budget (or the suite's 0): 2048 tokens a forward on a CPU, where small batches are
+    faster; a set budget is kept; the suite's default reaches the scorer as 'by device'."""
+    from spiritlm.components.scoring import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, default_batch_tokens
+    from spiritlm.eval.suite import ScoringConfig
+
+    _, model, tok = tiny
+    assert default_batch_tokens(model) == CPU_BATCH_TOKENS == 2048 and GPU_BATCH_TOKENS == 16384
+    assert Scorer(model, tok).batch_tokens == 2048
+    assert Scorer(model, tok, batch_tokens=ScoringConfig().batch_tokens).batch_tokens == 2048
+    assert Scorer(model, tok, batch_tokens=16384).batch_tokens == 16384
+
+
 @pytest.mark.parametrize("batch_tokens,max_row,share", [(16384, 4096, True), (40, 4096, True),
                                                          (64, 30, True), (16384, 4096, False)])
 def test_batched_equals_one_at_a_time(tiny, batch_tokens, max_row, share):

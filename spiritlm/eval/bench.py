@@ -56,7 +56,7 @@ def _workload(tok, n_pairs: int, context_len: int, ending_len: int, item_len: in
 
 def bench_eval(model_dir: str | Path | None = None, device: str = "cpu", dtype: str = "float32",
                n_pairs: int = 64, context_len: int = 200, ending_len: int = 40, item_len: int = 20,
-               story_len: int = 500, batch_tokens: int = 16384, seed: int = 0,
+               story_len: int = 500, batch_tokens: int | None = None, seed: int = 0,
                tmp_dir: str | Path | None = None, tiny_hidden: int = 64, tiny_layers: int = 4,
                rounds: int | None = None, min_round_s: float | None = None, verbose: bool = False,
                harness: bool = True, harness_batch_size: int = 8) -> dict:
@@ -112,6 +112,7 @@ def bench_eval(model_dir: str | Path | None = None, device: str = "cpu", dtype: 
     diff_old = max(abs(a.logprob - b.logprob) for a, b in zip(batched, packed_all))
     pairs_ratio = [("batched", "one_at_a_time"), ("batched", "pack_all")]
     out = {"device": device, "dtype": dtype, "model": str(model_dir), "pairs": n, "requests": len(pairs),
+           "batch_tokens": scorer.batch_tokens,
            "batched_s": n / m.rate("batched"), "one_at_a_time_s": n / m.rate("one_at_a_time"),
            "pairs_per_s_batched": m.rate("batched"), "pairs_per_s_one_at_a_time": m.rate("one_at_a_time"),
            "speedup": m.ratio("batched", "one_at_a_time").median, "max_abs_logprob_diff": diff,

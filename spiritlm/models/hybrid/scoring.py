@@ -31,7 +31,7 @@ VBASE = 1 << 30
 
 
 class HybridScorer(Scorer):
-    def __init__(self, model, tokenizer, encoder, featurizer=None, batch_tokens: int = 16384,
+    def __init__(self, model, tokenizer, encoder, featurizer=None, batch_tokens: int | None = None,
                  max_row_tokens: int = 4096, share_context: bool = True):
         super().__init__(model.lm, tokenizer, encoder, False, False, batch_tokens, max_row_tokens, share_context)
         if model.hybrid and featurizer is None:
