@@ -10,18 +10,18 @@ pytest.importorskip("accelerate")
 
 
 def test_paused_loop_runs_exactly_one_step_per_call():
-    from spiritlm.train.bench import _PausedLoop, _StopLoop
+    from spiritlm.train.bench_loops import PausedLoop, StopLoop
 
     done = []
-    loop: list[_PausedLoop] = []
+    loop: list[PausedLoop] = []
 
     def run():
         while True:
             done.append(len(done))
             if loop[0].pause():
-                raise _StopLoop
+                raise StopLoop
 
-    loop.append(_PausedLoop(run))
+    loop.append(PausedLoop(run))
     for k in range(3):
         loop[0].step()
         assert len(done) == k + 1
@@ -30,12 +30,12 @@ def test_paused_loop_runs_exactly_one_step_per_call():
 
 
 def test_paused_loop_reraises_the_loop_error():
-    from spiritlm.train.bench import _PausedLoop
+    from spiritlm.train.bench_loops import PausedLoop
 
     def run():
         raise ValueError("boom")
 
-    loop = _PausedLoop(run)
+    loop = PausedLoop(run)
     with pytest.raises(RuntimeError, match="boom"):
         loop.step()
     loop.close()

@@ -6,10 +6,10 @@ in rounds of >= 2 s, the median ratio with its min-max and the machine's load ar
   ``targets`` become ``labels`` and ``position_ids`` keep documents apart the same way), same
   micro-batch, accumulation, optimizer (AdamW), LR, clipping and precision (``precision``: fp32,
   or bf16 where ours is DeepSpeed bf16 and HF's ``bf16=True``). Both real loops run paused after
-  every optimizer step, each in the main thread of a process of its own (``_ProcessLoop``; the
-  distributed bench keeps them in threads of each rank, ``_PausedLoop``), so that their steps
-  alternate. ``size="demo"`` is the demo's model and batch, ``"10x"`` a model with ~10x its
-  non-embedding parameters; ``--set data.sources=[...]`` trains both on real shards (the demo's).
+  every optimizer step, each in the main thread of a process of its own, or in threads of each
+  rank for the distributed bench, so that their steps alternate (:mod:`spiritlm.train.bench_loops`).
+  ``size="demo"`` is the demo's model and batch, ``"10x"`` a model with ~10x its non-embedding
+  parameters; ``--set data.sources=[...]`` trains both on real shards (the demo's).
   Achieved FLOP/s (6N + attention per token) is printed against a matmul peak measured in the
   same run.
 * ``bench_side_by_side()``, ``bench_precision()``: see their docstrings.
@@ -17,19 +17,17 @@ in rounds of >= 2 s, the median ratio with its min-max and the machine's load ar
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
-import threading
 import time
 from typing import Sequence
 
 import torch
 
-from spiritlm.components.config import ModelConfig
-from spiritlm.components.packing import IGNORE
 from spiritlm.models.unit_lm import sizes as unit_lm_sizes
 from spiritlm.models.unit_lm.sizes import tiny_size
+from spiritlm.train import bench_loops as loops
+from spiritlm.train.tiny import tiny_config
 
 # the demo's model (DemoConfig.train_overrides) and one with ~10x its non-embedding parameters
 SIZES = {
@@ -39,109 +37,6 @@ SIZES = {
     "10x": ["model.tiny.hidden_size=384", "model.tiny.intermediate_size=1056", "model.tiny.num_attention_heads=6",
             "model.tiny.num_key_value_heads=6"],
 }
-
-
-def _hf_labels(b: dict) -> torch.Tensor:
-    tgt = b["targets_BT"]
-    return torch.cat([torch.full_like(tgt[:, :1], IGNORE), tgt[:, :-1]], dim=1)  # HF shifts back
-
-
-def _hf_rows(batches: list[dict]) -> list[dict]:
-    rows = []
-    for b in batches:
-        labels = _hf_labels(b)
-        for i in range(labels.shape[0]):
-            rows.append({"input_ids": b["input_ids_BT"][i], "position_ids": b["position_ids_BT"][i],
-                         "labels": labels[i]})
-    return rows
-
-
-class _PackedRows(torch.utils.data.IterableDataset):
-    """Our packer's rows, endlessly, as HF ``Trainer`` inputs (same order as ``Trainer`` reads)."""
-
-    def __init__(self, packer, micro_batch_size: int):
-        self.packer, self.micro = packer, micro_batch_size
-
-    def __iter__(self):
-        while True:
-            yield from _hf_rows([self.packer.next_batch(self.micro)])
-
-
-class _StopLoop(Exception):
-    """Raised inside a paused training loop to end it when the benchmark is over."""
-
-
-class _PausedLoop:
-    """A training loop (``run()``) in a thread that calls ``pause()`` after every optimizer step:
-    ``step()`` lets it run exactly one more step and returns when that step has ended. The loops
-    are the real ones (HF ``Trainer.train()``, our ``Trainer.fit()``), with their data loading,
-    logging and bookkeeping; only the pause is added (two semaphores)."""
-
-    def __init__(self, run):
-        self._go, self._done = threading.Semaphore(0), threading.Semaphore(0)
-        self._stop, self.error, self._run_fn = False, None, run
-        self._thread = threading.Thread(target=self._run, daemon=True, name="paused-loop")
-        self._thread.start()
-
-    def pause(self) -> bool:
-        """Called by the loop after a step; -> True when the loop must stop now."""
-        self._done.release()
-        self._go.acquire()
-        return self._stop
-
-    def _run(self):
-        try:
-            self._go.acquire()
-            if not self._stop:
-                self._run_fn()
-        except _StopLoop:
-            pass
-        except BaseException as e:  # noqa: BLE001 -- re-raised in the caller's thread
-            self.error = e
-        finally:
-            self._done.release()
-
-    def step(self) -> None:
-        self._go.release()
-        self._done.acquire()
-        if self.error is not None:
-            raise RuntimeError(f"training loop failed: {self.error!r}") from self.error
-
-    def close(self) -> None:
-        self._stop = True
-        self._go.release()
-        self._thread.join(timeout=600)
-
-
-def _paused_hf(make_trainer) -> _PausedLoop:
-    from transformers import TrainerCallback
-
-    loop: list[_PausedLoop] = []
-
-    class Pause(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if loop[0].pause():
-                control.should_training_stop = True
-
-    trainer = make_trainer([Pause()])
-    loop.append(_PausedLoop(trainer.train))
-    return loop[0]
-
-
-def _paused_ours(trainer) -> _PausedLoop:
-    """Our ``Trainer.fit()`` (logging, metrics.jsonl, progress bookkeeping), paused per step."""
-    step_fn = trainer.train_step
-    loop: list[_PausedLoop] = []
-
-    def train_step():
-        rec = step_fn()
-        if loop[0].pause():
-            raise _StopLoop
-        return rec
-
-    trainer.train_step = train_step  # the instance's loop calls this one
-    loop.append(_PausedLoop(trainer.fit))
-    return loop[0]
 
 
 def bench_train(size: str = "tiny", overrides: Sequence[str] = (), rounds: int | None = None,
@@ -194,151 +89,11 @@ def _train_rank(rank, world, port, threads, q, size, overrides, rounds, min_roun
         q.put(out)
 
 
-def _bench_cfg(size: str, overrides: Sequence[str], precision: str, tmp: str):
-    from spiritlm.train.tiny import tiny_config
-
+def _bench_overrides(size: str, overrides: Sequence[str], precision: str) -> list[str]:
+    """The bench's TrainConfig settings: the size's model and batch, a constant LR, then ``overrides``."""
     base = [*demo_model(), *SIZES[size]] if size != "tiny" else SIZES["tiny"]
-    return tiny_config(f"{tmp}/ours", [*base, "steps=1000000", "optim.schedule=constant", "optim.warmup_steps=0",
-                                       f"deepspeed.precision={precision}", "checkpoint.resume=false", *overrides])
-
-
-def _hf_trainer(cfg, gas: int, distributed: bool, precision: str, tmp: str, callbacks):
-    """HF ``Trainer`` on the same model config, rows (a fresh packer on the same seed), batch,
-    optimizer and precision as ours. HF gets the attention an HF user has (the ``--set`` settings
-    are ours only): stock SDPA, documents kept apart by the mask transformers builds from the
-    position ids. -> (trainer, model)"""
-    from transformers import Trainer as HFTrainer
-    from transformers import TrainingArguments
-
-    from spiritlm.components.mixture import MixtureStream, make_sources
-    from spiritlm.components.packing import Packer
-    from spiritlm.models.unit_lm.model import build_model
-
-    torch.manual_seed(cfg.seed)
-    model, layout, _ = build_model(dataclasses.replace(cfg.model, attn_implementation=ModelConfig.attn_implementation))
-    srcs, w = make_sources(cfg.data, layout, text_vocab=layout.base_vocab_size)
-    packer = Packer(MixtureStream(srcs, w, seed=cfg.seed), cfg.data.seq_len,
-                    cfg.data.bos_id if cfg.data.add_bos else -1, cfg.data.eos_id)
-    args = TrainingArguments(
-        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
-        output_dir=f"{tmp}/hf", per_device_train_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=gas, max_steps=10**9, learning_rate=cfg.optim.lr,
-        lr_scheduler_type="constant", weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.grad_clip,
-        adam_beta1=cfg.optim.betas[0], adam_beta2=cfg.optim.betas[1], adam_epsilon=cfg.optim.eps,
-        optim="adamw_torch", report_to=[], save_strategy="no", logging_steps=10**9,
-        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=cfg.seed,
-        bf16=precision == "bf16",
-    )
-    hf = HFTrainer(model=model, args=args, train_dataset=_PackedRows(packer, cfg.micro_batch_size),
-                   callbacks=callbacks)
-    return hf, model
-
-
-def _side_info(cfg, model, gas: int, world: int, flops_per_token: float) -> dict:
-    return {"tokens_per_step": cfg.micro_batch_size * cfg.data.seq_len * gas * world,
-            "flops_per_token": flops_per_token, "world": world, "attention": model.config._attn_implementation,
-            "non_embedding_params": sum(p.numel() for n, p in model.named_parameters()
-                                        if "embed" not in n and "lm_head" not in n)}
-
-
-def _side_process(conn, which: str, size: str, overrides: list, precision: str, threads: int) -> None:
-    """One side of the train bench in the main thread of its own process: build it, say "ready"
-    with its facts, then run its real loop (our ``Trainer.fit()`` / HF ``Trainer.train()``) one
-    optimizer step per "step" received, answering "done" after each; "stop" ends it."""
-    import traceback
-
-    torch.set_num_threads(threads)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = _bench_cfg(size, overrides, precision, tmp)
-            if which == "ours":
-                from spiritlm.train.trainer import Trainer
-
-                t = Trainer(cfg)
-                step_fn = t.train_step
-
-                def train_step():
-                    rec = step_fn()
-                    conn.send(("done", None))
-                    if conn.recv() == "stop":
-                        raise _StopLoop
-                    return rec
-
-                t.train_step = train_step  # the instance's loop calls this one
-                conn.send(("ready", {**_side_info(cfg, t.model, t.gas, t.world, t.flops_per_token),
-                                     "zero_stage": cfg.deepspeed.zero_stage}))
-                if conn.recv() != "stop":
-                    try:
-                        t.fit()
-                    except _StopLoop:
-                        pass
-            else:
-                from transformers import TrainerCallback
-
-                from spiritlm.components.config import grad_accum_steps
-
-                class Pause(TrainerCallback):
-                    def on_step_end(self, args, state, control, **kw):
-                        conn.send(("done", None))
-                        if conn.recv() == "stop":
-                            control.should_training_stop = True
-
-                gas = grad_accum_steps(cfg, 1)
-                hf, model = _hf_trainer(cfg, gas, False, precision, tmp, [Pause()])
-                conn.send(("ready", _side_info(cfg, model, gas, 1, 0.0)))
-                if conn.recv() != "stop":
-                    hf.train()
-        conn.send(("closed", None))
-    except BaseException:  # noqa: BLE001 -- reported to the parent, which raises it
-        conn.send(("error", traceback.format_exc()))
-
-
-class _ProcessLoop:
-    """A side of the bench in its own process (``_side_process``): ``step()`` runs exactly one
-    optimizer step of its loop. Why processes, not threads: a loop run from a second thread pays
-    for a second OpenMP thread team -- measured on the demo's model at 2 threads, compiled, 0.26-
-    0.28 s a step against 0.19 s in a main thread, and unequally for different code -- so two
-    threads per process made the two-thread comparison measure the threading, not the loops."""
-
-    def __init__(self, which: str, size: str, overrides: Sequence[str], precision: str, threads: int):
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        self.which = which
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_side_process, args=(child, which, size, list(overrides), precision, threads),
-                                daemon=True, name=f"bench-{which}")
-        self.proc.start()
-        child.close()
-        self.info = self._recv("ready")
-
-    def _recv(self, want: str):
-        try:
-            kind, payload = self.conn.recv()
-        except EOFError:
-            raise RuntimeError(f"train bench: the {self.which} side's process died "
-                               f"(exit code {self.proc.exitcode})") from None
-        if kind == "error":
-            raise RuntimeError(f"train bench: the {self.which} side failed:\n{payload}")
-        if kind != want:
-            raise RuntimeError(f"train bench: the {self.which} side said {kind!r}, expected {want!r}")
-        return payload
-
-    def step(self) -> None:
-        self.conn.send("step")
-        self._recv("done")
-
-    def close(self) -> None:
-        try:
-            if self.proc.is_alive():
-                self.conn.send("stop")
-                self._recv("closed")
-        except (RuntimeError, BrokenPipeError, OSError):
-            pass
-        finally:
-            self.proc.join(timeout=60)
-            if self.proc.is_alive():
-                self.proc.terminate()
+    return [*base, "steps=1000000", "optim.schedule=constant", "optim.warmup_steps=0",
+            f"deepspeed.precision={precision}", "checkpoint.resume=false", *overrides]
 
 
 def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, steps, precision="fp32") -> dict:
@@ -354,14 +109,15 @@ def _bench_train_here(size, overrides, rounds, min_round_s, warmup, verbose, ste
     precision = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu").precision
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # a rank of _bench_train_distributed
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = _bench_cfg(size, overrides, precision, tmp)
+        train_overrides = _bench_overrides(size, overrides, precision)
+        cfg = tiny_config(f"{tmp}/ours", train_overrides)
         if distributed:  # every rank a process already: both loops in threads of it, as before
             ours_loop, hf, facts = _thread_sides(cfg, precision, tmp)
         else:  # each side in the main thread of a process of its own
             ours_loop = hf = None
             try:
-                ours_loop = _ProcessLoop("ours", size, overrides, precision, torch.get_num_threads())
-                hf = _ProcessLoop("hf_trainer", size, overrides, precision, torch.get_num_threads())
+                ours_loop = loops.ProcessLoop("ours", train_overrides, precision, torch.get_num_threads())
+                hf = loops.ProcessLoop("hf_trainer", train_overrides, precision, torch.get_num_threads())
             except BaseException:
                 for side in (ours_loop, hf):
                     if side is not None:
@@ -418,14 +174,14 @@ def _thread_sides(cfg, precision: str, tmp: str):
     built = {}
 
     def make_hf(callbacks):
-        built["trainer"], built["model"] = _hf_trainer(cfg, ours.gas, ours.world > 1, precision, tmp, callbacks)
+        built["trainer"], built["model"] = loops.hf_trainer(cfg, ours.gas, ours.world > 1, precision, tmp, callbacks)
         return built["trainer"]
 
-    hf = _paused_hf(make_hf)
-    facts = {"ours": {**_side_info(cfg, ours.model, ours.gas, ours.world, ours.flops_per_token),
+    hf = loops.paused_hf(make_hf)
+    facts = {"ours": {**loops.side_info(cfg, ours.model, ours.gas, ours.world, ours.flops_per_token),
                       "zero_stage": cfg.deepspeed.zero_stage},
-             "hf": _side_info(cfg, built["model"], ours.gas, ours.world, 0.0)}
-    return _paused_ours(ours), hf, facts
+             "hf": loops.side_info(cfg, built["model"], ours.gas, ours.world, 0.0)}
+    return loops.paused_ours(ours), hf, facts
 
 
 def demo_model() -> list[str]:
@@ -438,7 +194,6 @@ def demo_model() -> list[str]:
 
 def _train_job(overrides: list[str], step_dir) -> dict:
     """One training run (a pipeline job): its losses, and its wall time in its own process."""
-    from spiritlm.train.tiny import tiny_config
     from spiritlm.train.trainer import Trainer
 
     t0 = time.perf_counter()
@@ -493,7 +248,6 @@ def bench_precision(steps: int | None = None, warmup: int = 3, verbose: bool = T
     alternating on the harness after ``warmup``: seconds per step and the loss of the last step
     of each. ``steps``: fixed steps per round (default: calibrated)."""
     from spiritlm.bench_harness import Side, run_sides
-    from spiritlm.train.tiny import tiny_config
     from spiritlm.train.trainer import Trainer
 
     out: dict = {"threads": torch.get_num_threads()}
