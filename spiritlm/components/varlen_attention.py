@@ -29,6 +29,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from spiritlm.components.packing import cu_seqlens_of, segment_starts_BT
+
 NAME = "sdpa_varlen"
 MIN_BUCKET = 16  # documents shorter than this share one bucket: padding them costs nothing measurable
 FP32_UP_TO = 256  # CPU: buckets this long or shorter compute their attention in float32 (below)
@@ -79,15 +81,11 @@ def plan_for(cu: torch.Tensor, device) -> list[tuple[torch.Tensor, torch.Tensor]
 def cu_from_position_ids(position_ids_BT: torch.Tensor) -> torch.Tensor | None:
     """Document boundaries over the flattened rows when the position ids restart inside a row
     (packed rows); None when every row is one sequence counting up from its start."""
-    p = position_ids_BT
-    if p.dim() != 2 or p.shape[1] < 2:
+    if position_ids_BT.dim() != 2 or position_ids_BT.shape[1] < 2:
         return None
-    starts = torch.ones_like(p, dtype=torch.bool)
-    starts[:, 1:] = p[:, 1:] - p[:, :-1] != 1
-    if not bool(starts[:, 1:].any()):
+    if not bool(segment_starts_BT(position_ids_BT)[:, 1:].any()):
         return None
-    s = starts.reshape(-1).nonzero().flatten()
-    return torch.cat([s, torch.tensor([p.numel()], device=p.device)]).to(torch.int32)
+    return cu_seqlens_of(position_ids_BT.cpu())[0].to(position_ids_BT.device)
 
 
 # Not traced by torch.compile (model.compile): the bucket plan is host-side Python whose shapes
