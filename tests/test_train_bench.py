@@ -84,3 +84,12 @@ def test_bench_precision_runs(capsys):
     assert out["fp32_steps"] == out["bf16_steps"] == 3  # 1 warm-up step + 2 rounds of 1 (fixed: no calibration)
     assert abs(out["fp32_last_loss"] - out["bf16_last_loss"]) < 0.1  # same data, close losses
     assert "ratio bf16 / fp32" in capsys.readouterr().out
+
+
+def test_a_side_that_fails_in_its_process_raises_with_its_traceback():
+    """A side whose process cannot build its trainer: the bench raises, naming the side and
+    carrying the child's error (here the recipe mistake), instead of waiting forever."""
+    from spiritlm.train.bench_loops import ProcessLoop
+
+    with pytest.raises(RuntimeError, match="the ours side failed:(.|\n)*attn_implementation='no_such_kernel'"):
+        ProcessLoop("ours", ["model.attn_implementation=no_such_kernel"], "fp32", 1)
