@@ -112,6 +112,10 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     grad_clip: float = 1.0
+    # torch's fused AdamW kernel (one kernel over all parameters, CPU and GPU) instead of its
+    # foreach one; needs deepspeed.torch_adam. Off by default: it rounds differently (1e-7 a step in
+    # fp32), and the demo's cached trainings keep their keys.
+    fused: bool = False
 
 
 @dataclass

@@ -36,6 +36,7 @@ LATE_DEFAULTS = (
     ("model", "linear_ce"),  # issue 33: the logits-free cross-entropy, "plain" (off) by default
     ("model", "ce_chunk_tokens"),  # its chunk size, read only when linear_ce is not plain
     ("model", "compile"),  # issue 33: torch.compile of the model, off by default
+    ("optim", "fused"),  # issue 33: torch's fused AdamW kernel, off by default
 )
 # the same for a field of every [[data.sources]] entry
 LATE_SOURCE_DEFAULTS = (

@@ -61,6 +61,11 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if opt.fused:
+        if not ds.torch_adam:
+            raise ConfigError("optim.fused=true is torch's fused AdamW: set deepspeed.torch_adam=true "
+                              "(or optim.fused=false for DeepSpeed's own Adam)")
+        out["optimizer"]["params"]["fused"] = True  # DeepSpeed hands unknown params to torch.optim.AdamW
     if ds.offload_optimizer and ds.torch_adam:
         out["zero_force_ds_cpu_optimizer"] = False
     if ds.json:
