@@ -91,33 +91,43 @@ class PausedLoop:
         self._thread.join(timeout=600)
 
 
-def paused_hf(make_trainer) -> PausedLoop:
+def pausing_callback(pause):
+    """An HF ``TrainerCallback`` calling ``pause()`` after every optimizer step; the loop ends
+    when it returns True."""
     from transformers import TrainerCallback
-
-    loop: list[PausedLoop] = []
 
     class Pause(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
-            if loop[0].pause():
+            if pause():
                 control.should_training_stop = True
 
-    trainer = make_trainer([Pause()])
+    return Pause()
+
+
+def pause_after_each_step(trainer, pause) -> None:
+    """Our ``Trainer``: its loop calls ``pause()`` after every optimizer step and ends (``StopLoop``)
+    when it returns True; logging, metrics.jsonl and progress bookkeeping are the real ones."""
+    step_fn = trainer.train_step
+
+    def train_step():
+        rec = step_fn()
+        if pause():
+            raise StopLoop
+        return rec
+
+    trainer.train_step = train_step  # the instance's loop calls this one
+
+
+def paused_hf(make_trainer) -> PausedLoop:
+    loop: list[PausedLoop] = []
+    trainer = make_trainer([pausing_callback(lambda: loop[0].pause())])
     loop.append(PausedLoop(trainer.train))
     return loop[0]
 
 
 def paused_ours(trainer) -> PausedLoop:
-    """Our ``Trainer.fit()`` (logging, metrics.jsonl, progress bookkeeping), paused per step."""
-    step_fn = trainer.train_step
     loop: list[PausedLoop] = []
-
-    def train_step():
-        rec = step_fn()
-        if loop[0].pause():
-            raise StopLoop
-        return rec
-
-    trainer.train_step = train_step  # the instance's loop calls this one
+    pause_after_each_step(trainer, lambda: loop[0].pause())
     loop.append(PausedLoop(trainer.fit))
     return loop[0]
 
@@ -157,6 +167,7 @@ def hf_trainer(cfg, gas: int, distributed: bool, precision: str, tmp: str, callb
 def side_info(cfg, model, gas: int, world: int, flops_per_token: float) -> dict:
     return {"tokens_per_step": cfg.micro_batch_size * cfg.data.seq_len * gas * world,
             "flops_per_token": flops_per_token, "world": world, "attention": model.config._attn_implementation,
+            "zero_stage": cfg.deepspeed.zero_stage,
             "non_embedding_params": sum(p.numel() for n, p in model.named_parameters()
                                         if "embed" not in n and "lm_head" not in n)}
 
@@ -168,6 +179,11 @@ def side_process(conn, which: str, train_overrides: list, precision: str, thread
     import traceback
 
     torch.set_num_threads(threads)
+
+    def pause() -> bool:
+        conn.send(("done", None))
+        return conn.recv() == "stop"
+
     try:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = tiny_config(f"{tmp}/ours", train_overrides)
@@ -175,36 +191,18 @@ def side_process(conn, which: str, train_overrides: list, precision: str, thread
                 from spiritlm.train.trainer import Trainer
 
                 t = Trainer(cfg)
-                step_fn = t.train_step
-
-                def train_step():
-                    rec = step_fn()
-                    conn.send(("done", None))
-                    if conn.recv() == "stop":
-                        raise StopLoop
-                    return rec
-
-                t.train_step = train_step  # the instance's loop calls this one
-                conn.send(("ready", {**side_info(cfg, t.model, t.gas, t.world, t.flops_per_token),
-                                     "zero_stage": cfg.deepspeed.zero_stage}))
+                pause_after_each_step(t, pause)
+                conn.send(("ready", side_info(cfg, t.model, t.gas, t.world, t.flops_per_token)))
                 if conn.recv() != "stop":
                     try:
                         t.fit()
                     except StopLoop:
                         pass
             else:
-                from transformers import TrainerCallback
-
                 from spiritlm.components.config import grad_accum_steps
 
-                class Pause(TrainerCallback):
-                    def on_step_end(self, args, state, control, **kw):
-                        conn.send(("done", None))
-                        if conn.recv() == "stop":
-                            control.should_training_stop = True
-
                 gas = grad_accum_steps(cfg, 1)
-                hf, model = hf_trainer(cfg, gas, False, precision, tmp, [Pause()])
+                hf, model = hf_trainer(cfg, gas, False, precision, tmp, [pausing_callback(pause)])
                 conn.send(("ready", side_info(cfg, model, gas, 1, 0.0)))
                 if conn.recv() != "stop":
                     hf.train()
